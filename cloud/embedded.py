@@ -1,0 +1,48 @@
+"""A cloud server on loopback, in a background thread of this process.
+
+`tandem generate` without --cloud, the SDK's local mode and the tests use it. Requests still
+go through real gRPC on a real port; only the process is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from cloud.config import CloudConfig
+from cloud.server import RunningServer, load_model, start_server
+
+
+class EmbeddedCloud:
+    def __init__(self, config: CloudConfig | None = None, model=None):
+        self.config = config or CloudConfig(host="127.0.0.1", port=0)
+        self.model = model
+        self.running: RunningServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-cloud", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.running.port}"
+
+    def start(self) -> EmbeddedCloud:
+        if self.model is None:
+            self.model = load_model(self.config)
+        self._thread.start()
+        self.running = asyncio.run_coroutine_threadsafe(start_server(self.config, self.model), self._loop).result()
+        return self
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        if self.running is not None:
+            asyncio.run_coroutine_threadsafe(self.running.stop(grace_s), self._loop).result()
+            self.running = None
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> EmbeddedCloud:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

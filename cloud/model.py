@@ -1,0 +1,152 @@
+"""The target model: the one module that touches torch and transformers.
+
+It exposes what speculative verification needs and nothing more: run tokens through the
+model on top of a session's KV cache and return their logits, crop a cache back after a
+rejection, and describe the model (vocab, EOS ids, tokenizer fingerprint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from common.fingerprint import tokenizer_fingerprint
+from common.models import default_gguf_path, model_cache_root
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"  # "auto" picks cuda when available
+    dtype: str = "auto"  # "auto": float32 on CPU, bfloat16 on CUDA
+    threads: int = 0  # torch intra-op threads; 0 = the CPUs this process may run on
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TargetModel:
+    """A causal LM plus tokenizer, ready for cached, block-wise forward passes."""
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        config = model.config
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.eos_token_ids = sorted(_eos_ids(model, tokenizer))
+        self.fingerprint = tokenizer_fingerprint(self.tokenize)
+        self.chat_template = getattr(tokenizer, "chat_template", None) or ""
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        element = torch.finfo(model.dtype).bits // 8
+        self.kv_bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * element
+
+    @classmethod
+    def load(cls, path: str | None, options: LoadOptions = LoadOptions()) -> TargetModel:
+        """Loads an HF model directory or a GGUF file (None: the default SmolLM2 GGUF)."""
+        threads = options.threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
+        device = resolve_device(options.device)
+        dtype = _DTYPES.get(options.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        source = Path(path) if path else default_gguf_path()
+        model_dir = _safetensors_copy(source) if source.suffix == ".gguf" else source
+        started = time.monotonic()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        name = source.stem if source.suffix == ".gguf" else source.name
+        log.info("loaded target %s (%s, %s) in %.1fs", name, device, dtype, time.monotonic() - started)
+        return cls(model, tokenizer, name)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode_bytes(self, token_ids: Sequence[int]) -> bytes:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False).encode()
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @staticmethod
+    def cache_length(cache: DynamicCache) -> int:
+        return cache.get_seq_length()
+
+    @torch.inference_mode()
+    def forward(self, cache: DynamicCache, token_ids: Sequence[int], keep_logits: int) -> np.ndarray:
+        """Appends token_ids to the cache; returns the last keep_logits rows of logits.
+
+        Returns [keep_logits, vocab] float32 (HF's greedy search also takes its argmax in float32).
+        """
+        assert 1 <= keep_logits <= len(token_ids), (keep_logits, len(token_ids))
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep_logits)
+        return out.logits[0].float().cpu().numpy()
+
+    def warmup(self) -> None:
+        """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""
+        self.forward(self.new_cache(), self.tokenize("Hello") or [0], 1)
+
+    @staticmethod
+    def crop(cache: DynamicCache, length: int) -> None:
+        """Drops cached positions from `length` on (transformers 5 crops by a negative count)."""
+        excess = cache.get_seq_length() - length
+        assert excess >= 0, (cache.get_seq_length(), length)
+        if excess:
+            cache.crop(-excess)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _safetensors_copy(gguf: Path) -> Path:
+    """A transformers copy of a GGUF model, made once and cached.
+
+    Loading a GGUF in transformers dequantizes it (~15 s for 135M params); the safetensors
+    copy then loads in well under a second.
+    """
+    target = model_cache_root() / "targets" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (target / "config.json").exists():
+        return target
+    log.info("first start: converting %s for transformers (one-time, ~15-60 s)...", gguf.name)
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("cached %s in %.1fs", target, time.monotonic() - started)
+    return target

@@ -1,0 +1,106 @@
+"""The Tandem gRPC servicer: translates messages and calls domain code, nothing more.
+
+Model work goes to the ModelWorker thread; errors are raised as common.errors exceptions and
+become statuses in cloud/errors.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cloud.limits import SessionLimits
+from cloud.registry import SessionRegistry
+from cloud.session import VerifierSession
+from cloud.worker import ModelWorker
+from common.detok import IncrementalDetokenizer
+from common.errors import InvalidArgument
+from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
+from common.types import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
+
+log = logging.getLogger(__name__)
+
+
+class TandemService(pb_grpc.TandemServicer):
+    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits):
+        self.model = model
+        self.worker = worker
+        self.registry = registry
+        self.limits = limits
+
+    def info(self) -> ModelInfo:
+        m, lim = self.model, self.limits
+        return ModelInfo(
+            model_name=m.name,
+            vocab_size=m.vocab_size,
+            tokenizer_fingerprint=m.fingerprint,
+            eos_token_ids=m.eos_token_ids,
+            max_context=m.max_context,
+            max_prompt_tokens=lim.max_prompt_tokens,
+            max_draft_tokens=lim.max_draft_tokens,
+            max_new_tokens=lim.max_new_tokens,
+            max_draft_top_k=lim.max_draft_top_k,
+            chat_template=m.chat_template,
+        )
+
+    async def Info(self, request, context):
+        return self.info().to_pb()
+
+    async def Speculate(self, request_iterator, context):
+        session_id = session = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "open" and session is None:
+                    session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits)
+                    session_id = self.registry.add(session)
+                    started = await self.worker.run(session.start)
+                    yield pb.SpeculateResponse(started=started.to_pb())
+                elif kind == "draft" and session is not None:
+                    verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
+                    yield pb.SpeculateResponse(verdict=verdict.to_pb())
+                elif kind == "open":
+                    raise InvalidArgument("the session is already open: send `open` once, first")
+                else:
+                    raise InvalidArgument("the first message of a Speculate stream must be `open`")
+        finally:
+            if session is not None:
+                self.registry.remove(session_id)
+                # Queued behind any forward pass still running for this session.
+                self.worker.submit(session.close)
+
+    async def Generate(self, request, context):
+        prompt = list(request.prompt_token_ids)
+        if request.prompt_text and prompt:
+            raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
+        if request.prompt_text:
+            prompt = await self.worker.run(self.model.tokenize, request.prompt_text)
+        open_request = SessionOpen(
+            prompt_token_ids=prompt,
+            max_new_tokens=request.max_new_tokens,
+            sampling=SamplingParams.from_pb(request.sampling),
+            stop_token_ids=list(request.stop_token_ids),
+            tokenizer_fingerprint=self.model.fingerprint,
+            draft_model_name="(cloud-only)",
+            draft_mode=DraftMode.TOKEN_IDS,
+        )
+        session = VerifierSession(self.model, open_request, self.limits)
+        session_id = self.registry.add(session)
+        detok = IncrementalDetokenizer(lambda t: self.model.decode_bytes([t])) if request.return_text else None
+        try:
+            started = await self.worker.run(session.start)
+            position, token, finish = started.position, started.token_id, started.finish_reason
+            while True:
+                text = detok.push([token]) if detok and token is not None else ""
+                if detok and finish:
+                    text += detok.flush()
+                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text)
+                if finish:
+                    return
+                # A block of just the anchor is one plain decoding step.
+                verdict = await self.worker.run(session.verify, DraftBlock(position, [token]))
+                assert not verdict.stale, "generation lost track of its own position"
+                position, token, finish = position + 1, verdict.next_token, verdict.finish_reason
+        finally:
+            self.registry.remove(session_id)
+            self.worker.submit(session.close)

@@ -1,0 +1,35 @@
+"""Domain errors, each naming the gRPC status it becomes.
+
+Domain code raises these without importing grpc; one interceptor on the server turns them
+into statuses (cloud/errors.py), and the client turns statuses back into exceptions.
+"""
+
+from __future__ import annotations
+
+
+class TandemError(Exception):
+    """Base class; `code` is the name of a grpc.StatusCode member."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(TandemError):
+    code = "INVALID_ARGUMENT"
+
+
+class FailedPrecondition(TandemError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(TandemError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(TandemError):
+    code = "UNAUTHENTICATED"
+
+
+class CloudUnavailable(TandemError):
+    """The edge could not reach the cloud, or the stream broke."""
+
+    code = "UNAVAILABLE"

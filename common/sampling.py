@@ -1,0 +1,169 @@
+"""Sampling and speculative verification math: pure functions of arrays.
+
+No model, no I/O, no grpc: draft (edge) and target (cloud) call the same functions, so a
+distribution transform is applied identically on both sides.
+
+Terms (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding",
+arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318):
+  - p: the target's distribution at a position, after temperature, top-k and top-p.
+  - q: the draft's distribution at that position, transformed the same way.
+  - accepted token: a drafted token x kept with probability min(1, p(x) / q(x)).
+  - recovered token: at the first rejection, a token drawn from norm(max(0, p - q)).
+  - bonus token: when all k drafts are accepted, a token drawn from p at position k + 1.
+The result is distributed exactly as sampling from p alone.
+
+Randomness is *position-keyed*: the uniform numbers used at absolute position i come from a
+counter-based hash of (seed, stream, i, token). Output is therefore a function of seed and
+prefix only, not of how tokens were grouped into draft blocks, of timing, or of which
+replica served the request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Q_SCALE = 1 << 16
+"""Quantized draft probabilities are integers summing to Q_SCALE (see quantize_probs)."""
+
+# Independent random streams derived from one session seed.
+STREAM_TARGET = 1  # the target's own sample at a position (bonus, cloud-only, ids-only mode)
+STREAM_ACCEPT = 2  # acceptance uniforms of the rejection rule
+STREAM_RESIDUAL = 3  # recovered tokens drawn from norm(max(0, p - q))
+STREAM_DRAFT = 4  # the draft's own samples in sparse-q mode (must be independent of the rest)
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer (Steele et al. 2014): a bijective 64-bit mixer with good avalanche."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_uniform(seed: int, stream: int, position: int, token_ids: np.ndarray) -> np.ndarray:
+    """Uniform numbers in (0, 1), one per token id, fixed by (seed, stream, position, token).
+
+    token_ids: [n] integer array. Returns [n] float64.
+    """
+    key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    key = _splitmix64(key ^ np.uint64(stream))
+    key = _splitmix64(key ^ np.uint64(position))
+    bits = _splitmix64(key ^ np.asarray(token_ids, dtype=np.uint64))
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def logits_to_probs(
+    logits: np.ndarray,  # [..., vocab]
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> np.ndarray:  # [..., vocab] float64, rows sum to 1
+    """Temperature, then top-k, then top-p (nucleus); returns normalized float64 probabilities.
+
+    temperature must be > 0 (greedy decoding never builds a distribution).
+    """
+    assert temperature > 0, "greedy decoding uses argmax, not a distribution"
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    vocab = scaled.shape[-1]
+    if 0 < top_k < vocab:
+        kth = np.partition(scaled, vocab - top_k, axis=-1)[..., vocab - top_k, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if 0 < top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # Keep a token if the mass strictly before it is below top_p: the smallest set reaching top_p.
+        mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+        keep_sorted = mass_before < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def greedy(logits: np.ndarray) -> int:
+    """Argmax of one row of logits ([vocab]); the first index wins ties, as in torch.argmax."""
+    return int(np.argmax(np.asarray(logits, dtype=np.float32)))
+
+
+def sample_keyed(probs: np.ndarray, seed: int, stream: int, position: int) -> int:
+    """Draws one token from probs ([vocab]) with the exponential race (Gumbel-max).
+
+    The token is argmax_j p_j / E_j with E_j = -log u_j, u_j keyed by (seed, stream, position,
+    j): an exact sample from p. Two parties holding the same key draw from shared noise, so
+    similar distributions give the same token with high probability (a coupling), while the
+    sample from each one alone is still exact.
+    """
+    support = np.flatnonzero(probs > 0)
+    exp_noise = -np.log(keyed_uniform(seed, stream, position, support))
+    return int(support[np.argmax(probs[support] / exp_noise)])
+
+
+def quantize_probs(probs: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truncates a distribution to its top_k tokens and quantizes it to integers summing to Q_SCALE.
+
+    probs: [vocab]. Returns (token_ids [n], weights [n] int64), n <= top_k, every weight >= 1,
+    ordered by decreasing weight. The draft samples from exactly these integers, so the q the
+    target verifies against is bit-identical to the one the draft was drawn from.
+    """
+    k = int(min(top_k, np.count_nonzero(probs)))
+    assert k >= 1, "empty distribution"
+    top = np.argpartition(-probs, k - 1)[:k]
+    top = top[np.argsort(-probs[top], kind="stable")]
+    mass = probs[top] / probs[top].sum() * Q_SCALE
+    weights = np.floor(mass).astype(np.int64)
+    remainder = Q_SCALE - int(weights.sum())
+    by_fraction = np.argsort(-(mass - weights), kind="stable")
+    weights[by_fraction[:remainder]] += 1
+    keep = weights > 0
+    return top[keep], weights[keep]
+
+
+def sample_quantized(token_ids: np.ndarray, weights: np.ndarray, uniform: float) -> int:
+    """Draws from an integer distribution (quantize_probs output) with one uniform in (0, 1)."""
+    assert int(weights.sum()) == Q_SCALE
+    ticket = min(int(uniform * Q_SCALE), Q_SCALE - 1)
+    return int(token_ids[np.searchsorted(np.cumsum(weights), ticket, side="right")])
+
+
+def dense_from_quantized(token_ids: np.ndarray, weights: np.ndarray, vocab: int) -> np.ndarray:
+    """The float64 [vocab] distribution that a quantized sparse q stands for."""
+    q = np.zeros(vocab, dtype=np.float64)
+    q[token_ids] = weights / Q_SCALE
+    return q
+
+
+def rejection_sample(
+    target_probs: np.ndarray,  # [k + 1, vocab] p at each drafted position, then the bonus position
+    draft_probs: np.ndarray,  # [k, vocab] q each draft was sampled from
+    draft_ids: np.ndarray,  # [k]
+    accept_uniforms: np.ndarray,  # [k] in (0, 1)
+    residual_sampler,  # (probs [vocab], index) -> token: draws the recovered / bonus token
+) -> tuple[int, int]:
+    """Verifies k drafted tokens against the target; returns (accepted_count, next_token).
+
+    Draft i is accepted iff accept_uniforms[i] < min(1, p_i(x_i) / q_i(x_i)); drafts after the
+    first rejection are discarded. next_token is the recovered token drawn from
+    norm(max(0, p_i - q_i)) at the first rejection i, or the bonus token drawn from p_k.
+    """
+    k = len(draft_ids)
+    assert target_probs.shape[0] == k + 1, target_probs.shape
+    assert draft_probs.shape == (k, target_probs.shape[1]), (draft_probs.shape, target_probs.shape)
+    assert accept_uniforms.shape == (k,), accept_uniforms.shape
+    for i, x in enumerate(int(t) for t in draft_ids):
+        p_x, q_x = target_probs[i, x], draft_probs[i, x]
+        assert q_x > 0, f"draft {i} (token {x}) has zero probability under its own q"
+        # Accept with probability min(1, p(x)/q(x)); u < p/q is that event for u ~ U(0, 1).
+        if accept_uniforms[i] * q_x < p_x:
+            continue
+        residual = np.maximum(target_probs[i] - draft_probs[i], 0.0)
+        total = residual.sum()
+        # total == 0 only if p == q, where rejection has probability zero; guard rounding anyway.
+        residual = residual / total if total > 0 else target_probs[i]
+        return i, residual_sampler(residual, i)
+    return k, residual_sampler(target_probs[k], k)

@@ -1,0 +1,234 @@
+"""Boundary dataclasses: what crosses the wire, as plain Python values.
+
+Servicers and clients convert with from_pb()/to_pb() and hand these to domain code, so the
+domain never touches protobuf objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from common.pb.tandem.v1 import tandem_pb2 as pb
+
+
+class FinishReason(enum.IntEnum):
+    NONE = pb.FINISH_REASON_UNSPECIFIED
+    STOP = pb.FINISH_REASON_STOP
+    LENGTH = pb.FINISH_REASON_LENGTH
+    CONTEXT = pb.FINISH_REASON_CONTEXT
+
+    @property
+    def label(self) -> str | None:
+        """OpenAI-style name ("stop", "length"), None while unfinished."""
+        return {FinishReason.NONE: None, FinishReason.STOP: "stop"}.get(self, "length")
+
+
+class DraftMode(enum.IntEnum):
+    TOKEN_IDS = pb.DRAFT_MODE_TOKEN_IDS
+    SPARSE_Q = pb.DRAFT_MODE_SPARSE_Q
+
+    @classmethod
+    def from_pb(cls, value: int) -> DraftMode:
+        return cls.TOKEN_IDS if value == pb.DRAFT_MODE_UNSPECIFIED else cls(value)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @classmethod
+    def from_pb(cls, m: pb.SamplingParams) -> SamplingParams:
+        top_p = m.top_p if 0.0 < m.top_p < 1.0 else 1.0
+        return cls(temperature=m.temperature, top_k=m.top_k, top_p=top_p, seed=m.seed)
+
+    def to_pb(self) -> pb.SamplingParams:
+        return pb.SamplingParams(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
+        )
+
+
+@dataclass(frozen=True)
+class SessionOpen:
+    prompt_token_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop_token_ids: list[int] = field(default_factory=list)
+    tokenizer_fingerprint: str = ""
+    draft_model_name: str = ""
+    draft_mode: DraftMode = DraftMode.TOKEN_IDS
+    resume_token_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_pb(cls, m: pb.SessionOpen) -> SessionOpen:
+        return cls(
+            prompt_token_ids=list(m.prompt_token_ids),
+            max_new_tokens=m.max_new_tokens,
+            sampling=SamplingParams.from_pb(m.sampling),
+            stop_token_ids=list(m.stop_token_ids),
+            tokenizer_fingerprint=m.tokenizer_fingerprint,
+            draft_model_name=m.draft_model_name,
+            draft_mode=DraftMode.from_pb(m.draft_mode),
+            resume_token_ids=list(m.resume_token_ids),
+        )
+
+    def to_pb(self) -> pb.SessionOpen:
+        return pb.SessionOpen(
+            prompt_token_ids=self.prompt_token_ids,
+            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling.to_pb(),
+            stop_token_ids=self.stop_token_ids,
+            tokenizer_fingerprint=self.tokenizer_fingerprint,
+            draft_model_name=self.draft_model_name,
+            draft_mode=int(self.draft_mode),
+            resume_token_ids=self.resume_token_ids,
+        )
+
+
+@dataclass(frozen=True)
+class SparseDist:
+    """A quantized, truncated draft distribution (see common.sampling.quantize_probs)."""
+
+    token_ids: list[int]
+    weights: list[int]
+
+    @classmethod
+    def from_pb(cls, m: pb.SparseDist) -> SparseDist:
+        return cls(token_ids=list(m.token_ids), weights=list(m.probs_u16))
+
+    def to_pb(self) -> pb.SparseDist:
+        return pb.SparseDist(token_ids=self.token_ids, probs_u16=self.weights)
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    start_position: int
+    token_ids: list[int]
+    draft_dists: list[SparseDist] = field(default_factory=list)
+
+    @property
+    def end_position(self) -> int:
+        return self.start_position + len(self.token_ids)
+
+    @classmethod
+    def from_pb(cls, m: pb.DraftBlock) -> DraftBlock:
+        return cls(
+            start_position=m.start_position,
+            token_ids=list(m.token_ids),
+            draft_dists=[SparseDist.from_pb(d) for d in m.draft_dists],
+        )
+
+    def to_pb(self) -> pb.DraftBlock:
+        return pb.DraftBlock(
+            start_position=self.start_position,
+            token_ids=self.token_ids,
+            draft_dists=[d.to_pb() for d in self.draft_dists],
+        )
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    position: int
+    token_id: int | None
+    finish_reason: FinishReason = FinishReason.NONE
+    forward_passes: int = 0
+
+    @classmethod
+    def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
+        return cls(
+            position=m.position,
+            token_id=m.token_id if m.HasField("token_id") else None,
+            finish_reason=FinishReason(m.finish_reason),
+            forward_passes=m.forward_passes,
+        )
+
+    def to_pb(self) -> pb.SessionStarted:
+        return pb.SessionStarted(
+            position=self.position,
+            token_id=self.token_id,
+            finish_reason=int(self.finish_reason),
+            forward_passes=self.forward_passes,
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    start_position: int
+    accepted_count: int
+    next_token: int | None
+    finish_reason: FinishReason = FinishReason.NONE
+    stale: bool = False
+    forward_passes: int = 0
+
+    @classmethod
+    def from_pb(cls, m: pb.Verdict) -> Verdict:
+        return cls(
+            start_position=m.start_position,
+            accepted_count=m.accepted_count,
+            next_token=m.next_token if m.HasField("next_token") else None,
+            finish_reason=FinishReason(m.finish_reason),
+            stale=m.stale,
+            forward_passes=m.forward_passes,
+        )
+
+    def to_pb(self) -> pb.Verdict:
+        return pb.Verdict(
+            start_position=self.start_position,
+            accepted_count=self.accepted_count,
+            next_token=self.next_token,
+            finish_reason=int(self.finish_reason),
+            stale=self.stale,
+            forward_passes=self.forward_passes,
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_name: str
+    vocab_size: int
+    tokenizer_fingerprint: str
+    eos_token_ids: list[int]
+    max_context: int
+    max_prompt_tokens: int = 0
+    max_draft_tokens: int = 0
+    max_new_tokens: int = 0
+    max_draft_top_k: int = 0
+    chat_template: str = ""
+
+    @classmethod
+    def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
+        return cls(
+            model_name=m.model_name,
+            vocab_size=m.vocab_size,
+            tokenizer_fingerprint=m.tokenizer_fingerprint,
+            eos_token_ids=list(m.eos_token_ids),
+            max_context=m.max_context,
+            max_prompt_tokens=m.limits.max_prompt_tokens,
+            max_draft_tokens=m.limits.max_draft_tokens,
+            max_new_tokens=m.limits.max_new_tokens,
+            max_draft_top_k=m.limits.max_draft_top_k,
+            chat_template=m.chat_template,
+        )
+
+    def to_pb(self) -> pb.InfoResponse:
+        return pb.InfoResponse(
+            model_name=self.model_name,
+            vocab_size=self.vocab_size,
+            tokenizer_fingerprint=self.tokenizer_fingerprint,
+            eos_token_ids=self.eos_token_ids,
+            max_context=self.max_context,
+            limits=pb.Limits(
+                max_prompt_tokens=self.max_prompt_tokens,
+                max_draft_tokens=self.max_draft_tokens,
+                max_new_tokens=self.max_new_tokens,
+                max_draft_top_k=self.max_draft_top_k,
+            ),
+            chat_template=self.chat_template,
+        )

@@ -1,0 +1,54 @@
+"""How the draft picks its tokens: greedy, or sampled the way the verifier expects.
+
+- Greedy: the draft's argmax; the target accepts while it equals the target's argmax.
+- Ids-only sampling: the draft samples its own q with the *same position-keyed noise* the
+  target uses for its own token (common.sampling.sample_keyed, STREAM_TARGET). The target's
+  choice never depends on the draft, so the output is exact; sharing the noise makes the
+  two choices coincide whenever q is close to p, so most drafts are accepted.
+- Sparse-q sampling: the draft truncates q to its top-k, quantizes it, samples from the
+  quantized q with its own independent stream, and ships that q for the rejection rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import sampling
+from common.types import DraftMode, SamplingParams, SparseDist
+
+
+@dataclass(frozen=True)
+class DraftChoice:
+    token_id: int
+    confidence: float  # the draft's probability of its own choice
+    dist: SparseDist | None = None  # sparse-q mode only
+
+
+class DraftPolicy:
+    def __init__(self, params: SamplingParams, mode: DraftMode = DraftMode.TOKEN_IDS, top_k: int = 8):
+        self.params = params
+        self.sparse = mode == DraftMode.SPARSE_Q and not params.greedy
+        self.top_k = top_k
+
+    def choose(self, logits: np.ndarray, position: int) -> DraftChoice:
+        """The draft's token at `position` from its logits there ([vocab])."""
+        p = self.params
+        if p.greedy:
+            token = sampling.greedy(logits)
+            return DraftChoice(token, _softmax_at(logits, token))
+        q = sampling.logits_to_probs(logits, p.temperature, p.top_k, p.top_p)
+        if not self.sparse:
+            token = sampling.sample_keyed(q, p.seed, sampling.STREAM_TARGET, position)
+            return DraftChoice(token, float(q[token]))
+        ids, weights = sampling.quantize_probs(q, self.top_k)
+        u = sampling.keyed_uniform(p.seed, sampling.STREAM_DRAFT, position, np.zeros(1, dtype=np.int64))[0]
+        token = sampling.sample_quantized(ids, weights, u)
+        dist = SparseDist(token_ids=[int(i) for i in ids], weights=[int(w) for w in weights])
+        return DraftChoice(token, float(q[token]), dist)
+
+
+def _softmax_at(logits: np.ndarray, token: int) -> float:
+    shifted = np.asarray(logits, dtype=np.float64) - float(np.max(logits))
+    return float(np.exp(shifted[token]) / np.exp(shifted).sum())
