@@ -6,18 +6,10 @@ Kept free of torch imports so `tandem --help` stays instant.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 
 from cloud.limits import SessionLimits
-
-
-def env(name: str, default):
-    """Default for a flag: $TANDEM_<NAME> if set, converted to the default's type."""
-    raw = os.environ.get(f"TANDEM_{name}")
-    if raw is None:
-        return default
-    return type(default)(raw) if default is not None else raw
+from common.settings import env
 
 
 @dataclass

@@ -57,9 +57,10 @@ class LlamaDrafter:
     def tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode(), add_bos=False, special=True)
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one drafter per process; the table is the vocab
+    @lru_cache(maxsize=None)  # noqa: B019 - few drafters per process; the table is the vocab
     def token_bytes(self, token_id: int) -> bytes:
-        return self._llama.detokenize([token_id], special=True)
+        """The token's text bytes; control tokens (end of turn, ...) render as nothing."""
+        return self._llama.detokenize([token_id], special=False)
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         """Logits ([vocab] float32) for the position after `context`.

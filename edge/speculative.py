@@ -53,6 +53,7 @@ class GenerationStats:
     tokens: int = 0  # tokens generated
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
+    verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     started_at: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -69,6 +70,7 @@ class GenerationStats:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("started_at")
+        d.pop("verified_blocks")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens / self.rounds, 3) if self.rounds else 0.0
         for key in ("ttft_s", "elapsed_s"):
@@ -241,6 +243,7 @@ class SpeculativeRun:
         self.stats.rounds += 1
         self.stats.drafted += len(drafts)
         self.stats.accepted += verdict.accepted_count
+        self.stats.verified_blocks.append((len(drafts), verdict.accepted_count))
         self.stats.mark_tokens(len(new))
         self.lengths.observe_verdict(len(drafts), verdict.accepted_count)
         self.finish = verdict.finish_reason

@@ -1,0 +1,28 @@
+"""`tandem cloud`: serve the target model over gRPC until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from cloud.config import CloudConfig
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cloud",
+        help="serve the target model (verification + generation) over gRPC",
+        description="Serve the target model over gRPC: Speculate (verify drafts), Generate (cloud-only), "
+                    "Info, plus grpc.health.v1 and server reflection. Logs one 'ready' line, serves until "
+                    "SIGTERM/SIGINT, then drains in-flight calls.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    CloudConfig.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud.server import serve
+
+    asyncio.run(serve(CloudConfig.from_args(args)))
+    return 0

@@ -1,0 +1,50 @@
+"""The `tandem` command. Subcommands live beside the code they drive and import engines lazily."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from common.errors import TandemError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cloud import cli as cloud_cli
+    from edge import cli as edge_cli
+
+    parser = argparse.ArgumentParser(
+        prog="tandem",
+        description="Hybrid edge-cloud inference: a local llama.cpp model drafts tokens, a cloud gRPC "
+                    "service verifies them with the large model (speculative decoding). Output is exactly "
+                    "the cloud model's.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cloud_cli.add_parser(subparsers)
+    edge_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return args.run(args)
+    except TandemError as exc:
+        print(f"tandem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`tandem generate`: one raw completion (no chat template unless --chat), streamed or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from edge.config import EdgeConfig
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="complete a prompt (hybrid, cloud-only or edge-only)",
+        description="Complete PROMPT. hybrid: the local model drafts, the cloud verifies (output is exactly "
+                    "the cloud model's); cloud: the cloud generates alone; edge: the local model alone. "
+                    "Without --cloud an embedded cloud starts on loopback and is reached over real gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("prompt", metavar="PROMPT", help="prompt text (raw completion)")
+    parser.add_argument("--mode", choices=["hybrid", "cloud", "edge"], default="hybrid")
+    parser.add_argument("--max-tokens", type=int, default=128, help="most new tokens")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    parser.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    g = parser.add_argument_group("sampling (temperature 0 = greedy)")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 disables")
+    g.add_argument("--top-p", type=float, default=1.0, help="1 disables")
+    g.add_argument("--seed", type=int, default=None, help="fixes the output of a sampled run")
+    g.add_argument("--n", type=int, default=1, help="completions (sharing one connection and model)")
+    g.add_argument("--draft-mode", choices=["ids", "sparse"], default="ids",
+                   help="ids: only token ids cross the wire; sparse: drafts also carry their top-k q")
+    EdgeConfig.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_generate(args))
+
+
+async def _generate(args: argparse.Namespace) -> int:
+    from edge.engine import Generation, Mode
+    from edge.sdk import AsyncTandem
+
+    if args.n < 1 or args.max_tokens < 1:
+        raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
+    tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
+    options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat)
+    choices, stats = [], []
+    async with tandem:
+        for i in range(args.n):
+            seed = None if args.seed is None else args.seed + i
+            generation = Generation(Mode(args.mode))
+            parts = []
+            async for delta in tandem.stream(args.prompt, generation, seed=seed, **options):
+                parts.append(delta)
+                if not args.json:
+                    print(delta, end="", flush=True)
+            choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
+                            "finish_reason": generation.finish_reason.label})
+            stats.append(generation.stats.as_dict())
+            if not args.json:
+                print(("\n" if args.n > 1 else ""), end="", flush=True)
+    total = _aggregate(stats)
+    if args.json:
+        out = {"mode": args.mode, **choices[0], "stats": total} if args.n == 1 else \
+              {"mode": args.mode, "choices": choices, "stats": total}
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(f"\n{_summary(args.mode, total)}", file=sys.stderr)
+    return 0
+
+
+def _aggregate(stats: list[dict]) -> dict:
+    if len(stats) == 1:
+        return stats[0]
+    keys = ["rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
+            "bytes_received", "tokens", "elapsed_s"]
+    total = {k: sum(s[k] for s in stats) for k in keys}
+    total["elapsed_s"] = round(total["elapsed_s"], 4)
+    total["tokens_per_s"] = round(total["tokens"] / total["elapsed_s"], 3) if total["elapsed_s"] else 0.0
+    total["tokens_per_round"] = round(total["tokens"] / total["rounds"], 3) if total["rounds"] else 0.0
+    total["ttft_s"] = round(sum(s["ttft_s"] for s in stats) / len(stats), 4)
+    return total
+
+
+def _summary(mode: str, s: dict) -> str:
+    line = f"[{mode}] {s['tokens']} tokens in {s['elapsed_s']:.2f}s ({s['tokens_per_s']:.1f} tok/s), TTFT {s['ttft_s']:.3f}s"
+    if mode != "edge":
+        line += (f", {s['tokens_per_round']:.2f} tokens/round, {s['cloud_forward_passes']} cloud passes, "
+                 f"{s['bytes_sent']} B up / {s['bytes_received']} B down")
+    if mode == "hybrid":
+        line += f", accepted {s['accepted']}/{s['drafted']} drafts"
+    return line

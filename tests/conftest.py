@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny real models built at test time, and real servers on port 0.
+
+The target is a random tiny Llama (transformers); drafts are llama.cpp GGUF copies of it:
+`exact` (always agrees), `noisy` (agrees ~60% of the time, so rejections happen at many
+positions), `wild` (rarely agrees) and `mismatched` (a different tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from tiny_models import build_tiny_target, hf_to_gguf, smollm2_tokenizer_dir  # noqa: E402
+
+DRAFT_NOISE = {"exact": 0.0, "noisy": 0.05, "wild": 0.2}
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    target_dir: Path
+    drafts: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    root = tmp_path_factory.mktemp("tiny-models")
+    tokenizer_dir = smollm2_tokenizer_dir(root)
+    target_dir = build_tiny_target(root / "target", tokenizer_dir, seed=0)
+    drafts = {name: hf_to_gguf(target_dir, root / f"draft-{name}.gguf", noise=noise, noise_seed=1)
+              for name, noise in DRAFT_NOISE.items()}
+    drafts["mismatched"] = hf_to_gguf(target_dir, root / "draft-mismatched.gguf", shuffle_vocab=True)
+    return TinyModels(target_dir, drafts)
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tiny_models):
+    """The tiny target as the cloud loads it (one torch thread: llama.cpp needs the other core)."""
+    from cloud.model import LoadOptions, TargetModel
+
+    return TargetModel.load(str(tiny_models.target_dir), LoadOptions(device="cpu", threads=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_cloud(tiny_target):
+    """A real gRPC cloud server on a free loopback port, serving the tiny target."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0), model=tiny_target) as cloud:
+        yield cloud
+
+
+@pytest.fixture(scope="session")
+def tiny_drafter(tiny_models):
+    """tiny_drafter(name) -> a LlamaDrafter over that tiny draft (cached per name)."""
+    from edge.drafter import LlamaDrafter
+
+    cache: dict[str, LlamaDrafter] = {}
+
+    def get(name: str) -> LlamaDrafter:
+        if name not in cache:
+            cache[name] = LlamaDrafter(tiny_models.drafts[name], n_ctx=1024, threads=1, f32_cache=True)
+        return cache[name]
+
+    yield get
+    for drafter in cache.values():
+        drafter.close()
+
+
+def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The reference: transformers' own generate(do_sample=False) on the target model."""
+    import torch
+
+    eos = target.eos_token_ids
+    with torch.inference_mode():
+        out = target.model.generate(
+            torch.tensor([prompt_ids], device=target.device), do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        )
+    return out[0, len(prompt_ids):].tolist()
