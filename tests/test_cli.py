@@ -1,0 +1,95 @@
+"""The `tandem` command as other tools call it: exact flags, one JSON object, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import hf_greedy
+
+STATS_FIELDS = {"rounds", "drafted", "accepted", "cloud_forward_passes", "bytes_sent", "bytes_received",
+                "tokens_per_s", "ttft_s"}
+
+
+def tandem(*args, timeout=180):
+    env = {**os.environ, "TANDEM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def start_cloud(model_dir):
+    """`tandem cloud --port 0`; returns (process, address) once it logs its ready line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "cloud", "--port", "0", "--model", str(model_dir), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = process.stdout.readline()
+    match = re.search(r"ready.* listening on ([\d.]+:\d+)", line)
+    assert match, f"no ready line, got {line!r}"
+    return process, match.group(1)
+
+
+def test_cloud_serves_then_stops_gracefully_on_sigterm(tiny_models, tiny_target, tiny_drafter):
+    process, address = start_cloud(tiny_models.target_dir)
+    try:
+        drafter = tiny_drafter("noisy")
+        prompt = "Once upon a time"
+        result = tandem("generate", prompt, "--cloud", address, "--draft-model", str(tiny_models.drafts["noisy"]),
+                        "--max-tokens", "12", "--json")
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert out["token_ids"] == hf_greedy(tiny_target, drafter.tokenize(prompt), 12)
+    finally:
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "cloud", "edge"])
+def test_generate_json_contract(tiny_models, tiny_target, tiny_drafter, mode):
+    prompt = "def add(a, b):"
+    result = tandem("generate", prompt, "--mode", mode, "--max-tokens", "16", "--json",
+                    "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)  # exactly one JSON object on stdout
+    assert {"text", "token_ids", "finish_reason"} <= out.keys() and STATS_FIELDS <= out["stats"].keys()
+    s, ids = out["stats"], out["token_ids"]
+    assert out["finish_reason"] in ("stop", "length") and 0 < len(ids) <= 16
+    assert s["tokens"] == len(ids)
+    assert s["ttft_s"] > 0 and s["tokens_per_s"] > 0
+    reference = hf_greedy(tiny_target, tiny_drafter("noisy").tokenize(prompt), 16)
+    if mode == "edge":
+        assert s["rounds"] == s["cloud_forward_passes"] == s["bytes_sent"] == 0
+        return
+    assert ids == reference
+    assert s["rounds"] == s["cloud_forward_passes"]
+    assert 0 <= s["accepted"] <= s["drafted"]
+    assert s["bytes_sent"] > 0 and s["bytes_received"] > 0
+    if mode == "hybrid":
+        assert s["drafted"] > 0 and len(ids) <= s["rounds"] + s["accepted"]
+    else:
+        assert s["drafted"] == 0 and s["rounds"] == len(ids)
+
+
+def test_mismatched_pair_is_a_clear_cli_error(tiny_models):
+    result = tandem("generate", "hi", "--json", "--model", str(tiny_models.target_dir),
+                    "--draft-model", str(tiny_models.drafts["mismatched"]))
+    assert result.returncode != 0
+    assert "tokenizer mismatch" in result.stderr and "draft-mismatched" in result.stderr
+    assert result.stdout == ""
+
+
+def test_help_documents_the_contract():
+    result = tandem("generate", "--help")
+    for flag in ("--cloud", "--max-tokens", "--mode", "--json"):
+        assert flag in result.stdout
+    result = tandem("cloud", "--help")
+    for flag in ("--host", "--port", "--model"):
+        assert flag in result.stdout

@@ -1,0 +1,58 @@
+"""The SDK in the three lines the README promises, sync and asyncio, against a real cloud."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import hf_greedy
+
+from common.detok import IncrementalDetokenizer
+from edge import AsyncTandem, Tandem
+from edge.config import EdgeConfig
+
+
+def sdk_config(tiny_cloud, tiny_models):
+    return EdgeConfig(cloud=tiny_cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
+
+
+def test_sync_sdk_streams_the_target_output(tiny_cloud, tiny_models, tiny_target, tiny_drafter):
+    prompt = "The weather today"
+    with Tandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+        deltas = list(tandem.stream(prompt, max_tokens=20))
+        completion = tandem.complete(prompt, max_tokens=20)
+    drafter = tiny_drafter("noisy")
+    assert completion.token_ids == hf_greedy(tiny_target, drafter.tokenize(prompt), 20)
+    assert "".join(deltas) == completion.text
+    assert completion.text == b"".join(drafter.token_bytes(t) for t in completion.token_ids).decode(errors="replace")
+    assert completion.stats["tokens"] == len(completion.token_ids)
+
+
+def test_async_sdk_matches_sync(tiny_cloud, tiny_models, tiny_target, tiny_drafter):
+    prompt = "import numpy as np"
+
+    async def main():
+        async with AsyncTandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+            return [delta async for delta in tandem.stream(prompt, max_tokens=15)], \
+                await tandem.complete(prompt, max_tokens=15)
+
+    deltas, completion = asyncio.run(main())
+    assert completion.token_ids == hf_greedy(tiny_target, tiny_drafter("noisy").tokenize(prompt), 15)
+    assert "".join(deltas) == completion.text
+
+
+def test_detokenizer_never_emits_broken_utf8():
+    text = "héllo 👩‍💻 世界!"
+    raw = text.encode()
+    pieces = {i: raw[i:i + 1] for i in range(len(raw))}  # one byte per "token": worst case
+    detok = IncrementalDetokenizer(pieces.__getitem__)
+    deltas = [detok.push([i]) for i in range(len(raw))] + [detok.flush()]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas)
+    # A character is released only once complete: the number of non-empty deltas equals the characters.
+    assert sum(1 for d in deltas if d) == len(text)
+
+
+def test_detokenizer_flushes_an_incomplete_tail():
+    detok = IncrementalDetokenizer({0: b"ok", 1: "é".encode()[:1]}.__getitem__)
+    assert detok.push([0, 1]) == "ok"
+    assert detok.flush() == "\ufffd"
