@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml scripts/llama_wheel.sh | $(PY)
 
 demo: install
 	$(VENV)/bin/tandem generate --chat --max-tokens 96 \
-		"In two sentences, why does speculative decoding make a large model answer faster?"
+		"Give me three tips for writing clear code."
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code under test.
 test: install

@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A server's log wants timestamps; an interactive command's progress lines do not.
+    timestamps = "%(asctime)s " if args.command == "cloud" else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"{timestamps}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
