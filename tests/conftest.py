@@ -84,6 +84,6 @@ def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.inference_mode():
         out = target.model.generate(
             torch.tensor([prompt_ids], device=target.device), do_sample=False, max_new_tokens=max_new_tokens,
-            eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
         )
     return out[0, len(prompt_ids):].tolist()
