@@ -171,6 +171,42 @@ def test_sentencepiece_tokenizer_is_refused_with_the_reason(tmp_path):
     assert "byte-level BPE" in str(refused.value)
 
 
+class KeyRecorder:
+    """Stands in for a GGUFWriter: records every add_* call, so a candidate's keys can be read."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.setdefault(name, args)
+
+
+@pytest.mark.parametrize("answers,chosen", [
+    ({"smollm": "probe", "gpt-2": "all"}, "gpt-2"),  # an exact match beats an earlier partial one
+    ({"llama-bpe": "refused", "smollm": "probe"}, "smollm"),  # else the first fingerprint match
+    ({"smollm": "wrong", "gpt-2": "refused"}, None),  # else a clear error
+])
+def test_pre_tokenizer_choice(tiny_models, tiny_target, answers, chosen):
+    """choose_vocab's rule, with llama.cpp's answers scripted per pre-tokenizer name."""
+    from edge.convert_vocab import CHECK_TEXTS, TokenizerNotConvertible, choose_vocab
+
+    reference = [tiny_target.tokenize(text) for text in CHECK_TEXTS]
+    scripted = {"all": reference, "probe": [reference[0], reference[1][:-1]], "refused": None,
+                "wrong": [reference[0][:-1], reference[1]]}
+
+    def tokenize_with(add_tokenizer, texts):
+        keys = KeyRecorder()
+        add_tokenizer(keys)
+        assert keys.calls["add_tokenizer_model"] == ("gpt2",) and texts == list(CHECK_TEXTS)
+        return scripted[answers.get(keys.calls["add_tokenizer_pre"][0], "wrong")]
+
+    if chosen is None:
+        with pytest.raises(TokenizerNotConvertible):
+            choose_vocab(tiny_models.target_dir, tiny_target.vocab_size, tokenize_with)
+    else:
+        assert choose_vocab(tiny_models.target_dir, tiny_target.vocab_size, tokenize_with).pre == chosen
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_config_variants_match_transformers(tiny_models, tmp_path, variant):
     import gguf
