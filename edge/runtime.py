@@ -20,7 +20,8 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
     from edge.drafter import LlamaDrafter
 
     embedded = None
-    drafter = await asyncio.to_thread(LlamaDrafter, config.draft_model, config.n_ctx, config.threads)
+    drafter = await asyncio.to_thread(LlamaDrafter, config.draft_model, config.n_ctx, config.threads,
+                                      convert_dtype=config.draft_dtype)
     client = None
     try:
         if mode != Mode.EDGE:

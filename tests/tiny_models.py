@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path
@@ -38,23 +37,6 @@ llama.cpp-vs-transformers logit gap grows (0.3: ~4e-4); 0.1 keeps it ~5e-5.
 
 TINY_LM_HEAD_SCALE = 12.0
 """Multiplier on the random lm_head: logits get std ~10, median top-1 margin ~1.7."""
-
-GGUF_GLOBAL_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-GGUF_BLOCK_TENSORS = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
 
 
 def smollm2_gguf_path() -> Path:
@@ -98,19 +80,27 @@ def smollm2_tokenizer_dir(cache_root: Path) -> Path:
     return out
 
 
-def build_tiny_target(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+def build_tiny_target(out_dir: Path, tokenizer_dir: Path, seed: int = 0, *, dtype: str = "float32",
+                      max_shard_size: str | None = None, **config_overrides) -> Path:
     """Save a random 2-layer Llama (3.2M params) with the SmolLM2 tokenizer.
 
     Hyperparameters not about size (norm eps, RoPE base, vocabulary, special
     ids) follow SmolLM2 so the model is a drop-in stand-in for it. The same
     ``seed`` always yields the same weights.
+
+    Variants for converter tests: ``config_overrides`` replace LlamaConfig
+    fields (biases then get random values: HF initializes them to zero, which
+    would hide a misplaced bias), ``dtype`` is the saved weight type and
+    ``max_shard_size`` splits the safetensors into shards with an index.
+    A ``tokenizer.model`` in ``tokenizer_dir`` (SentencePiece) is copied along,
+    as Llama 2 checkpoints ship it next to ``tokenizer.json``.
     """
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    out_dir = Path(out_dir)
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
+    config_fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
@@ -126,10 +116,16 @@ def build_tiny_target(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if "rope_parameters" in config_overrides:
+        del config_fields["rope_theta"]
+    config = LlamaConfig(**{**config_fields, **config_overrides})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(TINY_LM_HEAD_SCALE)
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0.0, TINY_INIT_STD)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
@@ -137,33 +133,47 @@ def build_tiny_target(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path
         do_sample=False,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    shards = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.to(getattr(torch, dtype)).save_pretrained(out_dir, safe_serialization=True, **shards)
     tokenizer.save_pretrained(out_dir)
+    if (tokenizer_dir / "tokenizer.model").is_file():
+        shutil.copy(tokenizer_dir / "tokenizer.model", out_dir / "tokenizer.model")
     return out_dir
 
 
-def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder Q/K rows from HF's rotate-half RoPE layout to llama.cpp's.
+def tiny_sentencepiece_tokenizer_dir(out_dir: Path, vocab_size: int = 512) -> Path:
+    """An HF Llama tokenizer (tokenizer.model + tokenizer.json) around a tiny SentencePiece BPE.
 
-    Same as ``LlamaModel.permute`` in llama.cpp's ``convert_hf_to_gguf.py``;
-    ``n_head`` is the head count of the projection (KV heads for K).
+    Llama 2 and TinyLlama tokenize with SentencePiece, whose GGUF form differs from
+    byte-level BPE; no such model may be downloaded, so one is trained here (~1 s) on
+    a small corpus, with byte fallback so any text still tokenizes.
     """
-    rows = weights.shape[0]
-    return (
-        weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weights.shape)
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sentences = [
+        "The quick brown fox jumps over the lazy dog.",
+        "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+        "Once upon a time, in a land far away, there lived a curious engineer.",
+        "Speculative decoding lets a small model draft tokens that a large model verifies.",
+        "Numbers like 12345 and 3.14159 appear in text; so do emails like a@b.com.",
+    ]
+    corpus = out_dir / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} ({i})" for i in range(40) for s in sentences))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
     )
-
-
-def _gguf_tensor_name(hf_name: str) -> str:
-    if hf_name in GGUF_GLOBAL_TENSORS:
-        return GGUF_GLOBAL_TENSORS[hf_name]
-    parts = hf_name.split(".")
-    module = ".".join(parts[3:-1])
-    if parts[:2] != ["model", "layers"] or parts[-1] != "weight" or module not in GGUF_BLOCK_TENSORS:
-        raise ValueError(f"unexpected tensor {hf_name}")
-    return f"blk.{int(parts[2])}.{GGUF_BLOCK_TENSORS[module]}.weight"
+    corpus.unlink()
+    (out_dir / "tokenizer.vocab").unlink()
+    (out_dir / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}'
+    )
+    AutoTokenizer.from_pretrained(out_dir).save_pretrained(out_dir)  # adds tokenizer.json
+    return out_dir
 
 
 _GGUFKeyValue = tuple[str, object, gguf.GGUFValueType, "gguf.GGUFValueType | None"]
@@ -224,54 +234,33 @@ def hf_to_gguf(
 ) -> Path:
     """Write a saved HF Llama as an F32 GGUF (arch ``llama``) for llama.cpp.
 
+    Weights, layout and hyperparameters come from the product converter
+    (``edge.convert``); only the tokenizer keys differ: they are copied from the
+    SmolLM2 GGUF (the tiny target uses its tokenizer), which is faster than
+    searching for the pre-tokenizer and lets ``shuffle_vocab`` swap in an
+    incompatible tokenizer (see ``_tokenizer_fields``).
+
     ``noise > 0`` adds seeded Gaussian noise of ``noise`` times each weight
     matrix's own std (norm vectors are left alone), giving a draft that agrees
     with the target only some of the time (measured greedy agreement on the
     default target: 0.02 -> ~83%, 0.05 -> ~60%, 0.1 -> ~35%).
-    ``shuffle_vocab`` swaps in an incompatible tokenizer (see
-    ``_tokenizer_fields``); the weights stay the same.
     """
-    from safetensors.numpy import load_file
+    from edge.convert import write_llama_gguf
 
-    hf_dir, gguf_path = Path(hf_dir), Path(gguf_path)
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    n_head, n_head_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-    rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-    tensors = load_file(hf_dir / "model.safetensors")
+    fields = _tokenizer_fields(shuffle_vocab)
     rng = np.random.default_rng(noise_seed)
 
-    writer = gguf.GGUFWriter(gguf_path, "llama")
-    writer.add_name("tandem-tiny-llama")
-    writer.add_context_length(cfg["max_position_embeddings"])
-    writer.add_embedding_length(cfg["hidden_size"])
-    writer.add_block_count(cfg["num_hidden_layers"])
-    writer.add_feed_forward_length(cfg["intermediate_size"])
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(rope_theta))
-    writer.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
-    writer.add_vocab_size(cfg["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for key, value, vtype, sub_type in _tokenizer_fields(shuffle_vocab):
-        writer.add_key_value(key, value, vtype, sub_type)
+    def add_tokenizer(writer: gguf.GGUFWriter) -> None:
+        for key, value, vtype, sub_type in fields:
+            writer.add_key_value(key, value, vtype, sub_type)
 
-    for hf_name in sorted(tensors):
-        data = tensors[hf_name].astype(np.float32)
-        if noise > 0 and data.ndim == 2:
-            data = data + (noise * data.std() * rng.standard_normal(data.shape)).astype(np.float32)
-        if hf_name.endswith("self_attn.q_proj.weight"):
-            data = _permute_qk(data, n_head)
-        elif hf_name.endswith("self_attn.k_proj.weight"):
-            data = _permute_qk(data, n_head_kv)
-        writer.add_tensor(_gguf_tensor_name(hf_name), np.ascontiguousarray(data))
+    def add_noise(hf_name: str, data: np.ndarray) -> np.ndarray:
+        if data.ndim != 2:
+            return data
+        return data + (noise * data.std() * rng.standard_normal(data.shape)).astype(np.float32)
 
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return gguf_path
+    return write_llama_gguf(hf_dir, gguf_path, add_tokenizer, dtype="f32", name="tandem-tiny-llama",
+                            transform=add_noise if noise > 0 else None)
 
 
 def load_llama(gguf_path: Path, *, n_ctx: int = 512, n_threads: int = 1, vocab_only: bool = False):
