@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
-from common.errors import TandemError
+from common.errors import CloudUnavailable, TandemError
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.types import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
 from edge.client import CountedStream, error_from_rpc
@@ -88,12 +88,14 @@ class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
     def __init__(self, drafter, stream: CountedStream, request: SessionOpen, config: SpeculationConfig,
-                 stats: GenerationStats | None = None):
+                 stats: GenerationStats | None = None, response_timeout_s: float | None = None):
+        """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
         self.config = config
         self.stats = stats or GenerationStats()
+        self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence)
         self.stop_ids = set(request.stop_token_ids)
@@ -115,7 +117,7 @@ class SpeculativeRun:
     async def tokens(self) -> AsyncIterator[list[int]]:
         reader = asyncio.create_task(self._read_all())
         try:
-            await self.stream.write(pb.SpeculateRequest(open=self.request.to_pb()))
+            await self._timed(self.stream.write(pb.SpeculateRequest(open=self.request.to_pb())), "connection")
             prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
             first = self._apply_started(SessionStarted.from_pb(started.started))
@@ -203,7 +205,7 @@ class SpeculativeRun:
         self.sent_upto = len(self.tail)
         self.in_flight.append(_InFlight(block))
         self.lengths.start_block()
-        await self.stream.write(pb.SpeculateRequest(draft=block.to_pb()))
+        await self._timed(self.stream.write(pb.SpeculateRequest(draft=block.to_pb())), "room to send")
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         if started.position != len(self.committed):
@@ -272,8 +274,15 @@ class SpeculativeRun:
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
             await self._responses.put(exc)
 
+    async def _timed(self, awaitable, what: str):
+        """Awaits a step that needs the cloud, within response_timeout_s."""
+        try:
+            return await asyncio.wait_for(awaitable, self.response_timeout_s)
+        except TimeoutError:
+            raise CloudUnavailable(f"no {what} from the cloud within {self.response_timeout_s:g}s") from None
+
     async def _next_response(self, expected: str | None):
-        response = await self._responses.get()
+        response = await self._timed(self._responses.get(), expected or "end of stream")
         if isinstance(response, Exception):
             raise response
         if response is None:
