@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -50,6 +51,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise SystemExit("tandem chat: --max-tokens must be >= 1")
+    if not args.verbose:  # the screen is the chat's: it says itself when the cloud is unreachable
+        logging.getLogger().setLevel(logging.ERROR)
     return asyncio.run(_chat(args))
 
 
@@ -84,18 +87,17 @@ class ChatSession:
 
 
 def notice(generation: Generation) -> str:
-    where = "this answer" if generation.fallback_at == 0 else f"this answer from token {generation.fallback_at} on"
-    return (f"! cloud unreachable ({generation.fallback_reason}): the local model alone wrote {where}; "
-            "reconnecting in the background")
+    where = "" if generation.fallback_at == 0 else f" from token {generation.fallback_at} on"
+    return (f"! cloud unreachable: the local model alone wrote this answer{where}; reconnecting in the "
+            f"background. [{generation.fallback_reason}]")
 
 
 def stats_line(generation: Generation, prompt_tokens: int) -> str:
     """[hybrid | 40 tokens | 85.3 tok/s | 2.67 tokens/round | prompt 31 tokens]"""
     s = generation.stats
     parts = [generation.answered_by, f"{len(generation.token_ids)} tokens", f"{s.tokens_per_s:.1f} tok/s"]
-    if s.rounds:  # tokens per cloud round, over the part of the answer the cloud verified
-        from_cloud = generation.fallback_at if generation.degraded else s.tokens
-        parts.append(f"{from_cloud / s.rounds:.2f} tokens/round")
+    if s.rounds:
+        parts.append(f"{s.tokens_per_round:.2f} tokens/round")
     parts.append(f"prompt {prompt_tokens} tokens")
     return "[" + " | ".join(parts) + "]"
 

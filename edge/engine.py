@@ -239,6 +239,7 @@ class EdgeEngine:
                 return
             token = policy.choose(logits, len(context)).token_id
             context.append(token)
+            generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
             yield [token]
             if token in stop_ids:

@@ -85,7 +85,7 @@ class CloudWatch:
     def mark_down(self, reason: str) -> None:
         """Records the failure and starts probing in the background (on the running loop)."""
         if self.state != CloudState.DOWN:
-            log.warning("cloud unavailable (%s): answering with the local model until it is back", reason)
+            log.warning("%s: answering with the local model until the cloud is back", reason)
             self.down_since = time.monotonic()
         self.state, self.last_error = CloudState.DOWN, reason
         if self._task is None or self._task.done():
