@@ -33,7 +33,7 @@ class FallbackConfig:
     enabled: bool = True  # off: hybrid answers are the cloud model's or an error, never local
     timeout_s: float = 2.0  # longest wait for the cloud (connect, first token, each verdict)
     retry_min_s: float = 0.5  # first background reconnect attempt after a failure
-    retry_max_s: float = 5.0  # backoff cap between reconnect attempts
+    retry_max_s: float = 2.0  # backoff cap between reconnect attempts (one Info call each)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:

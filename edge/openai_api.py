@@ -149,7 +149,7 @@ def _params(body: dict, default_max_tokens: int) -> Params:
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=0 if body.get("top_k") is None else _integer(body["top_k"], "top_k", 0),
-        seed=None if body.get("seed") is None else _integer(body["seed"], "seed", 0),
+        seed=None if body.get("seed") is None else _integer(body["seed"], "seed", 0, 2**64 - 1),
         stop=_stop(body.get("stop")),
         stream=stream,
         include_usage=stream and _bool(stream_options, "include_usage"),
@@ -161,9 +161,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _integer(value: object, name: str, low: int) -> int:
-    if not _is_int(value) or value < low:
-        raise ApiError(400, f"`{name}` must be an integer >= {low}, got {value!r}", name)
+def _integer(value: object, name: str, low: int, high: int | None = None) -> int:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ApiError(400, f"`{name}` must be an integer {bounds}, got {value!r}", name)
     return value
 
 

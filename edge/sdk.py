@@ -127,7 +127,7 @@ class AsyncTandem:
         request = GenerationRequest(
             prompt_token_ids=list(prompt_token_ids),
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed or 0),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, _wire_seed(opts.seed)),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
         )
@@ -177,6 +177,17 @@ class AsyncTandem:
         if self.engine is None or self.engine.client is None:
             return {"state": "none"}
         return {"address": self.engine.client.address, **self.engine.cloud.as_dict()}
+
+
+# On the wire a seed of 0 means "none given" (the engine draws a fresh one), so a caller's
+# explicit seed 0 travels as this fixed stand-in and reproduces like any other seed.
+SEED_ZERO_STAND_IN = 0x5EED_0000_0000_0000
+
+
+def _wire_seed(seed: int | None) -> int:
+    if seed is None:
+        return 0
+    return seed or SEED_ZERO_STAND_IN
 
 
 def completion_of(text: str, generation: Generation) -> Completion:

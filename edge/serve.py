@@ -158,10 +158,10 @@ class OpenAIServer:
         try:
             async with contextlib.aclosing(deltas):
                 if builder.params.stream:
-                    response = await self._stream(request, builder, deltas, generation)
+                    response, finished = await self._stream(request, builder, deltas, generation)
                 else:
-                    response = await self._collect(builder, deltas, generation)
-        except asyncio.CancelledError:
+                    response, finished = await self._collect(builder, deltas, generation), True
+        except (asyncio.CancelledError, ConnectionResetError):  # the client went away
             self.counts.cancelled += 1
             log.info("client went away: generation cancelled after %d tokens", len(generation.token_ids))
             raise
@@ -170,8 +170,11 @@ class OpenAIServer:
             raise
         finally:
             self.counts.active -= 1
-        self.counts.completed += 1
-        self.counts.degraded += generation.degraded
+        if finished:
+            self.counts.completed += 1
+            self.counts.degraded += generation.degraded
+        else:
+            self.counts.failed += 1
         return response
 
     async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
@@ -181,14 +184,15 @@ class OpenAIServer:
                                  headers=_fallback_headers(generation))
 
     async def _stream(self, request: web.Request, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
-                      generation: Generation) -> web.StreamResponse:
+                      generation: Generation) -> tuple[web.StreamResponse, bool]:
+        """The answer as Server-Sent Events; False if it broke off with an error event."""
         # The first token comes before the headers, so a request the cloud refuses gets a plain
         # HTTP error, and the degraded header tells whether the answer started locally.
         delta = await anext(deltas, None)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                **_fallback_headers(generation)})
         await response.prepare(request)
-        text, unsent_ids = [], []
+        text, unsent_ids, finished = [], [], True
         try:
             while delta is not None:
                 unsent_ids += delta.token_ids
@@ -204,9 +208,10 @@ class OpenAIServer:
         except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
             log.warning("generation failed mid-stream: %s", exc)
             await _send_event(response, _api_error(exc).body())
+            finished = False
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        return response
+        return response, finished
 
 
 def _fallback_headers(generation: Generation) -> dict[str, str]:

@@ -125,16 +125,25 @@ def test_silent_cloud_falls_back_within_the_timeout_then_recovers(relay, tiny_cl
     assert tiny_cloud.live_sessions == 0
 
 
-def test_without_fallback_an_unreachable_cloud_is_a_503(relay, tiny_drafter):
+def test_without_fallback_a_lost_cloud_is_an_error(relay, tiny_drafter):
+    """Fallback off: a stream that breaks ends with an error event; an unreachable cloud is a 503."""
     with LocalServer(tiny_drafter("noisy"), f"127.0.0.1:{relay.port}") as server, \
             openai.OpenAI(base_url=server.base_url, api_key="-", max_retries=0, timeout=60) as client:
+        stream = client.chat.completions.create(model="tandem", messages=MESSAGES, temperature=0, max_tokens=800,
+                                                stream=True)
+        assert next(stream).degraded is False
+        relay.drop_connections()
+        with pytest.raises(openai.APIError, match="UNAVAILABLE"):
+            for _ in stream:
+                pass
         relay.stop()
         for stream in (False, True):
             with pytest.raises(openai.InternalServerError) as caught:
                 client.chat.completions.create(model="tandem", messages=MESSAGES, max_tokens=8, stream=stream)
             assert caught.value.status_code == 503
             assert caught.value.body["type"] == "service_unavailable" and "UNAVAILABLE" in caught.value.body["message"]
-        assert server.health()["requests"]["failed"] == 2
+        assert server.health()["requests"] == {"active": 0, "completed": 0, "cancelled": 0, "failed": 3,
+                                               "degraded": 0}
 
 
 def test_sdk_fallback_flag(tiny_models):
