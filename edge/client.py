@@ -84,10 +84,13 @@ class CloudClient:
 
     async def info(self, timeout_s: float | None = None) -> ModelInfo:
         """The cloud's model info, waiting up to timeout_s (default connect_timeout_s) for a connection."""
+        timeout_s = timeout_s or self.connect_timeout_s
         try:
-            response = await self.stub.Info(pb.InfoRequest(), timeout=timeout_s or self.connect_timeout_s,
-                                            wait_for_ready=True)
+            response = await self.stub.Info(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.CloudUnavailable(
+                    f"no answer from the cloud at {self.address} within {timeout_s:g}s") from None
             raise error_from_rpc(exc) from None
         return ModelInfo.from_pb(response)
 

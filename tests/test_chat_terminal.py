@@ -54,7 +54,7 @@ def chat(tiny_cloud, tiny_models):
 
 
 def test_multi_turn_reset_and_quit(chat, tiny_cloud):
-    child = chat("--cloud", tiny_cloud.address, "--max-tokens", "12")
+    child = chat("--cloud", tiny_cloud.address, "--max-tokens", "12", "--fallback-timeout", "30")
     child.expect(r"tandem chat: .*\(up\)")
     mode, tokens, first_prompt, first_answer = ask(child, "Hello there")
     assert mode == "hybrid" and 1 <= tokens <= 12
@@ -73,7 +73,7 @@ def test_multi_turn_reset_and_quit(chat, tiny_cloud):
 
 
 def test_ctrl_c_stops_the_answer_then_leaves_at_the_prompt(chat, tiny_cloud):
-    child = chat("--cloud", tiny_cloud.address, "--max-tokens", "1500")
+    child = chat("--cloud", tiny_cloud.address, "--max-tokens", "1500", "--fallback-timeout", "30")
     child.expect_exact(PROMPT)
     child.sendline("Write a very long story")
     child.expect_exact("Write a very long story\r\n")
