@@ -74,7 +74,8 @@ async def _generate(args: argparse.Namespace) -> int:
               {"mode": args.mode, "choices": choices, "stats": total}
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(f"\n{_summary(args.mode, total)}", file=sys.stderr)
+        answered_by = {c["answered_by"] for c in choices}  # "local" etc. when the cloud was unreachable
+        print(f"\n{_summary(args.mode, total, '+'.join(sorted(answered_by)))}", file=sys.stderr)
     return 0
 
 
@@ -92,8 +93,8 @@ def _aggregate(stats: list[dict]) -> dict:
     return total
 
 
-def _summary(mode: str, s: dict) -> str:
-    line = f"[{mode}] {s['tokens']} tokens in {s['elapsed_s']:.2f}s ({s['tokens_per_s']:.1f} tok/s), TTFT {s['ttft_s']:.3f}s"
+def _summary(mode: str, s: dict, answered_by: str) -> str:
+    line = f"[{answered_by}] {s['tokens']} tokens in {s['elapsed_s']:.2f}s ({s['tokens_per_s']:.1f} tok/s), TTFT {s['ttft_s']:.3f}s"
     if mode != "edge":
         line += (f", {s['tokens_per_round']:.2f} tokens/round, {s['cloud_forward_passes']} cloud passes, "
                  f"{s['bytes_sent']} B up / {s['bytes_received']} B down")
