@@ -25,6 +25,11 @@ class EmbeddedCloud:
     def address(self) -> str:
         return f"{self.config.host}:{self.running.port}"
 
+    @property
+    def live_sessions(self) -> int:
+        """Sessions (Speculate or Generate calls) the server holds right now; tests check none leak."""
+        return len(self.running.service.registry)
+
     def start(self) -> EmbeddedCloud:
         if self.model is None:
             self.model = load_model(self.config)

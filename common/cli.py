@@ -12,7 +12,9 @@ from common.errors import TandemError
 
 def build_parser() -> argparse.ArgumentParser:
     from cloud import cli as cloud_cli
+    from edge import chat as chat_cli
     from edge import cli as edge_cli
+    from edge import serve as serve_cli
 
     parser = argparse.ArgumentParser(
         prog="tandem",
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cloud_cli.add_parser(subparsers)
     edge_cli.add_parser(subparsers)
+    serve_cli.add_parser(subparsers)
+    chat_cli.add_parser(subparsers)
     return parser
 
 

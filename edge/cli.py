@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _generate(args: argparse.Namespace) -> int:
+    from edge.chat import notice
     from edge.engine import Generation, Mode
     from edge.sdk import AsyncTandem
 
@@ -60,17 +61,21 @@ async def _generate(args: argparse.Namespace) -> int:
                 if not args.json:
                     print(delta, end="", flush=True)
             choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
-                            "finish_reason": generation.finish_reason.label})
+                            "finish_reason": generation.finish_reason.label,
+                            "degraded": generation.degraded, "answered_by": generation.answered_by})
             stats.append(generation.stats.as_dict())
             if not args.json:
                 print(("\n" if args.n > 1 else ""), end="", flush=True)
+                if generation.degraded:
+                    print(f"\n{notice(generation)}", file=sys.stderr)
     total = _aggregate(stats)
     if args.json:
         out = {"mode": args.mode, **choices[0], "stats": total} if args.n == 1 else \
               {"mode": args.mode, "choices": choices, "stats": total}
         print(json.dumps(out, ensure_ascii=False))
     else:
-        print(f"\n{_summary(args.mode, total)}", file=sys.stderr)
+        answered_by = {c["answered_by"] for c in choices}  # "local" etc. when the cloud was unreachable
+        print(f"\n{_summary(args.mode, total, '+'.join(sorted(answered_by)))}", file=sys.stderr)
     return 0
 
 
@@ -78,17 +83,18 @@ def _aggregate(stats: list[dict]) -> dict:
     if len(stats) == 1:
         return stats[0]
     keys = ["rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-            "bytes_received", "tokens", "elapsed_s"]
+            "bytes_received", "tokens", "local_tokens", "elapsed_s"]
     total = {k: sum(s[k] for s in stats) for k in keys}
     total["elapsed_s"] = round(total["elapsed_s"], 4)
     total["tokens_per_s"] = round(total["tokens"] / total["elapsed_s"], 3) if total["elapsed_s"] else 0.0
-    total["tokens_per_round"] = round(total["tokens"] / total["rounds"], 3) if total["rounds"] else 0.0
+    cloud_tokens = total["tokens"] - total["local_tokens"]
+    total["tokens_per_round"] = round(cloud_tokens / total["rounds"], 3) if total["rounds"] else 0.0
     total["ttft_s"] = round(sum(s["ttft_s"] for s in stats) / len(stats), 4)
     return total
 
 
-def _summary(mode: str, s: dict) -> str:
-    line = f"[{mode}] {s['tokens']} tokens in {s['elapsed_s']:.2f}s ({s['tokens_per_s']:.1f} tok/s), TTFT {s['ttft_s']:.3f}s"
+def _summary(mode: str, s: dict, answered_by: str) -> str:
+    line = f"[{answered_by}] {s['tokens']} tokens in {s['elapsed_s']:.2f}s ({s['tokens_per_s']:.1f} tok/s), TTFT {s['ttft_s']:.3f}s"
     if mode != "edge":
         line += (f", {s['tokens_per_round']:.2f} tokens/round, {s['cloud_forward_passes']} cloud passes, "
                  f"{s['bytes_sent']} B up / {s['bytes_received']} B down")

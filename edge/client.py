@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,11 +21,14 @@ _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
     """The domain exception for a failed call, keeping the server's message."""
-    code = exc.code()
+    return error_from_status(exc.code(), exc.details())
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None) -> errors.TandemError:
     if code in _UNREACHABLE:
-        return errors.CloudUnavailable(f"cloud unavailable ({code.name}): {exc.details()}")
+        return errors.CloudUnavailable(f"cloud unavailable ({code.name}): {details}")
     cls = _ERRORS.get(code.name, errors.TandemError)
-    return cls(exc.details() or code.name)
+    return cls(details or code.name)
 
 
 class CountedStream:
@@ -37,7 +41,13 @@ class CountedStream:
 
     async def write(self, request: pb.SpeculateRequest) -> None:
         self.bytes_sent += request.ByteSize()
-        await self._call.write(request)
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        except asyncio.InvalidStateError:
+            # The call already ended (the cloud went away or aborted it): report why.
+            raise error_from_status(await self._call.code(), await self._call.details()) from None
 
     async def read(self) -> pb.SpeculateResponse | None:
         """The next response, or None when the cloud ended the stream."""
@@ -48,7 +58,10 @@ class CountedStream:
         return response
 
     async def done_writing(self) -> None:
-        await self._call.done_writing()
+        try:
+            await self._call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -62,13 +75,22 @@ class CloudClient:
         self.channel = channel or grpc.aio.insecure_channel(address, options=[
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            # gRPC's reconnect backoff grows to 2 minutes by default; a cloud that restarts
+            # should be found again within seconds (offline fallback reconnects through it).
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
         ])
         self.stub = pb_grpc.TandemStub(self.channel)
 
-    async def info(self) -> ModelInfo:
+    async def info(self, timeout_s: float | None = None) -> ModelInfo:
+        """The cloud's model info, waiting up to timeout_s (default connect_timeout_s) for a connection."""
+        timeout_s = timeout_s or self.connect_timeout_s
         try:
-            response = await self.stub.Info(pb.InfoRequest(), timeout=self.connect_timeout_s, wait_for_ready=True)
+            response = await self.stub.Info(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.CloudUnavailable(
+                    f"no answer from the cloud at {self.address} within {timeout_s:g}s") from None
             raise error_from_rpc(exc) from None
         return ModelInfo.from_pb(response)
 

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from common.settings import env
+from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
 
 
@@ -19,6 +20,7 @@ class EdgeConfig:
     n_ctx: int = 4096  # the draft model's context window
     connect_timeout_s: float = 10.0
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +49,7 @@ class EdgeConfig:
         g.add_argument("--min-confidence", type=float, default=s.min_confidence,
                        help="end a block after a draft the draft model gives less probability "
                             "(default %(default)s)")
+        FallbackConfig.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EdgeConfig:
@@ -63,4 +66,5 @@ class EdgeConfig:
                 max_in_flight=args.max_in_flight,
                 min_confidence=args.min_confidence,
             ),
+            fallback=FallbackConfig.from_args(args),
         )

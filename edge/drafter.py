@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from functools import lru_cache
@@ -60,6 +61,9 @@ class LlamaDrafter:
         self.fingerprint = tokenizer_fingerprint(self.tokenize)
         self._evaluated: list[int] = []
         self._last_logits: np.ndarray | None = None
+        # Callers run next_logits in worker threads; a cancelled caller (a client that went
+        # away) leaves its thread running, so the next generation must wait for it here.
+        self._lock = threading.Lock()
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
 
     def tokenize(self, text: str) -> list[int]:
@@ -75,7 +79,10 @@ class LlamaDrafter:
 
         Reuses the KV cache for the longest prefix shared with the last call.
         """
-        context = list(context)
+        with self._lock:
+            return self._next_logits(list(context))
+
+    def _next_logits(self, context: list[int]) -> np.ndarray:
         if len(context) >= self.n_ctx:
             raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
         shared = _common_prefix(self._evaluated, context)
@@ -98,7 +105,8 @@ class LlamaDrafter:
         return len(self._evaluated)
 
     def close(self) -> None:
-        self._llama.close()
+        with self._lock:
+            self._llama.close()
 
 
 def tokenize_with_vocab(gguf_path: Path, texts: Sequence[str]) -> list[list[int]] | None:

@@ -3,23 +3,33 @@
 - hybrid: the draft proposes, the cloud verifies (Speculate); output is the cloud model's.
 - cloud: the cloud generates alone (Generate); the baseline.
 - edge: the local model generates alone; no network.
+
+With fallback on (edge/fallback.py), a hybrid generation whose cloud is unreachable, silent
+past the timeout, or lost mid-stream continues on the local model from the committed tokens,
+and is marked degraded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import enum
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from common.errors import FailedPrecondition, InvalidArgument
+from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.types import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.drafter import ContextFull
 from edge.drafting import DraftPolicy
+from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
+
+log = logging.getLogger(__name__)
 
 
 class Mode(str, enum.Enum):
@@ -45,21 +55,55 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
+    # Offline fallback: token_ids[fallback_at:] came from the local model alone.
+    degraded: bool = False
+    fallback_at: int | None = None
+    fallback_reason: str = ""
+
+    @property
+    def answered_by(self) -> str:
+        """"hybrid", "local" (the cloud was down from the start) or "hybrid-then-local"."""
+        if not self.degraded:
+            return self.mode.value
+        return "local" if self.fallback_at == 0 else f"{self.mode.value}-then-local"
 
 
 class EdgeEngine:
-    def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None):
+    def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
+                 fallback: FallbackConfig | None = None):
+        """fallback=None turns fallback off: hybrid answers are the cloud model's or an error."""
         self.drafter = drafter
         self.client = client
         self.config = config or SpeculationConfig()
+        self.fallback = fallback or FallbackConfig(enabled=False)
         self.cloud_info: ModelInfo | None = None
+        self.cloud = CloudWatch(self._probe, self.fallback)
         self._draft_lock = asyncio.Lock()  # one generation at a time drives the draft model
 
-    async def connect(self) -> ModelInfo:
+    async def open(self) -> None:
+        """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
+        marked down and reconnected in the background, and answers are local meanwhile."""
+        if self.client is None:
+            return
+        if not self.fallback.enabled:
+            await self.connect()
+            return
+        try:
+            await self.connect(self.fallback.timeout_s)
+        except CloudUnavailable as exc:
+            self.cloud.mark_down(str(exc))
+
+    async def close(self) -> None:
+        await self.cloud.close()
+
+    async def _probe(self) -> None:
+        await self.connect(self.fallback.timeout_s)
+
+    async def connect(self, timeout_s: float | None = None) -> ModelInfo:
         """Fetches the cloud's model info and refuses a draft with a different tokenizer."""
         if self.client is None:
             raise FailedPrecondition("no cloud address configured")
-        info = await self.client.info()
+        info = await self.client.info(timeout_s)
         if info.tokenizer_fingerprint != self.drafter.fingerprint:
             raise FailedPrecondition(
                 f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
@@ -68,6 +112,7 @@ class EdgeEngine:
                 "the target's tokenizer family"
             )
         self.cloud_info = info
+        self.cloud.mark_up()
         return info
 
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
@@ -86,10 +131,56 @@ class EdgeEngine:
             raise InvalidArgument("the prompt is empty")
         generation = generation or Generation(mode)
         request = self.with_seed(request)
-        run = {Mode.HYBRID: self._hybrid, Mode.CLOUD: self._cloud, Mode.EDGE: self._edge}[mode]
-        async with self._draft_lock:
-            async for new in run(request, generation):
+        hybrid = self._hybrid_or_local if self.fallback.enabled else self._hybrid
+        run = {Mode.HYBRID: hybrid, Mode.CLOUD: self._cloud, Mode.EDGE: self._edge}[mode]
+        # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
+        # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
+        async with self._draft_lock, contextlib.aclosing(run(request, generation)) as tokens:
+            async for new in tokens:
                 generation.token_ids += new
+                yield new
+
+    async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation
+                               ) -> AsyncIterator[list[int]]:
+        """Hybrid while the cloud answers in time; the local model alone from the first failure."""
+        reason = await self._cloud_unusable()
+        if reason is None:
+            try:
+                async with contextlib.aclosing(self._hybrid(request, generation)) as tokens:
+                    async for new in tokens:
+                        yield new
+                return
+            except CloudUnavailable as exc:
+                self.cloud.mark_down(str(exc))
+                if generation.finish_reason:
+                    return  # every token had arrived; only the end of the stream was lost
+                reason = str(exc)
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as tokens:
+            async for new in tokens:
+                yield new
+
+    async def _cloud_unusable(self) -> str | None:
+        """Why the cloud can't be used now (None if it can); contacts it if it never was."""
+        if self.cloud.state == CloudState.UNKNOWN:
+            try:
+                await self.connect(self.fallback.timeout_s)
+            except CloudUnavailable as exc:
+                self.cloud.mark_down(str(exc))
+        return None if self.cloud.up else self.cloud.last_error
+
+    async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str
+                                  ) -> AsyncIterator[list[int]]:
+        """Continues the answer on the draft model from the tokens committed so far."""
+        done = len(generation.token_ids)
+        generation.degraded, generation.fallback_at, generation.fallback_reason = True, done, reason
+        log.warning("continuing on the local model from token %d: %s", done, reason)
+        if done >= request.max_new_tokens:
+            generation.finish_reason = FinishReason.LENGTH
+            return
+        rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
+                                   max_new_tokens=request.max_new_tokens - done)
+        async with contextlib.aclosing(self._edge(rest, generation)) as tokens:
+            async for new in tokens:
                 yield new
 
     async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
@@ -103,11 +194,17 @@ class EdgeEngine:
             draft_model_name=self.drafter.name,
             draft_mode=request.draft_mode,
         )
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats)
+        timeout = self.fallback.timeout_s if self.fallback.enabled else None
+        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats,
+                             response_timeout_s=timeout)
         run.stop_ids |= set(info.eos_token_ids)
-        async for new in run.tokens():
-            yield new
-        generation.finish_reason = run.finish
+        try:
+            async with contextlib.aclosing(run.tokens()) as tokens:
+                async for new in tokens:
+                    yield new
+        finally:
+            if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
+                generation.finish_reason = run.finish
 
     async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         if self.client is None:
@@ -142,6 +239,7 @@ class EdgeEngine:
                 return
             token = policy.choose(logits, len(context)).token_id
             context.append(token)
+            generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
             yield [token]
             if token in stop_ids:

@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIterator[EdgeEngine]:
-    """Loads the draft model; connects to the cloud (starting an embedded one without an address)."""
+    """Loads the draft model; connects to the cloud (starting an embedded one without an address).
+
+    With fallback on, an unreachable cloud does not fail here: the engine answers locally and
+    reconnects in the background.
+    """
     from edge.client import CloudClient
     from edge.drafter import LlamaDrafter
 
@@ -30,10 +34,12 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
                 embedded = await asyncio.to_thread(_start_embedded, config)
                 address = embedded.address
             client = CloudClient(address, connect_timeout_s=config.connect_timeout_s)
-        engine = EdgeEngine(drafter, client, config.speculation)
-        if client is not None:
-            await engine.connect()
-        yield engine
+        engine = EdgeEngine(drafter, client, config.speculation, config.fallback)
+        try:
+            await engine.open()
+            yield engine
+        finally:
+            await engine.close()
     finally:
         if client is not None:
             await client.close()

@@ -5,19 +5,26 @@
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
 AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`).
+
+Offline fallback is on by default: when the cloud can't be reached (or drops mid-answer) the
+local model finishes the answer, and `Completion.degraded` / `Delta.degraded` say so. Pass
+`fallback=False` for answers that are exactly the cloud model's or an error (CloudUnavailable).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
-from common.types import DraftMode, SamplingParams
+from common.types import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
-from edge.engine import Generation, GenerationRequest, Mode
+from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.stop_text import StopScanner
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,23 @@ class Completion:
     token_ids: list[int]
     finish_reason: str | None  # "stop" or "length"
     stats: dict
+    degraded: bool = False  # the local model alone wrote token_ids[fallback_at:]
+    answered_by: str = "hybrid"  # "hybrid", "local", "hybrid-then-local", "cloud" or "edge"
+    fallback_at: int | None = None
+    fallback_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of an answer: new text, the token ids it came from, and who produced them.
+
+    Text and ids need not line up one to one: a character split across tokens is released
+    with the token that completes it, and text that may begin a stop string is held back.
+    """
+
+    text: str
+    token_ids: list[int]
+    degraded: bool  # produced by the local model alone (offline fallback)
 
 
 @dataclass(frozen=True)
@@ -38,15 +62,27 @@ class GenerateOptions:
     stop_token_ids: tuple[int, ...] = ()
     draft_mode: str = "ids"  # "ids" or "sparse"
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
 
 
 class AsyncTandem:
     def __init__(self, cloud: str | None = None, *, draft_model: str | None = None, mode: str = "hybrid",
-                 config: EdgeConfig | None = None):
+                 fallback: bool | None = None, config: EdgeConfig | None = None):
+        """fallback: answer locally while the cloud is unreachable (default on; see EdgeConfig)."""
         self.config = config or EdgeConfig(cloud=cloud, draft_model=draft_model)
+        if fallback is not None:
+            self.config = dataclasses.replace(
+                self.config, fallback=dataclasses.replace(self.config.fallback, enabled=fallback))
         self.mode = Mode(mode)
         self._engine_cm = None
-        self.engine = None
+        self.engine: EdgeEngine | None = None
+
+    @classmethod
+    def from_engine(cls, engine: EdgeEngine, mode: str = "hybrid") -> AsyncTandem:
+        """Wraps an engine the caller built and owns (close() leaves it open)."""
+        tandem = cls(mode=mode)
+        tandem.engine = engine
+        return tandem
 
     async def start(self) -> AsyncTandem:
         if self.engine is None:
@@ -68,38 +104,96 @@ class AsyncTandem:
         await self.close()
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        if chat:
+            return self.encode_chat([{"role": "user", "content": prompt}])
+        return self.engine.drafter.tokenize(prompt)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of `messages` ([{role, content}]) in the model's chat template, ready for a reply."""
         from edge.chat_template import render_chat
 
         drafter = self.engine.drafter
-        if chat:
-            prompt = render_chat(drafter.chat_template, [{"role": "user", "content": prompt}])
-        return drafter.tokenize(prompt)
+        return drafter.tokenize(render_chat(drafter.chat_template, messages))
 
-    async def stream(self, prompt: str, generation: Generation | None = None, **options) -> AsyncIterator[str]:
-        """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
+    async def deltas(self, prompt_token_ids: list[int], generation: Generation | None = None, **options
+                     ) -> AsyncIterator[Delta]:
+        """Yields the answer to a tokenized prompt as Deltas; options are GenerateOptions fields.
+
+        Pass `generation` to read token ids, finish reason, stats and fallback state after. With
+        stop strings, its token_ids end with the token that completed the stop string.
+        """
         await self.start()
         opts = GenerateOptions(**options)
         request = GenerationRequest(
-            prompt_token_ids=self.encode(prompt, opts.chat),
+            prompt_token_ids=list(prompt_token_ids),
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed or 0),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, _wire_seed(opts.seed)),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
         )
         generation = generation or Generation(self.mode)
         detok = IncrementalDetokenizer(self.engine.drafter.token_bytes)
-        async for new in self.engine.generate(request, self.mode, generation):
-            text = detok.push(new)
-            if text:
-                yield text
-        tail = detok.flush()
-        if tail:
-            yield tail
+        stops = StopScanner(opts.stop)
+        last = None
+        async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
+            async for new in tokens:
+                ids, text = [], ""
+                for token in new:
+                    ids.append(token)
+                    text += stops.push(detok.push([token]))
+                    if stops.hit is not None:
+                        break
+                if stops.hit is not None:
+                    # Tokens after the one that completed the stop string are not part of the answer.
+                    del generation.token_ids[len(generation.token_ids) - len(new) + len(ids):]
+                    last = Delta(text, ids, generation.degraded)
+                    break  # leaving the block closes the generation (and its cloud stream) now
+                yield Delta(text, ids, generation.degraded)
+        if last is None:
+            last = Delta(stops.push(detok.flush()) + stops.flush(), [], generation.degraded)
+        if stops.hit is not None:
+            generation.finish_reason = FinishReason.STOP
+        if last.text or last.token_ids:
+            yield last
+
+    async def stream(self, prompt: str, generation: Generation | None = None, **options) -> AsyncIterator[str]:
+        """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
+        await self.start()
+        options = dict(options)
+        prompt_ids = self.encode(prompt, options.pop("chat", False))
+        async with contextlib.aclosing(self.deltas(prompt_ids, generation, **options)) as deltas:
+            async for delta in deltas:
+                if delta.text:
+                    yield delta.text
 
     async def complete(self, prompt: str, **options) -> Completion:
         generation = Generation(self.mode)
         text = "".join([delta async for delta in self.stream(prompt, generation, **options)])
-        return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict())
+        return completion_of(text, generation)
+
+    @property
+    def cloud_status(self) -> dict:
+        """The cloud's state ("up", "down", "unknown"), last error and reconnect count."""
+        if self.engine is None or self.engine.client is None:
+            return {"state": "none"}
+        return {"address": self.engine.client.address, **self.engine.cloud.as_dict()}
+
+
+# On the wire a seed of 0 means "none given" (the engine draws a fresh one), so a caller's
+# explicit seed 0 travels as this fixed stand-in and reproduces like any other seed.
+SEED_ZERO_STAND_IN = 0x5EED_0000_0000_0000
+
+
+def _wire_seed(seed: int | None) -> int:
+    if seed is None:
+        return 0
+    return seed or SEED_ZERO_STAND_IN
+
+
+def completion_of(text: str, generation: Generation) -> Completion:
+    return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
+                      generation.degraded, generation.answered_by, generation.fallback_at,
+                      generation.fallback_reason)
 
 
 class Tandem:

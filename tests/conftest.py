@@ -18,6 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Tests fork (pexpect's pty spawn runs Python in the child before exec) while this process has
+# live gRPC threads; gRPC's fork handlers then restart its pollers in the child, where they can
+# abort on the descriptors closed before exec ("epoll_wait error: Bad file descriptor").
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from tiny_models import build_tiny_target, hf_to_gguf, smollm2_tokenizer_dir  # noqa: E402
 

@@ -1,0 +1,280 @@
+"""The OpenAI API's wire format: request bodies parsed and checked, responses and chunks built.
+
+Pure translation, no HTTP and no model: edge/serve.py hands it JSON bodies and SDK results.
+Field names and shapes follow the OpenAI chat and completions APIs, so the official client
+and the desktop apps that speak them work unchanged. Extensions, which OpenAI clients ignore:
+
+- request `top_k` (int, 0 = off) and `return_token_ids` (bool: the prompt's and the answer's
+  token ids come back, as `prompt_token_ids` and per choice `token_ids`);
+- response and every chunk: `degraded` (bool): the cloud was unreachable, so (part of) the
+  answer is the local model's alone (see edge/fallback.py);
+- the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, stats}.
+
+Parameters a request may set but this server can't honour are refused with a 400 that says
+so, rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+from edge.sdk import Completion
+
+MAX_STOP_STRINGS = 16
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    """A request the API refuses: becomes `{"error": {...}}` with this HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Params:
+    """What both endpoints share: sampling, length, stops, streaming."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    return_token_ids: bool
+
+    def generate_options(self) -> dict:
+        """Keyword arguments for AsyncTandem.deltas (edge.sdk.GenerateOptions)."""
+        return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                    top_k=self.top_k, seed=self.seed, stop=self.stop)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict]  # [{"role": system|user|assistant, "content": str}]
+    params: Params
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    prompt: str | list[int]  # text, or token ids
+    params: Params
+
+
+def parse_chat(body: object, default_max_tokens: int) -> ChatRequest:
+    body = _object(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty array of {role, content} objects", "messages")
+    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens))
+
+
+def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
+    body = _object(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+        pass  # token ids
+    elif not isinstance(prompt, str) or not prompt:
+        raise ApiError(400, "`prompt` must be a non-empty string or array of token ids (one prompt per "
+                            "request)", "prompt")
+    if body.get("echo"):
+        raise ApiError(400, "`echo` is not supported", "echo")
+    if body.get("suffix"):
+        raise ApiError(400, "`suffix` (insertion) is not supported", "suffix")
+    if body.get("best_of") not in (None, 1):
+        raise ApiError(400, "`best_of` must be 1", "best_of")
+    return TextRequest(prompt, _params(body, default_max_tokens))
+
+
+def _object(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _message(message: object, index: int) -> dict:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise ApiError(400, f"{param} must be an object with `role` and `content`", param)
+    role = CHAT_ROLES.get(message.get("role"))
+    if role is None:
+        raise ApiError(400, f"{param}.role must be one of {sorted(CHAT_ROLES)} (tools are not supported), "
+                            f"got {message.get('role')!r}", f"{param}.role")
+    if message.get("tool_calls"):
+        raise ApiError(400, "tool calls are not supported", f"{param}.tool_calls")
+    return {"role": role, "content": _content(message.get("content"), param)}
+
+
+def _content(content: object, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
+            return "\n".join(texts)
+    raise ApiError(400, f"{param}.content must be a string or an array of text parts (images and audio "
+                        "are not supported)", f"{param}.content")
+
+
+def _params(body: dict, default_max_tokens: int) -> Params:
+    for name, ok in (("n", lambda v: v in (None, 1)), ("logprobs", lambda v: not v),
+                     ("tools", lambda v: not v), ("functions", lambda v: not v),
+                     ("logit_bias", lambda v: not v),
+                     ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v),
+                     ("response_format", lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"))):
+        if not ok(body.get(name)):
+            raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
+                                "output distribution or shape); leave it unset", name)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    stream = _bool(body, "stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise ApiError(400, "`stream_options` must be an object", "stream_options")
+    return Params(
+        max_tokens=default_max_tokens if max_tokens is None else _integer(max_tokens, "max_tokens", 1),
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        top_k=0 if body.get("top_k") is None else _integer(body["top_k"], "top_k", 0),
+        seed=None if body.get("seed") is None else _integer(body["seed"], "seed", 0, 2**64 - 1),
+        stop=_stop(body.get("stop")),
+        stream=stream,
+        include_usage=stream and _bool(stream_options, "include_usage"),
+        return_token_ids=_bool(body, "return_token_ids"),
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(value: object, name: str, low: int, high: int | None = None) -> int:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ApiError(400, f"`{name}` must be an integer {bounds}, got {value!r}", name)
+    return value
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or value > high or value < low or (low_open and value == low)):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ApiError(400, f"`{name}` must be a number in {bounds}, got {value!r}", name)
+    return float(value)
+
+
+def _bool(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"`{name}` must be true or false, got {value!r}", name)
+    return value
+
+
+def _stop(stop: object) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise ApiError(400, f"`stop` must be a non-empty string or an array of at most {MAX_STOP_STRINGS} "
+                            "non-empty strings", "stop")
+    return tuple(stops)
+
+
+class ResponseBuilder:
+    """The response, or the stream of chunks, of one chat or text completion."""
+
+    def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int]):
+        self.chat = chat
+        self.model = model
+        self.params = params
+        self.prompt_token_ids = prompt_token_ids
+        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self._sent_role = False  # the first chat chunk carries the role
+        self._sent_prompt_ids = False  # the first chunk carries prompt_token_ids (if asked for)
+
+    def _envelope(self, chunk: bool, choices: list[dict], degraded: bool) -> dict:
+        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+               "system_fingerprint": None, "choices": choices, "degraded": degraded}
+        if chunk and self.params.include_usage:
+            out["usage"] = None  # as OpenAI does: only the last chunk carries usage
+        return out
+
+    def _choice(self, text: str | None, finish_reason: str | None, token_ids: list[int] | None,
+                chunk: bool) -> dict:
+        if self.chat and chunk:
+            delta = {} if text is None else {"content": text}
+            if not self._sent_role:
+                delta, self._sent_role = {"role": "assistant", **delta}, True
+            choice = {"index": 0, "delta": delta}
+        elif self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text or ""}
+        choice.update(finish_reason=finish_reason, logprobs=None)
+        if self.params.return_token_ids and token_ids is not None:
+            choice["token_ids"] = token_ids
+        return choice
+
+    def chunk(self, text: str, token_ids: list[int], degraded: bool) -> dict:
+        return self._with_prompt_ids(self._envelope(True, [self._choice(text, None, token_ids, True)], degraded))
+
+    def final_chunk(self, completion: Completion, token_ids: list[int]) -> dict:
+        """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
+        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True)],
+                             completion.degraded)
+        out["tandem"] = details(completion)
+        return self._with_prompt_ids(out)
+
+    def _with_prompt_ids(self, chunk: dict) -> dict:
+        if self.params.return_token_ids and not self._sent_prompt_ids:
+            chunk["prompt_token_ids"], self._sent_prompt_ids = self.prompt_token_ids, True
+        return chunk
+
+    def usage_chunk(self, completion: Completion) -> dict:
+        out = self._envelope(True, [], completion.degraded)
+        out["usage"] = self.usage(completion)
+        return out
+
+    def response(self, completion: Completion) -> dict:
+        out = self._envelope(False, [self._choice(completion.text, completion.finish_reason,
+                                                  completion.token_ids, False)], completion.degraded)
+        out["usage"] = self.usage(completion)
+        if self.params.return_token_ids:
+            out["prompt_token_ids"] = self.prompt_token_ids
+        out["tandem"] = details(completion)
+        return out
+
+    def usage(self, completion: Completion) -> dict:
+        prompt, answer = len(self.prompt_token_ids), len(completion.token_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+
+
+def details(completion: Completion) -> dict:
+    """The `tandem` extension: who answered, where the local model took over, and why."""
+    return {
+        "answered_by": completion.answered_by,
+        "fallback_at": completion.fallback_at,
+        "fallback_reason": completion.fallback_reason or None,
+        "stats": completion.stats,
+    }

@@ -1,0 +1,293 @@
+"""`tandem serve`: a local OpenAI-compatible HTTP endpoint over the hybrid runtime.
+
+Desktop chat apps and editor plugins that already speak the OpenAI API to a local server
+point their base URL at http://127.0.0.1:8000/v1 and get the cloud model's answers, drafted
+locally; while the cloud is unreachable they get the local model's answers, marked degraded.
+
+Built on aiohttp: asyncio-native, so HTTP handlers, the engine and the grpc.aio channel share
+one event loop; mature streaming responses (Server-Sent Events are plain chunked writes); and
+handler cancellation, which turns a client hanging up into a cancelled generation whose cloud
+stream is closed at once. Requests queue on the engine's lock (one generation drives the draft
+model at a time), which suits one person's desktop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+
+from aiohttp import web
+
+from common.errors import TandemError
+from common.settings import env
+from edge.config import EdgeConfig
+from edge.engine import Generation
+from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion
+from edge.sdk import AsyncTandem, Delta, completion_of
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# A TandemError's gRPC code, as the HTTP status and OpenAI error type it becomes here.
+_HTTP_ERRORS = {
+    "INVALID_ARGUMENT": (400, "invalid_request_error"),
+    "RESOURCE_EXHAUSTED": (429, "rate_limit_error"),
+    "UNAVAILABLE": (503, "service_unavailable"),
+}
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback: other machines can't reach a desktop endpoint by default
+    port: int = 8000
+    model_name: str = "tandem"  # the id /v1/models lists; requests may name any model
+    default_max_tokens: int = 512  # when a request sets neither max_tokens nor max_completion_tokens
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        d = ServeConfig()
+        g = parser.add_argument_group("HTTP endpoint")
+        g.add_argument("--host", default=env("SERVE_HOST", d.host),
+                       help="interface to bind (default %(default)s: this machine only) [TANDEM_SERVE_HOST]")
+        g.add_argument("--port", type=int, default=env("SERVE_PORT", d.port),
+                       help="port; 0 picks a free one (default %(default)s) [TANDEM_SERVE_PORT]")
+        g.add_argument("--model-name", default=d.model_name,
+                       help="model id listed by /v1/models (default %(default)s)")
+        g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
+                       help="answer length when a request sets none (default %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeConfig:
+        return cls(args.host, args.port, args.model_name, args.default_max_tokens)
+
+
+@dataclass
+class RequestCounts:
+    active: int = 0
+    completed: int = 0
+    cancelled: int = 0  # the client went away mid-answer
+    failed: int = 0
+    degraded: int = 0  # completed with (part of) the answer from the local model alone
+
+
+class OpenAIServer:
+    def __init__(self, tandem: AsyncTandem, config: ServeConfig | None = None):
+        self.tandem = tandem
+        self.config = config or ServeConfig()
+        self.counts = RequestCounts()
+        self.started_at = int(time.time())
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model}", self.model)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def start(self) -> int:
+        """Binds and serves; returns the port. A client that hangs up cancels its handler."""
+        self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=2.0,
+                                    access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.host, self.config.port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        if request.match_info["model"] != self.config.model_name:
+            raise ApiError(404, f"no model {request.match_info['model']!r}; this server serves "
+                                f"{self.config.model_name!r}", "model", code="model_not_found")
+        return web.json_response(self._model_card())
+
+    def _model_card(self) -> dict:
+        engine = self.tandem.engine
+        return {"id": self.config.model_name, "object": "model", "created": self.started_at, "owned_by": "tandem",
+                "draft_model": engine.drafter.name,
+                "cloud_model": engine.cloud_info.model_name if engine.cloud_info else None}
+
+    async def health(self, request: web.Request) -> web.Response:
+        """200 while the endpoint can answer, which it can while the cloud is down (degraded)."""
+        engine = self.tandem.engine
+        return web.json_response({
+            "status": "ok", "model": self.config.model_name, "mode": self.tandem.mode.value,
+            "draft_model": engine.drafter.name, "fallback": engine.fallback.enabled,
+            "cloud": self.tandem.cloud_status, "requests": asdict(self.counts),
+        })
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_chat(await _json_body(request), self.config.default_max_tokens)
+        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
+        return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_completion(await _json_body(request), self.config.default_max_tokens)
+        if isinstance(parsed.prompt, str):
+            prompt_ids = await asyncio.to_thread(self.tandem.encode, parsed.prompt)
+        else:
+            vocab = self.tandem.engine.drafter.vocab_size
+            if max(parsed.prompt) >= vocab:
+                raise ApiError(400, f"`prompt` has token id {max(parsed.prompt)} outside the vocabulary "
+                                    f"[0, {vocab})", "prompt")
+            prompt_ids = list(parsed.prompt)
+        return await self._answer(request, ResponseBuilder(False, self.config.model_name, parsed.params, prompt_ids))
+
+    async def _answer(self, request: web.Request, builder: ResponseBuilder) -> web.StreamResponse:
+        generation = Generation(self.tandem.mode)
+        deltas = self.tandem.deltas(builder.prompt_token_ids, generation, **builder.params.generate_options())
+        self.counts.active += 1
+        try:
+            async with contextlib.aclosing(deltas):
+                if builder.params.stream:
+                    response, finished = await self._stream(request, builder, deltas, generation)
+                else:
+                    response, finished = await self._collect(builder, deltas, generation), True
+        except (asyncio.CancelledError, ConnectionResetError):  # the client went away
+            self.counts.cancelled += 1
+            log.info("client went away: generation cancelled after %d tokens", len(generation.token_ids))
+            raise
+        except BaseException:
+            self.counts.failed += 1
+            raise
+        finally:
+            self.counts.active -= 1
+        if finished:
+            self.counts.completed += 1
+            self.counts.degraded += generation.degraded
+        else:
+            self.counts.failed += 1
+        return response
+
+    async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
+                       generation: Generation) -> web.Response:
+        text = "".join([delta.text async for delta in deltas])
+        return web.json_response(builder.response(completion_of(text, generation)),
+                                 headers=_fallback_headers(generation))
+
+    async def _stream(self, request: web.Request, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
+                      generation: Generation) -> tuple[web.StreamResponse, bool]:
+        """The answer as Server-Sent Events; False if it broke off with an error event."""
+        # The first token comes before the headers, so a request the cloud refuses gets a plain
+        # HTTP error, and the degraded header tells whether the answer started locally.
+        delta = await anext(deltas, None)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               **_fallback_headers(generation)})
+        await response.prepare(request)
+        text, unsent_ids, finished = [], [], True
+        try:
+            while delta is not None:
+                unsent_ids += delta.token_ids
+                if delta.text:
+                    text.append(delta.text)
+                    await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded))
+                    unsent_ids = []
+                delta = await anext(deltas, None)
+            completion = completion_of("".join(text), generation)
+            await _send_event(response, builder.final_chunk(completion, unsent_ids))
+            if builder.params.include_usage:
+                await _send_event(response, builder.usage_chunk(completion))
+        except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
+            log.warning("generation failed mid-stream: %s", exc)
+            await _send_event(response, _api_error(exc).body())
+            finished = False
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response, finished
+
+
+def _fallback_headers(generation: Generation) -> dict[str, str]:
+    return {"X-Tandem-Degraded": "true" if generation.degraded else "false",
+            "X-Tandem-Answered-By": generation.answered_by}
+
+
+async def _send_event(response: web.StreamResponse, payload: dict) -> None:
+    await response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+
+
+async def _json_body(request: web.Request) -> object:
+    try:
+        return await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def _api_error(exc: TandemError) -> ApiError:
+    status, kind = _HTTP_ERRORS.get(exc.code, (502, "api_error"))
+    return ApiError(status, str(exc), kind=kind, code=exc.code.lower())
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
+    """Every error answers in OpenAI's shape: {"error": {message, type, param, code}}."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body(), status=exc.status)
+    except TandemError as exc:
+        error = _api_error(exc)
+        return web.json_response(error.body(), status=error.status)
+    except web.HTTPException as exc:  # unknown path, wrong method, body too large
+        if exc.status < 400:
+            raise
+        return web.json_response(ApiError(exc.status, exc.reason).body(), status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+# -- the command ----------------------------------------------------------------------------
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="a local OpenAI-compatible HTTP endpoint (for desktop apps and editor plugins)",
+        description="Serve the OpenAI chat and completions APIs on this machine: POST /v1/chat/completions, "
+                    "POST /v1/completions (streaming as Server-Sent Events, or not), GET /v1/models, "
+                    "GET /health. Answers are the cloud model's, drafted locally; while the cloud is "
+                    "unreachable the local model answers and responses are marked degraded.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--mode", choices=["hybrid", "cloud", "edge"], default="hybrid",
+                        help="hybrid: local drafts, cloud verifies; edge: the local model only")
+    ServeConfig.add_arguments(parser)
+    EdgeConfig.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(ServeConfig.from_args(args), EdgeConfig.from_args(args), args.mode))
+    return 0
+
+
+async def _serve(config: ServeConfig, edge: EdgeConfig, mode: str) -> None:
+    async with AsyncTandem(config=edge, mode=mode) as tandem:
+        server = OpenAIServer(tandem, config)
+        port = await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        cloud = tandem.cloud_status
+        print(f"tandem serve ready: http://{config.host}:{port}/v1 model={config.model_name} "
+              f"mode={mode} cloud={cloud.get('state')} {cloud.get('address', '')}".rstrip(), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()

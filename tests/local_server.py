@@ -1,0 +1,101 @@
+"""`tandem serve`'s HTTP server on a free loopback port, on its own event-loop thread.
+
+The tests talk to it with the official (synchronous) openai client and plain HTTP, exactly as a
+desktop app would; the engine inside is built from the tiny test models so exactness can be
+checked against the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from edge.client import CloudClient
+from edge.engine import EdgeEngine
+from edge.fallback import FallbackConfig
+from edge.serve import OpenAIServer, ServeConfig
+from edge.sdk import AsyncTandem
+from edge.speculative import SpeculationConfig
+
+
+class LocalServer:
+    def __init__(self, drafter, cloud_address: str | None, fallback: FallbackConfig | None = None,
+                 speculation: SpeculationConfig | None = None, connect_timeout_s: float = 10.0):
+        self.drafter = drafter
+        self.cloud_address = cloud_address
+        self.fallback = fallback
+        self.speculation = speculation or SpeculationConfig(draft_tokens=4)
+        self.connect_timeout_s = connect_timeout_s
+        self.engine: EdgeEngine | None = None
+        self.server: OpenAIServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-serve-test", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/v1"
+
+    def run(self, coroutine, timeout: float = 60.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def start(self) -> LocalServer:
+        self._thread.start()
+        self.run(self._start())
+        return self
+
+    async def _start(self) -> None:
+        client = CloudClient(self.cloud_address, connect_timeout_s=self.connect_timeout_s) \
+            if self.cloud_address else None
+        self.engine = EdgeEngine(self.drafter, client, self.speculation, self.fallback)
+        await self.engine.open()
+        self.server = OpenAIServer(AsyncTandem.from_engine(self.engine), ServeConfig(port=0))
+        await self.server.start()
+
+    def stop(self) -> None:
+        self.run(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    async def _stop(self) -> None:
+        await self.server.stop()
+        await self.engine.close()
+        if self.engine.client is not None:
+            await self.engine.client.close()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
+        """(status, headers, JSON body) of a plain HTTP request to the server root + path."""
+        url = f"http://127.0.0.1:{self.server.port}{path}"
+        request = urllib.request.Request(url, data=body, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, dict(response.headers), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+    def health(self) -> dict:
+        status, _, body = self.http("GET", "/health")
+        assert status == 200, body
+        return body
+
+    def wait_for(self, condition, timeout: float = 30.0, what: str = "condition") -> dict:
+        """Polls /health until condition(health) holds; returns that health."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if condition(health):
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last health: {health}")
+            time.sleep(0.05)
