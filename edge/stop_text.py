@@ -26,26 +26,30 @@ class StopScanner:
             return ""
         if not self.stops:
             return text
-        buffer = self._held + text
-        found = [(index, stop) for stop in self.stops if (index := buffer.find(stop)) >= 0]
-        if found:
-            index, self.hit = min(found)
-            self._held = ""
-            return buffer[:index]
-        keep = self._longest_stop_prefix_suffix(buffer)
-        self._held = buffer[len(buffer) - keep:]
-        return buffer[: len(buffer) - keep]
+        self._held += text
+        return self._release(final=False)
 
     def flush(self) -> str:
-        """Releases what was held back: the text ended without completing a stop string."""
-        held, self._held = self._held, ""
-        return "" if self.hit is not None else held
+        """Releases what was held back: the text ended, so no partial stop string can complete."""
+        if self.hit is not None:
+            self._held = ""
+            return ""
+        return self._release(final=True)
 
-    def _longest_stop_prefix_suffix(self, buffer: str) -> int:
-        """Length of the longest suffix of `buffer` that is a proper prefix of a stop string."""
-        longest = max(len(s) for s in self.stops) - 1
-        for keep in range(min(longest, len(buffer)), 0, -1):
-            tail = buffer[len(buffer) - keep:]
-            if any(s.startswith(tail) for s in self.stops):
-                return keep
-        return 0
+    def _release(self, final: bool) -> str:
+        buffer = self._held
+        found = [(index, stop) for stop in self.stops if (index := buffer.find(stop)) >= 0]
+        first = min(found) if found else None
+        end = first[0] if first else len(buffer)
+        if not final:
+            # A stop string that began earlier may still complete and win over a later, shorter one.
+            longest = max(len(stop) for stop in self.stops)
+            for start in range(max(0, len(buffer) - longest + 1), end):
+                tail = buffer[start:]
+                if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self.stops):
+                    self._held = tail
+                    return buffer[:start]
+        self._held = ""
+        if first:
+            self.hit = first[1]
+        return buffer[:end]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.stop_text import StopScanner
@@ -16,6 +16,7 @@ def scan(pieces: list[str], stops: list[str]) -> tuple[str, str | None]:
     return out, scanner.hit
 
 
+@settings(max_examples=1000, deadline=None)
 @given(text=st.text(ALPHABET, max_size=40), stops=st.lists(st.text(ALPHABET, min_size=1, max_size=4), max_size=3),
        cuts=st.lists(st.integers(0, 40), max_size=8))
 def test_any_split_gives_text_up_to_the_first_stop(text, stops, cuts):
