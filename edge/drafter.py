@@ -4,6 +4,13 @@ It answers one question, fast: "what are the logits after this context?" It keep
 cache across calls and, when the context diverges from what it evaluated (a draft was
 rejected), rolls back to the common prefix by truncating the cache (no state reload) and
 evaluates only the new tokens.
+
+llama.cpp's numbers depend on how tokens were batched into decode calls (a token fed alone
+and the same token fed in a batch give logits up to ~1 apart on the Q4_1 default). A
+sampled draft must be reproducible whatever rollbacks and timing came before, so the
+evaluation recipe is fixed: a sequence's root (the prompt, see `start`) is evaluated as one
+batch from position 0, and every later token in a decode call of its own. The logits after
+a context are then a function of (root, context) alone.
 """
 
 from __future__ import annotations
@@ -50,8 +57,11 @@ class LlamaDrafter:
         self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})
         self.chat_template = self._llama.metadata.get("tokenizer.chat_template", "")
         self.fingerprint = tokenizer_fingerprint(self.tokenize)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._evaluated: list[int] = []
         self._last_logits: np.ndarray | None = None
+        self._root: list[int] | None = None
+        self._root_logits: np.ndarray | None = None
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
 
     def tokenize(self, text: str) -> list[int]:
@@ -60,30 +70,69 @@ class LlamaDrafter:
     @lru_cache(maxsize=None)  # noqa: B019 - few drafters per process; the table is the vocab
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; control tokens (end of turn, ...) render as nothing."""
-        return self._llama.detokenize([token_id], special=False)
+        # Llama.detokenize uses a 32-byte buffer and silently drops longer pieces (runs of
+        # spaces or dashes in code); ask for the size llama.cpp says it needs instead.
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buffer, size, 0, False)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
 
-    def next_logits(self, context: Sequence[int]) -> np.ndarray:
-        """Logits ([vocab] float32) for the position after `context`.
+    def start(self, context: Sequence[int]) -> np.ndarray:
+        """Begins a sequence at `context` (a prompt); returns the logits ([vocab]) after it.
 
-        Reuses the KV cache for the longest prefix shared with the last call.
+        The context is evaluated as one batch from position 0, unless the last sequence
+        began with the same context: its cache and logits are reused (no decode at all).
         """
         context = list(context)
         if len(context) >= self.n_ctx:
             raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
-        shared = _common_prefix(self._evaluated, context)
-        if shared == len(context) == len(self._evaluated) and self._last_logits is not None:
+        if context != self._root:
+            self._root = None  # a failed eval must not leave a half-built root behind
+            self._llama.n_tokens = 0  # the next eval drops the whole cache
+            self._evaluated = []
+            self._llama.eval(context)
+            self._root, self._root_logits = context, self._read_logits()
+            self._evaluated, self._last_logits = list(context), self._root_logits
+        # Otherwise the cache still begins with the root: later calls never roll back into it.
+        return self._root_logits
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        """Logits ([vocab] float32) for the position after `context`.
+
+        A context that does not extend the current root starts a new sequence (see start).
+        Otherwise the cache is kept for the longest prefix shared with what was evaluated,
+        and the remaining tokens are fed one decode call each.
+        """
+        context = list(context)
+        root = self._root
+        if root is None or len(context) < len(root) or context[: len(root)] != root:
+            return self.start(context)
+        if len(context) == len(root):
+            return self._root_logits
+        if len(context) >= self.n_ctx:
+            raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
+        if context == self._evaluated and self._last_logits is not None:
             return self._last_logits
-        shared = min(shared, len(context) - 1)  # re-evaluate at least one token to get its logits
+        # Re-feed at least the last token (its logits are gone), never a token of the root.
+        shared = max(len(root), min(_common_prefix(self._evaluated, context), len(context) - 1))
         # Truncating n_tokens makes the next eval drop the KV cache from `shared` on: exact rollback.
         self._llama.n_tokens = shared
         self._evaluated = context[:shared]
-        self._llama.eval(context[shared:])
-        self._evaluated = context
+        self._last_logits = None
+        for token in context[shared:]:
+            self._llama.eval([token])
+            self._evaluated.append(token)
+        self._last_logits = self._read_logits()
+        return self._last_logits
+
+    def _read_logits(self) -> np.ndarray:
         logits = llama_cpp.llama_get_logits_ith(self._llama.ctx, -1)
-        self._last_logits = np.ctypeslib.as_array(
+        return np.ctypeslib.as_array(
             ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.vocab_size,)
         ).copy()
-        return self._last_logits
 
     @property
     def evaluated_tokens(self) -> int:
