@@ -4,40 +4,53 @@
     tandem = Tandem("cloud.example.com:50051")      # or Tandem() for an embedded local cloud
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
-AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`).
+AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
+GenerateOptions fields, e.g. `tandem.complete(prompt, temperature=0.7, top_p=0.9, seed=7,
+stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
-from common.types import DraftMode, SamplingParams
+from common.stop import StopScanner
+from common.types import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import Generation, GenerationRequest, Mode
 
 
 @dataclass(frozen=True)
 class Completion:
-    text: str
-    token_ids: list[int]
+    text: str  # cut before the first stop string
+    token_ids: list[int]  # every generated token, those that spelled a stop string included
     finish_reason: str | None  # "stop" or "length"
     stats: dict
+    seed: int | None = None  # the sampling seed (None when greedy): pass it again to reproduce
 
 
 @dataclass(frozen=True)
 class GenerateOptions:
+    """Sampling: temperature 0 is greedy; otherwise the output follows the cloud model's
+    distribution after temperature, top-k and top-p exactly, and a seed fixes it."""
+
     max_tokens: int = 128
     temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1 disables
+    seed: int | None = None  # None: a random seed per generation
+    stop: str | Sequence[str] = ()  # stop strings: the text ends before the first one
     stop_token_ids: tuple[int, ...] = ()
-    draft_mode: str = "ids"  # "ids" or "sparse"
+    draft_mode: str = "ids"  # "ids" (token ids only on the wire) or "sparse" (drafts carry top-k q)
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class AsyncTandem:
@@ -79,27 +92,45 @@ class AsyncTandem:
         """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
         await self.start()
         opts = GenerateOptions(**options)
+        if opts.draft_mode not in ("ids", "sparse"):
+            raise ValueError(f"draft_mode must be 'ids' or 'sparse', not {opts.draft_mode!r}")
         request = GenerationRequest(
             prompt_token_ids=self.encode(prompt, opts.chat),
             max_new_tokens=opts.max_tokens,
             sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed or 0),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
+            stop_strings=opts.stop_strings,
         )
         generation = generation or Generation(self.mode)
         detok = IncrementalDetokenizer(self.engine.drafter.token_bytes)
-        async for new in self.engine.generate(request, self.mode, generation):
-            text = detok.push(new)
-            if text:
-                yield text
-        tail = detok.flush()
+        stop = StopScanner(opts.stop_strings)
+        async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
+            async for new in tokens:
+                text = stop.push(detok.push(new))
+                if text:
+                    yield text
+                if stop.hit is not None:
+                    # The cloud ends the session at this very token; don't wait if it didn't.
+                    generation.finish_reason = FinishReason.STOP
+                    return
+        tail = stop.push(detok.flush()) + stop.flush()
         if tail:
             yield tail
 
     async def complete(self, prompt: str, **options) -> Completion:
         generation = Generation(self.mode)
         text = "".join([delta async for delta in self.stream(prompt, generation, **options)])
-        return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict())
+        return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
+                          generation.seed)
+
+    async def complete_n(self, prompt: str, n: int, **options) -> list[Completion]:
+        """n completions of one prompt, one after another over one connection and one draft model.
+
+        With a seed, completion i uses seed + i, so each one can be reproduced alone.
+        """
+        seed = options.pop("seed", None)
+        return [await self.complete(prompt, seed=None if seed is None else seed + i, **options) for i in range(n)]
 
 
 class Tandem:
@@ -127,6 +158,9 @@ class Tandem:
 
     def complete(self, prompt: str, **options) -> Completion:
         return self._run(self._async.complete(prompt, **options))
+
+    def complete_n(self, prompt: str, n: int, **options) -> list[Completion]:
+        return self._run(self._async.complete_n(prompt, n, **options))
 
     def close(self) -> None:
         if self._thread.is_alive():
