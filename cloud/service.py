@@ -99,7 +99,8 @@ class TandemService(pb_grpc.TandemServicer):
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text)
+                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text,
+                                          forward_passes=session.forward_passes)
                 if finish:
                     return
                 # A block of just the anchor is one plain decoding step.
