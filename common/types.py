@@ -38,7 +38,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
-    seed: int = 0
+    seed: int | None = None  # None: not chosen yet (the edge picks one before a session opens)
 
     @property
     def greedy(self) -> bool:
@@ -51,7 +51,7 @@ class SamplingParams:
 
     def to_pb(self) -> pb.SamplingParams:
         return pb.SamplingParams(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0
         )
 
 

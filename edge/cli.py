@@ -50,6 +50,8 @@ async def _generate(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.max_tokens < 1:
         raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
+    if args.seed is not None and args.seed < 0:
+        raise SystemExit("tandem generate: --seed must be >= 0")
     tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)

@@ -77,7 +77,7 @@ class EdgeEngine:
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
         """Sampling always carries a seed, so draft and target can share position-keyed noise."""
         s = request.sampling
-        if s.greedy or s.seed:
+        if s.greedy or s.seed is not None:
             return request
         return dataclasses.replace(request, sampling=dataclasses.replace(s, seed=secrets.randbits(63)))
 

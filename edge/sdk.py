@@ -94,10 +94,12 @@ class AsyncTandem:
         opts = GenerateOptions(**options)
         if opts.draft_mode not in ("ids", "sparse"):
             raise ValueError(f"draft_mode must be 'ids' or 'sparse', not {opts.draft_mode!r}")
+        if opts.seed is not None and not 0 <= opts.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2^64), got {opts.seed}")
         request = GenerationRequest(
             prompt_token_ids=self.encode(prompt, opts.chat),
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed or 0),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,

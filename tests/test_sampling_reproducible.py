@@ -12,8 +12,8 @@ import asyncio
 import pytest
 from test_sampled_exact import generate_many
 
-from common.types import DraftMode
-from edge.engine import Mode
+from common.types import DraftMode, SamplingParams
+from edge.engine import EdgeEngine, GenerationRequest, Mode
 
 PROMPT = "Once upon a time"
 OTHER_PROMPT = "def add(a, b):"
@@ -70,3 +70,11 @@ def test_ids_mode_gives_the_cloud_models_own_sample(outputs):
     """Ids-only mode commits the target's keyed sample at every position: cloud-only output."""
     hybrid, cloud = outputs["hybrid ids, lock-step"][0], outputs["cloud"][0]
     assert [run.token_ids for run in hybrid] == [run.token_ids for run in cloud]
+
+
+def test_seed_zero_is_a_seed_and_no_seed_draws_a_fresh_one():
+    engine = EdgeEngine(drafter=None, client=None)
+    assert engine.with_seed(GenerationRequest([1], sampling=SamplingParams(1.0, seed=0))).sampling.seed == 0
+    unseeded = GenerationRequest([1], sampling=SamplingParams(1.0))
+    seeds = {engine.with_seed(unseeded).sampling.seed for _ in range(5)}
+    assert None not in seeds and len(seeds) == 5
