@@ -66,5 +66,7 @@ class PrefixCache:
         while self.bytes + nbytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.nbytes
+        logits = np.array(logits, dtype=np.float32)  # our own copy, which nobody may write to
+        logits.setflags(write=False)
         self._entries[key] = Snapshot(kv, logits, nbytes)
         self.bytes += nbytes
