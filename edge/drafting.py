@@ -4,7 +4,8 @@
 - Ids-only sampling: the draft samples its own q with the *same position-keyed noise* the
   target uses for its own token (common.sampling.sample_keyed, STREAM_TARGET). The target's
   choice never depends on the draft, so the output is exact; sharing the noise makes the
-  two choices coincide whenever q is close to p, so most drafts are accepted.
+  two choices coincide with probability >= (1 - TV) / (1 + TV) (Gumbel coupling; Daliri et
+  al. 2024, "drafter-invariant speculative decoding", arXiv 2408.07978).
 - Sparse-q sampling: the draft truncates q to its top-k, quantizes it, samples from the
   quantized q with its own independent stream, and ships that q for the rejection rule.
 
