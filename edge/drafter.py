@@ -10,7 +10,8 @@ and the same token fed in a batch give logits up to ~1 apart on the Q4_1 default
 sampled draft must be reproducible whatever rollbacks and timing came before, so the
 evaluation recipe is fixed: a sequence's root (the prompt, see `start`) is evaluated as one
 batch from position 0, and every later token in a decode call of its own. The logits after
-a context are then a function of (root, context) alone.
+a context are then a function of (root, context) alone. (Callers whose output does not
+depend on the draft's numbers may let a new root reuse a shared prefix instead.)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class LlamaDrafter:
         self._last_logits: np.ndarray | None = None
         self._root: list[int] | None = None
         self._root_logits: np.ndarray | None = None
+        self._root_exact = False  # evaluated as one batch from position 0
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
 
     def tokenize(self, text: str) -> list[int]:
@@ -80,23 +82,28 @@ class LlamaDrafter:
                 return buffer.raw[:n]
             size = -n
 
-    def start(self, context: Sequence[int]) -> np.ndarray:
+    def start(self, context: Sequence[int], reuse_prefix: bool = False) -> np.ndarray:
         """Begins a sequence at `context` (a prompt); returns the logits ([vocab]) after it.
 
         The context is evaluated as one batch from position 0, unless the last sequence
         began with the same context: its cache and logits are reused (no decode at all).
+        With reuse_prefix, the cache also keeps any prefix shared with what was evaluated
+        before (a chat's earlier turns) and evaluates only the rest: faster, but the logits
+        then depend on what ran before. Callers whose output does not depend on the draft's
+        numbers (greedy, ids-only sampling) may pass it.
         """
         context = list(context)
         if len(context) >= self.n_ctx:
             raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
-        if context != self._root:
-            self._root = None  # a failed eval must not leave a half-built root behind
-            self._llama.n_tokens = 0  # the next eval drops the whole cache
-            self._evaluated = []
-            self._llama.eval(context)
-            self._root, self._root_logits = context, self._read_logits()
-            self._evaluated, self._last_logits = list(context), self._root_logits
-        # Otherwise the cache still begins with the root: later calls never roll back into it.
+        if context == self._root and (self._root_exact or reuse_prefix):
+            return self._root_logits  # the cache still begins with the root: nothing rolls back into it
+        shared = max(0, min(_common_prefix(self._evaluated, context), len(context) - 1)) if reuse_prefix else 0
+        self._root = None  # a failed eval must not leave a half-built root behind
+        self._llama.n_tokens = shared  # the next eval drops the cache from `shared` on
+        self._evaluated = context[:shared]
+        self._llama.eval(context[shared:])
+        self._root, self._root_logits, self._root_exact = context, self._read_logits(), shared == 0
+        self._evaluated, self._last_logits = list(context), self._root_logits
         return self._root_logits
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:

@@ -204,7 +204,9 @@ class SpeculativeRun:
 
     async def _prefill_draft(self) -> None:
         try:
-            await asyncio.to_thread(self.drafter.start, self.committed)
+            # Only sparse q makes the output depend on the draft's numbers; otherwise a prefix
+            # shared with the last sequence (a chat's earlier turns) need not be evaluated again.
+            await asyncio.to_thread(self.drafter.start, self.committed, not self.policy.sparse)
         except ContextFull:
             self._draft_disabled = True
 
