@@ -21,6 +21,7 @@ class CloudConfig:
     dtype: str = "auto"
     threads: int = 0
     max_sessions: int = 64
+    prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
     grace_s: float = 5.0
 
@@ -44,6 +45,10 @@ class CloudConfig:
                             help="torch threads; 0 = the CPUs this process may run on")
         parser.add_argument("--max-sessions", type=int, default=env("MAX_SESSIONS", d.max_sessions),
                             help="concurrent sessions before RESOURCE_EXHAUSTED (default %(default)s)")
+        parser.add_argument("--prefix-cache-mb", type=int, default=env("PREFIX_CACHE_MB", d.prefix_cache_mb),
+                            help="memory for KV snapshots of repeated prompts, so sampling N completions of "
+                                 "one prompt prefills it once; 0 disables (default %(default)s) "
+                                 "[TANDEM_PREFIX_CACHE_MB]")
         parser.add_argument("--max-prompt-tokens", type=int, default=lim.max_prompt_tokens,
                             help="longest prompt accepted (default %(default)s)")
         parser.add_argument("--max-draft-tokens", type=int, default=lim.max_draft_tokens,
@@ -61,6 +66,7 @@ class CloudConfig:
             dtype=args.dtype,
             threads=args.threads,
             max_sessions=args.max_sessions,
+            prefix_cache_mb=args.prefix_cache_mb,
             limits=SessionLimits(
                 max_prompt_tokens=args.max_prompt_tokens,
                 max_draft_tokens=args.max_draft_tokens,

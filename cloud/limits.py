@@ -11,3 +11,5 @@ class SessionLimits:
     max_draft_tokens: int = 64
     max_new_tokens: int = 4096
     max_draft_top_k: int = 64
+    max_stop_strings: int = 16
+    max_stop_string_bytes: int = 256

@@ -7,8 +7,11 @@ rejection, and describe the model (vocab, EOS ids, tokenizer fingerprint).
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -82,12 +85,25 @@ class TargetModel:
     def decode_bytes(self, token_ids: Sequence[int]) -> bytes:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False).encode()
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's text bytes; special tokens render as nothing, as on the edge (llama.cpp)."""
+        return self._token_bytes[token_id]
+
+    @functools.cached_property
+    def _token_bytes(self) -> list[bytes]:
+        return _token_byte_table(self.tokenizer, self.vocab_size)
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
 
     @staticmethod
     def cache_length(cache: DynamicCache) -> int:
         return cache.get_seq_length()
+
+    @staticmethod
+    def copy_cache(cache: DynamicCache) -> DynamicCache:
+        """An independent copy (a prefix-cache snapshot, or a session's cache made from one)."""
+        return copy.deepcopy(cache)
 
     @torch.inference_mode()
     def forward(self, cache: DynamicCache, token_ids: Sequence[int], keep_logits: int) -> np.ndarray:
@@ -121,6 +137,42 @@ def _eos_ids(model, tokenizer) -> set[int]:
         elif value:
             ids.update(int(v) for v in value)
     return ids
+
+
+def _token_byte_table(tokenizer, vocab_size: int) -> list[bytes]:
+    """Each token id's text bytes, from its vocabulary piece.
+
+    Decoding one token at a time would turn half of a multi-byte character into U+FFFD, so
+    pieces are mapped to bytes directly: through GPT-2's byte-to-unicode alphabet for
+    byte-level BPE, else SentencePiece style ("▁" is a space, "<0xNN>" a raw byte).
+    """
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if "ByteLevel" in str(decoder):
+        to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        def piece_bytes(piece: str) -> bytes:
+            return bytes(to_byte[c] for c in piece) if all(c in to_byte for c in piece) else piece.encode()
+    else:
+        def piece_bytes(piece: str) -> bytes:
+            if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode()
+    table = [b"" if i in special or piece is None else piece_bytes(piece) for i, piece in enumerate(pieces)]
+    return table + [b""] * (vocab_size - len(table))  # ids the model has but the tokenizer lacks
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable unicode characters (byte-level BPE)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
 
 
 def _safetensors_copy(gguf: Path) -> Path:

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
+from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.service import TandemService
 from cloud.worker import ModelWorker
@@ -42,7 +43,8 @@ async def start_server(config: CloudConfig, model) -> RunningServer:
     """Starts serving `model` (a cloud.model.TargetModel); returns once the port is bound."""
     worker = ModelWorker()
     registry = SessionRegistry(config.max_sessions)
-    service = TandemService(model, worker, registry, config.limits)
+    prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
+    service = TandemService(model, worker, registry, config.limits, prefix_cache)
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from cloud.limits import SessionLimits
+from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
 from cloud.worker import ModelWorker
@@ -22,11 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits):
+    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
+                 prefix_cache: PrefixCache | None = None):
         self.model = model
         self.worker = worker
         self.registry = registry
         self.limits = limits
+        self.prefix_cache = prefix_cache  # touched only on the model worker thread
 
     def info(self) -> ModelInfo:
         m, lim = self.model, self.limits
@@ -52,7 +55,8 @@ class TandemService(pb_grpc.TandemServicer):
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "open" and session is None:
-                    session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits)
+                    session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits,
+                                              self.prefix_cache)
                     session_id = self.registry.add(session)
                     started = await self.worker.run(session.start)
                     yield pb.SpeculateResponse(started=started.to_pb())
@@ -83,8 +87,9 @@ class TandemService(pb_grpc.TandemServicer):
             tokenizer_fingerprint=self.model.fingerprint,
             draft_model_name="(cloud-only)",
             draft_mode=DraftMode.TOKEN_IDS,
+            stop_strings=list(request.stop_strings),
         )
-        session = VerifierSession(self.model, open_request, self.limits)
+        session = VerifierSession(self.model, open_request, self.limits, self.prefix_cache)
         session_id = self.registry.add(session)
         detok = IncrementalDetokenizer(lambda t: self.model.decode_bytes([t])) if request.return_text else None
         try:
@@ -94,7 +99,8 @@ class TandemService(pb_grpc.TandemServicer):
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text)
+                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text,
+                                          forward_passes=session.forward_passes)
                 if finish:
                     return
                 # A block of just the anchor is one plain decoding step.

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from cloud.limits import SessionLimits
+from cloud.prefix_cache import PrefixCache
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
+from common.stop import TokenStopScanner
 from common.types import (
     DraftBlock,
     DraftMode,
@@ -46,17 +48,20 @@ class TokenChooser:
 
 
 class VerifierSession:
-    def __init__(self, model, request: SessionOpen, limits: SessionLimits):
+    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.request = request
         self.limits = limits
+        self.prefix_cache = prefix_cache
         self.chooser = TokenChooser(request.sampling)
         self.stop_ids = set(model.eos_token_ids) | set(request.stop_token_ids)
+        self.stop_text: TokenStopScanner | None = None
         self.tokens: list[int] = []
         self.generated = 0
         self.forward_passes = 0
         self.finished = FinishReason.NONE
         self.cache = None
+        self._shared_prefix = False  # the cache state came from the prefix cache
         self._validate_open()
 
     @property
@@ -91,6 +96,13 @@ class VerifierSession:
         s = r.sampling
         if not (np.isfinite(s.temperature) and s.temperature >= 0 and np.isfinite(s.top_p)):
             raise InvalidArgument("temperature must be a finite number >= 0, top_p finite")
+        if len(r.stop_strings) > lim.max_stop_strings:
+            raise InvalidArgument(f"{len(r.stop_strings)} stop strings; at most {lim.max_stop_strings} allowed")
+        for stop in r.stop_strings:
+            if not 1 <= len(stop.encode()) <= lim.max_stop_string_bytes:
+                raise InvalidArgument(
+                    f"stop string {stop[:40]!r} must have 1 to {lim.max_stop_string_bytes} bytes of UTF-8"
+                )
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]
@@ -102,8 +114,11 @@ class VerifierSession:
         r = self.request
         self.tokens = list(r.prompt_token_ids) + list(r.resume_token_ids)
         self.generated = len(r.resume_token_ids)
-        self.cache = self.model.new_cache()
-        logits = self._forward(self.tokens, keep=1)
+        if r.stop_strings:
+            self.stop_text = TokenStopScanner(r.stop_strings, self.model.token_bytes)
+            for token in r.resume_token_ids:
+                self.stop_text.push(token)
+        logits = self._prefill()
         position = len(self.tokens)
         first = self.chooser.choose(logits[0], position)
         accepted = self._commit([first])
@@ -135,7 +150,11 @@ class VerifierSession:
         dists = block.draft_dists[overlap - 1 : overlap - 1 + len(drafts)] if sparse else []
 
         first_position = len(self.tokens)
-        logits = self._forward([self.tokens[-1], *drafts], keep=len(drafts) + 1)
+        if drafts:
+            logits = self._forward([self.tokens[-1], *drafts], keep=len(drafts) + 1)
+            self._shared_prefix = False
+        else:
+            logits = self._decode_step()
         if sparse:
             accepted, next_token = self._rejection_sample(logits, drafts, dists, first_position)
         else:
@@ -152,7 +171,9 @@ class VerifierSession:
         With position-keyed noise the target's token at a position does not depend on the
         draft, so for a proposal x chosen independently of that noise, acceptance has
         probability p(x) and a rejection yields a draw from p without x: exactly the rule for
-        a one-hot q (see common/sampling.py).
+        a one-hot q (see common/sampling.py). The edge chooses x with the same noise (a
+        coupling), which raises acceptance towards 1 - TV(p, q); the committed token is
+        still the target's own sample, so the output is exact either way.
         """
         for i, x in enumerate(drafts):
             target = self.chooser.choose(logits[i], first_position + i)
@@ -193,6 +214,35 @@ class VerifierSession:
         self.forward_passes += 1
         return self.model.forward(self.cache, token_ids, keep)
 
+    def _prefill(self) -> np.ndarray:
+        """Logits ([1, vocab]) after the prompt, with the prompt in the KV cache."""
+        snapshot = self.prefix_cache.get(self.tokens) if self.prefix_cache is not None else None
+        self._shared_prefix = snapshot is not None
+        if snapshot is not None:
+            self.cache = self.model.copy_cache(snapshot.kv)
+            return snapshot.logits[None]
+        self.cache = self.model.new_cache()
+        logits = self._forward(self.tokens, keep=1)
+        self._store_snapshot(logits[0])
+        return logits
+
+    def _decode_step(self) -> np.ndarray:
+        """One plain decoding step (no drafts): logits ([1, vocab]) after the pending token."""
+        if self._shared_prefix:
+            snapshot = self.prefix_cache.get(self.tokens)
+            if snapshot is not None:
+                self.cache = self.model.copy_cache(snapshot.kv)
+                return snapshot.logits[None]
+        logits = self._forward([self.tokens[-1]], keep=1)
+        if self._shared_prefix:
+            self._store_snapshot(logits[0])
+        self._shared_prefix = False
+        return logits
+
+    def _store_snapshot(self, logits: np.ndarray) -> None:
+        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, logits.nbytes):
+            self.prefix_cache.put(self.tokens, self.model.copy_cache(self.cache), logits)
+
     def _commit(self, new_tokens: list[int]) -> list[int]:
         """Appends tokens up to the first stop token or limit; returns those appended."""
         committed = []
@@ -200,7 +250,7 @@ class VerifierSession:
             self.tokens.append(token)
             self.generated += 1
             committed.append(token)
-            if token in self.stop_ids:
+            if token in self.stop_ids or (self.stop_text and self.stop_text.push(token)):
                 self.finished = FinishReason.STOP
             elif self.generated >= self.request.max_new_tokens:
                 self.finished = FinishReason.LENGTH

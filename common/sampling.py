@@ -10,7 +10,9 @@ arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318):
   - accepted token: a drafted token x kept with probability min(1, p(x) / q(x)).
   - recovered token: at the first rejection, a token drawn from norm(max(0, p - q)).
   - bonus token: when all k drafts are accepted, a token drawn from p at position k + 1.
-The result is distributed exactly as sampling from p alone.
+The result is distributed exactly as sampling from p alone. With a one-hot q (the draft's
+proposal taken as certain, "ids only" on the wire) acceptance is p(x) and the recovered
+token is drawn from p with x removed.
 
 Randomness is *position-keyed*: the uniform numbers used at absolute position i come from a
 counter-based hash of (seed, stream, i, token). Output is therefore a function of seed and
@@ -62,7 +64,10 @@ def logits_to_probs(
 ) -> np.ndarray:  # [..., vocab] float64, rows sum to 1
     """Temperature, then top-k, then top-p (nucleus); returns normalized float64 probabilities.
 
-    temperature must be > 0 (greedy decoding never builds a distribution).
+    The order and the tie rules are those of transformers' warpers: top-k keeps every token
+    tied with the k-th; top-p keeps the smallest set of most likely tokens whose mass reaches
+    top_p (ties ordered by token id). temperature must be > 0 (greedy never builds a
+    distribution).
     """
     assert temperature > 0, "greedy decoding uses argmax, not a distribution"
     scaled = np.asarray(logits, dtype=np.float64) / temperature
@@ -74,16 +79,40 @@ def logits_to_probs(
     probs = np.exp(scaled)
     probs /= probs.sum(axis=-1, keepdims=True)
     if 0 < top_p < 1:
-        order = np.argsort(-probs, axis=-1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, order, axis=-1)
-        # Keep a token if the mass strictly before it is below top_p: the smallest set reaching top_p.
-        mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
-        keep_sorted = mass_before < top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=-1)
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=-1, keepdims=True)
+        rows = probs.reshape(-1, vocab)
+        for row in rows:
+            keep = _nucleus(row, top_p)
+            kept = row[keep]
+            row[:] = 0.0
+            row[keep] = kept / kept.sum()
+        probs = rows.reshape(probs.shape)
     return probs
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Token ids of the smallest most-likely set of probs ([vocab]) with mass >= top_p.
+
+    Sorting the whole vocabulary costs milliseconds per position; the nucleus is usually a
+    few dozen tokens. So sort only the m most likely (every token tied with the m-th
+    included), and grow m until their mass reaches top_p: no token outside them can then
+    be kept, and the sorted prefix, its running sums and so the result are exactly those
+    of a full stable sort.
+    """
+    support = np.flatnonzero(probs > 0)  # ascending ids: a stable sort keeps id order in ties
+    values = probs[support]
+    n = len(support)
+    m = min(n, 256)
+    while True:
+        if m < n:
+            candidates = support[values >= np.partition(values, n - m)[n - m]]
+        else:
+            candidates = support
+        order = candidates[np.argsort(-probs[candidates], kind="stable")]
+        running = np.cumsum(probs[order])
+        if running[-1] >= top_p or m == n:
+            # Keep a token if the mass strictly before it is below top_p.
+            return order[running - probs[order] < top_p]
+        m = n if m * 16 > n // 4 else m * 16
 
 
 def greedy(logits: np.ndarray) -> int:
@@ -99,7 +128,9 @@ def sample_keyed(probs: np.ndarray, seed: int, stream: int, position: int) -> in
     similar distributions give the same token with high probability (a coupling), while the
     sample from each one alone is still exact.
     """
+    assert probs.ndim == 1, probs.shape
     support = np.flatnonzero(probs > 0)
+    assert support.size, "empty distribution"
     exp_noise = -np.log(keyed_uniform(seed, stream, position, support))
     return int(support[np.argmax(probs[support] / exp_noise)])
 
@@ -108,7 +139,7 @@ def quantize_probs(probs: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarra
     """Truncates a distribution to its top_k tokens and quantizes it to integers summing to Q_SCALE.
 
     probs: [vocab]. Returns (token_ids [n], weights [n] int64), n <= top_k, every weight >= 1,
-    ordered by decreasing weight. The draft samples from exactly these integers, so the q the
+    ordered by decreasing probability. The draft samples from exactly these integers, so the q the
     target verifies against is bit-identical to the one the draft was drawn from.
     """
     k = int(min(top_k, np.count_nonzero(probs)))
@@ -125,8 +156,12 @@ def quantize_probs(probs: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarra
 
 
 def sample_quantized(token_ids: np.ndarray, weights: np.ndarray, uniform: float) -> int:
-    """Draws from an integer distribution (quantize_probs output) with one uniform in (0, 1)."""
-    assert int(weights.sum()) == Q_SCALE
+    """Draws from an integer distribution (quantize_probs output) with one uniform in (0, 1).
+
+    The uniform picks one of Q_SCALE equally likely tickets; token i owns weights[i] of them,
+    so the draw has probability exactly weights[i] / Q_SCALE, in integer arithmetic.
+    """
+    assert token_ids.shape == weights.shape and int(weights.sum()) == Q_SCALE and 0 < uniform < 1
     ticket = min(int(uniform * Q_SCALE), Q_SCALE - 1)
     return int(token_ids[np.searchsorted(np.cumsum(weights), ticket, side="right")])
 
@@ -141,7 +176,7 @@ def dense_from_quantized(token_ids: np.ndarray, weights: np.ndarray, vocab: int)
 def rejection_sample(
     target_probs: np.ndarray,  # [k + 1, vocab] p at each drafted position, then the bonus position
     draft_probs: np.ndarray,  # [k, vocab] q each draft was sampled from
-    draft_ids: np.ndarray,  # [k]
+    draft_ids: np.ndarray,  # [k] the drafted tokens
     accept_uniforms: np.ndarray,  # [k] in (0, 1)
     residual_sampler,  # (probs [vocab], index) -> token: draws the recovered / bonus token
 ) -> tuple[int, int]:
@@ -150,17 +185,23 @@ def rejection_sample(
     Draft i is accepted iff accept_uniforms[i] < min(1, p_i(x_i) / q_i(x_i)); drafts after the
     first rejection are discarded. next_token is the recovered token drawn from
     norm(max(0, p_i - q_i)) at the first rejection i, or the bonus token drawn from p_k.
+    Exact (the committed tokens are distributed as p) when x_i ~ q_i and the uniforms are
+    independent of the drafts.
     """
     k = len(draft_ids)
-    assert target_probs.shape[0] == k + 1, target_probs.shape
-    assert draft_probs.shape == (k, target_probs.shape[1]), (draft_probs.shape, target_probs.shape)
+    assert target_probs.ndim == 2 and target_probs.shape[0] == k + 1, target_probs.shape
+    vocab = target_probs.shape[1]
+    assert draft_probs.shape == (k, vocab), (draft_probs.shape, target_probs.shape)
     assert accept_uniforms.shape == (k,), accept_uniforms.shape
+    assert np.all((accept_uniforms > 0) & (accept_uniforms < 1)), "uniforms must lie in (0, 1)"
+    assert np.all((0 <= draft_ids) & (draft_ids < vocab)), "draft id outside the vocabulary"
     for i, x in enumerate(int(t) for t in draft_ids):
         p_x, q_x = target_probs[i, x], draft_probs[i, x]
         assert q_x > 0, f"draft {i} (token {x}) has zero probability under its own q"
         # Accept with probability min(1, p(x)/q(x)); u < p/q is that event for u ~ U(0, 1).
         if accept_uniforms[i] * q_x < p_x:
             continue
+        # Rejected: draw from norm(max(0, p - q)), the mass p has where q under-proposed.
         residual = np.maximum(target_probs[i] - draft_probs[i], 0.0)
         total = residual.sum()
         # total == 0 only if p == q, where rejection has probability zero; guard rounding anyway.

@@ -38,7 +38,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
-    seed: int = 0
+    seed: int | None = None  # None: not chosen yet (the edge picks one before a session opens)
 
     @property
     def greedy(self) -> bool:
@@ -51,7 +51,7 @@ class SamplingParams:
 
     def to_pb(self) -> pb.SamplingParams:
         return pb.SamplingParams(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0
         )
 
 
@@ -65,6 +65,7 @@ class SessionOpen:
     draft_model_name: str = ""
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
     resume_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, m: pb.SessionOpen) -> SessionOpen:
@@ -77,6 +78,7 @@ class SessionOpen:
             draft_model_name=m.draft_model_name,
             draft_mode=DraftMode.from_pb(m.draft_mode),
             resume_token_ids=list(m.resume_token_ids),
+            stop_strings=list(m.stop_strings),
         )
 
     def to_pb(self) -> pb.SessionOpen:
@@ -89,6 +91,7 @@ class SessionOpen:
             draft_model_name=self.draft_model_name,
             draft_mode=int(self.draft_mode),
             resume_token_ids=self.resume_token_ids,
+            stop_strings=self.stop_strings,
         )
 
 

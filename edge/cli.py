@@ -28,10 +28,14 @@ def add_parser(subparsers) -> None:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-k", type=int, default=0, help="0 disables")
     g.add_argument("--top-p", type=float, default=1.0, help="1 disables")
-    g.add_argument("--seed", type=int, default=None, help="fixes the output of a sampled run")
+    g.add_argument("--seed", type=int, default=None,
+                   help="fixes the output of a sampled run; completion i of --n uses seed + i")
     g.add_argument("--n", type=int, default=1, help="completions (sharing one connection and model)")
+    g.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="stop string: the text ends before its first occurrence (repeatable)")
     g.add_argument("--draft-mode", choices=["ids", "sparse"], default="ids",
-                   help="ids: only token ids cross the wire; sparse: drafts also carry their top-k q")
+                   help="ids: only token ids cross the wire; sparse: drafts also carry their top-k q "
+                        "(see the README's sampling section for the measured trade-off)")
     EdgeConfig.add_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -47,9 +51,11 @@ async def _generate(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.max_tokens < 1:
         raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
+    if args.seed is not None and args.seed < 0:
+        raise SystemExit("tandem generate: --seed must be >= 0")
     tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat)
+                   top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)
     choices, stats = [], []
     async with tandem:
         for i in range(args.n):
@@ -61,7 +67,7 @@ async def _generate(args: argparse.Namespace) -> int:
                 if not args.json:
                     print(delta, end="", flush=True)
             choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
-                            "finish_reason": generation.finish_reason.label,
+                            "finish_reason": generation.finish_reason.label, "seed": generation.seed,
                             "degraded": generation.degraded, "answered_by": generation.answered_by})
             stats.append(generation.stats.as_dict())
             if not args.json:
@@ -70,8 +76,9 @@ async def _generate(args: argparse.Namespace) -> int:
                     print(f"\n{notice(generation)}", file=sys.stderr)
     total = _aggregate(stats)
     if args.json:
-        out = {"mode": args.mode, **choices[0], "stats": total} if args.n == 1 else \
-              {"mode": args.mode, "choices": choices, "stats": total}
+        # One completion also keeps its fields at the top level, as without --n.
+        single = choices[0] if args.n == 1 else {}
+        out = {"mode": args.mode, **single, "choices": choices, "stats": total}
         print(json.dumps(out, ensure_ascii=False))
     else:
         answered_by = {c["answered_by"] for c in choices}  # "local" etc. when the cloud was unreachable

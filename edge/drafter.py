@@ -59,9 +59,13 @@ class LlamaDrafter:
         self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})
         self.chat_template = self._llama.metadata.get("tokenizer.chat_template", "")
         self.fingerprint = tokenizer_fingerprint(self.tokenize)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._evaluated: list[int] = []
         self._last_logits: np.ndarray | None = None
-        # Callers run next_logits in worker threads; a cancelled caller (a client that went
+        self._root: list[int] | None = None
+        self._root_logits: np.ndarray | None = None
+        self._root_exact = False  # evaluated as one batch from position 0
+        # Callers run these methods in worker threads; a cancelled caller (a client that went
         # away) leaves its thread running, so the next generation must wait for it here.
         self._lock = threading.Lock()
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
@@ -72,33 +76,80 @@ class LlamaDrafter:
     @lru_cache(maxsize=None)  # noqa: B019 - few drafters per process; the table is the vocab
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; control tokens (end of turn, ...) render as nothing."""
-        return self._llama.detokenize([token_id], special=False)
+        # Llama.detokenize uses a 32-byte buffer and silently drops longer pieces (runs of
+        # spaces or dashes in code); ask for the size llama.cpp says it needs instead.
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buffer, size, 0, False)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
+    def start(self, context: Sequence[int], reuse_prefix: bool = False) -> np.ndarray:
+        """Begins a sequence at `context` (a prompt); returns the logits ([vocab]) after it.
+
+        The context is evaluated as one batch from position 0, unless the last sequence
+        began with the same context: its cache and logits are reused (no decode at all).
+        With reuse_prefix, the cache also keeps any prefix shared with what was evaluated
+        before (a chat's earlier turns) and evaluates only the rest: faster, but the logits
+        then depend on what ran before. Callers whose output does not depend on the draft's
+        numbers (greedy, ids-only sampling) may pass it.
+        """
+        with self._lock:
+            return self._start(list(context), reuse_prefix)
+
+    def _start(self, context: list[int], reuse_prefix: bool) -> np.ndarray:
+        if len(context) >= self.n_ctx:
+            raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
+        if context == self._root and (self._root_exact or reuse_prefix):
+            return self._root_logits  # the cache still begins with the root: nothing rolls back into it
+        shared = max(0, min(_common_prefix(self._evaluated, context), len(context) - 1)) if reuse_prefix else 0
+        self._root = None  # a failed eval must not leave a half-built root behind
+        self._llama.n_tokens = shared  # the next eval drops the cache from `shared` on
+        self._evaluated = context[:shared]
+        self._llama.eval(context[shared:])
+        self._root, self._root_logits, self._root_exact = context, self._read_logits(), shared == 0
+        self._evaluated, self._last_logits = list(context), self._root_logits
+        return self._root_logits
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         """Logits ([vocab] float32) for the position after `context`.
 
-        Reuses the KV cache for the longest prefix shared with the last call.
+        A context that does not extend the current root starts a new sequence (see start).
+        Otherwise the cache is kept for the longest prefix shared with what was evaluated,
+        and the remaining tokens are fed one decode call each.
         """
         with self._lock:
             return self._next_logits(list(context))
 
     def _next_logits(self, context: list[int]) -> np.ndarray:
+        root = self._root
+        if root is None or len(context) < len(root) or context[: len(root)] != root:
+            return self._start(context, reuse_prefix=False)
+        if len(context) == len(root):
+            return self._root_logits
         if len(context) >= self.n_ctx:
             raise ContextFull(f"context of {len(context)} tokens exceeds the draft window {self.n_ctx}")
-        shared = _common_prefix(self._evaluated, context)
-        if shared == len(context) == len(self._evaluated) and self._last_logits is not None:
+        if context == self._evaluated and self._last_logits is not None:
             return self._last_logits
-        shared = min(shared, len(context) - 1)  # re-evaluate at least one token to get its logits
+        # Re-feed at least the last token (its logits are gone), never a token of the root.
+        shared = max(len(root), min(_common_prefix(self._evaluated, context), len(context) - 1))
         # Truncating n_tokens makes the next eval drop the KV cache from `shared` on: exact rollback.
         self._llama.n_tokens = shared
         self._evaluated = context[:shared]
-        self._llama.eval(context[shared:])
-        self._evaluated = context
+        self._last_logits = None
+        for token in context[shared:]:
+            self._llama.eval([token])
+            self._evaluated.append(token)
+        self._last_logits = self._read_logits()
+        return self._last_logits
+
+    def _read_logits(self) -> np.ndarray:
         logits = llama_cpp.llama_get_logits_ith(self._llama.ctx, -1)
-        self._last_logits = np.ctypeslib.as_array(
+        return np.ctypeslib.as_array(
             ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.vocab_size,)
         ).copy()
-        return self._last_logits
 
     @property
     def evaluated_tokens(self) -> int:

@@ -4,9 +4,14 @@
 - Ids-only sampling: the draft samples its own q with the *same position-keyed noise* the
   target uses for its own token (common.sampling.sample_keyed, STREAM_TARGET). The target's
   choice never depends on the draft, so the output is exact; sharing the noise makes the
-  two choices coincide whenever q is close to p, so most drafts are accepted.
+  two choices coincide with probability >= (1 - TV) / (1 + TV) (Gumbel coupling; Daliri et
+  al. 2024, "drafter-invariant speculative decoding", arXiv 2408.07978).
 - Sparse-q sampling: the draft truncates q to its top-k, quantizes it, samples from the
   quantized q with its own independent stream, and ships that q for the rejection rule.
+
+A *guess* (pipelining: the token standing in for the bonus token of a block in flight) is
+never verified; the cloud draws that token from p with the target's keyed noise, so the
+guess shares that noise in every mode.
 """
 
 from __future__ import annotations
@@ -32,16 +37,18 @@ class DraftPolicy:
         self.sparse = mode == DraftMode.SPARSE_Q and not params.greedy
         self.top_k = top_k
 
-    def choose(self, logits: np.ndarray, position: int) -> DraftChoice:
+    def choose(self, logits: np.ndarray, position: int, guess: bool = False) -> DraftChoice:
         """The draft's token at `position` from its logits there ([vocab])."""
         p = self.params
         if p.greedy:
             token = sampling.greedy(logits)
             return DraftChoice(token, _softmax_at(logits, token))
         q = sampling.logits_to_probs(logits, p.temperature, p.top_k, p.top_p)
-        if not self.sparse:
+        if not self.sparse or guess:
             token = sampling.sample_keyed(q, p.seed, sampling.STREAM_TARGET, position)
-            return DraftChoice(token, float(q[token]))
+            # The cloud ignores the distribution of a guess; a one-hot one is the smallest valid.
+            dist = SparseDist([token], [sampling.Q_SCALE]) if self.sparse else None
+            return DraftChoice(token, float(q[token]), dist)
         ids, weights = sampling.quantize_probs(q, self.top_k)
         u = sampling.keyed_uniform(p.seed, sampling.STREAM_DRAFT, position, np.zeros(1, dtype=np.int64))[0]
         token = sampling.sample_quantized(ids, weights, u)

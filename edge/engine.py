@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.stop import TokenStopScanner
 from common.types import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.drafter import ContextFull
@@ -45,6 +46,7 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams()
     stop_token_ids: list[int] = field(default_factory=list)
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
+    stop_strings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
+    seed: int | None = None  # the seed sampling used (picked at random when none was given)
     # Offline fallback: token_ids[fallback_at:] came from the local model alone.
     degraded: bool = False
     fallback_at: int | None = None
@@ -118,11 +121,9 @@ class EdgeEngine:
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
         """Sampling always carries a seed, so draft and target can share position-keyed noise."""
         s = request.sampling
-        if s.greedy or s.seed:
+        if s.greedy or s.seed is not None:
             return request
-        seeded = SamplingParams(s.temperature, s.top_k, s.top_p, secrets.randbits(63))
-        return GenerationRequest(request.prompt_token_ids, request.max_new_tokens, seeded,
-                                 request.stop_token_ids, request.draft_mode)
+        return dataclasses.replace(request, sampling=dataclasses.replace(s, seed=secrets.randbits(63)))
 
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
@@ -131,6 +132,7 @@ class EdgeEngine:
             raise InvalidArgument("the prompt is empty")
         generation = generation or Generation(mode)
         request = self.with_seed(request)
+        generation.seed = None if request.sampling.greedy else request.sampling.seed
         hybrid = self._hybrid_or_local if self.fallback.enabled else self._hybrid
         run = {Mode.HYBRID: hybrid, Mode.CLOUD: self._cloud, Mode.EDGE: self._edge}[mode]
         # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
@@ -193,6 +195,7 @@ class EdgeEngine:
             tokenizer_fingerprint=self.drafter.fingerprint,
             draft_model_name=self.drafter.name,
             draft_mode=request.draft_mode,
+            stop_strings=list(request.stop_strings),
         )
         timeout = self.fallback.timeout_s if self.fallback.enabled else None
         run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats,
@@ -215,13 +218,14 @@ class EdgeEngine:
             sampling=request.sampling.to_pb(),
             max_new_tokens=request.max_new_tokens,
             stop_token_ids=request.stop_token_ids,
+            stop_strings=request.stop_strings,
         )
         stats.bytes_sent += message.ByteSize()
         async for response in self.client.generate(message):
             stats.bytes_received += response.ByteSize()
             new = [response.token_id] if response.HasField("token_id") else []
             stats.rounds += len(new)
-            stats.cloud_forward_passes += len(new)
+            stats.cloud_forward_passes = response.forward_passes
             stats.mark_tokens(len(new))
             generation.finish_reason = FinishReason(response.finish_reason)
             if new:
@@ -230,10 +234,12 @@ class EdgeEngine:
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         policy = DraftPolicy(request.sampling)
         stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
+        stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
-        for _ in range(request.max_new_tokens):
+        for i in range(request.max_new_tokens):
             try:
-                logits = await asyncio.to_thread(self.drafter.next_logits, context)
+                step = self.drafter.start if i == 0 else self.drafter.next_logits
+                logits = await asyncio.to_thread(step, context)
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT
                 return
@@ -242,7 +248,7 @@ class EdgeEngine:
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
             yield [token]
-            if token in stop_ids:
+            if token in stop_ids or (stop_text and stop_text.push(token)):
                 generation.finish_reason = FinishReason.STOP
                 return
         generation.finish_reason = FinishReason.LENGTH

@@ -4,7 +4,9 @@
     tandem = Tandem("cloud.example.com:50051")      # or Tandem() for an embedded local cloud
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
-AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`).
+AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
+GenerateOptions fields, e.g. `tandem.complete(prompt, temperature=0.7, top_p=0.9, seed=7,
+stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
 
 Offline fallback is on by default: when the cloud can't be reached (or drops mid-answer) the
 local model finishes the answer, and `Completion.degraded` / `Delta.degraded` say so. Pass
@@ -17,22 +19,23 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
+from common.stop import StopScanner
 from common.types import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
-from edge.stop_text import StopScanner
 
 
 @dataclass(frozen=True)
 class Completion:
-    text: str
-    token_ids: list[int]
+    text: str  # cut before the first stop string
+    token_ids: list[int]  # generated tokens, up to the one that completed a stop string
     finish_reason: str | None  # "stop" or "length"
     stats: dict
+    seed: int | None = None  # the sampling seed (None when greedy): pass it again to reproduce
     degraded: bool = False  # the local model alone wrote token_ids[fallback_at:]
     answered_by: str = "hybrid"  # "hybrid", "local", "hybrid-then-local", "cloud" or "edge"
     fallback_at: int | None = None
@@ -54,15 +57,22 @@ class Delta:
 
 @dataclass(frozen=True)
 class GenerateOptions:
+    """Sampling: temperature 0 is greedy; otherwise the output follows the cloud model's
+    distribution after temperature, top-k and top-p exactly, and a seed fixes it."""
+
     max_tokens: int = 128
     temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1 disables
+    seed: int | None = None  # None: a random seed per generation
+    stop: str | Sequence[str] = ()  # stop strings: the text ends before the first one
     stop_token_ids: tuple[int, ...] = ()
-    draft_mode: str = "ids"  # "ids" or "sparse"
+    draft_mode: str = "ids"  # "ids" (token ids only on the wire) or "sparse" (drafts carry top-k q)
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
-    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class AsyncTandem:
@@ -124,16 +134,21 @@ class AsyncTandem:
         """
         await self.start()
         opts = GenerateOptions(**options)
+        if opts.draft_mode not in ("ids", "sparse"):
+            raise ValueError(f"draft_mode must be 'ids' or 'sparse', not {opts.draft_mode!r}")
+        if opts.seed is not None and not 0 <= opts.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2^64), got {opts.seed}")
         request = GenerationRequest(
             prompt_token_ids=list(prompt_token_ids),
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, _wire_seed(opts.seed)),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
+            stop_strings=opts.stop_strings,
         )
         generation = generation or Generation(self.mode)
         detok = IncrementalDetokenizer(self.engine.drafter.token_bytes)
-        stops = StopScanner(opts.stop)
+        stops = StopScanner(opts.stop_strings)
         last = None
         async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
             async for new in tokens:
@@ -171,6 +186,14 @@ class AsyncTandem:
         text = "".join([delta async for delta in self.stream(prompt, generation, **options)])
         return completion_of(text, generation)
 
+    async def complete_n(self, prompt: str, n: int, **options) -> list[Completion]:
+        """n completions of one prompt, one after another over one connection and one draft model.
+
+        With a seed, completion i uses seed + i, so each one can be reproduced alone.
+        """
+        seed = options.pop("seed", None)
+        return [await self.complete(prompt, seed=None if seed is None else seed + i, **options) for i in range(n)]
+
     @property
     def cloud_status(self) -> dict:
         """The cloud's state ("up", "down", "unknown"), last error and reconnect count."""
@@ -179,20 +202,9 @@ class AsyncTandem:
         return {"address": self.engine.client.address, **self.engine.cloud.as_dict()}
 
 
-# On the wire a seed of 0 means "none given" (the engine draws a fresh one), so a caller's
-# explicit seed 0 travels as this fixed stand-in and reproduces like any other seed.
-SEED_ZERO_STAND_IN = 0x5EED_0000_0000_0000
-
-
-def _wire_seed(seed: int | None) -> int:
-    if seed is None:
-        return 0
-    return seed or SEED_ZERO_STAND_IN
-
-
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
-                      generation.degraded, generation.answered_by, generation.fallback_at,
+                      generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
                       generation.fallback_reason)
 
 
@@ -221,6 +233,9 @@ class Tandem:
 
     def complete(self, prompt: str, **options) -> Completion:
         return self._run(self._async.complete(prompt, **options))
+
+    def complete_n(self, prompt: str, n: int, **options) -> list[Completion]:
+        return self._run(self._async.complete_n(prompt, n, **options))
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -8,6 +8,11 @@ a verdict travels, the draft keeps extending the tail as if everything were acce
 own next token standing in for the cloud's bonus token). A verdict that disagrees with the
 tail resets it to the committed tokens; the blocks still in flight are then known to be
 stale on both sides, without an extra round trip.
+
+That stand-in is a *guess*, not a draft: it is not verified, so it does not count toward a
+block's drafts. Every block therefore verifies the same positions as in lock-step, and the
+cloud picks its bonus tokens at the same positions: a sampled output (whose randomness is
+keyed by position) is the same whatever the pipelining depth and the timing.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ class SpeculativeRun:
         self._dists: list = []  # sparse-q distributions of tail[sent_upto:]
         self._responses: asyncio.Queue = asyncio.Queue()
         self._draft_disabled = False
+        self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
 
     @property
     def generated(self) -> list[int]:
@@ -153,6 +159,9 @@ class SpeculativeRun:
         if self._should_send():
             await self._send_block()
             return []
+        if self._can_prefeed():
+            await self._prefeed()
+            return []
         return self._apply_verdict(await self._next_response("verdict"))
 
     def _remaining_budget(self) -> int:
@@ -160,8 +169,21 @@ class SpeculativeRun:
         generated_if_all_accepted = len(self.tail) - len(self.request.prompt_token_ids) + 1
         return self.request.max_new_tokens - generated_if_all_accepted
 
+    def _awaiting_bonus(self) -> bool:
+        """Whether the last block sent will bring a bonus token (it is in flight, not stale)."""
+        return bool(self.in_flight) and not self.in_flight[-1].doomed
+
+    def _drafts_start(self) -> int:
+        """Index in the tail of the first token the next block has verified as a draft.
+
+        While a block is awaiting its bonus token, the tail token right after the block is a
+        guess of it: the cloud chooses that token itself, so it is no draft.
+        """
+        return max(self.sent_upto + self._awaiting_bonus(), len(self.committed))
+
     def _pending_drafts(self) -> int:
-        return len(self.tail) - self.sent_upto
+        """Drafts in the tail not yet sent (-1 while the guess of a bonus token is missing)."""
+        return len(self.tail) - self._drafts_start()
 
     def _can_draft(self) -> bool:
         return (
@@ -169,25 +191,50 @@ class SpeculativeRun:
             and len(self.in_flight) < self.config.max_in_flight
             and self._remaining_budget() > 0
             and self._pending_drafts() < self.lengths.current
-            and not (self._pending_drafts() and self.tail[-1] in self.stop_ids)
+            and not (len(self.tail) > len(self.committed) and self.tail[-1] in self.stop_ids)
             and not self.lengths.cut_requested
         )
 
     def _should_send(self) -> bool:
         if len(self.in_flight) >= self.config.max_in_flight:
             return False
-        return self._pending_drafts() > 0 or not self.in_flight
+        return self._pending_drafts() > 0 or not self._awaiting_bonus()
+
+    def _can_prefeed(self) -> bool:
+        """Whether the draft model could evaluate the tail's last token while a verdict travels."""
+        return (
+            bool(self.in_flight)
+            and not self._draft_disabled
+            and self._fed != (self._tail_epoch, len(self.tail))
+            and self._remaining_budget() > 0
+            and self.tail[-1] not in self.stop_ids
+        )
 
     async def _prefill_draft(self) -> None:
         try:
-            await asyncio.to_thread(self.drafter.next_logits, self.committed)
+            # Only sparse q makes the output depend on the draft's numbers; otherwise a prefix
+            # shared with the last sequence (a chat's earlier turns) need not be evaluated again.
+            await asyncio.to_thread(self.drafter.start, self.committed, not self.policy.sparse)
+        except ContextFull:
+            self._draft_disabled = True
+
+    async def _prefeed(self) -> None:
+        """Feeds the tail's last token to the draft model, off the critical path.
+
+        After the verdict, the draft then has one token to evaluate (the cloud's next token)
+        instead of two.
+        """
+        self._fed = (self._tail_epoch, len(self.tail))
+        try:
+            await asyncio.to_thread(self.drafter.next_logits, list(self.tail))
         except ContextFull:
             self._draft_disabled = True
 
     async def _draft_one(self) -> None:
         epoch, context = self._tail_epoch, list(self.tail)
+        guess = len(context) < self._drafts_start()
         try:
-            choice = await asyncio.to_thread(self._choose, context)
+            choice = await asyncio.to_thread(self._choose, context, guess)
         except ContextFull:
             self._draft_disabled = True
             return
@@ -195,10 +242,11 @@ class SpeculativeRun:
             return  # a verdict reset the tail while we drafted
         self.tail.append(choice.token_id)
         self._dists.append(choice.dist)
-        self.lengths.observe_draft(choice.confidence)
+        if not guess:
+            self.lengths.observe_draft(choice.confidence)
 
-    def _choose(self, context: list[int]):
-        return self.policy.choose(self.drafter.next_logits(context), len(context))
+    def _choose(self, context: list[int], guess: bool):
+        return self.policy.choose(self.drafter.next_logits(context), len(context), guess)
 
     async def _send_block(self) -> None:
         start = self.sent_upto - 1  # the anchor: the last token the cloud knows or will know

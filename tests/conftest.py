@@ -55,11 +55,15 @@ def tiny_target(tiny_models):
 
 @pytest.fixture(scope="session")
 def tiny_cloud(tiny_target):
-    """A real gRPC cloud server on a free loopback port, serving the tiny target."""
+    """A real gRPC cloud server on a free loopback port, serving the tiny target.
+
+    Its prefix cache is off, so every round is one forward pass whatever ran before
+    (tests/test_prefix_cache.py covers the cache).
+    """
     from cloud.config import CloudConfig
     from cloud.embedded import EmbeddedCloud
 
-    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0), model=tiny_target) as cloud:
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, prefix_cache_mb=0), model=tiny_target) as cloud:
         yield cloud
 
 

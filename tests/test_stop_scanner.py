@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.stop_text import StopScanner
+from common.stop import StopScanner
 
 ALPHABET = "ab\n<>é"
 

@@ -1,17 +1,23 @@
-"""Stop strings applied to streamed text, as the OpenAI API defines them.
+"""Stop strings: the generation ends where its text first contains one of them.
 
-The answer ends right before the first occurrence of any stop string; the stop string itself
-is not returned. Text arrives in deltas, and a stop string may straddle two of them, so the
-scanner holds back the longest tail that could still begin one and releases it once it
-can't (or at the end). Every character is released at most once and in order, so the
-concatenated output is exactly `text[:first stop]`.
+Both sides apply them to the same text, the UTF-8 concatenation of the generated tokens'
+bytes with control tokens rendered as nothing (common.detok):
+  - the cloud ends the session (FINISH_REASON_STOP) at the token that completes the first
+    occurrence of a stop string, so no tokens are generated past it;
+  - the edge returns the text up to, not including, that occurrence (the OpenAI convention);
+    the token ids it returns still include the tokens that spelled the stop string.
 
-This works on text, on the edge, whatever produced the tokens (hybrid or local fallback).
+Text arrives in pieces and a stop string may straddle two of them, so the scanner holds back
+any tail that could still begin one and releases it once it cannot. A stop string that began
+earlier wins over a shorter one completed first, so the output is exactly text[:first stop]
+however the text was split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+from common.detok import IncrementalDetokenizer
 
 
 class StopScanner:
@@ -53,3 +59,15 @@ class StopScanner:
         if first:
             self.hit = first[1]
         return buffer[:end]
+
+
+class TokenStopScanner:
+    """Stop strings over token ids: push() says whether this token completed one."""
+
+    def __init__(self, stops: Iterable[str], token_bytes: Callable[[int], bytes]):
+        self._detok = IncrementalDetokenizer(token_bytes)
+        self._scanner = StopScanner(stops)
+
+    def push(self, token_id: int) -> bool:
+        self._scanner.push(self._detok.push([token_id]))
+        return self._scanner.hit is not None
