@@ -12,6 +12,7 @@ from common.errors import TandemError
 
 def build_parser() -> argparse.ArgumentParser:
     from cloud import cli as cloud_cli
+    from cloud import probe
     from edge import cli as edge_cli
 
     parser = argparse.ArgumentParser(
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cloud_cli.add_parser(subparsers)
     edge_cli.add_parser(subparsers)
+    probe.add_parser(subparsers)
     return parser
 
 
