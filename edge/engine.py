@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import secrets
 from collections.abc import AsyncIterator
@@ -103,11 +104,20 @@ class EdgeEngine:
             draft_model_name=self.drafter.name,
             draft_mode=request.draft_mode,
         )
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats)
+        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats)
         run.stop_ids |= set(info.eos_token_ids)
         async for new in run.tokens():
             yield new
         generation.finish_reason = run.finish
+
+    def _fit(self, info: ModelInfo) -> SpeculationConfig:
+        """The speculation config within the cloud's limits (a block is the anchor plus its drafts)."""
+        config = self.config
+        if info.max_draft_tokens and config.draft_tokens > info.max_draft_tokens - 1:
+            config = dataclasses.replace(config, draft_tokens=info.max_draft_tokens - 1)
+        if info.max_draft_top_k and config.draft_top_k > info.max_draft_top_k:
+            config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
+        return config
 
     async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         if self.client is None:
