@@ -54,6 +54,8 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", round(config.keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", round(config.keepalive_timeout_s * 1000)),
+        # What grpc core (1.85) actually enforces on an unanswered ping (default: 1 minute).
+        ("grpc.http2.ping_timeout_ms", round(config.keepalive_timeout_s * 1000)),
         # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
         ("grpc.http2.max_pings_without_data", 0),
         # Edges ping too (edge/channel.py). grpc's default answers pings more often than every

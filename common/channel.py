@@ -59,6 +59,9 @@ class Keepalive:
         return [
             ("grpc.keepalive_time_ms", round(self.time_s * 1000)),
             ("grpc.keepalive_timeout_ms", round(self.timeout_s * 1000)),
+            # grpc core (1.85) closes the transport on an unanswered ping after *this* timeout
+            # (default 1 minute), not after keepalive_timeout_ms; measured in tests/test_faults.py.
+            ("grpc.http2.ping_timeout_ms", round(self.timeout_s * 1000)),
             # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
             ("grpc.http2.max_pings_without_data", 0),
         ]
@@ -75,9 +78,17 @@ def read_token(token_file: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+# grpc backs off reconnects up to 2 minutes by default; a restarted cloud should be found in seconds.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+]
+
+
 def open_channel(address: str, security: ChannelSecurity = ChannelSecurity(),
                  keepalive: Keepalive = Keepalive(), options: list | None = None) -> grpc.aio.Channel:
-    options = keepalive.options() + list(options or [])
+    options = keepalive.options() + RECONNECT_OPTIONS + list(options or [])
     credentials = security.credentials()
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=options)

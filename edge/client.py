@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -28,39 +27,69 @@ _HANDSHAKE_HINT = (" (does the cloud serve TLS? then pass --cloud-ca or --tls; m
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
     """The domain exception for a failed call, keeping the server's message."""
-    code = exc.code()
+    return error_from_status(exc.code(), exc.details())
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None) -> errors.TandemError:
     if code in _UNREACHABLE:
-        return errors.CloudUnavailable(f"cloud unavailable ({code.name}): {exc.details()}")
+        return errors.CloudUnavailable(f"cloud unavailable ({code.name}): {details}")
     cls = _ERRORS.get(code.name, errors.TandemError)
-    return cls(exc.details() or code.name)
+    return cls(details or code.name)
 
 
 class CountedStream:
-    """A Speculate call that counts the serialized bytes of every message each way."""
+    """A Speculate call that counts the serialized bytes of every message each way.
 
-    def __init__(self, call, response_timeout_s: float | None = None):
-        self._call = call
+    The call starts on first use, once the channel is connected (see CloudClient.ready), so
+    that a stream opened while the cloud restarts waits for it instead of failing at once.
+    Every failure surfaces as a common.errors exception.
+    """
+
+    def __init__(self, start_call, response_timeout_s: float | None = None):
+        self._start_call = start_call  # async () -> the grpc call
+        self._starting: asyncio.Future | None = None
         self.response_timeout_s = response_timeout_s
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    async def _call(self):
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_call())
+        return await asyncio.shield(self._starting)  # shared by the writer and the reader
+
     async def write(self, request: pb.SpeculateRequest) -> None:
+        call = await self._call()
         self.bytes_sent += request.ByteSize()
-        await self._call.write(request)
+        try:
+            await call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        except asyncio.InvalidStateError:  # the call had already ended: report how
+            raise error_from_status(await call.code(), await call.details()) from None
 
     async def read(self) -> pb.SpeculateResponse | None:
         """The next response, or None when the cloud ended the stream."""
-        response = await _bounded(self._call.read(), self.response_timeout_s, self._call)
+        call = await self._call()
+        response = await _bounded(call.read(), self.response_timeout_s, call)
         if response is grpc.aio.EOF:
             return None
         self.bytes_received += response.ByteSize()
         return response
 
     async def done_writing(self) -> None:
-        await self._call.done_writing()
+        call = await self._call()
+        try:
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
 
     def cancel(self) -> None:
-        self._call.cancel()
+        if self._starting is None:
+            return
+        if self._starting.done() and not self._starting.cancelled() and self._starting.exception() is None:
+            self._starting.result().cancel()
+        else:
+            self._starting.cancel()
 
 
 async def _bounded(read, timeout_s: float | None, call):
@@ -89,28 +118,45 @@ class CloudClient:
 
     async def info(self) -> ModelInfo:
         """The cloud's model info; waits up to connect_timeout_s for the cloud to be reachable."""
-        call = functools.partial(self.stub.Info, pb.InfoRequest(), metadata=self.metadata)
         try:
-            response = await call(timeout=self.connect_timeout_s, wait_for_ready=True)
+            response = await self.stub.Info(pb.InfoRequest(), metadata=self.metadata,
+                                            timeout=self.connect_timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise error_from_rpc(exc) from None
-            # Waiting hides why connecting failed (refused, TLS handshake, ...); one call that
-            # fails fast reports the channel's last connection error.
-            try:
-                response = await call(timeout=self.connect_timeout_s)
-            except grpc.aio.AioRpcError as fast:
-                hint = _HANDSHAKE_HINT if "Socket closed" in (fast.details() or "") else ""
-                raise errors.CloudUnavailable(
-                    f"cannot reach the cloud at {self.address} within {self.connect_timeout_s:g} s: "
-                    f"{fast.details()}{hint}"
-                ) from None
+            raise await self._unreachable() from None
         return ModelInfo.from_pb(response)
 
+    async def ready(self) -> None:
+        """Waits up to connect_timeout_s for a connection (after a cloud restart, a reconnect)."""
+        if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await self.channel.channel_ready()
+        except TimeoutError:
+            raise await self._unreachable() from None
+
+    async def _unreachable(self) -> errors.CloudUnavailable:
+        """Why connecting failed (refused, TLS handshake, ...): waiting hides it, a call that fails fast tells."""
+        details = "no connection"
+        try:
+            await self.stub.Info(pb.InfoRequest(), metadata=self.metadata, timeout=self.connect_timeout_s)
+        except grpc.aio.AioRpcError as fast:
+            details = fast.details() or fast.code().name
+        hint = _HANDSHAKE_HINT if "Socket closed" in details else ""
+        return errors.CloudUnavailable(
+            f"cannot reach the cloud at {self.address} within {self.connect_timeout_s:g} s: {details}{hint}")
+
     def speculate(self) -> CountedStream:
-        return CountedStream(self.stub.Speculate(metadata=self.metadata), self.response_timeout_s)
+        async def start():
+            await self.ready()
+            return self.stub.Speculate(metadata=self.metadata)
+
+        return CountedStream(start, self.response_timeout_s)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        await self.ready()
         call = self.stub.Generate(request, metadata=self.metadata)
         try:
             while (response := await _bounded(call.read(), self.response_timeout_s, call)) is not grpc.aio.EOF:
