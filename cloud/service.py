@@ -67,7 +67,7 @@ class TandemService(pb_grpc.TandemServicer):
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
             while (request := await stream.read()) is not None:
                 if request.WhichOneof("kind") != "draft":
-                    raise InvalidArgument("the session is already open: send `open` once, first; then only `draft`")
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
                 verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
@@ -90,8 +90,8 @@ class TandemService(pb_grpc.TandemServicer):
             draft_mode=DraftMode.TOKEN_IDS,
         )
         session = VerifierSession(self.model, open_request, self.limits)
-        session_id = self.registry.add(session)
         detok = IncrementalDetokenizer(lambda t: self.model.decode_bytes([t])) if request.return_text else None
+        session_id = self.registry.add(session)
         try:
             started = await self.worker.run(session.start)
             position, token, finish = started.position, started.token_id, started.finish_reason

@@ -82,6 +82,8 @@ class CountedStream:
             await call.done_writing()
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
+        except asyncio.InvalidStateError:
+            pass  # the call already ended; read() reports how
 
     def cancel(self) -> None:
         if self._starting is None:

@@ -25,12 +25,13 @@ class EdgeConfig:
     client_cert: str | None = None
     client_key: str | None = None
     token_file: str | None = None  # else $TANDEM_TOKEN
+    token: str | None = field(default=None, repr=False)  # for the SDK; never a CLI flag (ps would show it)
     keepalive_s: float = 5.0
     response_timeout_s: float = 120.0
 
     def security(self) -> ChannelSecurity:
         return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
-                               client_key=self.client_key, token=read_token(self.token_file))
+                               client_key=self.client_key, token=self.token or read_token(self.token_file))
 
     def keepalive(self) -> Keepalive:
         return Keepalive(time_s=self.keepalive_s, timeout_s=self.keepalive_s)
