@@ -21,6 +21,7 @@ from cloud.errors import ErrorInterceptor
 from cloud.registry import SessionRegistry
 from cloud.service import TandemService
 from cloud.worker import ModelWorker
+from common.channel import is_loopback
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if not (credentials and auth) and not is_loopback(config.host):
+        log.warning("serving %s without %s: any client that reaches it may use it (see README: Deployment)",
+                    address, " or ".join(w for w, on in (("TLS", credentials), ("tokens", auth)) if not on))
     log.info("security: %s, %s; KV budget %.0f MiB (%d B/token); idle timeout %gs",
              "mutual TLS" if config.tls_client_ca else "TLS" if credentials else "plaintext (no TLS)",
              "bearer tokens required" if auth else "no auth", registry.kv_budget_bytes / 2**20,

@@ -92,13 +92,13 @@ def open_channel(address: str, security: ChannelSecurity = ChannelSecurity(),
     credentials = security.credentials()
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=options)
-    if security.token and not _is_loopback(address):
+    if security.token and not is_loopback(address.rpartition(":")[0].strip("[]") or address):
         log.warning("sending the bearer token to %s without TLS; pass --cloud-ca (or --tls)", address)
     return grpc.aio.insecure_channel(address, options=options)
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") or address
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP, without port) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
