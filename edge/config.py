@@ -66,8 +66,8 @@ class EdgeConfig:
                        help="ping a silent cloud after this many seconds and give up after as many more: "
                             "a dead link fails within twice this (>= 1; default %(default)s)")
         g.add_argument("--response-timeout", type=float, default=env("RESPONSE_TIMEOUT", d.response_timeout_s),
-                       help="fail when the cloud sends nothing this long while an answer is due "
-                            "(default %(default)s)")
+                       help="fail when the cloud sends nothing on an open stream for this long: a hung "
+                            "cloud (keepalive notices a dead one) (default %(default)s)")
         g = parser.add_argument_group("speculation")
         g.add_argument("--draft-tokens", type=int, default=s.draft_tokens,
                        help="most drafted tokens per block (default %(default)s)")

@@ -7,6 +7,7 @@ free what the broken session held, and both must work again once the fault is go
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -141,3 +142,25 @@ def test_silent_link_is_noticed_by_keepalive_on_both_sides(cloud_factory, tiny_t
         assert "cloud unavailable" in str(error)
         # No idle timeout on this cloud: only its keepalive can free the session.
         assert wait_for(lambda: len(cloud.running.registry) == 0) < 10
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "cloud"])
+def test_hung_cloud_is_noticed_by_the_response_timeout(cloud_factory, tiny_drafter, mode):
+    """The cloud's model thread is stuck: grpc still answers pings, so only the response timeout helps."""
+    cloud = cloud_factory()
+    drafter = tiny_drafter("noisy")
+    stuck = threading.Event()
+    cloud.running.worker.submit(stuck.wait, NO_HANG_S)
+
+    async def run():
+        client = CloudClient(cloud.address, response_timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(CloudUnavailable, match="no answer for 1 s"):
+            await asyncio.wait_for(generate_ids(client, drafter, drafter.tokenize(PROMPT), 8, mode), NO_HANG_S)
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(run()) < 10
+    finally:
+        stuck.set()
+    wait_for(lambda: len(cloud.running.registry) == 0)  # freed once the model thread moves again
