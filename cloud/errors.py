@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from common.errors import TandemError
+from common.errors import InvalidArgument, TandemError
 
 log = logging.getLogger(__name__)
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message of its type.
+
+    grpc would turn the parser's exception into UNKNOWN with the exception's repr; the handler
+    raises InvalidArgument instead (see `decoded`).
+    """
+
+    def __init__(self, error: DecodeError, type_name: str):
+        self.message = f"the request is not a valid {type_name}: {error}"
+
+
+def decoded(request):
+    """`request`, or InvalidArgument when it could not be parsed."""
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.message)
+    return request
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+    type_name = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = type_name.full_name if type_name is not None else "request"
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return Undecodable(exc, type_name)
+
+    return deserialize
 
 
 async def _abort(context, exc: Exception):
@@ -19,10 +54,12 @@ async def _abort(context, exc: Exception):
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
-def _wrap_unary(behavior):
-    async def wrapper(request, context):
+def _wrap_coroutine(behavior):
+    """Unary responses, or streams written with context.write()."""
+
+    async def wrapper(request_or_iterator, context):
         try:
-            return await behavior(request, context)
+            return await behavior(decoded(request_or_iterator), context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
@@ -31,10 +68,10 @@ def _wrap_unary(behavior):
     return wrapper
 
 
-def _wrap_stream(behavior):
+def _wrap_generator(behavior):
     async def wrapper(request_or_iterator, context):
         try:
-            async for response in behavior(request_or_iterator, context):
+            async for response in behavior(decoded(request_or_iterator), context):
                 yield response
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -44,10 +81,15 @@ def _wrap_stream(behavior):
     return wrapper
 
 
+def _wrap(behavior):
+    return _wrap_generator(behavior) if inspect.isasyncgenfunction(behavior) else _wrap_coroutine(behavior)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps common.errors exceptions to their status; anything else to INTERNAL (logged).
 
-    Only the methods under `prefix` are wrapped: health and reflection handle their own.
+    Requests that do not parse become INVALID_ARGUMENT rather than grpc's UNKNOWN. Only the
+    methods under `prefix` are wrapped: health and reflection handle their own.
     """
 
     def __init__(self, prefix: str = "/tandem.v1."):
@@ -57,14 +99,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
-        kwargs = dict(request_deserializer=handler.request_deserializer,
+        kwargs = dict(request_deserializer=_tolerant(handler.request_deserializer),
                       response_serializer=handler.response_serializer)
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kwargs)
+            return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream), **kwargs)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream), **kwargs)
+            return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary), **kwargs)
         return handler

@@ -116,6 +116,17 @@ class TargetModel:
         out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep_logits)
         return out.logits[0].float().cpu().numpy()
 
+    def free_memory_bytes(self) -> int:
+        """Memory still free on the model's device (for the default KV-cache budget)."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        try:
+            with open("/proc/meminfo") as meminfo:
+                fields = dict(line.split(":", 1) for line in meminfo)
+            return int(fields["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
     def warmup(self) -> None:
         """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""
         self.forward(self.new_cache(), self.tokenize("Hello") or [0], 1)

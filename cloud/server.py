@@ -1,4 +1,8 @@
-"""Builds and runs the cloud gRPC server: Tandem + health checking + reflection."""
+"""Builds and runs the cloud gRPC server: Tandem + health checking + reflection.
+
+Calls pass the token check (cloud/auth.py, when tokens are configured), then the error
+mapping (cloud/errors.py), then the servicer.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.service import TandemService
 from cloud.worker import ModelWorker
+from common.channel import is_loopback
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = tandem_pb2.DESCRIPTOR.services_by_name["Tandem"].full_name
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -32,6 +37,11 @@ class RunningServer:
     service: TandemService
     health: health.aio.HealthServicer
     worker: ModelWorker
+    auth: TokenAuthInterceptor | None = None
+
+    @property
+    def registry(self) -> SessionRegistry:
+        return self.service.registry
 
     async def stop(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -39,18 +49,54 @@ class RunningServer:
         self.worker.shutdown()
 
 
-async def start_server(config: CloudConfig, model) -> RunningServer:
-    """Starts serving `model` (a cloud.model.TargetModel); returns once the port is bound."""
+def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
+    """Message size and keepalive: a dead edge is noticed within keepalive + keepalive_timeout."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", round(config.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(config.keepalive_timeout_s * 1000)),
+        # What grpc core (1.85) actually enforces on an unanswered ping (default: 1 minute).
+        ("grpc.http2.ping_timeout_ms", round(config.keepalive_timeout_s * 1000)),
+        # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
+        ("grpc.http2.max_pings_without_data", 0),
+        # Edges ping too (edge/channel.py). grpc's default answers pings more often than every
+        # 5 minutes on a quiet connection with GOAWAY "too_many_pings", killing paused streams.
+        ("grpc.http2.min_ping_interval_without_data_ms", round(config.min_client_ping_interval_s * 1000)),
+    ]
+
+
+def kv_budget_bytes(config: CloudConfig, model) -> int:
+    if config.max_kv_mib:
+        return config.max_kv_mib << 20
+    return model.free_memory_bytes() // 2
+
+
+def load_security(config: CloudConfig) -> tuple[TokenAuthInterceptor | None, grpc.ServerCredentials | None]:
+    """The token checker and TLS credentials the config asks for (files are read now)."""
+    config.validate()
+    auth = None
+    if config.auth_tokens_file:
+        auth = TokenAuthInterceptor(load_tokens(config.auth_tokens_file), source=config.auth_tokens_file)
+    credentials = None
+    if config.tls_cert:
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    return auth, credentials
+
+
+async def start_server(config: CloudConfig, model, security=None) -> RunningServer:
+    """Starts serving `model` (a cloud.model.TargetModel); returns once the port is bound.
+
+    `security` is load_security(config)'s result, read here when not given.
+    """
+    auth, credentials = security or load_security(config)
     worker = ModelWorker()
-    registry = SessionRegistry(config.max_sessions)
+    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token)
     prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
-    service = TandemService(model, worker, registry, config.limits, prefix_cache)
+    service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+        interceptors=[i for i in (auth, ErrorInterceptor()) if i is not None],
+        options=channel_options(config),
     )
     tandem_pb2_grpc.add_TandemServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -58,13 +104,21 @@ async def start_server(config: CloudConfig, model) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}")
+        raise OSError(f"could not bind {address}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, service, health_servicer, worker)
+    if not (credentials and auth) and not is_loopback(config.host):
+        log.warning("serving %s without %s: any client that reaches it may use it (see README: Deployment)",
+                    address, " or ".join(w for w, on in (("TLS", credentials), ("tokens", auth)) if not on))
+    log.info("security: %s, %s; KV budget %.0f MiB (%d B/token); idle timeout %gs",
+             "mutual TLS" if config.tls_client_ca else "TLS" if credentials else "plaintext (no TLS)",
+             "bearer tokens required" if auth else "no auth", registry.kv_budget_bytes / 2**20,
+             model.kv_bytes_per_token, config.idle_timeout_s)
+    return RunningServer(server, port, service, health_servicer, worker, auth)
 
 
 def load_model(config: CloudConfig):
@@ -77,16 +131,20 @@ def load_model(config: CloudConfig):
 
 async def serve(config: CloudConfig) -> None:
     """`tandem cloud`: loads the model, serves until SIGTERM/SIGINT, then drains gracefully."""
+    security = load_security(config)  # a bad certificate or token file fails before the slow load
     log.info("loading target model %s ...", config.model or "(default SmolLM2-135M-Instruct)")
     model = await asyncio.to_thread(load_model, config)
-    running = await start_server(config, model)
+    running = await start_server(config, model, security)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if running.auth is not None:
+        loop.add_signal_handler(signal.SIGHUP, running.auth.reload)
+    scheme = "tls" if config.tls_cert else "plaintext"
     print(
         f"tandem cloud ready: model={model.name} device={model.device} "
-        f"listening on {config.host}:{running.port}",
+        f"listening on {config.host}:{running.port} ({scheme})",
         flush=True,
     )
     await stop.wait()

@@ -6,12 +6,14 @@ become statuses in cloud/errors.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
+from cloud.streams import CallStream
 from cloud.worker import ModelWorker
 from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
@@ -24,12 +26,13 @@ log = logging.getLogger(__name__)
 
 class TandemService(pb_grpc.TandemServicer):
     def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0):
         self.model = model
         self.worker = worker
         self.registry = registry
         self.limits = limits
         self.prefix_cache = prefix_cache  # touched only on the model worker thread
+        self.idle_timeout_s = idle_timeout_s  # 0: streams may stay idle forever
 
     def info(self) -> ModelInfo:
         m, lim = self.model, self.limits
@@ -38,42 +41,42 @@ class TandemService(pb_grpc.TandemServicer):
             vocab_size=m.vocab_size,
             tokenizer_fingerprint=m.fingerprint,
             eos_token_ids=m.eos_token_ids,
-            max_context=m.max_context,
+            max_context=lim.context_for(m.max_context),
             max_prompt_tokens=lim.max_prompt_tokens,
             max_draft_tokens=lim.max_draft_tokens,
             max_new_tokens=lim.max_new_tokens,
             max_draft_top_k=lim.max_draft_top_k,
             chat_template=m.chat_template,
+            max_stop_tokens=lim.max_stop_tokens,
+            idle_timeout_s=self.idle_timeout_s,
         )
 
     async def Info(self, request, context):
         return self.info().to_pb()
 
     async def Speculate(self, request_iterator, context):
-        session_id = session = None
+        # Reads and writes go through CallStream (idle timeout), not the request iterator.
+        stream = CallStream(context, self.idle_timeout_s)
+        request = await stream.read()
+        if request is None:
+            return
+        if request.WhichOneof("kind") != "open":
+            raise InvalidArgument("the first message of a Speculate stream must be `open`")
+        session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits, self.prefix_cache)
+        session_id = self.registry.add(session)
         try:
-            async for request in request_iterator:
-                kind = request.WhichOneof("kind")
-                if kind == "open" and session is None:
-                    session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits,
-                                              self.prefix_cache)
-                    session_id = self.registry.add(session)
-                    started = await self.worker.run(session.start)
-                    yield pb.SpeculateResponse(started=started.to_pb())
-                elif kind == "draft" and session is not None:
-                    verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
-                    yield pb.SpeculateResponse(verdict=verdict.to_pb())
-                elif kind == "open":
-                    raise InvalidArgument("the session is already open: send `open` once, first")
-                else:
-                    raise InvalidArgument("the first message of a Speculate stream must be `open`")
+            started = await self.worker.run(session.start)
+            await stream.write(pb.SpeculateResponse(started=started.to_pb()))
+            while (request := await stream.read()) is not None:
+                if request.WhichOneof("kind") != "draft":
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
+                verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
+                await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
-            if session is not None:
-                self.registry.remove(session_id)
-                # Queued behind any forward pass still running for this session.
-                self.worker.submit(session.close)
+            await self._release(session_id, session)
 
     async def Generate(self, request, context):
+        stream = CallStream(context, self.idle_timeout_s)
         prompt = list(request.prompt_token_ids)
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
@@ -90,8 +93,8 @@ class TandemService(pb_grpc.TandemServicer):
             stop_strings=list(request.stop_strings),
         )
         session = VerifierSession(self.model, open_request, self.limits, self.prefix_cache)
+        detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)
-        detok = IncrementalDetokenizer(lambda t: self.model.decode_bytes([t])) if request.return_text else None
         try:
             started = await self.worker.run(session.start)
             position, token, finish = started.position, started.token_id, started.finish_reason
@@ -99,8 +102,8 @@ class TandemService(pb_grpc.TandemServicer):
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                yield pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish), text=text,
-                                          forward_passes=session.forward_passes)
+                await stream.write(pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish),
+                                                       text=text, forward_passes=session.forward_passes))
                 if finish:
                     return
                 # A block of just the anchor is one plain decoding step.
@@ -108,5 +111,16 @@ class TandemService(pb_grpc.TandemServicer):
                 assert not verdict.stale, "generation lost track of its own position"
                 position, token, finish = position + 1, verdict.next_token, verdict.finish_reason
         finally:
+            await self._release(session_id, session)
+
+    async def _release(self, session_id: int, session: VerifierSession) -> None:
+        """Frees the session's KV cache, then its reservation.
+
+        The close queues behind any forward pass still running for this session (a cancelled
+        call does not stop the model thread), and runs even if this call is cancelled again.
+        """
+        closed = asyncio.wrap_future(self.worker.submit(session.close))
+        try:
+            await asyncio.shield(closed)
+        finally:
             self.registry.remove(session_id)
-            self.worker.submit(session.close)

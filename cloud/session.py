@@ -62,11 +62,18 @@ class VerifierSession:
         self.finished = FinishReason.NONE
         self.cache = None
         self._shared_prefix = False  # the cache state came from the prefix cache
+        self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
     @property
     def kv_tokens(self) -> int:
         return self.model.cache_length(self.cache) if self.cache is not None else 0
+
+    @property
+    def max_kv_tokens(self) -> int:
+        """The most tokens this session's KV cache can ever hold (verification included)."""
+        r = self.request
+        return min(len(r.prompt_token_ids) + r.max_new_tokens, self.max_context)
 
     def _validate_open(self) -> None:
         r, lim, model = self.request, self.limits, self.model
@@ -88,8 +95,14 @@ class VerifierSession:
         if len(r.resume_token_ids) >= r.max_new_tokens:
             raise InvalidArgument("resume_token_ids already reach max_new_tokens")
         context = len(r.prompt_token_ids) + len(r.resume_token_ids)
-        if context >= model.max_context:
-            raise InvalidArgument(f"prompt of {context} tokens leaves no room in the context of {model.max_context}")
+        if context >= self.max_context:
+            raise InvalidArgument(
+                f"prompt of {context} tokens leaves no room in this server's context of {self.max_context}"
+            )
+        if len(r.stop_token_ids) > lim.max_stop_tokens:
+            raise InvalidArgument(
+                f"{len(r.stop_token_ids)} stop_token_ids; this server accepts at most {lim.max_stop_tokens}"
+            )
         self._check_ids(r.prompt_token_ids, "prompt_token_ids")
         self._check_ids(r.resume_token_ids, "resume_token_ids")
         self._check_ids(r.stop_token_ids, "stop_token_ids")
@@ -145,7 +158,7 @@ class VerifierSession:
                            forward_passes=self.forward_passes)
         drafts = block.token_ids[overlap:]
         budget = self.request.max_new_tokens - self.generated
-        room = self.model.max_context - len(self.tokens)
+        room = self.max_context - len(self.tokens)
         drafts = drafts[: max(0, min(budget, room) - 1)]
         dists = block.draft_dists[overlap - 1 : overlap - 1 + len(drafts)] if sparse else []
 
@@ -254,7 +267,7 @@ class VerifierSession:
                 self.finished = FinishReason.STOP
             elif self.generated >= self.request.max_new_tokens:
                 self.finished = FinishReason.LENGTH
-            elif len(self.tokens) >= self.model.max_context:
+            elif len(self.tokens) >= self.max_context:
                 self.finished = FinishReason.CONTEXT
             if self.finished:
                 break

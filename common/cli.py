@@ -12,6 +12,7 @@ from common.errors import TandemError
 
 def build_parser() -> argparse.ArgumentParser:
     from cloud import cli as cloud_cli
+    from cloud import probe
     from edge import chat as chat_cli
     from edge import cli as edge_cli
     from edge import serve as serve_cli
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_cli.add_parser(subparsers)
     serve_cli.add_parser(subparsers)
     chat_cli.add_parser(subparsers)
+    probe.add_parser(subparsers)
     return parser
 
 

@@ -29,6 +29,12 @@ class Unauthenticated(TandemError):
     code = "UNAUTHENTICATED"
 
 
+class DeadlineExceeded(TandemError):
+    """A peer stayed silent (or stopped reading) for longer than allowed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class CloudUnavailable(TandemError):
     """The edge could not reach the cloud, or the stream broke."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 
 
@@ -30,7 +31,12 @@ class DraftMode(enum.IntEnum):
 
     @classmethod
     def from_pb(cls, value: int) -> DraftMode:
-        return cls.TOKEN_IDS if value == pb.DRAFT_MODE_UNSPECIFIED else cls(value)
+        if value == pb.DRAFT_MODE_UNSPECIFIED:
+            return cls.TOKEN_IDS
+        try:
+            return cls(value)
+        except ValueError:  # proto3 enums are open: a newer or hostile peer may send any number
+            raise InvalidArgument(f"unknown draft_mode {value}") from None
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,8 @@ class ModelInfo:
     max_new_tokens: int = 0
     max_draft_top_k: int = 0
     chat_template: str = ""
+    max_stop_tokens: int = 0
+    idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -218,6 +226,8 @@ class ModelInfo:
             max_new_tokens=m.limits.max_new_tokens,
             max_draft_top_k=m.limits.max_draft_top_k,
             chat_template=m.chat_template,
+            max_stop_tokens=m.limits.max_stop_tokens,
+            idle_timeout_s=m.limits.idle_timeout_ms / 1000,
         )
 
     def to_pb(self) -> pb.InfoResponse:
@@ -232,6 +242,8 @@ class ModelInfo:
                 max_draft_tokens=self.max_draft_tokens,
                 max_new_tokens=self.max_new_tokens,
                 max_draft_top_k=self.max_draft_top_k,
+                max_stop_tokens=self.max_stop_tokens,
+                idle_timeout_ms=round(self.idle_timeout_s * 1000),
             ),
             chat_template=self.chat_template,
         )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from common import errors
+from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.types import ModelInfo
@@ -17,6 +18,11 @@ _ERRORS = {cls.code: cls for cls in (
 )}
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                 grpc.StatusCode.UNKNOWN}
+
+# A server that drops the connection during setup is often a TLS server reached in plaintext,
+# or a mutual-TLS server reached without a client certificate.
+_HANDSHAKE_HINT = (" (does the cloud serve TLS? then pass --cloud-ca or --tls; mutual TLS also needs "
+                   "--client-cert and --client-key)")
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
@@ -32,77 +38,137 @@ def error_from_status(code: grpc.StatusCode, details: str | None) -> errors.Tand
 
 
 class CountedStream:
-    """A Speculate call that counts the serialized bytes of every message each way."""
+    """A Speculate call that counts the serialized bytes of every message each way.
 
-    def __init__(self, call):
-        self._call = call
+    The call starts on first use, once the channel is connected (see CloudClient.ready), so
+    that a stream opened while the cloud restarts waits for it instead of failing at once.
+    Every failure surfaces as a common.errors exception.
+    """
+
+    def __init__(self, start_call, response_timeout_s: float | None = None):
+        self._start_call = start_call  # async () -> the grpc call
+        self._starting: asyncio.Future | None = None
+        self.response_timeout_s = response_timeout_s
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    async def _call(self):
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_call())
+        return await asyncio.shield(self._starting)  # shared by the writer and the reader
+
     async def write(self, request: pb.SpeculateRequest) -> None:
+        call = await self._call()
         self.bytes_sent += request.ByteSize()
         try:
-            await self._call.write(request)
+            await call.write(request)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
-        except asyncio.InvalidStateError:
-            # The call already ended (the cloud went away or aborted it): report why.
-            raise error_from_status(await self._call.code(), await self._call.details()) from None
+        except asyncio.InvalidStateError:  # the call had already ended: report how
+            raise error_from_status(await call.code(), await call.details()) from None
 
     async def read(self) -> pb.SpeculateResponse | None:
         """The next response, or None when the cloud ended the stream."""
-        response = await self._call.read()
+        call = await self._call()
+        response = await _bounded(call.read(), self.response_timeout_s, call)
         if response is grpc.aio.EOF:
             return None
         self.bytes_received += response.ByteSize()
         return response
 
     async def done_writing(self) -> None:
+        call = await self._call()
         try:
-            await self._call.done_writing()
+            await call.done_writing()
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
+        except asyncio.InvalidStateError:
+            pass  # the call already ended; read() reports how
 
     def cancel(self) -> None:
-        self._call.cancel()
+        if self._starting is None:
+            return
+        if self._starting.done() and not self._starting.cancelled() and self._starting.exception() is None:
+            self._starting.result().cancel()
+        else:
+            self._starting.cancel()
+
+
+async def _bounded(read, timeout_s: float | None, call):
+    """Awaits one message; a cloud silent for timeout_s (alive to keepalive, but hung) is unavailable."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        call.cancel()
+        raise errors.CloudUnavailable(f"cloud unavailable: no answer for {timeout_s:g} s") from None
 
 
 class CloudClient:
+    """Calls to the cloud. Streams get no overall deadline (answers may be long): keepalive
+    notices a dead link, and response_timeout_s a cloud that stopped answering."""
+
     def __init__(self, address: str, *, channel: grpc.aio.Channel | None = None,
-                 connect_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 10.0, security: ChannelSecurity = ChannelSecurity(),
+                 keepalive: Keepalive = Keepalive(), response_timeout_s: float | None = 120.0):
         self.address = address
         self.connect_timeout_s = connect_timeout_s
-        self.channel = channel or grpc.aio.insecure_channel(address, options=[
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            # gRPC's reconnect backoff grows to 2 minutes by default; a cloud that restarts
-            # should be found again within seconds (offline fallback reconnects through it).
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 2_000),
-        ])
+        self.response_timeout_s = response_timeout_s
+        self.channel = channel or open_channel(address, security, keepalive)
+        self.metadata = security.metadata()
         self.stub = pb_grpc.TandemStub(self.channel)
 
     async def info(self, timeout_s: float | None = None) -> ModelInfo:
-        """The cloud's model info, waiting up to timeout_s (default connect_timeout_s) for a connection."""
+        """The cloud's model info; waits up to timeout_s (default connect_timeout_s) for the cloud."""
         timeout_s = timeout_s or self.connect_timeout_s
         try:
-            response = await self.stub.Info(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
+            response = await self.stub.Info(pb.InfoRequest(), metadata=self.metadata,
+                                            timeout=timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise errors.CloudUnavailable(
-                    f"no answer from the cloud at {self.address} within {timeout_s:g}s") from None
-            raise error_from_rpc(exc) from None
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise error_from_rpc(exc) from None
+            raise await self._unreachable(timeout_s) from None
         return ModelInfo.from_pb(response)
 
+    async def ready(self) -> None:
+        """Waits up to connect_timeout_s for a connection (after a cloud restart, a reconnect)."""
+        if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await self.channel.channel_ready()
+        except TimeoutError:
+            raise await self._unreachable() from None
+
+    async def _unreachable(self, timeout_s: float | None = None) -> errors.CloudUnavailable:
+        """Why connecting failed (refused, TLS handshake, ...): waiting hides it, a call that fails fast tells."""
+        timeout_s = timeout_s or self.connect_timeout_s
+        details = "no connection"
+        try:
+            await self.stub.Info(pb.InfoRequest(), metadata=self.metadata, timeout=timeout_s)
+        except grpc.aio.AioRpcError as fast:
+            details = fast.details() or fast.code().name
+        hint = _HANDSHAKE_HINT if "Socket closed" in details else ""
+        return errors.CloudUnavailable(
+            f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
+
     def speculate(self) -> CountedStream:
-        return CountedStream(self.stub.Speculate())
+        async def start():
+            await self.ready()
+            return self.stub.Speculate(metadata=self.metadata)
+
+        return CountedStream(start, self.response_timeout_s)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        await self.ready()
+        call = self.stub.Generate(request, metadata=self.metadata)
         try:
-            async for response in self.stub.Generate(request):
+            while (response := await _bounded(call.read(), self.response_timeout_s, call)) is not grpc.aio.EOF:
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # the consumer stopped early: let the cloud free the session now
 
     async def close(self) -> None:
         await self.channel.close()

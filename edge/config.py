@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from common.channel import ChannelSecurity, Keepalive, read_token
 from common.settings import env
 from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
@@ -21,6 +22,22 @@ class EdgeConfig:
     connect_timeout_s: float = 10.0
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    # Reaching a remote cloud (ignored for the embedded one).
+    tls: bool = False  # TLS with the system's roots; implied by cloud_ca / client_cert
+    cloud_ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    token_file: str | None = None  # else $TANDEM_TOKEN
+    token: str | None = field(default=None, repr=False)  # for the SDK; never a CLI flag (ps would show it)
+    keepalive_s: float = 5.0
+    response_timeout_s: float = 120.0
+
+    def security(self) -> ChannelSecurity:
+        return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
+                               client_key=self.client_key, token=self.token or read_token(self.token_file))
+
+    def keepalive(self) -> Keepalive:
+        return Keepalive(time_s=self.keepalive_s, timeout_s=self.keepalive_s)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +58,23 @@ class EdgeConfig:
         g.add_argument("--n-ctx", type=int, default=d.n_ctx, help="draft context window (default %(default)s)")
         g.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s,
                        help="seconds to wait for the cloud (default %(default)s)")
+        g = parser.add_argument_group("security and liveness of the cloud connection (see README: Deployment)")
+        g.add_argument("--cloud-ca", metavar="FILE", default=env("CLOUD_CA", None),
+                       help="connect with TLS and trust the cloud's certificate if this PEM CA signed it [TANDEM_CLOUD_CA]")
+        g.add_argument("--tls", action="store_true", default=env("TLS", "").lower() in ("1", "true", "yes"),
+                       help="connect with TLS, trusting the system's roots [TANDEM_TLS=1]")
+        g.add_argument("--client-cert", metavar="FILE", default=env("CLIENT_CERT", None),
+                       help="mutual TLS: present this PEM certificate chain (with --client-key) [TANDEM_CLIENT_CERT]")
+        g.add_argument("--client-key", metavar="FILE", default=env("CLIENT_KEY", None),
+                       help="private key of --client-cert [TANDEM_CLIENT_KEY]")
+        g.add_argument("--token-file", metavar="FILE", default=env("TOKEN_FILE", None),
+                       help="send the bearer token in this file (first line); without it, $TANDEM_TOKEN if set")
+        g.add_argument("--keepalive", type=float, default=env("KEEPALIVE", d.keepalive_s),
+                       help="ping a silent cloud after this many seconds and give up after as many more: "
+                            "a dead link fails within twice this (>= 1; default %(default)s)")
+        g.add_argument("--response-timeout", type=float, default=env("RESPONSE_TIMEOUT", d.response_timeout_s),
+                       help="fail when the cloud sends nothing on an open stream for this long: a hung "
+                            "cloud (keepalive notices a dead one) (default %(default)s)")
         g = parser.add_argument_group("speculation")
         g.add_argument("--draft-tokens", type=int, default=s.draft_tokens,
                        help="most drafted tokens per block (default %(default)s)")
@@ -61,6 +95,13 @@ class EdgeConfig:
             threads=args.threads,
             n_ctx=args.n_ctx,
             connect_timeout_s=args.connect_timeout,
+            tls=args.tls,
+            cloud_ca=args.cloud_ca,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            token_file=args.token_file,
+            keepalive_s=max(1.0, args.keepalive),
+            response_timeout_s=args.response_timeout,
             speculation=SpeculationConfig(
                 draft_tokens=args.draft_tokens,
                 max_in_flight=args.max_in_flight,

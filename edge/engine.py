@@ -198,7 +198,7 @@ class EdgeEngine:
             stop_strings=list(request.stop_strings),
         )
         timeout = self.fallback.timeout_s if self.fallback.enabled else None
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats,
+        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
                              response_timeout_s=timeout)
         run.stop_ids |= set(info.eos_token_ids)
         try:
@@ -208,6 +208,15 @@ class EdgeEngine:
         finally:
             if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
                 generation.finish_reason = run.finish
+
+    def _fit(self, info: ModelInfo) -> SpeculationConfig:
+        """The speculation config within the cloud's limits (a block is the anchor plus its drafts)."""
+        config = self.config
+        if info.max_draft_tokens and config.draft_tokens > info.max_draft_tokens - 1:
+            config = dataclasses.replace(config, draft_tokens=info.max_draft_tokens - 1)
+        if info.max_draft_top_k and config.draft_top_k > info.max_draft_top_k:
+            config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
+        return config
 
     async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         if self.client is None:

@@ -33,7 +33,9 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
             if address is None:
                 embedded = await asyncio.to_thread(_start_embedded, config)
                 address = embedded.address
-            client = CloudClient(address, connect_timeout_s=config.connect_timeout_s)
+            remote = dict(security=config.security()) if config.cloud else {}
+            client = CloudClient(address, connect_timeout_s=config.connect_timeout_s, keepalive=config.keepalive(),
+                                 response_timeout_s=config.response_timeout_s, **remote)
         engine = EdgeEngine(drafter, client, config.speculation, config.fallback)
         try:
             await engine.open()

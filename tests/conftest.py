@@ -95,3 +95,41 @@ def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
             eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
         )
     return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.fixture
+def cloud_factory(tiny_target):
+    """cloud_factory(**CloudConfig fields) -> a started EmbeddedCloud on a free loopback port.
+
+    For tests that need their own limits, TLS or tokens; every cloud stops at teardown. The
+    prefix cache is off unless asked for, as in tiny_cloud: tests count forward passes.
+    """
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+
+    started = []
+
+    def make(**overrides) -> EmbeddedCloud:
+        cloud = EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, **{"prefix_cache_mb": 0, **overrides}),
+                              model=tiny_target)
+        started.append(cloud)
+        return cloud.start()
+
+    yield make
+    for cloud in started:
+        cloud.stop()
+
+
+async def generate_ids(client, drafter, prompt_ids: list[int], max_new_tokens: int, mode: str = "hybrid"):
+    """One generation through a real EdgeEngine over `client` (closed afterwards); returns the Generation."""
+    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+
+    try:
+        engine = EdgeEngine(drafter, client)
+        await engine.connect()
+        generation = Generation(Mode(mode))
+        async for _ in engine.generate(GenerationRequest(prompt_ids, max_new_tokens), Mode(mode), generation):
+            pass
+        return generation
+    finally:
+        await client.close()

@@ -141,7 +141,8 @@ def test_without_fallback_a_lost_cloud_is_an_error(relay, tiny_drafter):
             with pytest.raises(openai.InternalServerError) as caught:
                 client.chat.completions.create(model="tandem", messages=MESSAGES, max_tokens=8, stream=stream)
             assert caught.value.status_code == 503
-            assert caught.value.body["type"] == "service_unavailable" and "UNAVAILABLE" in caught.value.body["message"]
+            assert caught.value.body["type"] == "service_unavailable"
+            assert f"127.0.0.1:{relay.port}" in caught.value.body["message"]  # says which cloud it could not reach
         assert server.health()["requests"] == {"active": 0, "completed": 0, "cancelled": 0, "failed": 3,
                                                "degraded": 0}
 

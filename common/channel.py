@@ -1,0 +1,107 @@
+"""Client channels to the cloud: TLS (optionally mutual), the bearer token, and keepalive.
+
+Used by the edge and by `tandem health`. The token travels as per-call metadata
+(`authorization: Bearer <token>`), which also works over plaintext to a TLS-terminating proxy
+or on loopback; sending it in plaintext anywhere else is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+
+import grpc
+
+from common.errors import InvalidArgument
+from common.settings import read_config_file
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "TANDEM_TOKEN"
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    tls: bool = False  # TLS with the system's trusted roots (implied by the fields below)
+    ca_file: str | None = None  # PEM roots that sign the cloud's certificate
+    client_cert: str | None = None  # mutual TLS: this client's PEM certificate chain...
+    client_key: str | None = None  # ...and its private key
+    token: str | None = field(default=None, repr=False)  # bearer token
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls or self.ca_file or self.client_cert)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.uses_tls:
+            return None
+        if bool(self.client_cert) != bool(self.client_key):
+            raise InvalidArgument("--client-cert and --client-key go together")
+        roots = read_config_file(self.ca_file, "--cloud-ca") if self.ca_file else None
+        key = read_config_file(self.client_key, "--client-key") if self.client_key else None
+        chain = read_config_file(self.client_cert, "--client-cert") if self.client_cert else None
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """A dead cloud is noticed within time_s + timeout_s while a call is open."""
+
+    time_s: float = 5.0  # ping after this much silence (the cloud accepts pings every >= 1 s)
+    timeout_s: float = 5.0  # no ack within this: the connection is dead, its calls fail UNAVAILABLE
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", round(self.time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.timeout_s * 1000)),
+            # grpc core (1.85) closes the transport on an unanswered ping after *this* timeout
+            # (default 1 minute), not after keepalive_timeout_ms; measured in tests/test_faults.py.
+            ("grpc.http2.ping_timeout_ms", round(self.timeout_s * 1000)),
+            # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token: the first non-comment line of token_file, else $TANDEM_TOKEN, else None."""
+    if token_file:
+        lines = read_config_file(token_file, "--token-file").decode().splitlines()
+        tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not tokens:
+            raise InvalidArgument(f"--token-file {token_file!r} holds no token")
+        return tokens[0]
+    return os.environ.get(TOKEN_ENV) or None
+
+
+# grpc backs off reconnects up to 2 minutes by default; a restarted cloud should be found in seconds.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+]
+
+
+def open_channel(address: str, security: ChannelSecurity = ChannelSecurity(),
+                 keepalive: Keepalive = Keepalive(), options: list | None = None) -> grpc.aio.Channel:
+    options = keepalive.options() + RECONNECT_OPTIONS + list(options or [])
+    credentials = security.credentials()
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    if security.token and not is_loopback(address.rpartition(":")[0].strip("[]") or address):
+        log.warning("sending the bearer token to %s without TLS; pass --cloud-ca (or --tls)", address)
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP, without port) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
