@@ -48,6 +48,9 @@ async def start_server(config: CloudConfig, model) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen
+            # bytes they were a quarter of a session's bytes, and windows never need to grow.
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
     tandem_pb2_grpc.add_TandemServicer_to_server(service, server)

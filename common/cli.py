@@ -11,6 +11,7 @@ from common.errors import TandemError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench import cli as bench_cli
     from cloud import cli as cloud_cli
     from edge import cli as edge_cli
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cloud_cli.add_parser(subparsers)
     edge_cli.add_parser(subparsers)
+    bench_cli.add_parser(subparsers)
     return parser
 
 

@@ -62,6 +62,7 @@ class CloudClient:
         self.channel = channel or grpc.aio.insecure_channel(address, options=[
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.bdp_probe", 0),  # see cloud/server.py: pings cost more than they tune
         ])
         self.stub = pb_grpc.TandemStub(self.channel)
 

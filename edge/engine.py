@@ -11,7 +11,7 @@ import asyncio
 import enum
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common.errors import FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
@@ -103,7 +103,11 @@ class EdgeEngine:
             draft_model_name=self.drafter.name,
             draft_mode=request.draft_mode,
         )
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self.config, generation.stats)
+        config = self.config
+        if info.max_draft_tokens > 2:  # a block carries its anchor and, pipelined, a guessed bonus token
+            most = min(config.draft_tokens, info.max_draft_tokens - 2)
+            config = replace(config, draft_tokens=most, min_draft_tokens=min(config.min_draft_tokens, most))
+        run = SpeculativeRun(self.drafter, self.client.speculate(), session, config, generation.stats)
         run.stop_ids |= set(info.eos_token_ids)
         async for new in run.tokens():
             yield new

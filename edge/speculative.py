@@ -3,9 +3,10 @@
 The edge keeps a speculative `tail`: the committed tokens followed by every drafted token
 it has not yet heard back about. Blocks are cut from the tail and sent; each block starts
 with an *anchor*, the token before its first draft, so the cloud can tell whether the block
-still continues its committed sequence. Up to `max_in_flight` blocks may be in flight: while
-a verdict travels, the draft keeps extending the tail as if everything were accepted (its
-own next token standing in for the cloud's bonus token). A verdict that disagrees with the
+still continues its committed sequence. Several blocks may be in flight (how many, and how
+long each is, edge/draft_length.py decides from measured acceptance, draft speed and round
+trip): while a verdict travels, the draft keeps extending the tail as if everything were
+accepted (its own next token standing in for the cloud's bonus token). A verdict that disagrees with the
 tail resets it to the committed tokens; the blocks still in flight are then known to be
 stale on both sides, without an extra round trip.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-
-import grpc
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
+
+import grpc
 
 from common.errors import TandemError
 from common.pb.tandem.v1 import tandem_pb2 as pb
@@ -35,10 +36,12 @@ class ProtocolError(TandemError):
 
 @dataclass
 class SpeculationConfig:
-    draft_tokens: int = 6  # most drafts per block
-    max_in_flight: int = 1  # blocks awaiting a verdict at once; 1 = lock-step
+    draft_tokens: int = 16  # most drafts per block
+    max_in_flight: int = 4  # most blocks awaiting a verdict at once; 1 = lock-step
     draft_top_k: int = 8  # sparse-q mode: candidates sent per drafted token
-    min_confidence: float = 0.0  # cut a block after a draft the draft model is less sure of
+    min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
+    adaptive: bool = True  # block length and depth from measurements (edge/draft_length.py)
+    min_draft_tokens: int = 1  # adaptive block length stays at or above this
 
 
 @dataclass
@@ -53,6 +56,8 @@ class GenerationStats:
     tokens: int = 0  # tokens generated
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
+    peak_in_flight: int = 0  # most blocks that awaited a verdict at once
+    policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     started_at: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -81,6 +86,7 @@ class GenerationStats:
 @dataclass
 class _InFlight:
     block: DraftBlock
+    sent_at: float  # perf_counter() when written to the stream
     doomed: bool = False  # known stale: sent before a rejection that invalidates it
 
 
@@ -95,7 +101,8 @@ class SpeculativeRun:
         self.config = config
         self.stats = stats or GenerationStats()
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
-        self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence)
+        self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
+                                         config.adaptive, config.min_draft_tokens)
         self.stop_ids = set(request.stop_token_ids)
         self.finish = FinishReason.NONE
         self.committed = list(request.prompt_token_ids) + list(request.resume_token_ids)
@@ -104,7 +111,8 @@ class SpeculativeRun:
         self.in_flight: deque[_InFlight] = deque()
         self._tail_epoch = 0  # bumped on every reset, to drop drafts made for an old tail
         self._dists: list = []  # sparse-q distributions of tail[sent_upto:]
-        self._responses: asyncio.Queue = asyncio.Queue()
+        self._responses: asyncio.Queue = asyncio.Queue()  # (arrival time, response or error)
+        self._arrived_at = 0.0
         self._draft_disabled = False
 
     @property
@@ -115,9 +123,11 @@ class SpeculativeRun:
     async def tokens(self) -> AsyncIterator[list[int]]:
         reader = asyncio.create_task(self._read_all())
         try:
+            opened_at = time.perf_counter()
             await self.stream.write(pb.SpeculateRequest(open=self.request.to_pb()))
             prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
+            self.lengths.observe_round_trip(self._arrived_at - opened_at)
             first = self._apply_started(SessionStarted.from_pb(started.started))
             if first:
                 yield first
@@ -134,6 +144,7 @@ class SpeculativeRun:
             self.stream.cancel()
             self.stats.bytes_sent = self.stream.bytes_sent
             self.stats.bytes_received = self.stream.bytes_received
+            self.stats.policy = self.lengths.snapshot()
 
     async def _step(self) -> list[int]:
         """Applies any verdict that arrived; else drafts a token, sends a block, or waits."""
@@ -158,15 +169,15 @@ class SpeculativeRun:
     def _can_draft(self) -> bool:
         return (
             not self._draft_disabled
-            and len(self.in_flight) < self.config.max_in_flight
+            and len(self.in_flight) < self.lengths.depth
             and self._remaining_budget() > 0
-            and self._pending_drafts() < self.lengths.current
+            and self._pending_drafts() < self.lengths.block_tokens
             and not (self._pending_drafts() and self.tail[-1] in self.stop_ids)
             and not self.lengths.cut_requested
         )
 
     def _should_send(self) -> bool:
-        if len(self.in_flight) >= self.config.max_in_flight:
+        if len(self.in_flight) >= self.lengths.depth:
             return False
         return self._pending_drafts() > 0 or not self.in_flight
 
@@ -178,16 +189,18 @@ class SpeculativeRun:
 
     async def _draft_one(self) -> None:
         epoch, context = self._tail_epoch, list(self.tail)
+        began = time.perf_counter()
         try:
             choice = await asyncio.to_thread(self._choose, context)
         except ContextFull:
             self._draft_disabled = True
             return
+        seconds = time.perf_counter() - began
         if epoch != self._tail_epoch:
             return  # a verdict reset the tail while we drafted
         self.tail.append(choice.token_id)
         self._dists.append(choice.dist)
-        self.lengths.observe_draft(choice.confidence)
+        self.lengths.observe_draft(choice.confidence, seconds)
 
     def _choose(self, context: list[int]):
         return self.policy.choose(self.drafter.next_logits(context), len(context))
@@ -201,7 +214,8 @@ class SpeculativeRun:
         )
         self._dists = []
         self.sent_upto = len(self.tail)
-        self.in_flight.append(_InFlight(block))
+        self.in_flight.append(_InFlight(block, time.perf_counter()))
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.in_flight))
         self.lengths.start_block()
         await self.stream.write(pb.SpeculateRequest(draft=block.to_pb()))
 
@@ -245,7 +259,8 @@ class SpeculativeRun:
         self.stats.accepted += verdict.accepted_count
         self.stats.verified_blocks.append((len(drafts), verdict.accepted_count))
         self.stats.mark_tokens(len(new))
-        self.lengths.observe_verdict(len(drafts), verdict.accepted_count)
+        if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
+            self.lengths.observe_verdict(len(drafts), verdict.accepted_count, self._arrived_at - sent.sent_at)
         self.finish = verdict.finish_reason
         if self.tail[: len(self.committed)] != self.committed:
             for later in self.in_flight:
@@ -264,16 +279,17 @@ class SpeculativeRun:
         try:
             while True:
                 response = await self.stream.read()
-                await self._responses.put(response)
+                await self._responses.put((time.perf_counter(), response))
                 if response is None:
                     return
         except grpc.aio.AioRpcError as exc:
-            await self._responses.put(error_from_rpc(exc))
+            await self._responses.put((time.perf_counter(), error_from_rpc(exc)))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
-            await self._responses.put(exc)
+            await self._responses.put((time.perf_counter(), exc))
 
     async def _next_response(self, expected: str | None):
-        response = await self._responses.get()
+        """The next response (None at the end of the stream); sets `_arrived_at` to when it came."""
+        self._arrived_at, response = await self._responses.get()
         if isinstance(response, Exception):
             raise response
         if response is None:
