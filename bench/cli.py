@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench import report, runner
+    from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker
     from common.relay import RelayThread
 
@@ -65,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         cloud = CloudProcess(args.cloud_cpus, args.model, out / "cloud.log")
-        relay = RelayThread(cloud.address).start()
+        frames = FrameTally()
+        relay = RelayThread(cloud.address, tap=frames).start()
         worker = EdgeWorker(args.edge_cpus, f"127.0.0.1:{relay.port}", edge_args, out / "edge.log")
         runner.warm_up(worker, plan)
-        records = runner.run(plan, worker, relay, runner.Progress(plan.total_runs))
+        records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
         machine = {
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "edge_draft_threads": worker.info["draft_threads"],

@@ -36,8 +36,32 @@ def summarize(records: list[dict]) -> dict[float, dict[str, dict]]:
             "stale_drafted_share": _div(sum(r["stale_drafted"] for r in runs), drafted + sum(
                 r["stale_drafted"] for r in runs)) if drafted else None,
             "identical_to_cloud": (sum(compared) / len(compared)) if compared and mode != "cloud" else None,
+            "tcp_bytes_per_token_by_kind": _bytes_by_kind(runs, tokens) if mode != "edge" else None,
         }
     return dict(summary)
+
+
+BYTE_KINDS = ("messages", "DATA framing", "HEADERS", "WINDOW_UPDATE", "PING", "other")
+
+
+def _bytes_by_kind(runs: list[dict], tokens: int) -> dict[str, float]:
+    """TCP bytes per token split into gRPC messages, their DATA framing, and other HTTP/2 frames.
+
+    `messages` are the serialized protobuf messages the edge counted; `DATA framing` is the rest
+    of the DATA frames (9-byte frame header, 5-byte gRPC length prefix).
+    """
+    kinds = dict.fromkeys(BYTE_KINDS, 0)
+    for r in runs:
+        messages = r["bytes_sent"] + r["bytes_received"]
+        kinds["messages"] += messages
+        for key, size in r["h2"]["bytes"].items():
+            frame = key.split(" ", 1)[1]
+            if frame == "DATA":
+                kinds["DATA framing"] += size
+            else:
+                kinds[frame if frame in kinds else "other"] += size
+        kinds["DATA framing"] -= messages
+    return {kind: round(value / tokens, 2) for kind, value in kinds.items()} if tokens else {}
 
 
 def targets(summary: dict[float, dict[str, dict]]) -> list[dict]:
@@ -87,6 +111,15 @@ def table(summary: dict[float, dict[str, dict]], target_rows: list[dict]) -> str
             f"{_f(c.get('tcp_bytes_per_token'), 6, 1)} | {_f(h.get('tokens_per_round'), 9, 2)} | "
             f"{_f(h.get('acceptance'), 6, 3)} | {'-' if identical is None else f'{identical:.0%}'}"
         )
+    kinds = {mode: _mean_kinds([m[mode]["tcp_bytes_per_token_by_kind"] for m in summary.values() if mode in m])
+             for mode in ("hybrid", "cloud")}
+    if any(kinds.values()):
+        lines += ["", "where the TCP bytes go (bytes per generated token, mean over RTTs):",
+                  f"{'mode':>8} | " + " ".join(f"{k:>13}" for k in BYTE_KINDS) + f" | {'total':>6}"]
+        for mode, split in kinds.items():
+            if split:
+                lines.append(f"{mode:>8} | " + " ".join(f"{split[k]:>13.2f}" for k in BYTE_KINDS)
+                             + f" | {sum(split.values()):>6.2f}")
     if target_rows:
         lines += ["", "targets:"]
         lines += [f"  [{'met' if t['met'] else 'MISSED'}] {t['figure']}: {t['measured']} (target {t['target']})"
@@ -138,6 +171,11 @@ def plot(summary: dict[float, dict[str, dict]], records: list[dict], out_dir: Pa
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def _mean_kinds(splits: list[dict | None]) -> dict[str, float] | None:
+    splits = [s for s in splits if s]
+    return {k: sum(s[k] for s in splits) / len(splits) for k in BYTE_KINDS} if splits else None
 
 
 def _div(a, b):

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bench.h2frames import FrameTally
 from bench.processes import EdgeWorker
 from common.relay import LinkConfig, RelayThread
 
@@ -72,8 +73,11 @@ def warm_up(worker: EdgeWorker, plan: Plan) -> None:
         worker.generate(mode, plan.prompts[0], min(16, plan.max_tokens))
 
 
-def run(plan: Plan, worker: EdgeWorker, relay: RelayThread, progress: Progress) -> list[dict]:
-    """Every (link, prompt, mode) once; returns one record per generation."""
+def run(plan: Plan, worker: EdgeWorker, relay: RelayThread, frames: FrameTally, progress: Progress) -> list[dict]:
+    """Every (link, prompt, mode) once; returns one record per generation.
+
+    `frames` must be the relay's tap: it splits each generation's bytes by HTTP/2 frame type.
+    """
     records = []
     for rtt in plan.rtts_ms:
         link = plan.link(rtt)
@@ -83,6 +87,7 @@ def run(plan: Plan, worker: EdgeWorker, relay: RelayThread, progress: Progress) 
                 label = f"rtt {rtt:g} ms, prompt {index + 1}/{len(plan.prompts)}, {mode}"
                 progress.update(label)
                 relay.reset_counters()
+                frames.reset()
                 result = worker.generate(mode, prompt, plan.max_tokens)
                 time.sleep(link.one_way_delay_s + link.jitter_s + SETTLE_S)
                 stats = result["stats"]
@@ -90,7 +95,7 @@ def run(plan: Plan, worker: EdgeWorker, relay: RelayThread, progress: Progress) 
                     "rtt_ms": rtt, "prompt": index, "mode": mode,
                     "token_ids": result["token_ids"], "finish_reason": result["finish_reason"],
                     "tcp_bytes_up": relay.bytes_up, "tcp_bytes_down": relay.bytes_down,
-                    "blocks": result["blocks"], **stats,
+                    "h2": frames.snapshot(), "blocks": result["blocks"], **stats,
                 })
                 progress.done += 1
                 progress.update(label, f"{stats['tokens_per_s']:.1f} tok/s")

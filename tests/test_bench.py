@@ -81,3 +81,33 @@ def test_bench_pins_the_two_sides_apart(bench_run):
     assert machine["cloud_cpus"] and machine["edge_cpus"]
     assert not set(machine["cloud_cpus"]) & set(machine["edge_cpus"])
     assert machine["edge_draft_threads"] == len(machine["edge_cpus"])
+
+
+def test_frame_tally_splits_http2_frames_across_chunks():
+    from bench.h2frames import CLIENT_PREFACE, FrameTally
+
+    def frame(kind: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + (1).to_bytes(4, "big") + payload
+
+    up = CLIENT_PREFACE + frame(4, b"") + frame(1, b"h" * 20) + frame(0, b"d" * 300) + frame(8, b"w" * 4)
+    down = frame(0, b"x" * 7) + frame(6, b"p" * 8)
+    tally = FrameTally()
+    for i in range(0, len(up), 5):  # chunks that cut through the preface and every frame
+        tally(1, "up", up[i:i + 5])
+    tally(1, "down", down)
+    snapshot = tally.snapshot()
+    assert snapshot["bytes"] == {"up SETTINGS": 9, "up HEADERS": 29, "up DATA": 309, "up WINDOW_UPDATE": 13,
+                                 "down DATA": 16, "down PING": 17}
+    assert sum(snapshot["bytes"].values()) == len(up) - len(CLIENT_PREFACE) + len(down)
+    assert set(snapshot["frames"].values()) == {1}
+    tally.reset()
+    assert tally.snapshot() == {"bytes": {}, "frames": {}}
+
+
+def test_bench_splits_link_bytes_by_frame(bench_run):
+    _, _, result = bench_run
+    for r in result["runs"]:
+        if r["mode"] != "edge":
+            assert sum(r["h2"]["bytes"].values()) == r["tcp_bytes_up"] + r["tcp_bytes_down"]
+            data = r["h2"]["bytes"]["up DATA"] + r["h2"]["bytes"]["down DATA"]
+            assert data > r["bytes_sent"] + r["bytes_received"]  # messages travel inside DATA frames
