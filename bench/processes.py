@@ -93,8 +93,11 @@ class EdgeWorker(_Process):
         if not self.info.get("ready"):
             raise ProcessError(f"edge worker failed to start: {self.info.get('error')} (log: {log_path})")
 
-    def generate(self, mode: str, prompt: str, max_tokens: int, timeout_s: float = 600.0) -> dict:
-        self.popen.stdin.write(json.dumps({"mode": mode, "prompt": prompt, "max_tokens": max_tokens}) + "\n")
+    def generate(self, mode: str, prompt: str, max_tokens: int, speculation: dict | None = None,
+                 timeout_s: float = 600.0) -> dict:
+        """One generation; `speculation` overrides SpeculationConfig fields for it."""
+        command = {"mode": mode, "prompt": prompt, "max_tokens": max_tokens, "speculation": speculation or {}}
+        self.popen.stdin.write(json.dumps(command) + "\n")
         self.popen.stdin.flush()
         result = json.loads(self.readline(timeout_s))
         if "error" in result:

@@ -5,7 +5,9 @@
 It first writes one line, {"ready": true, ...}, saying which CPUs it may use and how many
 threads the draft model got. Then it reads one JSON command per line on stdin,
 {"mode": "hybrid" | "cloud" | "edge", "prompt": TEXT, "max_tokens": N}, runs that generation
-(the prompt wrapped in the model's chat template, greedy) and answers one JSON line:
+(the prompt wrapped in the model's chat template, greedy) and answers one JSON line (an
+optional "speculation" object overrides SpeculationConfig fields for that generation only, so
+settings can be compared interleaved in one run):
 {"token_ids", "finish_reason", "stats", "blocks"} or {"error": MESSAGE}. It exits at EOF.
 """
 
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from common.errors import TandemError
 from edge.config import EdgeConfig
@@ -34,9 +37,14 @@ async def _generate(engine, command: dict) -> dict:
     mode = Mode(command["mode"])
     text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
     request = GenerationRequest(engine.drafter.tokenize(text), max_new_tokens=int(command["max_tokens"]))
+    default = engine.config
+    engine.config = replace(default, **command.get("speculation", {}))
     generation = Generation(mode)  # its stats clock starts now: TTFT includes opening the call
-    async for _ in engine.generate(request, mode, generation):
-        pass
+    try:
+        async for _ in engine.generate(request, mode, generation):
+            pass
+    finally:
+        engine.config = default
     return {
         "token_ids": generation.token_ids,
         "finish_reason": generation.finish_reason.label,
@@ -62,7 +70,7 @@ async def serve(config: EdgeConfig) -> None:
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             try:
                 _emit(await _generate(engine, json.loads(line)))
-            except (TandemError, KeyError, ValueError) as exc:
+            except (TandemError, KeyError, ValueError, TypeError) as exc:
                 _emit({"error": f"{type(exc).__name__}: {exc}"})
     finally:
         await client.close()

@@ -36,7 +36,7 @@ class ProtocolError(TandemError):
 
 @dataclass
 class SpeculationConfig:
-    draft_tokens: int = 16  # most drafts per block
+    draft_tokens: int = 32  # most drafts per block (the adaptive policy picks fewer when that pays)
     max_in_flight: int = 4  # most blocks awaiting a verdict at once; 1 = lock-step
     draft_top_k: int = 8  # sparse-q mode: candidates sent per drafted token
     min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
