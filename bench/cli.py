@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             if part is not None:
                 part.stop()
     summary = report.summarize(records)
-    target_rows = report.targets(summary)
+    target_rows = report.targets(summary, records)
     result = {
         "command": "tandem " + " ".join(sys.argv[1:]),
         "settings": {"rtt_ms": plan.rtts_ms, "max_tokens": plan.max_tokens, "prompts": plan.prompts,

@@ -32,7 +32,8 @@ def summarize(records: list[dict]) -> dict[float, dict[str, dict]]:
             "tcp_bytes_per_token": _div(sum(r["tcp_bytes_up"] + r["tcp_bytes_down"] for r in runs), tokens),
             "tcp_bytes_up_per_token": _div(sum(r["tcp_bytes_up"] for r in runs), tokens),
             "tcp_bytes_down_per_token": _div(sum(r["tcp_bytes_down"] for r in runs), tokens),
-            "acceptance": _div(sum(r["accepted"] for r in runs), drafted) if drafted else None,
+            # Share of verified drafts accepted; a rejection also discards the rest of its block.
+            "accepted_share": _div(sum(r["accepted"] for r in runs), drafted) if drafted else None,
             "stale_drafted_share": _div(sum(r["stale_drafted"] for r in runs), drafted + sum(
                 r["stale_drafted"] for r in runs)) if drafted else None,
             "identical_to_cloud": (sum(compared) / len(compared)) if compared and mode != "cloud" else None,
@@ -64,7 +65,18 @@ def _bytes_by_kind(runs: list[dict], tokens: int) -> dict[str, float]:
     return {kind: round(value / tokens, 2) for kind, value in kinds.items()} if tokens else {}
 
 
-def targets(summary: dict[float, dict[str, dict]]) -> list[dict]:
+def ttft_ratios(records: list[dict]) -> list[float]:
+    """Hybrid TTFT / cloud-only TTFT for each (RTT, prompt), the two runs taken back to back.
+
+    Pairing cancels what the two share (prompt length, the load of the moment); 4 prompts per
+    RTT leave a per-RTT median noisy by ~10 ms, so the target uses all pairs.
+    """
+    cloud = {(r["rtt_ms"], r["prompt"]): r["ttft_s"] for r in records if r["mode"] == "cloud"}
+    return [r["ttft_s"] / cloud[(r["rtt_ms"], r["prompt"])] for r in records
+            if r["mode"] == "hybrid" and cloud.get((r["rtt_ms"], r["prompt"]))]
+
+
+def targets(summary: dict[float, dict[str, dict]], records: list[dict]) -> list[dict]:
     """The issue's targets, where this run measured what they need."""
     pairs = {rtt: m for rtt, m in summary.items() if "hybrid" in m and "cloud" in m}
     rows = []
@@ -86,8 +98,9 @@ def targets(summary: dict[float, dict[str, dict]]) -> list[dict]:
         add("TCP bytes per token, hybrid / cloud-only (worst RTT)",
             max(_div(m["hybrid"]["tcp_bytes_per_token"], m["cloud"]["tcp_bytes_per_token"]) for m in pairs.values()),
             1 / 3, at_most=True)
-        add("hybrid TTFT / cloud-only TTFT (median per RTT, worst RTT)",
-            max(_div(m["hybrid"]["ttft_s"], m["cloud"]["ttft_s"]) for m in pairs.values()), 1.1, at_most=True)
+        ratios = ttft_ratios(records)
+        add(f"hybrid TTFT / cloud-only TTFT (median of {len(ratios)} paired runs, all RTTs)",
+            statistics.median(ratios) if ratios else None, 1.1, at_most=True)
         add("hybrid output identical to cloud-only output (share of runs)",
             min(m["hybrid"]["identical_to_cloud"] for m in pairs.values()), 1.0, at_most=False)
     return rows
@@ -97,7 +110,7 @@ def table(summary: dict[float, dict[str, dict]], target_rows: list[dict]) -> str
     """The terminal table: one row per link, then the targets."""
     head = (f"{'RTT ms':>6} | {'tok/s hybrid':>12} {'cloud':>6} {'edge':>6} | {'speedup':>7} | "
             f"{'TTFT ms hybrid':>14} {'cloud':>6} | {'passes/tok':>10} | {'TCP B/tok hybrid':>16} {'cloud':>6} | "
-            f"{'tok/round':>9} | {'accept':>6} | identical")
+            f"{'tok/round':>9} | {'acc/draft':>9} | identical")
     lines = [head, "-" * len(head)]
     for rtt, m in sorted(summary.items()):
         h, c, e = (m.get(mode, {}) for mode in MODES)
@@ -109,7 +122,7 @@ def table(summary: dict[float, dict[str, dict]], target_rows: list[dict]) -> str
             f"{_f(_ms(h.get('ttft_s')), 14, 0)} {_f(_ms(c.get('ttft_s')), 6, 0)} | "
             f"{_f(h.get('cloud_passes_per_token'), 10, 3)} | {_f(h.get('tcp_bytes_per_token'), 16, 1)} "
             f"{_f(c.get('tcp_bytes_per_token'), 6, 1)} | {_f(h.get('tokens_per_round'), 9, 2)} | "
-            f"{_f(h.get('acceptance'), 6, 3)} | {'-' if identical is None else f'{identical:.0%}'}"
+            f"{_f(h.get('accepted_share'), 9, 3)} | {'-' if identical is None else f'{identical:.0%}'}"
         )
     kinds = {mode: _mean_kinds([m[mode]["tcp_bytes_per_token_by_kind"] for m in summary.values() if mode in m])
              for mode in ("hybrid", "cloud")}
