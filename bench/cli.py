@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
         machine = {
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "edge_draft_threads": worker.info["draft_threads"],
+            "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
+            "edge_draft_threads": worker.info["draft_threads"],
             "draft_model": worker.info["draft_model"], "target_model": worker.info["target_model"],
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "wall_s": round(time.monotonic() - started, 1),

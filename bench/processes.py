@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 READY_LINE = re.compile(r"tandem cloud ready: .* listening on (?P<host>[^\s:]+):(?P<port>\d+)")
+TORCH_THREADS = re.compile(r"loaded target .*?(?P<threads>\d+) torch threads")
 
 
 class ProcessError(RuntimeError):
@@ -80,6 +81,12 @@ class CloudProcess(_Process):
         while not (match := READY_LINE.search(self.readline(start_timeout_s))):
             pass
         self.address = (match["host"], int(match["port"]))
+
+    @property
+    def torch_threads(self) -> int | None:
+        """The thread count the cloud gave torch, from its log (None if it did not say)."""
+        match = TORCH_THREADS.search(self.log_path.read_text(errors="replace"))
+        return int(match["threads"]) if match else None
 
 
 class EdgeWorker(_Process):

@@ -81,6 +81,7 @@ def test_bench_pins_the_two_sides_apart(bench_run):
     assert machine["cloud_cpus"] and machine["edge_cpus"]
     assert not set(machine["cloud_cpus"]) & set(machine["edge_cpus"])
     assert machine["edge_draft_threads"] == len(machine["edge_cpus"])
+    assert machine["cloud_torch_threads"] == len(machine["cloud_cpus"])
 
 
 def test_frame_tally_splits_http2_frames_across_chunks():
