@@ -156,7 +156,7 @@ def plot(summary: dict[float, dict[str, dict]], records: list[dict], out_dir: Pa
         if xs:
             ax.plot(xs, [summary[r][mode]["tokens_per_s"] for r in xs], marker=marker, label=mode)
     ax.set(xlabel="emulated round-trip time (ms)", ylabel="generated tokens / s", title="Throughput against RTT")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.25 * ax.get_ylim()[1])  # headroom for the legend
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
