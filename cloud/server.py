@@ -49,7 +49,8 @@ async def start_server(config: CloudConfig, model) -> RunningServer:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen
-            # bytes they were a quarter of a session's bytes, and windows never need to grow.
+            # bytes they were a fifth to a quarter of a session's bytes, for windows that never
+            # need to grow.
             ("grpc.http2.bdp_probe", 0),
         ],
     )
