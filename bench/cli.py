@@ -46,6 +46,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.processes import ProcessError
+
+    try:
+        return _run(args)
+    except ProcessError as exc:
+        print(f"tandem bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from bench import report, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker

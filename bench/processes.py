@@ -50,7 +50,9 @@ class _Process:
         except queue.Empty:
             raise ProcessError(f"{self.name} did not answer within {timeout_s:.0f}s (log: {self.log_path})") from None
         if line is None:
-            raise ProcessError(f"{self.name} exited with code {self.popen.wait()} (log: {self.log_path})")
+            self._log.flush()
+            last = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            raise ProcessError(f"{self.name} exited with code {self.popen.wait()}: {last[0]} (log: {self.log_path})")
         return line
 
     @property
