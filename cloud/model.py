@@ -76,7 +76,8 @@ class TargetModel:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         name = source.stem if source.suffix == ".gguf" else source.name
-        log.info("loaded target %s (%s, %s) in %.1fs", name, device, dtype, time.monotonic() - started)
+        log.info("loaded target %s (%s, %s, %d torch threads) in %.1fs", name, device, dtype, threads,
+                 time.monotonic() - started)
         return cls(model, tokenizer, name)
 
     def tokenize(self, text: str) -> list[int]:

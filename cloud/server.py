@@ -63,6 +63,9 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
         # Edges ping too (edge/channel.py). grpc's default answers pings more often than every
         # 5 minutes on a quiet connection with GOAWAY "too_many_pings", killing paused streams.
         ("grpc.http2.min_ping_interval_without_data_ms", round(config.min_client_ping_interval_s * 1000)),
+        # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen bytes
+        # they were a fifth to a quarter of a session's bytes, for windows that never need to grow.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

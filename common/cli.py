@@ -11,6 +11,7 @@ from common.errors import TandemError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench import cli as bench_cli
     from cloud import cli as cloud_cli
     from cloud import probe
     from edge import chat as chat_cli
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_parser(subparsers)
     chat_cli.add_parser(subparsers)
     probe.add_parser(subparsers)
+    bench_cli.add_parser(subparsers)
     return parser
 
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["LinkConfig", "LinkRelay", "RelayThread", "main"]
@@ -57,8 +58,13 @@ class LinkConfig:
 class _Link:
     """One direction of the emulated link, shared by all connections."""
 
+    name: str  # "up" (client -> target) or "down"
     bytes: int = 0
     free_at: float = 0.0
+
+
+Tap = Callable[[int, str, bytes], None]
+"""tap(connection number, "up" or "down", data): sees every chunk as it is delivered."""
 
 
 @dataclass(eq=False)
@@ -66,6 +72,7 @@ class _Connection:
     """The two sockets of one relayed connection, closed together."""
 
     writers: list[asyncio.StreamWriter]
+    number: int = 0  # 1 for the first connection this relay accepted, and so on
     clean: bool = False
     closed: bool = False
 
@@ -96,19 +103,22 @@ class LinkRelay:
     """Accepts TCP connections and relays each one to `target` over an emulated link.
 
     Byte counters count what was delivered, i.e. what crossed the link; bytes
-    still in flight when a connection is dropped are not counted.
+    still in flight when a connection is dropped are not counted. An optional
+    `tap` sees the delivered bytes themselves (on the relay's event loop).
     """
 
     def __init__(self, target: tuple[str, int], config: LinkConfig | None = None,
-                 *, host: str = "127.0.0.1", port: int = 0) -> None:
+                 *, host: str = "127.0.0.1", port: int = 0, tap: Tap | None = None) -> None:
         self._target = target
+        self._tap = tap
         self._listen = (host, port)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._conns: dict[_Connection, asyncio.Task] = {}
-        self._up = _Link()
-        self._down = _Link()
+        self._up = _Link("up")
+        self._down = _Link("down")
         self.connections_accepted = 0
+        self._connections_ever = 0  # unlike connections_accepted, never reset
         self._rng = random.Random()
         self.set_config(config or LinkConfig())
 
@@ -163,7 +173,8 @@ class LinkRelay:
     async def _handle(self, client_reader: asyncio.StreamReader,
                       client_writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
-        conn = _Connection([client_writer])
+        self._connections_ever += 1
+        conn = _Connection([client_writer], number=self._connections_ever)
         self._conns[conn] = asyncio.current_task()
         try:
             await self._relay(conn, client_reader)
@@ -185,8 +196,8 @@ class LinkRelay:
             for writer in conn.writers:
                 _set_nodelay(writer)
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._pipe(client_reader, target_writer, self._up))
-                group.create_task(self._pipe(target_reader, client_writer, self._down))
+                group.create_task(self._pipe(client_reader, target_writer, self._up, conn.number))
+                group.create_task(self._pipe(target_reader, client_writer, self._down, conn.number))
             conn.clean = True
         except* OSError:
             pass
@@ -202,7 +213,7 @@ class LinkRelay:
         return departs + cfg.one_way_delay_s + jitter
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    link: _Link) -> None:
+                    link: _Link, number: int) -> None:
         """Relay one direction, ending with EOF (b"") passed on as a half-close."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -234,6 +245,8 @@ class LinkRelay:
                         writer.write_eof()
                     return
                 link.bytes += len(data)
+                if self._tap is not None:
+                    self._tap(number, link.name, data)
                 writer.write(data)
                 await writer.drain()
                 async with room:
@@ -253,8 +266,8 @@ class RelayThread:
     """
 
     def __init__(self, target: tuple[str, int], config: LinkConfig | None = None,
-                 *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._relay = LinkRelay(target, config, host=host, port=port)
+                 *, host: str = "127.0.0.1", port: int = 0, tap: Tap | None = None) -> None:
+        self._relay = LinkRelay(target, config, host=host, port=port, tap=tap)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="link-relay", daemon=True)

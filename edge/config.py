@@ -41,7 +41,7 @@ class EdgeConfig:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        d, s = EdgeConfig(), SpeculationConfig()
+        d = EdgeConfig()
         g = parser.add_argument_group("edge and cloud")
         g.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", None),
                        help="cloud service address; without it an embedded cloud starts on loopback [TANDEM_CLOUD]")
@@ -75,15 +75,27 @@ class EdgeConfig:
         g.add_argument("--response-timeout", type=float, default=env("RESPONSE_TIMEOUT", d.response_timeout_s),
                        help="fail when the cloud sends nothing on an open stream for this long: a hung "
                             "cloud (keepalive notices a dead one) (default %(default)s)")
-        g = parser.add_argument_group("speculation")
-        g.add_argument("--draft-tokens", type=int, default=s.draft_tokens,
-                       help="most drafted tokens per block (default %(default)s)")
-        g.add_argument("--max-in-flight", type=int, default=s.max_in_flight,
-                       help="draft blocks awaiting a verdict at once; 1 = lock-step (default %(default)s)")
-        g.add_argument("--min-confidence", type=float, default=s.min_confidence,
-                       help="end a block after a draft the draft model gives less probability "
-                            "(default %(default)s)")
         FallbackConfig.add_arguments(parser)
+        EdgeConfig.add_speculation_arguments(parser)
+
+    @staticmethod
+    def add_speculation_arguments(parser: argparse.ArgumentParser) -> None:
+        s = SpeculationConfig()
+        g = parser.add_argument_group("speculation")
+        g.add_argument("--draft-tokens", type=int, default=env("DRAFT_TOKENS", s.draft_tokens),
+                       help="most drafted tokens per block (default %(default)s) [TANDEM_DRAFT_TOKENS]")
+        g.add_argument("--min-draft-tokens", type=int, default=s.min_draft_tokens,
+                       help="fewest drafted tokens per block the adaptive policy picks (default %(default)s)")
+        g.add_argument("--max-in-flight", type=int, default=env("MAX_IN_FLIGHT", s.max_in_flight),
+                       help="most draft blocks awaiting a verdict at once; 1 = lock-step "
+                            "(default %(default)s) [TANDEM_MAX_IN_FLIGHT]")
+        g.add_argument("--min-confidence", type=float, default=env("MIN_CONFIDENCE", s.min_confidence),
+                       help="end a block after a draft the draft model gives less probability "
+                            "(default %(default)s) [TANDEM_MIN_CONFIDENCE]")
+        g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=s.adaptive,
+                       help="choose block length and blocks in flight per session from measured acceptance, "
+                            "draft speed and round trip; --no-adaptive drafts --draft-tokens per block with "
+                            "--max-in-flight blocks in flight (default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EdgeConfig:
@@ -102,10 +114,23 @@ class EdgeConfig:
             token_file=args.token_file,
             keepalive_s=max(1.0, args.keepalive),
             response_timeout_s=args.response_timeout,
-            speculation=SpeculationConfig(
-                draft_tokens=args.draft_tokens,
-                max_in_flight=args.max_in_flight,
-                min_confidence=args.min_confidence,
-            ),
+            speculation=speculation_from_args(args),
             fallback=FallbackConfig.from_args(args),
         )
+
+
+def speculation_from_args(args: argparse.Namespace) -> SpeculationConfig:
+    return SpeculationConfig(
+        draft_tokens=args.draft_tokens,
+        max_in_flight=args.max_in_flight,
+        min_confidence=args.min_confidence,
+        adaptive=args.adaptive,
+        min_draft_tokens=args.min_draft_tokens,
+    )
+
+
+def speculation_flags(s: SpeculationConfig) -> list[str]:
+    """The flags that reproduce `s` (to hand a configuration to another process)."""
+    return [f"--draft-tokens={s.draft_tokens}", f"--min-draft-tokens={s.min_draft_tokens}",
+            f"--max-in-flight={s.max_in_flight}", f"--min-confidence={s.min_confidence}",
+            "--adaptive" if s.adaptive else "--no-adaptive"]

@@ -54,6 +54,7 @@ class LlamaDrafter:
         )
         self.path = path
         self.name = name
+        self.threads = threads
         self.n_ctx = n_ctx
         self.vocab_size = self._llama.n_vocab()
         self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})

@@ -57,5 +57,6 @@ class DraftPolicy:
 
 
 def _softmax_at(logits: np.ndarray, token: int) -> float:
-    shifted = np.asarray(logits, dtype=np.float64) - float(np.max(logits))
-    return float(np.exp(shifted[token]) / np.exp(shifted).sum())
+    """softmax(logits)[token]. In float32: it runs on every drafted token and only steers block length."""
+    shifted = np.asarray(logits, dtype=np.float32) - np.max(logits)
+    return float(np.exp(shifted[token]) / np.exp(shifted).sum(dtype=np.float64))

@@ -210,10 +210,14 @@ class EdgeEngine:
                 generation.finish_reason = run.finish
 
     def _fit(self, info: ModelInfo) -> SpeculationConfig:
-        """The speculation config within the cloud's limits (a block is the anchor plus its drafts)."""
+        """The speculation config within the cloud's limits.
+
+        A block carries its anchor and, when pipelined, a guessed bonus token besides its drafts.
+        """
         config = self.config
-        if info.max_draft_tokens and config.draft_tokens > info.max_draft_tokens - 1:
-            config = dataclasses.replace(config, draft_tokens=info.max_draft_tokens - 1)
+        if info.max_draft_tokens > 2 and config.draft_tokens > info.max_draft_tokens - 2:
+            most = info.max_draft_tokens - 2
+            config = dataclasses.replace(config, draft_tokens=most, min_draft_tokens=min(config.min_draft_tokens, most))
         if info.max_draft_top_k and config.draft_top_k > info.max_draft_top_k:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config

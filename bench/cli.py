@@ -1,0 +1,150 @@
+"""`tandem bench`: hybrid vs cloud-only vs edge-only over emulated links, as two pinned processes.
+
+    tandem bench --rtt-ms 0,20,50,100 --max-tokens 128 --prompts 4 --out bench-results
+
+Writes a table to the terminal, bench.json and two PNG plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench.pin import parse_cpus
+from bench.prompts import PROMPTS
+from edge.config import EdgeConfig, speculation_flags, speculation_from_args
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark hybrid, cloud-only and edge-only generation over emulated links",
+        description="Start `tandem cloud` and an edge process pinned to disjoint CPUs (two machines, "
+                    "emulated), connect them through a TCP relay that delays and counts every byte, and "
+                    "time greedy generations of every mode over the same prompts at every round-trip time. "
+                    "Prints a table; writes bench.json, tokens_per_s.png and tokens_per_round.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rtt-ms", default="0,20,50,100", help="round-trip times to emulate, comma-separated")
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per generation")
+    parser.add_argument("--prompts", type=int, default=4, help=f"how many built-in prompts (1-{len(PROMPTS)})")
+    parser.add_argument("--modes", default="hybrid,cloud,edge", help="modes to run, comma-separated")
+    parser.add_argument("--out", default="bench-results", help="output directory")
+    parser.add_argument("--cloud-cpus", default="0", help="CPUs of the cloud process, e.g. 0 or 0-3")
+    parser.add_argument("--edge-cpus", default="1", help="CPUs of the edge process (disjoint from the cloud's)")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="one-way jitter, uniform +/- this")
+    parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
+    parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
+    EdgeConfig.add_speculation_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.processes import ProcessError
+
+    try:
+        return _run(args)
+    except ProcessError as exc:
+        print(f"tandem bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench import report, runner
+    from bench.h2frames import FrameTally
+    from bench.processes import CloudProcess, EdgeWorker
+    from common.relay import RelayThread
+
+    plan = _plan(args)
+    cloud_cpus, edge_cpus = _cpus(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    edge_args = speculation_flags(speculation_from_args(args))
+    if args.draft_model:
+        edge_args += ["--draft-model", args.draft_model]
+    load_start = os.getloadavg()
+    print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; "
+          f"{plan.total_runs} generations of {plan.max_tokens} tokens; load average {load_start[0]:.2f}",
+          file=sys.stderr, flush=True)
+    cloud = worker = relay = None
+    started = time.monotonic()
+    try:
+        cloud = CloudProcess(args.cloud_cpus, args.model, out / "cloud.log")
+        frames = FrameTally()
+        relay = RelayThread(cloud.address, tap=frames).start()
+        worker = EdgeWorker(args.edge_cpus, f"127.0.0.1:{relay.port}", edge_args, out / "edge.log")
+        runner.warm_up(worker, plan)
+        records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
+        machine = {
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
+            "edge_draft_threads": worker.info["draft_threads"],
+            "draft_model": worker.info["draft_model"], "target_model": worker.info["target_model"],
+            "load_average_start": load_start, "load_average_end": os.getloadavg(),
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+    finally:
+        for part in (worker, relay, cloud):
+            if part is not None:
+                part.stop()
+    summary = report.summarize(records)
+    target_rows = report.targets(summary, records)
+    result = {
+        "command": "tandem " + " ".join(sys.argv[1:]),
+        "settings": {"rtt_ms": plan.rtts_ms, "max_tokens": plan.max_tokens, "prompts": plan.prompts,
+                     "modes": plan.modes, "jitter_ms": plan.jitter_ms, "bandwidth_mbps": plan.bandwidth_mbps,
+                     "edge_flags": edge_args, "model": args.model, "draft_model": args.draft_model},
+        "machine": machine,
+        "summary": {f"{rtt:g}": modes for rtt, modes in summary.items()},
+        "targets": target_rows,
+        "runs": records,
+    }
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(report.table(summary, target_rows))
+    try:
+        paths = report.plot(summary, records, out)
+    except ImportError:
+        print("tandem bench: matplotlib is missing (pip install 'tandem[bench]'): no plots written", file=sys.stderr)
+        return 1
+    print(f"\nwrote {out / 'bench.json'}, {', '.join(str(p) for p in paths)} "
+          f"in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
+          f"{machine['load_average_end'][0]:.2f} at the end")
+    return 0
+
+
+def _plan(args: argparse.Namespace):
+    from bench.runner import Plan
+
+    try:
+        rtts = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"tandem bench: --rtt-ms expects numbers like 0,20,50,100, got {args.rtt_ms!r}") from None
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not rtts or any(r < 0 for r in rtts):
+        raise SystemExit("tandem bench: --rtt-ms needs at least one round-trip time >= 0")
+    if not modes or set(modes) - {"hybrid", "cloud", "edge"}:
+        raise SystemExit(f"tandem bench: --modes takes hybrid, cloud and edge, got {args.modes!r}")
+    if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
+        raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
+    return Plan(rtts, PROMPTS[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
+
+
+def _cpus(args: argparse.Namespace) -> tuple[set[int], set[int]]:
+    try:
+        cloud, edge = parse_cpus(args.cloud_cpus), parse_cpus(args.edge_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"tandem bench: {exc}") from None
+    available = os.sched_getaffinity(0)
+    if cloud & edge:
+        raise SystemExit(f"tandem bench: --cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
+                         "the two sides emulate two machines")
+    if not (cloud | edge) <= available:
+        raise SystemExit(f"tandem bench: CPUs {sorted((cloud | edge) - available)} are not available "
+                         f"(this process may use {sorted(available)})")
+    return cloud, edge

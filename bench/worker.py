@@ -1,0 +1,97 @@
+"""The bench's edge process: one draft model, one cloud connection, generations on command.
+
+    python -m bench.worker --cloud HOST:PORT [tandem generate's edge and speculation flags]
+
+It first writes one line, {"ready": true, ...}, saying which CPUs it may use and how many
+threads the draft model got. Then it reads one JSON command per line on stdin,
+{"mode": "hybrid" | "cloud" | "edge", "prompt": TEXT, "max_tokens": N}, runs that generation
+(the prompt wrapped in the model's chat template, greedy) and answers one JSON line (an
+optional "speculation" object overrides SpeculationConfig fields for that generation only, so
+settings can be compared interleaved in one run):
+{"token_ids", "finish_reason", "stats", "blocks"} or {"error": MESSAGE}. It exits at EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+
+from common.errors import TandemError
+from edge.config import EdgeConfig
+
+
+def _emit(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _generate(engine, command: dict) -> dict:
+    from edge.chat_template import render_chat
+    from edge.engine import Generation, GenerationRequest, Mode
+
+    mode = Mode(command["mode"])
+    text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
+    request = GenerationRequest(engine.drafter.tokenize(text), max_new_tokens=int(command["max_tokens"]))
+    default = engine.config
+    engine.config = replace(default, **command.get("speculation", {}))
+    generation = Generation(mode)  # its stats clock starts now: TTFT includes opening the call
+    try:
+        async for _ in engine.generate(request, mode, generation):
+            pass
+    finally:
+        engine.config = default
+    return {
+        "token_ids": generation.token_ids,
+        "finish_reason": generation.finish_reason.label,
+        "stats": generation.stats.as_dict(),
+        "blocks": generation.stats.verified_blocks,  # (drafted, accepted) per verified block
+    }
+
+
+async def serve(config: EdgeConfig) -> None:
+    from edge.client import CloudClient
+    from edge.drafter import LlamaDrafter
+    from edge.engine import EdgeEngine
+
+    drafter = LlamaDrafter(config.draft_model, config.n_ctx, config.threads)
+    client = CloudClient(config.cloud, connect_timeout_s=config.connect_timeout_s)
+    try:
+        engine = EdgeEngine(drafter, client, config.speculation)
+        await engine.connect()
+        _emit({"ready": True, "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
+               "draft_threads": drafter.threads, "draft_model": drafter.name,
+               "target_model": engine.cloud_info.model_name})
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            try:
+                _emit(await _generate(engine, json.loads(line)))
+            except (TandemError, KeyError, ValueError, TypeError) as exc:
+                _emit({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        await client.close()
+        drafter.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    EdgeConfig.add_arguments(parser)
+    config = EdgeConfig.from_args(parser.parse_args(argv))
+    if config.cloud is None:
+        parser.error("--cloud HOST:PORT is required")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except TandemError as exc:
+        _emit({"error": f"{type(exc).__name__}: {exc}"})
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`tandem bench` end to end on the tiny models: two pinned processes, the relay, every output.
+
+Asserts properties of what it wrote, never timings: hybrid output identical to cloud-only
+output, bytes counted on the link for the networked modes only, each side on its own CPU
+with a thread pool sized to it, and the JSON, table and plots present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+RTTS = [0.0, 10.0]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_models, tmp_path_factory):
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable, "-m", "common.cli", "bench", "--rtt-ms", ",".join(f"{r:g}" for r in RTTS),
+        "--prompts", "2", "--max-tokens", str(MAX_TOKENS), "--out", str(out),
+        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
+        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done, json.loads((out / "bench.json").read_text())
+
+
+def test_bench_writes_table_json_and_plots(bench_run):
+    out, done, result = bench_run
+    assert "RTT ms" in done.stdout and "targets:" in done.stdout
+    assert "bench [" in done.stderr  # the progress display
+    for name in ("tokens_per_s.png", "tokens_per_round.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(result["summary"]) == sorted(f"{r:g}" for r in RTTS)
+    runs = result["runs"]
+    assert len(runs) == len(RTTS) * 2 * 3
+    assert {(r["rtt_ms"], r["prompt"], r["mode"]) for r in runs} == {
+        (rtt, p, m) for rtt in RTTS for p in range(2) for m in ("hybrid", "cloud", "edge")}
+    assert {t["figure"].split(" (")[0] for t in result["targets"]} >= {
+        "cloud forward passes per generated token", "hybrid output identical to cloud-only output"}
+
+
+def test_bench_hybrid_output_is_the_cloud_output(bench_run):
+    _, _, result = bench_run
+    runs = result["runs"]
+    cloud = {(r["rtt_ms"], r["prompt"]): r["token_ids"] for r in runs if r["mode"] == "cloud"}
+    for r in runs:
+        assert 0 < r["tokens"] == len(r["token_ids"]) <= MAX_TOKENS
+        if r["mode"] == "hybrid":
+            assert r["token_ids"] == cloud[(r["rtt_ms"], r["prompt"])]
+    for modes in result["summary"].values():
+        assert modes["hybrid"]["identical_to_cloud"] == 1.0
+
+
+def test_bench_counts_bytes_on_the_link(bench_run):
+    _, _, result = bench_run
+    for r in result["runs"]:
+        if r["mode"] == "edge":
+            assert r["tcp_bytes_up"] + r["tcp_bytes_down"] < 100  # no traffic but a possible keepalive
+        else:
+            # The link carries the serialized messages plus HTTP/2 framing and headers.
+            assert r["tcp_bytes_up"] > r["bytes_sent"] > 0
+            assert r["tcp_bytes_down"] > r["bytes_received"] > 0
+        if r["mode"] != "edge" and r["rtt_ms"] > 0:
+            assert r["ttft_s"] >= r["rtt_ms"] / 1000  # the first token crossed the delayed link
+
+
+def test_bench_pins_the_two_sides_apart(bench_run):
+    _, _, result = bench_run
+    machine = result["machine"]
+    assert machine["cloud_cpus"] and machine["edge_cpus"]
+    assert not set(machine["cloud_cpus"]) & set(machine["edge_cpus"])
+    assert machine["edge_draft_threads"] == len(machine["edge_cpus"])
+    assert machine["cloud_torch_threads"] == len(machine["cloud_cpus"])
+
+
+def test_frame_tally_splits_http2_frames_across_chunks():
+    from bench.h2frames import CLIENT_PREFACE, FrameTally
+
+    def frame(kind: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + (1).to_bytes(4, "big") + payload
+
+    up = CLIENT_PREFACE + frame(4, b"") + frame(1, b"h" * 20) + frame(0, b"d" * 300) + frame(8, b"w" * 4)
+    down = frame(0, b"x" * 7) + frame(6, b"p" * 8)
+    tally = FrameTally()
+    for i in range(0, len(up), 5):  # chunks that cut through the preface and every frame
+        tally(1, "up", up[i:i + 5])
+    tally(1, "down", down)
+    snapshot = tally.snapshot()
+    assert snapshot["bytes"] == {"up SETTINGS": 9, "up HEADERS": 29, "up DATA": 309, "up WINDOW_UPDATE": 13,
+                                 "down DATA": 16, "down PING": 17}
+    assert sum(snapshot["bytes"].values()) == len(up) - len(CLIENT_PREFACE) + len(down)
+    assert set(snapshot["frames"].values()) == {1}
+    tally.reset()
+    assert tally.snapshot() == {"bytes": {}, "frames": {}}
+
+
+def test_bench_splits_link_bytes_by_frame(bench_run):
+    _, _, result = bench_run
+    for r in result["runs"]:
+        if r["mode"] != "edge":
+            assert sum(r["h2"]["bytes"].values()) == r["tcp_bytes_up"] + r["tcp_bytes_down"]
+            data = r["h2"]["bytes"]["up DATA"] + r["h2"]["bytes"]["down DATA"]
+            assert data > r["bytes_sent"] + r["bytes_received"]  # messages travel inside DATA frames
