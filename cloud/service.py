@@ -103,7 +103,8 @@ class TandemService(pb_grpc.TandemServicer):
                 if detok and finish:
                     text += detok.flush()
                 await stream.write(pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish),
-                                                       text=text, forward_passes=session.forward_passes))
+                                                       text=text,
+                                                       forward_passes=session.forward_passes if finish else 0))
                 if finish:
                     return
                 # A block of just the anchor is one plain decoding step.

@@ -238,7 +238,8 @@ class EdgeEngine:
             stats.bytes_received += response.ByteSize()
             new = [response.token_id] if response.HasField("token_id") else []
             stats.rounds += len(new)
-            stats.cloud_forward_passes = response.forward_passes
+            if response.finish_reason:
+                stats.cloud_forward_passes = response.forward_passes
             stats.mark_tokens(len(new))
             generation.finish_reason = FinishReason(response.finish_reason)
             if new:
