@@ -30,8 +30,14 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
     return error_from_status(exc.code(), exc.details())
 
 
+# grpc.aio reports a stream that broke under a pending write as INTERNAL with this text,
+# instead of the transport's UNAVAILABLE (grpc/grpc#36066). Our server never sends it: its
+# internal errors read "internal error: <type>" (cloud/errors.py).
+_CORE_TRANSPORT_FAILURE = "Internal error from Core"
+
+
 def error_from_status(code: grpc.StatusCode, details: str | None) -> errors.TandemError:
-    if code in _UNREACHABLE:
+    if code in _UNREACHABLE or (code == grpc.StatusCode.INTERNAL and details == _CORE_TRANSPORT_FAILURE):
         return errors.CloudUnavailable(f"cloud unavailable ({code.name}): {details}")
     cls = _ERRORS.get(code.name, errors.TandemError)
     return cls(details or code.name)
