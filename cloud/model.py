@@ -83,9 +83,6 @@ class TargetModel:
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode_bytes(self, token_ids: Sequence[int]) -> bytes:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False).encode()
-
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; special tokens render as nothing, as on the edge (llama.cpp)."""
         return self._token_bytes[token_id]

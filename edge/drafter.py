@@ -152,10 +152,6 @@ class LlamaDrafter:
             ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self.vocab_size,)
         ).copy()
 
-    @property
-    def evaluated_tokens(self) -> int:
-        return len(self._evaluated)
-
     def close(self) -> None:
         with self._lock:
             self._llama.close()

@@ -130,11 +130,6 @@ class SpeculativeRun:
         self._draft_disabled = False
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
 
-    @property
-    def generated(self) -> list[int]:
-        start = len(self.request.prompt_token_ids)
-        return self.committed[start:]
-
     async def tokens(self) -> AsyncIterator[list[int]]:
         reader = asyncio.create_task(self._read_all())
         try:
