@@ -14,31 +14,13 @@ from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.client import CloudClient
 from edge.engine import EdgeEngine
+from raw_speculate import open_request, speculate
 
 
 @pytest.fixture
 def stub(tiny_cloud):
     with grpc.insecure_channel(tiny_cloud.address) as channel:
         yield pb_grpc.TandemStub(channel), channel
-
-
-def open_message(target, prompt=(1, 2, 3), **overrides):
-    fields = dict(prompt_token_ids=list(prompt), max_new_tokens=8, tokenizer_fingerprint=target.fingerprint,
-                  draft_model_name="test-draft")
-    fields.update(overrides)
-    return pb.SpeculateRequest(open=pb.SessionOpen(**fields))
-
-
-def speculate(stub, requests):
-    """Sends the requests on one Speculate stream; returns (responses, status code, details)."""
-    call = stub.Speculate(iter(requests), timeout=30)
-    responses = []
-    try:
-        for response in call:
-            responses.append(response)
-    except grpc.RpcError as exc:
-        return responses, exc.code(), exc.details()
-    return responses, grpc.StatusCode.OK, ""
 
 
 def test_health_serving(tiny_cloud, stub):
@@ -67,9 +49,10 @@ def test_info_describes_the_target(tiny_target, stub):
     assert info.limits.max_draft_tokens > 0
 
 
-def test_mismatched_tokenizer_refused_by_cloud(tiny_target, stub):
-    request = open_message(tiny_target, tokenizer_fingerprint="probe-v1:not-this-one", draft_model_name="odd-draft")
-    responses, code, details = speculate(stub[0], [request])
+def test_mismatched_tokenizer_refused_by_cloud(tiny_cloud, tiny_target):
+    request = open_request(tiny_target, [1, 2, 3], tokenizer_fingerprint="probe-v1:not-this-one",
+                           draft_model_name="odd-draft")
+    responses, code, details = speculate(tiny_cloud.address, [request], timeout=30)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and not responses
     assert "odd-draft" in details and tiny_target.name in details
 
@@ -91,13 +74,13 @@ def test_mismatched_tokenizer_refused_by_edge(tiny_cloud, tiny_drafter):
 
 @pytest.mark.parametrize("case", ["empty_prompt", "id_out_of_range", "zero_max_new_tokens", "draft_first",
                                   "open_twice", "block_too_long", "draft_id_out_of_range"])
-def test_bad_input_gets_invalid_argument(tiny_target, stub, case):
+def test_bad_input_gets_invalid_argument(tiny_cloud, tiny_target, case):
     vocab = tiny_target.vocab_size
-    good_open = open_message(tiny_target)
+    good_open = open_request(tiny_target, [1, 2, 3])
     requests = {
-        "empty_prompt": [open_message(tiny_target, prompt=())],
-        "id_out_of_range": [open_message(tiny_target, prompt=(1, vocab))],
-        "zero_max_new_tokens": [open_message(tiny_target, max_new_tokens=0)],
+        "empty_prompt": [open_request(tiny_target, [])],
+        "id_out_of_range": [open_request(tiny_target, [1, vocab])],
+        "zero_max_new_tokens": [open_request(tiny_target, [1, 2, 3], max_new_tokens=0)],
         "draft_first": [pb.SpeculateRequest(draft=pb.DraftBlock(start_position=0, token_ids=[1]))],
         "open_twice": [good_open, good_open],
         "block_too_long": [good_open, pb.SpeculateRequest(draft=pb.DraftBlock(start_position=3,
@@ -105,15 +88,15 @@ def test_bad_input_gets_invalid_argument(tiny_target, stub, case):
         "draft_id_out_of_range": [good_open, pb.SpeculateRequest(draft=pb.DraftBlock(start_position=3,
                                                                                      token_ids=[1, vocab + 5]))],
     }[case]
-    _, code, details = speculate(stub[0], requests)
+    _, code, details = speculate(tiny_cloud.address, requests, timeout=30)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details
 
 
-def test_stale_and_reordered_blocks_get_stale_verdicts(tiny_target, stub):
+def test_stale_and_reordered_blocks_get_stale_verdicts(tiny_cloud, tiny_target):
     """A block that does not continue the committed tokens is answered `stale`, without a forward pass."""
     prompt = [5, 6, 7]
-    first = speculate(stub[0], [open_message(tiny_target, prompt)])[0][0].started
+    first = speculate(tiny_cloud.address, [open_request(tiny_target, prompt)], timeout=30)[0][0].started
     t0 = first.token_id
     blocks = [
         pb.DraftBlock(start_position=3, token_ids=[t0 + 1, 9]),  # wrong anchor
@@ -121,8 +104,8 @@ def test_stale_and_reordered_blocks_get_stale_verdicts(tiny_target, stub):
         pb.DraftBlock(start_position=0, token_ids=[4]),  # replayed prompt, wrong token
         pb.DraftBlock(start_position=3, token_ids=[t0]),  # correct: one decoding step
     ]
-    requests = [open_message(tiny_target, prompt)] + [pb.SpeculateRequest(draft=b) for b in blocks]
-    responses, code, _ = speculate(stub[0], requests)
+    requests = [open_request(tiny_target, prompt)] + [pb.SpeculateRequest(draft=b) for b in blocks]
+    responses, code, _ = speculate(tiny_cloud.address, requests, timeout=30)
     assert code == grpc.StatusCode.OK
     verdicts = [r.verdict for r in responses[1:]]
     assert [v.start_position for v in verdicts] == [b.start_position for b in blocks]

@@ -9,20 +9,13 @@ header); and once the cloud is back, answers are hybrid (and exact) again.
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
+from cloud_process import CloudProcess
 from conftest import hf_greedy
 from local_server import LocalServer
 
@@ -33,7 +26,6 @@ from edge.config import EdgeConfig
 from edge.fallback import FallbackConfig
 from edge.sdk import AsyncTandem
 
-ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
 FAST_RETRY = dict(retry_min_s=0.2, retry_max_s=1.0)
 
@@ -164,57 +156,11 @@ def test_sdk_fallback_flag(tiny_models):
         asyncio.run(run(False))
 
 
-class CloudProcess:
-    """`tandem cloud` in a subprocess, serving the tiny target."""
-
-    def __init__(self, model_dir: Path, port: int = 0):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "cloud", "--host", "127.0.0.1", "--port", str(port),
-             "--model", str(model_dir), "--threads", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.port = self._wait_ready()
-
-    def _drain(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _wait_ready(self, timeout_s: float = 180.0) -> int:
-        deadline, seen = time.monotonic() + timeout_s, []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            seen.append(line)
-            if match := re.search(r"tandem cloud ready: .* listening on [\d.]+:(\d+)", line):
-                return int(match.group(1))
-        self.stop()
-        raise AssertionError("tandem cloud did not become ready:\n" + "".join(seen))
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def test_cloud_killed_mid_answer(tiny_models, tiny_target, tiny_drafter):
     drafter = tiny_drafter("noisy")
     prompt_ids = drafter.tokenize(render_chat(drafter.chat_template, MESSAGES))
     max_tokens, kill_after = 120, 8
-    cloud = CloudProcess(tiny_models.target_dir)
+    cloud = CloudProcess(tiny_models.target_dir, start_timeout_s=180.0).start()
     try:
         # A 20 ms link makes each cloud round take a while, so the kill lands mid-answer. The kill
         # is seen as a reset at once; the long timeout only keeps a loaded machine from tripping it.
@@ -246,7 +192,7 @@ def test_cloud_killed_mid_answer(tiny_models, tiny_target, tiny_drafter):
             flags = [degraded for _, degraded, _, _ in chunks]
             assert flags == sorted(flags) and flags[0] is False  # never back to hybrid within the answer
 
-            cloud = CloudProcess(tiny_models.target_dir, port=cloud.port)  # the cloud comes back
+            cloud = CloudProcess(tiny_models.target_dir, port=cloud.port, start_timeout_s=180.0).start()  # back
             server.wait_for(lambda h: h["cloud"]["state"] == "up", timeout=60, what="the restarted cloud")
             assert_hybrid_and_exact(client, tiny_target, prompt_ids)
     finally:

@@ -20,6 +20,7 @@ from cloud.config import CloudConfig
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
+from raw_speculate import draft, open_request, speculate
 
 LIMITS = dict(max_prompt_tokens=32, max_draft_tokens=8, max_new_tokens=16, max_stop_tokens=4,
               max_context_tokens=24)
@@ -32,29 +33,6 @@ def limited_cloud(cloud_factory):
 
     return cloud_factory(limits=SessionLimits(**LIMITS), max_sessions=2, max_message_bytes=4096,
                          idle_timeout_s=1.0)
-
-
-def speculate(address, requests, timeout=20):
-    """(responses, status code, details) of one Speculate call that sends `requests` then half-closes."""
-    responses = []
-    with grpc.insecure_channel(address) as channel:
-        try:
-            for response in pb_grpc.TandemStub(channel).Speculate(iter(requests), timeout=timeout):
-                responses.append(response)
-        except grpc.RpcError as exc:
-            return responses, exc.code(), exc.details()
-    return responses, OK, ""
-
-
-def open_request(target, prompt=None, **fields):
-    fields.setdefault("max_new_tokens", 8)
-    fields.setdefault("tokenizer_fingerprint", target.fingerprint)
-    prompt = target.tokenize("Hello there, limits") if prompt is None else prompt
-    return pb.SpeculateRequest(open=pb.SessionOpen(prompt_token_ids=prompt, **fields))
-
-
-def draft(start, ids):
-    return pb.SpeculateRequest(draft=pb.DraftBlock(start_position=start, token_ids=ids))
 
 
 def wait_for(predicate, timeout_s=10.0):
