@@ -6,11 +6,10 @@ go through real gRPC on a real port; only the process is shared.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 
 from cloud.config import CloudConfig
 from cloud.server import RunningServer, load_model, start_server
+from common.loop_thread import LoopThread
 
 
 class EmbeddedCloud:
@@ -18,8 +17,7 @@ class EmbeddedCloud:
         self.config = config or CloudConfig(host="127.0.0.1", port=0)
         self.model = model
         self.running: RunningServer | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-cloud", daemon=True)
+        self._loop = LoopThread("tandem-cloud")
 
     @property
     def address(self) -> str:
@@ -33,18 +31,15 @@ class EmbeddedCloud:
     def start(self) -> EmbeddedCloud:
         if self.model is None:
             self.model = load_model(self.config)
-        self._thread.start()
-        self.running = asyncio.run_coroutine_threadsafe(start_server(self.config, self.model), self._loop).result()
+        self._loop.start()
+        self.running = self._loop.run(start_server(self.config, self.model))
         return self
 
     def stop(self, grace_s: float = 1.0) -> None:
         if self.running is not None:
-            asyncio.run_coroutine_threadsafe(self.running.stop(grace_s), self._loop).result()
+            self._loop.run(self.running.stop(grace_s))
             self.running = None
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     def __enter__(self) -> EmbeddedCloud:
         return self.start()

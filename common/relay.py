@@ -19,9 +19,10 @@ import random
 import signal
 import socket
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from common.loop_thread import LoopThread
 
 __all__ = ["LinkConfig", "LinkRelay", "RelayThread", "main"]
 
@@ -268,31 +269,26 @@ class RelayThread:
     def __init__(self, target: tuple[str, int], config: LinkConfig | None = None,
                  *, host: str = "127.0.0.1", port: int = 0, tap: Tap | None = None) -> None:
         self._relay = LinkRelay(target, config, host=host, port=port, tap=tap)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="link-relay", daemon=True)
+        self._loop = LoopThread("link-relay")
 
     def _call(self, fn, *args, timeout: float = 10.0):
         async def call():
             result = fn(*args)
             return await result if asyncio.iscoroutine(result) else result
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
+        return self._loop.run(call(), timeout)
 
     def start(self) -> RelayThread:
-        self._thread.start()
+        self._loop.start()
         self._call(self._relay.start)
         return self
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if not self._loop.alive:
             return
         try:
             self._call(self._relay.stop)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():
-                self._loop.close()
+            self._loop.stop(join_timeout=10)
 
     def __enter__(self) -> RelayThread:
         return self.start()

@@ -15,14 +15,13 @@ local model finishes the answer, and `Completion.degraded` / `Delta.degraded` sa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
+from common.loop_thread import LoopThread
 from common.stop import StopScanner
 from common.types import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
@@ -213,12 +212,10 @@ class Tandem:
 
     def __init__(self, cloud: str | None = None, **kwargs):
         self._async = AsyncTandem(cloud, **kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-sdk", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("tandem-sdk").start()
 
     def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self._loop.run(coroutine)
 
     def stream(self, prompt: str, **options) -> Iterator[str]:
         agen = self._async.stream(prompt, **options)
@@ -238,10 +235,9 @@ class Tandem:
         return self._run(self._async.complete_n(prompt, n, **options))
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._loop.alive:
             self._run(self._async.close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+            self._loop.stop()
 
     def __enter__(self) -> Tandem:
         return self

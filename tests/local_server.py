@@ -7,13 +7,12 @@ checked against the target.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 
+from common.loop_thread import LoopThread
 from edge.client import CloudClient
 from edge.engine import EdgeEngine
 from edge.fallback import FallbackConfig
@@ -32,18 +31,17 @@ class LocalServer:
         self.connect_timeout_s = connect_timeout_s
         self.engine: EdgeEngine | None = None
         self.server: OpenAIServer | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-serve-test", daemon=True)
+        self._loop = LoopThread("tandem-serve-test")
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/v1"
 
     def run(self, coroutine, timeout: float = 60.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        return self._loop.run(coroutine, timeout)
 
     def start(self) -> LocalServer:
-        self._thread.start()
+        self._loop.start()
         self.run(self._start())
         return self
 
@@ -57,9 +55,7 @@ class LocalServer:
 
     def stop(self) -> None:
         self.run(self._stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     async def _stop(self) -> None:
         await self.server.stop()
