@@ -48,6 +48,7 @@ async def _generate(args: argparse.Namespace) -> int:
     from edge.chat import notice
     from edge.engine import Generation, Mode
     from edge.sdk import AsyncTandem
+    from edge.speculative import GenerationStats
 
     if args.n < 1 or args.max_tokens < 1:
         raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
@@ -69,12 +70,12 @@ async def _generate(args: argparse.Namespace) -> int:
             choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
                             "finish_reason": generation.finish_reason.label, "seed": generation.seed,
                             "degraded": generation.degraded, "answered_by": generation.answered_by})
-            stats.append(generation.stats.as_dict())
+            stats.append(generation.stats)
             if not args.json:
                 print(("\n" if args.n > 1 else ""), end="", flush=True)
                 if generation.degraded:
                     print(f"\n{notice(generation)}", file=sys.stderr)
-    total = _aggregate(stats)
+    total = GenerationStats.combined(stats)
     if args.json:
         # One completion also keeps its fields at the top level, as without --n.
         single = choices[0] if args.n == 1 else {}
@@ -84,20 +85,6 @@ async def _generate(args: argparse.Namespace) -> int:
         answered_by = {c["answered_by"] for c in choices}  # "local" etc. when the cloud was unreachable
         print(f"\n{_summary(args.mode, total, '+'.join(sorted(answered_by)))}", file=sys.stderr)
     return 0
-
-
-def _aggregate(stats: list[dict]) -> dict:
-    if len(stats) == 1:
-        return stats[0]
-    keys = ["rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-            "bytes_received", "tokens", "local_tokens", "elapsed_s"]
-    total = {k: sum(s[k] for s in stats) for k in keys}
-    total["elapsed_s"] = round(total["elapsed_s"], 4)
-    total["tokens_per_s"] = round(total["tokens"] / total["elapsed_s"], 3) if total["elapsed_s"] else 0.0
-    cloud_tokens = total["tokens"] - total["local_tokens"]
-    total["tokens_per_round"] = round(cloud_tokens / total["rounds"], 3) if total["rounds"] else 0.0
-    total["ttft_s"] = round(sum(s["ttft_s"] for s in stats) / len(stats), 4)
-    return total
 
 
 def _summary(mode: str, s: dict, answered_by: str) -> str:

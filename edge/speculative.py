@@ -83,6 +83,20 @@ class GenerationStats:
         self.tokens += count
         self.elapsed_s = now
 
+    @classmethod
+    def combined(cls, runs: list[GenerationStats]) -> dict:
+        """Totals over several generations (`--n`): counts and times add up, TTFT is the mean."""
+        if len(runs) == 1:
+            return runs[0].as_dict()
+        summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s")
+        total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
+                    ttft_s=sum(run.ttft_s for run in runs) / len(runs),
+                    peak_in_flight=max(run.peak_in_flight for run in runs))
+        d = total.as_dict()
+        d.pop("policy")  # per session
+        return d
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("started_at")
