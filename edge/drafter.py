@@ -23,12 +23,9 @@ from llama_cpp._internals import LlamaModel
 
 from common.fingerprint import tokenizer_fingerprint
 from common.models import default_gguf_path
+from edge.drafting import ContextFull
 
 log = logging.getLogger(__name__)
-
-
-class ContextFull(Exception):
-    """The context no longer fits the draft model's window."""
 
 
 class LlamaDrafter:

@@ -25,8 +25,7 @@ from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
 from common.types import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
-from edge.drafter import ContextFull
-from edge.drafting import DraftPolicy
+from edge.drafting import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
 

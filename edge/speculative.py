@@ -30,9 +30,8 @@ from common.errors import CloudUnavailable, TandemError
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.types import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
 from edge.client import CountedStream, error_from_rpc
-from edge.drafter import ContextFull
 from edge.draft_length import DraftLengthPolicy
-from edge.drafting import DraftPolicy
+from edge.drafting import ContextFull, DraftPolicy
 
 
 class ProtocolError(TandemError):
