@@ -353,9 +353,15 @@ class SpeculativeRun:
             await self._responses.put((time.perf_counter(), exc))
 
     async def _timed(self, awaitable, what: str):
-        """Awaits a step that needs the cloud, within response_timeout_s."""
+        """Awaits a step that needs the cloud, within response_timeout_s.
+
+        asyncio.timeout rather than wait_for: on Python 3.11, wait_for can swallow a cancellation
+        that lands as the awaited step completes, and a cancelled answer (Ctrl-C in the chat, a
+        client gone) would then run on to the end.
+        """
         try:
-            return await asyncio.wait_for(awaitable, self.response_timeout_s)
+            async with asyncio.timeout(self.response_timeout_s):
+                return await awaitable
         except TimeoutError:
             raise CloudUnavailable(f"no {what} from the cloud within {self.response_timeout_s:g}s") from None
 
