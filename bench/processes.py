@@ -78,7 +78,7 @@ class CloudProcess(_Process):
     def __init__(self, cpus: str, model: str | None, log_path: Path, start_timeout_s: float = 300.0):
         # No prefix cache: every mode runs the same prompts, and a prompt cached by one mode's
         # run would give the next mode a free prefill (and a flattering time to first token).
-        command = [sys.executable, "-m", "common.cli", "cloud", "--host", "127.0.0.1", "--port", "0",
+        command = [sys.executable, "-m", "tandem", "cloud", "--host", "127.0.0.1", "--port", "0",
                    "--prefix-cache-mb", "0"]
         if model:
             command += ["--model", model]

@@ -55,7 +55,7 @@ async def _generate(engine, command: dict) -> dict:
 
 async def serve(config: EdgeConfig) -> None:
     from edge.client import CloudClient
-    from edge.drafter import LlamaDrafter
+    from edge.llama_drafter import LlamaDrafter
     from edge.engine import EdgeEngine
 
     drafter = LlamaDrafter(config.draft_model, config.n_ctx, config.threads)

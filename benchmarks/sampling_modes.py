@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from common.types import DraftMode, SamplingParams
+from common.wire import DraftMode, SamplingParams
 from edge.chat_template import render_chat
 from edge.config import EdgeConfig
 from edge.engine import Generation, GenerationRequest, Mode

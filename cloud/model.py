@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from common.fingerprint import tokenizer_fingerprint
-from common.models import default_gguf_path, model_cache_root
+from common.model_paths import default_gguf_path, model_cache_root
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.types import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from cloud.prefix_cache import PrefixCache
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
-from common.types import (
+from common.wire import (
     DraftBlock,
     DraftMode,
     FinishReason,

@@ -11,7 +11,7 @@ from common import errors
 from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.types import ModelInfo
+from common.wire import ModelInfo
 
 _ERRORS = {cls.code: cls for cls in (
     errors.InvalidArgument, errors.FailedPrecondition, errors.ResourceExhausted, errors.Unauthenticated,

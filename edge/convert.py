@@ -13,7 +13,7 @@ Llama 2's and TinyLlama's are refused) once and caches the result:
 
 It follows the Llama part of llama.cpp's convert_hf_to_gguf.py, without torch, and refuses
 other architectures with a pointer to that script. It never imports llama_cpp: the caller
-passes the function that tokenizes with a written GGUF's vocabulary (edge/drafter.py).
+passes the function that tokenizes with a written GGUF's vocabulary (edge/llama_drafter.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import InvalidArgument
-from common.models import model_cache_root
+from common.model_paths import model_cache_root
 from edge.convert_vocab import GgufTokenizer, TokenizerNotConvertible, choose_vocab
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def convert(model_dir: str | Path, out_path: str | Path, *, tokenize_gguf: GgufT
     """Converts an HF Llama directory to `out_path`, with a tokenizer llama.cpp reproduces exactly.
 
     `tokenize_gguf(path, texts)` tokenizes with the vocabulary of a GGUF file (llama.cpp's
-    tokenizer, through edge/drafter.py), or returns None when llama.cpp refuses the file.
+    tokenizer, through edge/llama_drafter.py), or returns None when llama.cpp refuses the file.
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     hp = LlamaHParams.read(model_dir)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
-from common.types import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
-from edge.drafting import ContextFull, DraftPolicy
+from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
 

@@ -21,7 +21,7 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
     reconnects in the background.
     """
     from edge.client import CloudClient
-    from edge.drafter import LlamaDrafter
+    from edge.llama_drafter import LlamaDrafter
 
     embedded = None
     drafter = await asyncio.to_thread(LlamaDrafter, config.draft_model, config.n_ctx, config.threads,

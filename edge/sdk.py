@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from common.detok import IncrementalDetokenizer
 from common.loop_thread import LoopThread
 from common.stop import StopScanner
-from common.types import DraftMode, FinishReason, SamplingParams
+from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 

@@ -28,10 +28,10 @@ import grpc
 
 from common.errors import CloudUnavailable, TandemError
 from common.pb.tandem.v1 import tandem_pb2 as pb
-from common.types import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
+from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
 from edge.client import CountedStream, error_from_rpc
 from edge.draft_length import DraftLengthPolicy
-from edge.drafting import ContextFull, DraftPolicy
+from edge.draft_sampling import ContextFull, DraftPolicy
 
 
 class ProtocolError(TandemError):

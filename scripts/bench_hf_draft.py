@@ -54,9 +54,9 @@ def main() -> int:
 def bench(hf_dir: Path, max_tokens: int) -> int:
     from cloud.config import CloudConfig
     from cloud.embedded import EmbeddedCloud
-    from common.models import default_gguf_path
+    from common.model_paths import default_gguf_path
     from edge.convert import cached_gguf
-    from edge.drafter import tokenize_with_vocab
+    from edge.llama_drafter import tokenize_with_vocab
 
     drafts = {"Q4_1 GGUF (default)": (None, "f16", default_gguf_path().stat().st_size, 0.0)}
     for dtype in ("f16", "f32"):

@@ -32,7 +32,7 @@ from cloud.embedded import EmbeddedCloud  # noqa: E402
 from cloud.server import load_model  # noqa: E402
 from common.channel import ChannelSecurity  # noqa: E402
 from edge.client import CloudClient  # noqa: E402
-from edge.drafter import LlamaDrafter  # noqa: E402
+from edge.llama_drafter import LlamaDrafter  # noqa: E402
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode  # noqa: E402
 
 PROMPT = "<|im_start|>user\nExplain in three sentences why the sky is blue.<|im_end|>\n<|im_start|>assistant\n"

@@ -37,7 +37,7 @@ def main() -> int:
     from cloud.config import CloudConfig
     from cloud.embedded import EmbeddedCloud
     from cloud.model import LoadOptions, TargetModel
-    from edge.drafter import LlamaDrafter
+    from edge.llama_drafter import LlamaDrafter
 
     args.work.mkdir(parents=True, exist_ok=True)
     target_dir = build_tiny_target(args.work / "target", smollm2_tokenizer_dir(args.work), seed=0)

@@ -41,7 +41,7 @@ MESSAGES = [{"role": "user", "content": "Explain in a paragraph why the sky is b
 
 def start(args: list[str], pattern: str) -> tuple[subprocess.Popen, re.Match]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "common.cli", *args], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "tandem", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     for line in process.stdout:
         if match := re.search(pattern, line):

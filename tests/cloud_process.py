@@ -15,7 +15,7 @@ READY = re.compile(r"tandem cloud ready: .* listening on (\S+):(\d+)")
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli", *args]
+    return [sys.executable, "-m", "tandem", *args]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

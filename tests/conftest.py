@@ -70,7 +70,7 @@ def tiny_cloud(tiny_target):
 @pytest.fixture(scope="session")
 def tiny_drafter(tiny_models):
     """tiny_drafter(name) -> a LlamaDrafter over that tiny draft (cached per name)."""
-    from edge.drafter import LlamaDrafter
+    from edge.llama_drafter import LlamaDrafter
 
     cache: dict[str, LlamaDrafter] = {}
 

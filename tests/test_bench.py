@@ -25,7 +25,7 @@ def bench_run(tiny_models, tmp_path_factory):
         pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
     out = tmp_path_factory.mktemp("bench")
     command = [
-        sys.executable, "-m", "common.cli", "bench", "--rtt-ms", ",".join(f"{r:g}" for r in RTTS),
+        sys.executable, "-m", "tandem", "bench", "--rtt-ms", ",".join(f"{r:g}" for r in RTTS),
         "--prompts", "2", "--max-tokens", str(MAX_TOKENS), "--out", str(out),
         "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
         "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]),

@@ -26,7 +26,7 @@ PROMPT = "you> "
 def spawn_chat(*args: str) -> pexpect.spawn:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "TERM": "dumb"}
-    return pexpect.spawn(sys.executable, ["-m", "common.cli", "chat", "--threads", "1", "--n-ctx", "2048", *args],
+    return pexpect.spawn(sys.executable, ["-m", "tandem", "chat", "--threads", "1", "--n-ctx", "2048", *args],
                          env=env, cwd=str(ROOT), encoding="utf-8", timeout=90, dimensions=(40, 200))
 
 

@@ -19,14 +19,14 @@ STATS_FIELDS = {"rounds", "drafted", "accepted", "cloud_forward_passes", "bytes_
 
 def tandem(*args, timeout=180):
     env = {**os.environ, "TANDEM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
 def start_cloud(model_dir):
     """`tandem cloud --port 0`; returns (process, address) once it logs its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "cloud", "--port", "0", "--model", str(model_dir), "--threads", "1"],
+        [sys.executable, "-m", "tandem", "cloud", "--port", "0", "--model", str(model_dir), "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = process.stdout.readline()

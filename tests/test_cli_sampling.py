@@ -19,7 +19,7 @@ SAMPLING = ["--temperature", "1.5", "--top-k", "40", "--top-p", "0.95", "--seed"
 
 def tandem(*args, timeout=180):
     env = {**os.environ, "TANDEM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -27,7 +27,7 @@ from tiny_models import (
 )
 
 from edge.convert import UnsupportedModel, cached_gguf, convert
-from edge.drafter import LlamaDrafter, tokenize_with_vocab
+from edge.llama_drafter import LlamaDrafter, tokenize_with_vocab
 
 PROMPTS = [
     "The quick brown fox",
@@ -83,7 +83,7 @@ def sequences(tiny_target):
 
 def tandem(*args, timeout=300):
     env = {**os.environ, "TANDEM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tandem", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

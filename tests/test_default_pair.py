@@ -22,7 +22,7 @@ def default_pair():
     from cloud.config import CloudConfig
     from cloud.embedded import EmbeddedCloud
     from cloud.model import LoadOptions, TargetModel
-    from edge.drafter import LlamaDrafter
+    from edge.llama_drafter import LlamaDrafter
 
     target = TargetModel.load(None, LoadOptions(device="cpu", threads=1))
     drafter = LlamaDrafter(threads=1)

@@ -1,7 +1,7 @@
 """The draft model's logits after a context do not depend on what it evaluated before.
 
 llama.cpp's numbers depend on how tokens are batched into decode calls, and sparse-q and
-edge-only sampling use them directly, so the drafter follows a fixed recipe (edge/drafter.py).
+edge-only sampling use them directly, so the drafter follows a fixed recipe (edge/llama_drafter.py).
 The default Q4_1 model is used: it loads in a fraction of a second, and on it batching
 really changes the logits.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.drafter import LlamaDrafter
+from edge.llama_drafter import LlamaDrafter
 
 PROMPT = "Once upon a time, in a small village between two rivers,"
 CONTINUATION = " there lived an old clockmaker who"

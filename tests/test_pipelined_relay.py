@@ -15,7 +15,7 @@ from conftest import hf_greedy
 from test_speculative_exact import PROMPTS
 
 from common.relay import LinkConfig, RelayThread
-from common.types import SamplingParams
+from common.wire import SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 from edge.speculative import SpeculationConfig

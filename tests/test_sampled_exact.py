@@ -20,7 +20,7 @@ import torch
 from stats import ALPHA, chi2_threshold, chi_square
 
 from common.sampling import logits_to_probs
-from common.types import DraftMode, FinishReason, SamplingParams
+from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 from edge.speculative import SpeculationConfig

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from test_sampled_exact import generate_many
 
-from common.types import DraftMode, SamplingParams
+from common.wire import DraftMode, SamplingParams
 from edge.engine import EdgeEngine, GenerationRequest, Mode
 
 PROMPT = "Once upon a time"

@@ -223,7 +223,7 @@ def test_tandem_serve_command(tiny_cloud, tiny_models):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "serve", "--port", "0", "--cloud", tiny_cloud.address,
+        [sys.executable, "-m", "tandem", "serve", "--port", "0", "--cloud", tiny_cloud.address,
          "--draft-model", str(tiny_models.drafts["exact"]), "--threads", "1", "--n-ctx", "512"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
     try:

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from conftest import hf_greedy
 
-from common.types import FinishReason
+from common.wire import FinishReason
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 from edge.speculative import SpeculationConfig

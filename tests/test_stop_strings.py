@@ -12,7 +12,7 @@ from test_sampled_exact import generate_many
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.stop import StopScanner
-from common.types import DraftMode, FinishReason
+from common.wire import DraftMode, FinishReason
 from edge import AsyncTandem
 from edge.config import EdgeConfig
 from edge.engine import Mode

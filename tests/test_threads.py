@@ -18,7 +18,7 @@ import json, os, sys
 import llama_cpp
 import torch
 from cloud.model import LoadOptions, TargetModel
-from edge.drafter import LlamaDrafter
+from edge.llama_drafter import LlamaDrafter
 TargetModel.load(sys.argv[1], LoadOptions(device="cpu", threads=0))
 drafter = LlamaDrafter(sys.argv[2], n_ctx=256, threads=0)
 print(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "torch": torch.get_num_threads(),

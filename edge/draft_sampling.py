@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import sampling
-from common.types import DraftMode, SamplingParams, SparseDist
+from common.wire import DraftMode, SamplingParams, SparseDist
 
 
 class ContextFull(Exception):
-    """The context no longer fits the draft model's window (raised by edge/drafter.py).
+    """The context no longer fits the draft model's window (raised by edge/llama_drafter.py).
 
     Defined here, beside the drafting policy, so the loop and the engine can catch it without
     importing llama.cpp.

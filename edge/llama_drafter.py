@@ -22,8 +22,8 @@ import numpy as np
 from llama_cpp._internals import LlamaModel
 
 from common.fingerprint import tokenizer_fingerprint
-from common.models import default_gguf_path
-from edge.drafting import ContextFull
+from common.model_paths import default_gguf_path
+from edge.draft_sampling import ContextFull
 
 log = logging.getLogger(__name__)
 

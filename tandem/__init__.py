@@ -1,0 +1,1 @@
+"""The `tandem` program: the command-line dispatcher, above cloud/, edge/ and bench/."""

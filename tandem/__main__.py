@@ -1,0 +1,7 @@
+"""`python -m tandem ...` runs the `tandem` command."""
+
+import sys
+
+from tandem.cli import main
+
+sys.exit(main())
