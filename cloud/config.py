@@ -92,6 +92,12 @@ class CloudConfig:
                        help="longest prompt accepted (default %(default)s)")
         g.add_argument("--max-context-tokens", type=int, default=env("MAX_CONTEXT_TOKENS", lim.max_context_tokens),
                        help="longest sequence (prompt + generated) a session may reach; 0 = the model's context")
+        g.add_argument("--prefill-chunk-tokens", type=int,
+                       default=env("PREFILL_CHUNK_TOKENS", lim.prefill_chunk_tokens),
+                       help="prefill prompts in chunks of this many tokens and tell the edge after each one, "
+                            "so a long prefill is not taken for a silent cloud; chunks end at fixed positions, "
+                            "so a chat's next turn reuses the previous turn's chunks from the prefix cache "
+                            "(default %(default)s) [TANDEM_PREFILL_CHUNK_TOKENS]")
         g.add_argument("--max-draft-tokens", type=int, default=env("MAX_DRAFT_TOKENS", lim.max_draft_tokens),
                        help="largest draft block accepted (default %(default)s)")
         g.add_argument("--max-new-tokens", type=int, default=env("MAX_NEW_TOKENS", lim.max_new_tokens),
@@ -118,6 +124,7 @@ class CloudConfig:
                 max_new_tokens=args.max_new_tokens,
                 max_stop_tokens=args.max_stop_tokens,
                 max_context_tokens=args.max_context_tokens,
+                prefill_chunk_tokens=args.prefill_chunk_tokens,
             )
         except ValueError as exc:
             raise InvalidArgument(f"bad limit: {exc}") from None

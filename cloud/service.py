@@ -19,7 +19,7 @@ from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen, SessionStarted
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class TandemService(pb_grpc.TandemServicer):
             max_draft_top_k=lim.max_draft_top_k,
             chat_template=m.chat_template,
             max_stop_tokens=lim.max_stop_tokens,
+            prefill_chunk_tokens=lim.prefill_chunk_tokens,
             idle_timeout_s=self.idle_timeout_s,
         )
 
@@ -65,7 +66,7 @@ class TandemService(pb_grpc.TandemServicer):
         session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits, self.prefix_cache)
         session_id = self.registry.add(session)
         try:
-            started = await self.worker.run(session.start)
+            started = await self._prefill(session, lambda p: stream.write(pb.SpeculateResponse(progress=p)))
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
             while (request := await stream.read()) is not None:
                 if request.WhichOneof("kind") != "draft":
@@ -96,7 +97,7 @@ class TandemService(pb_grpc.TandemServicer):
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)
         try:
-            started = await self.worker.run(session.start)
+            started = await self._prefill(session, lambda p: stream.write(pb.GenerateResponse(progress=p)))
             position, token, finish = started.position, started.token_id, started.finish_reason
             while True:
                 text = detok.push([token]) if detok and token is not None else ""
@@ -113,6 +114,20 @@ class TandemService(pb_grpc.TandemServicer):
                 position, token, finish = position + 1, verdict.next_token, verdict.finish_reason
         finally:
             await self._release(session_id, session)
+
+    async def _prefill(self, session: VerifierSession, report) -> SessionStarted:
+        """Runs the session's prefill chunk by chunk on the model thread; returns its first token.
+
+        `report(pb.Progress)` sends a progress message: once at once, before any model work
+        (the prefill may queue behind other sessions'), then after every chunk but the last,
+        so the edge can tell a cloud busy with a long prompt from a silent one.
+        """
+        await report(pb.Progress(prefilled_tokens=0, prefill_tokens=session.prefill_tokens))
+        await self.worker.run(session.begin)
+        while not await self.worker.run(session.prefill_chunk):
+            await report(pb.Progress(prefilled_tokens=session.prefilled_tokens,
+                                     prefill_tokens=session.prefill_tokens))
+        return await self.worker.run(session.first_token)
 
     async def _release(self, session_id: int, session: VerifierSession) -> None:
         """Frees the session's KV cache, then its reservation.

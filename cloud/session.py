@@ -62,6 +62,8 @@ class VerifierSession:
         self.finished = FinishReason.NONE
         self.cache = None
         self._shared_prefix = False  # the cache state came from the prefix cache
+        self._prefill_logits: np.ndarray | None = None  # [1, vocab] once the prefill is done
+        self._chunk = limits.prefill_chunk_tokens
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
@@ -123,7 +125,18 @@ class VerifierSession:
             raise InvalidArgument(f"{what} has token id {bad[0]} outside the vocabulary [0, {self.model.vocab_size})")
 
     def start(self) -> SessionStarted:
-        """Prefills prompt (+ resumed tokens) and chooses the first new token."""
+        """Prefills prompt (+ resumed tokens) and chooses the first new token, in one call."""
+        self.begin()
+        while not self.prefill_chunk():
+            pass
+        return self.first_token()
+
+    # The prefill, step by step: begin(), then prefill_chunk() until it returns True, then
+    # first_token(). A caller (the servicer, a scheduler) runs each step on the model thread
+    # and may report progress or run other sessions' work in between.
+
+    def begin(self) -> None:
+        """Sets up the sequence and takes what the prefix cache holds of it; no forward pass."""
         r = self.request
         self.tokens = list(r.prompt_token_ids) + list(r.resume_token_ids)
         self.generated = len(r.resume_token_ids)
@@ -131,7 +144,57 @@ class VerifierSession:
             self.stop_text = TokenStopScanner(r.stop_strings, self.model.token_bytes)
             for token in r.resume_token_ids:
                 self.stop_text.push(token)
-        logits = self._prefill()
+        self._prefill_logits = None
+        snapshot = self.prefix_cache.get(self.tokens) if self.prefix_cache is not None else None
+        self._shared_prefix = snapshot is not None
+        if snapshot is not None:
+            self.cache = self.model.copy_cache(snapshot.kv)
+            self._prefill_logits = snapshot.logits[None]
+            return
+        boundary = self.prefix_cache.longest_prefix(self.tokens, self._chunk) if self.prefix_cache is not None else None
+        if boundary is not None:
+            self.cache = self.model.copy_cache(boundary.kv)
+        else:
+            self.cache = self.model.new_cache()
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens the prefill covers: the position of the first new token."""
+        return len(self.request.prompt_token_ids) + len(self.request.resume_token_ids)
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Tokens of the prefill in the KV cache so far."""
+        if self._prefill_logits is not None:
+            return self.prefill_tokens
+        return self.kv_tokens
+
+    def prefill_chunk(self) -> bool:
+        """Runs the next chunk of the prefill; True once the whole prefill is in the cache.
+
+        Chunks end at fixed absolute positions (multiples of the chunk size), so a session
+        computes every chunk exactly as a cold session would, even when it starts from a
+        snapshot at a chunk boundary (a growing chat's earlier turns): prefix cache hits
+        change no output, bit for bit.
+        """
+        if self._prefill_logits is not None:
+            return True
+        done = self.kv_tokens
+        end = min(self.prefill_tokens, (done // self._chunk + 1) * self._chunk)
+        logits = self._forward(self.tokens[done:end], keep=1)
+        if end < self.prefill_tokens:
+            if end == self._last_boundary:
+                self._store_boundary(end)
+            return False
+        self._prefill_logits = logits
+        self._store_snapshot(logits[0])
+        return True
+
+    def first_token(self) -> SessionStarted:
+        """Chooses the first new token from the prefill's logits."""
+        if self._prefill_logits is None:
+            raise FailedPrecondition("first_token() before the prefill finished")
+        logits, self._prefill_logits = self._prefill_logits, None
         position = len(self.tokens)
         first = self.chooser.choose(logits[0], position)
         accepted = self._commit([first])
@@ -227,17 +290,18 @@ class VerifierSession:
         self.forward_passes += 1
         return self.model.forward(self.cache, token_ids, keep)
 
-    def _prefill(self) -> np.ndarray:
-        """Logits ([1, vocab]) after the prompt, with the prompt in the KV cache."""
-        snapshot = self.prefix_cache.get(self.tokens) if self.prefix_cache is not None else None
-        self._shared_prefix = snapshot is not None
-        if snapshot is not None:
-            self.cache = self.model.copy_cache(snapshot.kv)
-            return snapshot.logits[None]
-        self.cache = self.model.new_cache()
-        logits = self._forward(self.tokens, keep=1)
-        self._store_snapshot(logits[0])
-        return logits
+    @property
+    def _last_boundary(self) -> int:
+        """The last chunk boundary strictly inside the prefill (0 if none).
+
+        A snapshot there serves any later prompt that extends this one's first tokens up to
+        it, such as the next turn of a chat.
+        """
+        return (self.prefill_tokens - 1) // self._chunk * self._chunk
+
+    def _store_boundary(self, end: int) -> None:
+        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens[:end], 0):
+            self.prefix_cache.put(self.tokens[:end], self.model.copy_cache(self.cache), None)
 
     def _decode_step(self) -> np.ndarray:
         """One plain decoding step (no drafts): logits ([1, vocab]) after the pending token."""

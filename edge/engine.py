@@ -70,6 +70,16 @@ class Generation:
         return "local" if self.fallback_at == 0 else f"{self.mode.value}-then-local"
 
 
+def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
+    """InvalidArgument, naming both numbers, for a prompt the cloud would refuse as too long."""
+    if info.max_context and prompt_tokens >= info.max_context:
+        raise InvalidArgument(f"the prompt has {prompt_tokens} tokens, beyond the cloud model's context of "
+                              f"{info.max_context} tokens (prompt and answer together): shorten it")
+    if info.max_prompt_tokens and prompt_tokens > info.max_prompt_tokens:
+        raise InvalidArgument(f"the prompt has {prompt_tokens} tokens; the cloud accepts at most "
+                              f"{info.max_prompt_tokens} (its --max-prompt-tokens): shorten it")
+
+
 class EdgeEngine:
     def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
                  fallback: FallbackConfig | None = None):
@@ -129,6 +139,8 @@ class EdgeEngine:
         """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
         if not request.prompt_token_ids:
             raise InvalidArgument("the prompt is empty")
+        if mode != Mode.EDGE and self.cloud_info is not None:
+            check_fits_cloud(len(request.prompt_token_ids), self.cloud_info)
         generation = generation or Generation(mode)
         request = self.with_seed(request)
         generation.seed = None if request.sampling.greedy else request.sampling.seed
@@ -178,6 +190,10 @@ class EdgeEngine:
         if done >= request.max_new_tokens:
             generation.finish_reason = FinishReason.LENGTH
             return
+        context = len(request.prompt_token_ids) + done
+        if context >= self.drafter.n_ctx:
+            raise CloudUnavailable(f"{reason}; the local model cannot take over: the conversation has {context} "
+                                   f"tokens, beyond its context of {self.drafter.n_ctx}")
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
         async with contextlib.aclosing(self._edge(rest, generation)) as tokens:
@@ -235,6 +251,8 @@ class EdgeEngine:
         stats.bytes_sent += message.ByteSize()
         async for response in self.client.generate(message):
             stats.bytes_received += response.ByteSize()
+            if response.HasField("progress"):
+                continue  # the cloud is prefilling (the client's silence timeout restarted)
             new = [response.token_id] if response.HasField("token_id") else []
             stats.rounds += len(new)
             if response.finish_reason:
@@ -245,6 +263,9 @@ class EdgeEngine:
                 yield new
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+        if len(request.prompt_token_ids) >= self.drafter.n_ctx:
+            raise InvalidArgument(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
+                                  f"context of {self.drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
         stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None

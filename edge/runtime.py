@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -36,7 +37,10 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
             remote = dict(security=config.security()) if config.cloud else {}
             client = CloudClient(address, connect_timeout_s=config.connect_timeout_s, keepalive=config.keepalive(),
                                  response_timeout_s=config.response_timeout_s, **remote)
-        engine = EdgeEngine(drafter, client, config.speculation, config.fallback)
+        speculation = config.speculation
+        if embedded is not None:  # edge and cloud share this machine's cores: don't race the cloud's prefill
+            speculation = dataclasses.replace(speculation, defer_draft_prefill=True)
+        engine = EdgeEngine(drafter, client, speculation, config.fallback)
         try:
             await engine.open()
             yield engine

@@ -46,6 +46,10 @@ class SpeculationConfig:
     min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
     adaptive: bool = True  # block length and depth from measurements (edge/draft_length.py)
     min_draft_tokens: int = 1  # adaptive block length stays at or above this
+    # Start the draft's prefill only once the cloud's first token is in, instead of alongside
+    # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
+    # where the two prefills would slow each other and so the first token.
+    defer_draft_prefill: bool = False
 
 
 @dataclass
@@ -62,6 +66,11 @@ class GenerationStats:
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
     peak_in_flight: int = 0  # most blocks that awaited a verdict at once
+    # "on", or "off-beyond-draft-context": from token `drafting_off_at` on (0: the whole answer)
+    # the sequence was longer than the draft's context, and the cloud generated alone.
+    drafting: str = "on"
+    drafting_off_at: int | None = None
+    prefill_progress: int = 0  # progress messages the cloud sent while it prefilled
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     started_at: float = field(default_factory=time.perf_counter, repr=False)
@@ -141,6 +150,9 @@ class SpeculativeRun:
         self._responses: asyncio.Queue = asyncio.Queue()  # (arrival time, response or error)
         self._arrived_at = 0.0
         self._draft_disabled = False
+        self._draft_ready = False  # the draft has prefilled the prompt (or given up on it)
+        self._prefill: asyncio.Task | None = None
+        self._first_reply_at: float | None = None  # when the cloud first answered (its acknowledgement)
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
 
     async def tokens(self) -> AsyncIterator[list[int]]:
@@ -148,13 +160,18 @@ class SpeculativeRun:
         try:
             opened_at = time.perf_counter()
             await self._timed(self.stream.write(pb.SpeculateRequest(open=self.request.to_pb())), "connection")
-            prefill = asyncio.create_task(self._prefill_draft())
+            if not self.config.defer_draft_prefill:
+                self._prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
-            self.lengths.observe_round_trip(self._arrived_at - opened_at)
+            # The acknowledgement times the round trip; `started` also waited for the prefill.
+            self.lengths.observe_round_trip((self._first_reply_at or self._arrived_at) - opened_at)
             first = self._apply_started(SessionStarted.from_pb(started.started))
             if first:
                 yield first
-            await prefill
+            if self._prefill is None:
+                self._prefill = asyncio.create_task(self._prefill_draft())
+            # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
+            # generating alone (as it does for good when the prompt is beyond the draft's context).
             while not self.finish:
                 new = await self._step()
                 if new:
@@ -164,13 +181,23 @@ class SpeculativeRun:
                 pass  # stale verdicts of blocks still in flight at the finish
         finally:
             reader.cancel()
+            self._end_prefill()
             self.stream.cancel()
             self.stats.bytes_sent = self.stream.bytes_sent
             self.stats.bytes_received = self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
+    def _end_prefill(self) -> None:
+        if self._prefill is None:
+            return
+        if self._prefill.done() and not self._prefill.cancelled():
+            self._prefill.exception()  # retrieved: it was raised from _step already, or is moot now
+        self._prefill.cancel()  # the draft thread finishes its eval; the drafter's lock orders what follows
+
     async def _step(self) -> list[int]:
         """Applies any verdict that arrived; else drafts a token, sends a block, or waits."""
+        if not self._draft_ready and self._prefill.done():
+            self._prefill.result()  # raises what the draft's prefill raised
         if not self._responses.empty():
             return self._apply_verdict(await self._next_response("verdict"))
         if self._can_draft():
@@ -207,7 +234,8 @@ class SpeculativeRun:
 
     def _can_draft(self) -> bool:
         return (
-            not self._draft_disabled
+            self._draft_ready
+            and not self._draft_disabled
             and len(self.in_flight) < self.lengths.depth
             and self._remaining_budget() > 0
             and self._pending_drafts() < self.lengths.block_tokens
@@ -224,6 +252,7 @@ class SpeculativeRun:
         """Whether the draft model could evaluate the tail's last token while a verdict travels."""
         return (
             bool(self.in_flight)
+            and self._draft_ready
             and not self._draft_disabled
             and self._fed != (self._tail_epoch, len(self.tail))
             and self._remaining_budget() > 0
@@ -234,9 +263,17 @@ class SpeculativeRun:
         try:
             # Only sparse q makes the output depend on the draft's numbers; otherwise a prefix
             # shared with the last sequence (a chat's earlier turns) need not be evaluated again.
-            await asyncio.to_thread(self.drafter.start, self.committed, not self.policy.sparse)
+            await asyncio.to_thread(self.drafter.start, list(self.request.prompt_token_ids)
+                                    + list(self.request.resume_token_ids), not self.policy.sparse)
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting(at=0)
+        self._draft_ready = True
+
+    def _disable_drafting(self, at: int | None = None) -> None:
+        """The sequence outgrew the draft's context: the cloud generates the rest alone."""
+        self._draft_disabled = True
+        self.stats.drafting = "off-beyond-draft-context"
+        self.stats.drafting_off_at = len(self.committed) - len(self.request.prompt_token_ids) if at is None else at
 
     async def _prefeed(self) -> None:
         """Feeds the tail's last token to the draft model, off the critical path.
@@ -248,7 +285,7 @@ class SpeculativeRun:
         try:
             await asyncio.to_thread(self.drafter.next_logits, list(self.tail))
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting()
 
     async def _draft_one(self) -> None:
         epoch, context = self._tail_epoch, list(self.tail)
@@ -257,7 +294,7 @@ class SpeculativeRun:
         try:
             choice = await asyncio.to_thread(self._choose, context, guess)
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting()
             return
         seconds = time.perf_counter() - began
         if epoch != self._tail_epoch:
@@ -366,14 +403,26 @@ class SpeculativeRun:
             raise CloudUnavailable(f"no {what} from the cloud within {self.response_timeout_s:g}s") from None
 
     async def _next_response(self, expected: str | None):
-        """The next response (None at the end of the stream); sets `_arrived_at` to when it came."""
-        self._arrived_at, response = await self._timed(self._responses.get(), expected or "end of stream")
-        if isinstance(response, Exception):
-            raise response
-        if response is None:
-            if expected is None:
-                return None
-            raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
+        """The next response (None at the end of the stream); sets `_arrived_at` to when it came.
+
+        Progress messages before `started` are skipped: each one restarts the silence timeout,
+        so a cloud that is prefilling a long prompt is waited for, a silent one is not.
+        """
+        while True:
+            self._arrived_at, response = await self._timed(self._responses.get(), expected or "end of stream")
+            if self._first_reply_at is None:
+                self._first_reply_at = self._arrived_at
+            if isinstance(response, Exception):
+                raise response
+            if response is None:
+                if expected is None:
+                    return None
+                raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
+            if response.WhichOneof("kind") != "progress":
+                break
+            if expected != "started":
+                raise ProtocolError("the cloud sent prefill progress after the session had started")
+            self.stats.prefill_progress += 1
         kind = response.WhichOneof("kind")
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")

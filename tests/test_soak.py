@@ -52,7 +52,7 @@ def full_session(stub, rng, fingerprint) -> None:
     call_requests = _Requests()  # the blocking API, driven message by message
     responses = stub.Speculate(iter(call_requests), timeout=30)
     call_requests.put(open_request(rng, fingerprint))
-    started = next(responses).started
+    started = first_answer(responses)
     position, token = started.position, started.token_id
     finished = started.finish_reason != pb.FINISH_REASON_UNSPECIFIED
     while not finished:
@@ -74,11 +74,18 @@ def cancelled_session(stub, rng, fingerprint) -> None:
     call_requests = _Requests()
     responses = stub.Speculate(iter(call_requests), timeout=30)
     call_requests.put(open_request(rng, fingerprint))
-    started = next(responses).started
+    started = first_answer(responses)
     call_requests.put(pb.SpeculateRequest(draft=pb.DraftBlock(start_position=started.position,
                                                               token_ids=[started.token_id, 5, 6, 7])))
     responses.cancel()
     call_requests.close()
+
+
+def first_answer(responses) -> pb.SessionStarted:
+    """The `started` message, after the progress messages before it."""
+    while (response := next(responses)).HasField("progress"):
+        pass
+    return response.started
 
 
 class _Requests:
