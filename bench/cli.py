@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from bench.pin import parse_cpus
+from common.checks import check_model_path
+from common.errors import InvalidArgument
 from bench.prompts import PROMPTS
 from edge.config import EdgeConfig, speculation_flags, speculation_from_args
 
@@ -121,17 +123,21 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace):
     from bench.runner import Plan
 
+    for path, flag in ((args.model, "--model"), (args.draft_model, "--draft-model")):
+        if path is not None:
+            check_model_path(path, flag)
+
     try:
         rtts = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"tandem bench: --rtt-ms expects numbers like 0,20,50,100, got {args.rtt_ms!r}") from None
+        raise InvalidArgument(f"--rtt-ms expects numbers like 0,20,50,100, got {args.rtt_ms!r}") from None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not rtts or any(r < 0 for r in rtts):
-        raise SystemExit("tandem bench: --rtt-ms needs at least one round-trip time >= 0")
+        raise InvalidArgument("--rtt-ms needs at least one round-trip time >= 0")
     if not modes or set(modes) - {"hybrid", "cloud", "edge"}:
-        raise SystemExit(f"tandem bench: --modes takes hybrid, cloud and edge, got {args.modes!r}")
+        raise InvalidArgument(f"--modes takes hybrid, cloud and edge, got {args.modes!r}")
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
-        raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
+        raise InvalidArgument(f"--prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
     return Plan(rtts, PROMPTS[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
 
 
@@ -139,12 +145,12 @@ def _cpus(args: argparse.Namespace) -> tuple[set[int], set[int]]:
     try:
         cloud, edge = parse_cpus(args.cloud_cpus), parse_cpus(args.edge_cpus)
     except ValueError as exc:
-        raise SystemExit(f"tandem bench: {exc}") from None
+        raise InvalidArgument(f"{exc}") from None
     available = os.sched_getaffinity(0)
     if cloud & edge:
-        raise SystemExit(f"tandem bench: --cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
+        raise InvalidArgument(f"--cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
                          "the two sides emulate two machines")
     if not (cloud | edge) <= available:
-        raise SystemExit(f"tandem bench: CPUs {sorted((cloud | edge) - available)} are not available "
+        raise InvalidArgument(f"CPUs {sorted((cloud | edge) - available)} are not available "
                          f"(this process may use {sorted(available)})")
     return cloud, edge

@@ -9,6 +9,8 @@ import argparse
 from dataclasses import dataclass, field
 
 from cloud.limits import SessionLimits
+from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_range
+from common.checks import check_readable_file
 from common.errors import InvalidArgument
 from common.settings import env
 
@@ -39,10 +41,21 @@ class CloudConfig:
     min_client_ping_interval_s: float = 1.0  # edges may ping this often while idle (else GOAWAY)
 
     def validate(self) -> None:
+        check_port(self.port)
+        if self.model is not None:
+            check_model_path(self.model, "--model")
+        check_range(self.threads, "--threads", 0)
+        check_range(self.prefix_cache_mb, "--prefix-cache-mb", 0)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.tls_cert:
+            check_key_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key")
+        if self.tls_client_ca:
+            check_pem_certificate(self.tls_client_ca, "--tls-client-ca")
+        if self.auth_tokens_file:
+            check_readable_file(self.auth_tokens_file, "--auth-tokens-file")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
         if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:

@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.channel import ChannelSecurity, open_channel
+from common.checks import check_address, check_key_pair, check_pem_certificate, check_range
+from common.errors import InvalidArgument
 from common.settings import env
 
 
@@ -47,6 +49,14 @@ async def check(address: str, security: ChannelSecurity, service: str = "", time
 
 
 def run(args: argparse.Namespace) -> int:
+    check_address(args.cloud, "--cloud")
+    check_range(args.timeout, "--timeout", 0, low_open=True)
+    if args.cloud_ca:
+        check_pem_certificate(args.cloud_ca, "--cloud-ca")
+    if bool(args.client_cert) != bool(args.client_key):
+        raise InvalidArgument("--client-cert and --client-key go together")
+    if args.client_cert:
+        check_key_pair(args.client_cert, args.client_key, "--client-cert", "--client-key")
     security = ChannelSecurity(tls=args.tls, ca_file=args.cloud_ca, client_cert=args.client_cert,
                                client_key=args.client_key)
     status = asyncio.run(check(args.cloud, security, args.service, args.timeout))

@@ -23,6 +23,7 @@ from cloud.registry import SessionRegistry
 from cloud.service import TandemService
 from cloud.worker import ModelWorker
 from common.channel import is_loopback
+from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
         # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen bytes
         # they were a fifth to a quarter of a session's bytes, for windows that never need to grow.
         ("grpc.http2.bdp_probe", 0),
+        # Without it a second server on a port in use would share it silently instead of failing.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -110,7 +113,8 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     address = f"{config.host}:{config.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise InvalidArgument(f"cannot listen on {address}: the port is in use, or the host is not an address of "
+                              "this machine; pick another --port (0 picks a free one)")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -23,6 +23,10 @@ from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, Sessio
 
 log = logging.getLogger(__name__)
 
+# While a chunk of a session's prefill is being computed, the edge hears from the cloud at
+# least this often (well below the edge's default fallback timeout of 2 s).
+PROGRESS_INTERVAL_S = 0.5
+
 
 class TandemService(pb_grpc.TandemServicer):
     def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
@@ -119,15 +123,25 @@ class TandemService(pb_grpc.TandemServicer):
         """Runs the session's prefill chunk by chunk on the model thread; returns its first token.
 
         `report(pb.Progress)` sends a progress message: once at once, before any model work
-        (the prefill may queue behind other sessions'), then after every chunk but the last,
-        so the edge can tell a cloud busy with a long prompt from a silent one.
+        (the prefill may queue behind other sessions'), after every chunk but the last, and
+        every PROGRESS_INTERVAL_S while the model thread is computing one of this session's
+        chunks, however slow the machine. Nothing is sent while the session only waits for
+        the model thread, so a cloud whose model thread is stuck falls silent.
         """
         await report(pb.Progress(prefilled_tokens=0, prefill_tokens=session.prefill_tokens))
         await self.worker.run(session.begin)
-        while not await self.worker.run(session.prefill_chunk):
-            await report(pb.Progress(prefilled_tokens=session.prefilled_tokens,
-                                     prefill_tokens=session.prefill_tokens))
-        return await self.worker.run(session.first_token)
+        while True:
+            chunk = asyncio.ensure_future(self.worker.run(session.prefill_chunk))
+            while not (await asyncio.wait({chunk}, timeout=PROGRESS_INTERVAL_S))[0]:
+                if session.computing:
+                    await report(self._progress(session))
+            if chunk.result():
+                return await self.worker.run(session.first_token)
+            await report(self._progress(session))
+
+    @staticmethod
+    def _progress(session: VerifierSession) -> pb.Progress:
+        return pb.Progress(prefilled_tokens=session.prefilled_tokens, prefill_tokens=session.prefill_tokens)
 
     async def _release(self, session_id: int, session: VerifierSession) -> None:
         """Frees the session's KV cache, then its reservation.

@@ -64,6 +64,7 @@ class VerifierSession:
         self._shared_prefix = False  # the cache state came from the prefix cache
         self._prefill_logits: np.ndarray | None = None  # [1, vocab] once the prefill is done
         self._chunk = limits.prefill_chunk_tokens
+        self.computing = False  # the model thread is running a prefill chunk of this session now
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
@@ -181,7 +182,11 @@ class VerifierSession:
             return True
         done = self.kv_tokens
         end = min(self.prefill_tokens, (done // self._chunk + 1) * self._chunk)
-        logits = self._forward(self.tokens[done:end], keep=1)
+        self.computing = True
+        try:
+            logits = self._forward(self.tokens[done:end], keep=1)
+        finally:
+            self.computing = False
         if end < self.prefill_tokens:
             if end == self._last_boundary:
                 self._store_boundary(end)

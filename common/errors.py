@@ -17,6 +17,12 @@ class InvalidArgument(TandemError):
     code = "INVALID_ARGUMENT"
 
 
+class ContextTooLong(InvalidArgument):
+    """A prompt longer than a model's context; the message names both lengths."""
+
+    api_code = "context_length_exceeded"  # OpenAI's error code for it (tandem serve)
+
+
 class FailedPrecondition(TandemError):
     code = "FAILED_PRECONDITION"
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from common.checks import check_range
 from edge.config import EdgeConfig
 
 
@@ -41,6 +42,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_range(args.max_tokens, "--max-tokens", 1)
+    check_range(args.n, "--n", 1)
+    if args.seed is not None:
+        check_range(args.seed, "--seed", 0, 2**63 - 1)
+    check_range(args.temperature, "--temperature", 0)
+    check_range(args.top_k, "--top-k", 0)
+    check_range(args.top_p, "--top-p", 0, 1, low_open=True)
+    EdgeConfig.from_args(args)  # validates before anything loads
     return asyncio.run(_generate(args))
 
 
@@ -50,10 +59,6 @@ async def _generate(args: argparse.Namespace) -> int:
     from edge.sdk import AsyncTandem
     from edge.speculative import GenerationStats
 
-    if args.n < 1 or args.max_tokens < 1:
-        raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
-    if args.seed is not None and args.seed < 0:
-        raise SystemExit("tandem generate: --seed must be >= 0")
     tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)

@@ -6,6 +6,15 @@ import argparse
 from dataclasses import dataclass, field
 
 from common.channel import ChannelSecurity, Keepalive, read_token
+from common.checks import (
+    check_address,
+    check_key_pair,
+    check_model_path,
+    check_pem_certificate,
+    check_range,
+    check_readable_file,
+)
+from common.errors import InvalidArgument
 from common.settings import env
 from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
@@ -31,6 +40,34 @@ class EdgeConfig:
     token: str | None = field(default=None, repr=False)  # for the SDK; never a CLI flag (ps would show it)
     keepalive_s: float = 5.0
     response_timeout_s: float = 120.0
+
+    def validate(self) -> None:
+        """InvalidArgument for a setting that cannot work, before anything is loaded."""
+        if self.cloud is not None:
+            check_address(self.cloud, "--cloud")
+        for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model")):
+            if path is not None:
+                check_model_path(path, flag)
+        check_range(self.threads, "--threads", 0)
+        check_range(self.n_ctx, "--n-ctx", 16)
+        for value, flag in ((self.connect_timeout_s, "--connect-timeout"), (self.keepalive_s, "--keepalive"),
+                            (self.response_timeout_s, "--response-timeout"),
+                            (self.fallback.timeout_s, "--fallback-timeout")):
+            check_range(value, flag, 0, low_open=True)
+        s = self.speculation
+        check_range(s.draft_tokens, "--draft-tokens", 1)
+        check_range(s.min_draft_tokens, "--min-draft-tokens", 1, s.draft_tokens)
+        check_range(s.max_in_flight, "--max-in-flight", 1)
+        check_range(s.min_confidence, "--min-confidence", 0, 1)
+        if bool(self.client_cert) != bool(self.client_key):
+            raise InvalidArgument("--client-cert and --client-key go together")
+        if self.cloud_ca:
+            check_pem_certificate(self.cloud_ca, "--cloud-ca")
+        if self.client_cert:
+            check_key_pair(self.client_cert, self.client_key, "--client-cert", "--client-key")
+        if self.token_file:
+            check_readable_file(self.token_file, "--token-file")
+            read_token(self.token_file)
 
     def security(self) -> ChannelSecurity:
         return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
@@ -99,7 +136,7 @@ class EdgeConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EdgeConfig:
-        return cls(
+        config = cls(
             cloud=args.cloud,
             draft_model=args.draft_model,
             draft_dtype=args.draft_dtype,
@@ -112,11 +149,13 @@ class EdgeConfig:
             client_cert=args.client_cert,
             client_key=args.client_key,
             token_file=args.token_file,
-            keepalive_s=max(1.0, args.keepalive),
+            keepalive_s=args.keepalive if args.keepalive <= 0 else max(1.0, args.keepalive),
             response_timeout_s=args.response_timeout,
             speculation=speculation_from_args(args),
             fallback=FallbackConfig.from_args(args),
         )
+        config.validate()
+        return config
 
 
 def speculation_from_args(args: argparse.Namespace) -> SpeculationConfig:

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
+from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
@@ -73,10 +73,10 @@ class Generation:
 def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
     """InvalidArgument, naming both numbers, for a prompt the cloud would refuse as too long."""
     if info.max_context and prompt_tokens >= info.max_context:
-        raise InvalidArgument(f"the prompt has {prompt_tokens} tokens, beyond the cloud model's context of "
+        raise ContextTooLong(f"the prompt has {prompt_tokens} tokens, beyond the cloud model's context of "
                               f"{info.max_context} tokens (prompt and answer together): shorten it")
     if info.max_prompt_tokens and prompt_tokens > info.max_prompt_tokens:
-        raise InvalidArgument(f"the prompt has {prompt_tokens} tokens; the cloud accepts at most "
+        raise ContextTooLong(f"the prompt has {prompt_tokens} tokens; the cloud accepts at most "
                               f"{info.max_prompt_tokens} (its --max-prompt-tokens): shorten it")
 
 
@@ -264,7 +264,7 @@ class EdgeEngine:
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         if len(request.prompt_token_ids) >= self.drafter.n_ctx:
-            raise InvalidArgument(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
+            raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
                                   f"context of {self.drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
         stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
+from common.checks import check_port_free, check_range
 from common.errors import TandemError
 from common.settings import env
 from edge.config import EdgeConfig
@@ -65,7 +66,9 @@ class ServeConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
-        return cls(args.host, args.port, args.model_name, args.default_max_tokens)
+        config = cls(args.host, args.port, args.model_name, args.default_max_tokens)
+        check_range(config.default_max_tokens, "--default-max-tokens", 1)
+        return config
 
 
 @dataclass
@@ -232,7 +235,7 @@ async def _json_body(request: web.Request) -> object:
 
 def _api_error(exc: TandemError) -> ApiError:
     status, kind = _HTTP_ERRORS.get(exc.code, (502, "api_error"))
-    return ApiError(status, str(exc), kind=kind, code=exc.code.lower())
+    return ApiError(status, str(exc), kind=kind, code=getattr(exc, "api_code", exc.code.lower()))
 
 
 @web.middleware
@@ -272,7 +275,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(ServeConfig.from_args(args), EdgeConfig.from_args(args), args.mode))
+    config, edge = ServeConfig.from_args(args), EdgeConfig.from_args(args)
+    check_port_free(config.host, config.port)  # before the models load, not after
+    asyncio.run(_serve(config, edge, args.mode))
     return 0
 
 

@@ -30,19 +30,21 @@ from edge.speculative import SpeculationConfig
 CHUNK = 8
 
 
-class SlowTarget:
-    """The tiny target with every forward pass slowed down: a cloud that is busy, not dead.
+class SlowPrefillTarget:
+    """The tiny target with every prefill pass slowed down: a cloud that is busy, not dead.
 
     A fault injected around the real model (the forward pass still runs), like a loaded host.
     """
 
-    def __init__(self, target, seconds_per_pass: float):
+    def __init__(self, target, prompt_tokens: int, seconds_per_pass: float):
         self._target = target
+        self.prompt_tokens = prompt_tokens
         self.seconds_per_pass = seconds_per_pass
 
-    def forward(self, *args, **kwargs):
-        time.sleep(self.seconds_per_pass)
-        return self._target.forward(*args, **kwargs)
+    def forward(self, cache, token_ids, keep_logits):
+        if self._target.cache_length(cache) < self.prompt_tokens:
+            time.sleep(self.seconds_per_pass)
+        return self._target.forward(cache, token_ids, keep_logits)
 
     def __getattr__(self, name):
         return getattr(self._target, name)
@@ -76,9 +78,10 @@ def test_progress_messages_come_first_one_per_chunk(cloud_factory, tiny_target, 
                                    progress=True)
     assert code == grpc.StatusCode.OK
     kinds = [r.WhichOneof("kind") for r in responses]
-    assert kinds == ["progress"] * 6 + ["started"]  # the acknowledgement, then every chunk but the last
+    assert kinds == ["progress"] * (len(kinds) - 1) + ["started"]
     done = [r.progress.prefilled_tokens for r in responses[:-1]]
-    assert done == [0, 8, 16, 24, 32, 40]
+    # The acknowledgement, then every chunk but the last (and a report every 0.5 s of a chunk).
+    assert done[0] == 0 and done == sorted(done) and set(done) == {0, 8, 16, 24, 32, 40}
     assert all(r.progress.prefill_tokens == len(prompt) for r in responses[:-1])
     assert responses[-1].started.forward_passes == 6  # a pass per chunk
 
@@ -92,15 +95,15 @@ def test_chunked_prefill_is_the_targets_greedy_output(cloud_factory, tiny_target
         generation, _ = asyncio.run(run_engine(cloud.address, drafter, prompt, 24, mode=mode))
         assert generation.token_ids == expected, mode
         if mode == "hybrid":
-            assert generation.stats.prefill_progress == -(-len(prompt) // CHUNK)  # the ack + all chunks but the last
+            assert generation.stats.prefill_progress >= -(-len(prompt) // CHUNK)  # the ack + all chunks but the last
 
 
 def test_a_slow_prefill_stays_hybrid(cloud_factory, tiny_target, tiny_drafter):
-    """Each chunk takes 0.3 s, the whole prefill ~2 s, the fallback timeout is 1 s: still the cloud."""
+    """Each prefill chunk takes 1.5 s, the fallback timeout is 1 s: still the cloud."""
     cloud = cloud_factory(limits=SessionLimits(prefill_chunk_tokens=CHUNK))
-    cloud.running.service.model = SlowTarget(tiny_target, 0.3)
     drafter = tiny_drafter("noisy")
-    prompt = long_prompt(drafter, 7 * CHUNK)
+    prompt = long_prompt(drafter, 2 * CHUNK + 3)
+    cloud.running.service.model = SlowPrefillTarget(tiny_target, len(prompt), 1.5)
     try:
         generation, seconds = asyncio.run(run_engine(cloud.address, drafter, prompt, 8,
                                                      fallback=FallbackConfig(timeout_s=1.0)))
@@ -108,7 +111,7 @@ def test_a_slow_prefill_stays_hybrid(cloud_factory, tiny_target, tiny_drafter):
         cloud.running.service.model = tiny_target
     assert not generation.degraded, generation.fallback_reason
     assert generation.answered_by == "hybrid"
-    assert generation.stats.ttft_s > 1.5  # the prefill really was longer than the timeout
+    assert generation.stats.ttft_s > 4.5  # three chunks, each longer than the timeout
     assert generation.token_ids == hf_greedy(tiny_target, prompt, 8)
 
 
@@ -250,3 +253,47 @@ def test_a_growing_prompt_reuses_the_cached_chunks_bit_for_bit(cloud_factory, ti
     for mode in ("hybrid", "cloud"):
         answers = [asyncio.run(run_engine(c.address, drafter, turn2, 16, mode=mode))[0].token_ids for c in (warm, cold)]
         assert answers[0] == answers[1] == hf_greedy(tiny_target, turn2, 16)
+
+
+@pytest.fixture
+def small_context_cloud(cloud_factory):
+    return cloud_factory(limits=SessionLimits(max_context_tokens=64))
+
+
+def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud, tiny_models, tiny_drafter):
+    """The same clear error everywhere: a CLI line with exit code 2, an OpenAI-shaped 400, an exception."""
+    import subprocess
+
+    import openai
+    from cloud_process import ROOT, cli, cli_env
+    from local_server import LocalServer
+
+    from common.errors import ContextTooLong
+    from edge.config import EdgeConfig
+    from edge.sdk import Tandem
+
+    drafter = tiny_drafter("noisy")
+    text = " ".join(["a small red box"] * 40)
+    prompt_tokens = len(drafter.tokenize(text))
+    assert prompt_tokens > 64
+    both = f"{prompt_tokens} tokens, beyond the cloud model's context of 64"
+
+    result = subprocess.run(cli("generate", text, "--cloud", small_context_cloud.address, "--draft-model",
+                                str(tiny_models.drafts["noisy"]), "--threads", "1", "--n-ctx", "512"),
+                            cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tandem: error: the prompt has") and both in last, last
+
+    with LocalServer(drafter, small_context_cloud.address, fallback=FallbackConfig(timeout_s=5.0)) as server, \
+            openai.OpenAI(base_url=server.base_url, api_key="-", max_retries=0, timeout=60) as client:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.completions.create(model="tandem", prompt=text, max_tokens=4, stream=stream)
+            assert info.value.status_code == 400
+            assert info.value.code == "context_length_exceeded" and both in info.value.message
+
+    config = EdgeConfig(cloud=small_context_cloud.address, draft_model=str(tiny_models.drafts["noisy"]),
+                        threads=1, n_ctx=512)
+    with Tandem(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
+        tandem.complete(text, max_tokens=4)
