@@ -41,6 +41,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--edge-cpus", default="1", help="CPUs of the edge process (disjoint from the cloud's)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="one-way jitter, uniform +/- this")
     parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
+    parser.add_argument("--ttft-prompt-tokens", default=None, metavar="N,N,...",
+                        help="instead of the throughput runs, measure time to first token of cloud-only and "
+                             "hybrid back to back on raw prompts of exactly these many tokens (e.g. 100,1000,3000), "
+                             "at each --rtt-ms; writes ttft.json and prints hybrid / cloud-only per length")
+    parser.add_argument("--ttft-repeats", type=int, default=3,
+                        help="pairs of runs per prompt length and RTT with --ttft-prompt-tokens")
     parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
     EdgeConfig.add_speculation_arguments(parser)
@@ -64,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from common.relay import RelayThread
 
     plan = _plan(args)
+    lengths = _ttft_lengths(args)
     cloud_cpus, edge_cpus = _cpus(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,9 +78,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.draft_model:
         edge_args += ["--draft-model", args.draft_model]
     load_start = os.getloadavg()
-    print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; "
-          f"{plan.total_runs} generations of {plan.max_tokens} tokens; load average {load_start[0]:.2f}",
-          file=sys.stderr, flush=True)
+    runs = (f"{2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms)} generations measuring time to first "
+            f"token" if lengths else f"{plan.total_runs} generations of {plan.max_tokens} tokens")
+    print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; {runs}; "
+          f"load average {load_start[0]:.2f}", file=sys.stderr, flush=True)
     cloud = worker = relay = None
     started = time.monotonic()
     try:
@@ -82,7 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         relay = RelayThread(cloud.address, tap=frames).start()
         worker = EdgeWorker(args.edge_cpus, f"127.0.0.1:{relay.port}", edge_args, out / "edge.log")
         runner.warm_up(worker, plan)
-        records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
+        if lengths:
+            progress = runner.Progress(2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms))
+            records = runner.run_ttft(lengths, args.ttft_repeats, plan.rtts_ms, plan, worker, relay, progress)
+        else:
+            records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
         machine = {
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
@@ -95,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         for part in (worker, relay, cloud):
             if part is not None:
                 part.stop()
+    if lengths:
+        return _report_ttft(args, records, machine, load_start)
     summary = report.summarize(records)
     target_rows = report.targets(summary, records)
     result = {
@@ -118,6 +132,33 @@ def _run(args: argparse.Namespace) -> int:
           f"in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
           f"{machine['load_average_end'][0]:.2f} at the end")
     return 0
+
+
+def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start) -> int:
+    from bench import report
+
+    rows = report.ttft_by_length(records)
+    target_rows = report.ttft_targets(rows)
+    out = Path(args.out) / "ttft.json"
+    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "machine": machine,
+                               "ttft_by_prompt_tokens": rows, "targets": target_rows, "runs": records}, indent=1))
+    print(report.ttft_table(rows, target_rows))
+    print(f"\nwrote {out} in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
+          f"{machine['load_average_end'][0]:.2f} at the end")
+    return 0
+
+
+def _ttft_lengths(args: argparse.Namespace) -> list[int]:
+    if args.ttft_prompt_tokens is None:
+        return []
+    try:
+        lengths = [int(x) for x in args.ttft_prompt_tokens.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(f"--ttft-prompt-tokens expects token counts like 100,1000,3000, "
+                              f"got {args.ttft_prompt_tokens!r}") from None
+    if not lengths or any(n < 16 for n in lengths) or args.ttft_repeats < 1:
+        raise InvalidArgument("--ttft-prompt-tokens needs lengths >= 16, and --ttft-repeats >= 1")
+    return lengths
 
 
 def _plan(args: argparse.Namespace):

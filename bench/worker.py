@@ -5,10 +5,13 @@
 It first writes one line, {"ready": true, ...}, saying which CPUs it may use and how many
 threads the draft model got. Then it reads one JSON command per line on stdin,
 {"mode": "hybrid" | "cloud" | "edge", "prompt": TEXT, "max_tokens": N}, runs that generation
-(the prompt wrapped in the model's chat template, greedy) and answers one JSON line (an
+(the prompt wrapped in the model's chat template, greedy; or, with "prompt_tokens": N instead
+of "prompt", a raw prompt of exactly N tokens of filler text, "variant" making it unique) and
+answers one JSON line (an
 optional "speculation" object overrides SpeculationConfig fields for that generation only, so
 settings can be compared interleaved in one run):
-{"token_ids", "finish_reason", "stats", "blocks"} or {"error": MESSAGE}. It exits at EOF.
+{"token_ids", "finish_reason", "stats", "blocks", "sse_bytes"} or {"error": MESSAGE}. It exits
+at EOF. sse_bytes is what the same answer costs as an OpenAI-style SSE stream (bench/sse.py).
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ async def _generate(engine, command: dict) -> dict:
     from edge.chat_template import render_chat
     from edge.engine import Generation, GenerationRequest, Mode
 
+    from bench.sse import openai_sse_bytes
+
     mode = Mode(command["mode"])
-    text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
-    request = GenerationRequest(engine.drafter.tokenize(text), max_new_tokens=int(command["max_tokens"]))
+    if "prompt_tokens" in command:
+        prompt = filler_prompt(engine.drafter.tokenize, int(command["prompt_tokens"]), int(command.get("variant", 0)))
+    else:
+        text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
+        prompt = engine.drafter.tokenize(text)
+    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]))
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
     generation = Generation(mode)  # its stats clock starts now: TTFT includes opening the call
@@ -50,7 +59,28 @@ async def _generate(engine, command: dict) -> dict:
         "finish_reason": generation.finish_reason.label,
         "stats": generation.stats.as_dict(),
         "blocks": generation.stats.verified_blocks,  # (drafted, accepted) per verified block
+        "prompt_tokens": len(prompt),
+        "sse_bytes": openai_sse_bytes(engine.drafter.token_bytes, generation.token_ids,
+                                      generation.finish_reason.label, len(prompt)),
     }
+
+
+FILLER = ("The harbour town woke slowly. Fishermen mended nets, children ran along the quay, and the baker "
+          "opened his shutters to the smell of bread. Gulls argued over scraps while the tide turned. ")
+
+
+def filler_prompt(tokenize, tokens: int, variant: int) -> list[int]:
+    """A raw prompt of exactly `tokens` token ids: a numbered note ending in a question.
+
+    `variant` changes its first tokens, so no two variants share a cached prefix.
+    """
+    question = tokenize(" Summarize the notes above in one sentence:")
+    body = tokenize(f"Notes, set {variant}.\n")
+    day = 0
+    while len(body) < tokens:
+        day += 1
+        body += tokenize(f"Day {day}. {FILLER}")
+    return body[: max(1, tokens - len(question))] + question[: tokens - 1]
 
 
 async def serve(config: EdgeConfig) -> None:
