@@ -297,3 +297,33 @@ def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud,
                         threads=1, n_ctx=512)
     with Tandem(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
         tandem.complete(text, max_tokens=4)
+
+
+def test_tandem_chat_trims_the_oldest_turns_to_fit(cloud_factory, tiny_drafter, capsys):
+    from edge.chat import ChatSession
+    from edge.sdk import AsyncTandem
+
+    cloud = cloud_factory(limits=SessionLimits(max_context_tokens=160))
+    drafter = tiny_drafter("noisy")
+
+    async def scenario():
+        client = CloudClient(cloud.address)
+        try:
+            engine = EdgeEngine(drafter, client)
+            await engine.connect()
+            session = ChatSession(AsyncTandem.from_engine(engine), "Be brief.", {"max_tokens": 16})
+            turns = [(f"question number {i} about boxes", f"answer number {i} about red boxes") for i in range(12)]
+            for question, answer in turns:
+                session.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages, prompt_ids = await session._fitting_prompt("and the last question?")
+            return messages, prompt_ids
+        finally:
+            await client.close()
+
+    messages, prompt_ids = asyncio.run(scenario())
+    assert len(prompt_ids) + 16 <= 160
+    assert messages[0]["role"] == "system" and messages[-1]["content"] == "and the last question?"
+    kept = [m["content"] for m in messages[1:-1]]
+    assert kept and kept[-1] == "answer number 11 about red boxes"  # the newest turns stay, in order
+    dropped = 12 - len(kept) // 2
+    assert f"dropped the {dropped} oldest turns" in capsys.readouterr().out
