@@ -22,6 +22,7 @@ class CloudConfig:
     dtype: str = "auto"
     threads: int = 0
     max_sessions: int = 64
+    max_batch_tokens: int = 256  # tokens in one forward pass over all sessions (cloud/scheduler.py)
     prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
     grace_s: float = 5.0
@@ -43,6 +44,8 @@ class CloudConfig:
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.max_batch_tokens < 1:
+            raise InvalidArgument("--max-batch-tokens must be >= 1")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
         if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:
@@ -85,6 +88,11 @@ class CloudConfig:
                        help="KV-cache memory all sessions together may reserve, in MiB; a session reserves its "
                             "worst case (prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. "
                             "0 = half the memory free on the model's device after loading [TANDEM_MAX_KV_MIB]")
+        g.add_argument("--max-batch-tokens", type=int, default=env("MAX_BATCH_TOKENS", d.max_batch_tokens),
+                       help="tokens one forward pass may hold over all sessions: verification blocks and "
+                            "decoding steps first, then prompt chunks in the room left, so a long prompt is "
+                            "prefilled a chunk per step without stalling the others (default %(default)s) "
+                            "[TANDEM_MAX_BATCH_TOKENS]")
         g.add_argument("--prefix-cache-mb", type=int, default=env("PREFIX_CACHE_MB", d.prefix_cache_mb),
                        help="memory for KV snapshots of repeated prompts, so sampling N completions of "
                             "one prompt prefills it once; 0 disables (default %(default)s) [TANDEM_PREFIX_CACHE_MB]")
@@ -130,6 +138,7 @@ class CloudConfig:
             threads=args.threads,
             max_sessions=args.max_sessions,
             prefix_cache_mb=args.prefix_cache_mb,
+            max_batch_tokens=args.max_batch_tokens,
             limits=limits,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

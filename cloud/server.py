@@ -16,12 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from cloud.blocks import BLOCK_SIZE
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
+from cloud.scheduler import Scheduler
 from cloud.service import TandemService
-from cloud.worker import ModelWorker
 from common.channel import is_loopback
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
@@ -36,7 +37,7 @@ class RunningServer:
     port: int
     service: TandemService
     health: health.aio.HealthServicer
-    worker: ModelWorker
+    worker: Scheduler  # the model thread (cloud/scheduler.py)
     auth: TokenAuthInterceptor | None = None
 
     @property
@@ -93,8 +94,9 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     `security` is load_security(config)'s result, read here when not given.
     """
     auth, credentials = security or load_security(config)
-    worker = ModelWorker()
-    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token)
+    worker = Scheduler(model, config.max_batch_tokens)
+    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token,
+                               BLOCK_SIZE)
     prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
     service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s)
     server = grpc.aio.server(
