@@ -22,6 +22,7 @@ class CloudConfig:
     dtype: str = "auto"
     threads: int = 0
     max_sessions: int = 64
+    metrics_port: int = 0  # Prometheus /metrics on this port (same host); 0 = not served
     max_batch_tokens: int = 256  # tokens in one forward pass over all sessions (cloud/scheduler.py)
     prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
@@ -44,6 +45,8 @@ class CloudConfig:
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidArgument("--metrics-port must be a port number (0 disables)")
         if self.max_batch_tokens < 1:
             raise InvalidArgument("--max-batch-tokens must be >= 1")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
@@ -69,6 +72,9 @@ class CloudConfig:
                             help="weights dtype; auto = float32 on CPU, bfloat16 on CUDA")
         parser.add_argument("--threads", type=int, default=env("THREADS", d.threads),
                             help="torch threads; 0 = the CPUs this process may run on")
+        parser.add_argument("--metrics-port", type=int, default=env("METRICS_PORT", d.metrics_port),
+                            help="serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
+                                 "0 disables (default %(default)s) [TANDEM_METRICS_PORT]")
 
         g = parser.add_argument_group("security (see README: Deployment)")
         g.add_argument("--tls-cert", metavar="FILE", default=env("TLS_CERT", None),
@@ -139,6 +145,7 @@ class CloudConfig:
             max_sessions=args.max_sessions,
             prefix_cache_mb=args.prefix_cache_mb,
             max_batch_tokens=args.max_batch_tokens,
+            metrics_port=args.metrics_port,
             limits=limits,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

@@ -139,3 +139,49 @@ def test_each_session_batched_equals_the_session_alone(f64_target, sampling):
     assert left == references[7][: len(left)] and len(left) >= 3
     assert max(log.sessions) >= 4, log.sessions  # passes really held many sessions
     assert batched.kv.allocator.used == 0  # every session's blocks came back, the cancelled one's too
+
+
+def test_an_error_or_a_cancellation_in_a_batch_leaves_its_batch_mates_alone(f64_target):
+    """A bad block fails its own session only; a cancelled one is freed; the others run on unchanged."""
+    from common.errors import InvalidArgument
+
+    model = f64_target
+    cases = [(prompt, 30, GREEDY) for prompt in prompts(model, 4)]
+    log = StepLog()
+    scheduler = Scheduler(model, max_batch_tokens=64, metrics=log)
+
+    async def bad_session(prompt):
+        session = VerifierSession(model, open_request(model, prompt, 30, GREEDY), SessionLimits(), None, scheduler.kv)
+        try:
+            started = await scheduler.start(session)
+            verdict = await scheduler.verify(session, DraftBlock(len(prompt), [started.token_id]))
+            while len(log.sessions) < 4:  # let a few batched passes run
+                await asyncio.sleep(0.001)
+            bad = DraftBlock(len(prompt) + 1, [verdict.next_token, model.vocab_size + 5])
+            with pytest.raises(InvalidArgument, match="outside the vocabulary"):
+                await scheduler.verify(session, bad)
+        finally:
+            await scheduler.close(session)
+
+    try:
+        async def run():
+            references = [await generate(scheduler, model, p, n, s) for p, n, s in cases]
+            passes_alone = len(log.sessions)
+            log.sessions.clear()
+            good = [asyncio.ensure_future(generate(scheduler, model, p, n, s)) for p, n, s in cases]
+            bad = asyncio.ensure_future(bad_session(cases[0][0]))
+            doomed = asyncio.ensure_future(speculate(scheduler, model, cases[1][0], 200, GREEDY, references[1], key=1))
+            while len(log.sessions) < 3:
+                await asyncio.sleep(0.001)
+            doomed.cancel()
+            results = await asyncio.gather(*good)
+            await bad
+            return references, results, passes_alone
+        references, results, passes_alone = asyncio.run(run())
+    finally:
+        scheduler.shutdown()
+    assert results == references
+    assert max(log.sessions) >= 3  # the failing and cancelled sessions shared passes with the others
+    # Nothing was retried or redone: the good sessions needed no more passes than alone, shared.
+    assert len(log.sessions) <= passes_alone
+    assert scheduler.kv.allocator.used == 0
