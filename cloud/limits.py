@@ -17,13 +17,10 @@ class SessionLimits:
     # Longest sequence (prompt + generated) a session may reach; 0 = the model's own context.
     # Below the model's, it bounds each session's KV cache.
     max_context_tokens: int = 0
-    # Most tokens one prefill step computes. The servicer reports progress after each step, so
-    # an edge hears from a cloud that prefills a long prompt at least this often.
-    prefill_chunk_tokens: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k",
-                     "max_stop_tokens", "prefill_chunk_tokens"):
+                     "max_stop_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_context_tokens < 0:

@@ -1,6 +1,6 @@
 """The Tandem gRPC servicer: translates messages and calls domain code, nothing more.
 
-Model work goes to the ModelWorker thread; errors are raised as common.errors exceptions and
+Model work goes to the Scheduler (cloud/scheduler.py), which batches all sessions; errors are raised as common.errors exceptions and
 become statuses in cloud/errors.py.
 """
 
@@ -14,28 +14,34 @@ from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
 from cloud.streams import CallStream
-from cloud.worker import ModelWorker
+from cloud.scheduler import Scheduler
 from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen, SessionStarted
+from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
 
 log = logging.getLogger(__name__)
 
-# While a chunk of a session's prefill is being computed, the edge hears from the cloud at
-# least this often (well below the edge's default fallback timeout of 2 s).
+# While a session's prefill is under way, the edge hears from the cloud at least this often
+# (well below the edge's default fallback timeout of 2 s).
 PROGRESS_INTERVAL_S = 0.5
 
 
+async def _prepend(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
+    def __init__(self, model, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
                  prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0):
         self.model = model
-        self.worker = worker
+        self.scheduler = scheduler
         self.registry = registry
         self.limits = limits
-        self.prefix_cache = prefix_cache  # touched only on the model worker thread
+        self.prefix_cache = prefix_cache  # touched only on the scheduler's model thread
         self.idle_timeout_s = idle_timeout_s  # 0: streams may stay idle forever
 
     def info(self) -> ModelInfo:
@@ -52,7 +58,6 @@ class TandemService(pb_grpc.TandemServicer):
             max_draft_top_k=lim.max_draft_top_k,
             chat_template=m.chat_template,
             max_stop_tokens=lim.max_stop_tokens,
-            prefill_chunk_tokens=lim.prefill_chunk_tokens,
             idle_timeout_s=self.idle_timeout_s,
         )
 
@@ -67,15 +72,16 @@ class TandemService(pb_grpc.TandemServicer):
             return
         if request.WhichOneof("kind") != "open":
             raise InvalidArgument("the first message of a Speculate stream must be `open`")
-        session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits, self.prefix_cache)
+        session = self._session(SessionOpen.from_pb(request.open))
         session_id = self.registry.add(session)
         try:
-            started = await self._prefill(session, lambda p: stream.write(pb.SpeculateResponse(progress=p)))
+            report = lambda progress: stream.write(pb.SpeculateResponse(progress=progress))  # noqa: E731
+            started = await self._with_progress(self.scheduler.start(session), session, report)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
             while (request := await stream.read()) is not None:
                 if request.WhichOneof("kind") != "draft":
                     raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
-                verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
+                verdict = await self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
             await self._release(session_id, session)
@@ -86,7 +92,7 @@ class TandemService(pb_grpc.TandemServicer):
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
         if request.prompt_text:
-            prompt = await self.worker.run(self.model.tokenize, request.prompt_text)
+            prompt = await self.scheduler.run(self.model.tokenize, request.prompt_text)
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,
@@ -97,60 +103,57 @@ class TandemService(pb_grpc.TandemServicer):
             draft_mode=DraftMode.TOKEN_IDS,
             stop_strings=list(request.stop_strings),
         )
-        session = VerifierSession(self.model, open_request, self.limits, self.prefix_cache)
+        session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)
         try:
-            started = await self._prefill(session, lambda p: stream.write(pb.GenerateResponse(progress=p)))
-            position, token, finish = started.position, started.token_id, started.finish_reason
-            while True:
+            report = lambda progress: stream.write(pb.GenerateResponse(progress=progress))  # noqa: E731
+            steps = self.scheduler.generate(session)
+            first = await self._with_progress(anext(steps), session, report)
+            async for step in _prepend(first, steps):
+                token, finish = step.token_id, step.finish_reason
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                await stream.write(pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish),
+                await stream.write(pb.GenerateResponse(position=step.position, token_id=token, finish_reason=int(finish),
                                                        text=text,
                                                        forward_passes=session.forward_passes if finish else 0))
-                if finish:
-                    return
-                # A block of just the anchor is one plain decoding step.
-                verdict = await self.worker.run(session.verify, DraftBlock(position, [token]))
-                assert not verdict.stale, "generation lost track of its own position"
-                position, token, finish = position + 1, verdict.next_token, verdict.finish_reason
         finally:
             await self._release(session_id, session)
 
-    async def _prefill(self, session: VerifierSession, report) -> SessionStarted:
-        """Runs the session's prefill chunk by chunk on the model thread; returns its first token.
+    async def _with_progress(self, first_answer, session: VerifierSession, report):
+        """Awaits a session's first answer, reporting progress until it comes.
 
         `report(pb.Progress)` sends a progress message: once at once, before any model work
-        (the prefill may queue behind other sessions'), after every chunk but the last, and
-        every PROGRESS_INTERVAL_S while the model thread is computing one of this session's
-        chunks, however slow the machine. Nothing is sent while the session only waits for
-        the model thread, so a cloud whose model thread is stuck falls silent.
+        (the prefill may queue behind other sessions'), then every PROGRESS_INTERVAL_S once the
+        scheduler has taken the session up (it then feeds the prompt chunk by chunk until the
+        first token), however slow each pass. Nothing is sent while the session only waits to
+        be taken up, so a cloud whose model thread is stuck falls silent and the edge moves on.
         """
-        await report(pb.Progress(prefilled_tokens=0, prefill_tokens=session.prefill_tokens))
-        await self.worker.run(session.begin)
-        while True:
-            chunk = asyncio.ensure_future(self.worker.run(session.prefill_chunk))
-            while not (await asyncio.wait({chunk}, timeout=PROGRESS_INTERVAL_S))[0]:
-                if session.computing:
+        await report(self._progress(session))
+        answer = asyncio.ensure_future(first_answer)
+        try:
+            while not (await asyncio.wait({answer}, timeout=PROGRESS_INTERVAL_S))[0]:
+                if session.table is not None:  # taken up: begin() ran on the model thread
                     await report(self._progress(session))
-            if chunk.result():
-                return await self.worker.run(session.first_token)
-            await report(self._progress(session))
+            return answer.result()
+        finally:
+            answer.cancel()
 
     @staticmethod
     def _progress(session: VerifierSession) -> pb.Progress:
-        return pb.Progress(prefilled_tokens=session.prefilled_tokens, prefill_tokens=session.prefill_tokens)
+        return pb.Progress(prefilled_tokens=session.prefilled, prefill_tokens=session.prefill_length)
+
+    def _session(self, request: SessionOpen) -> VerifierSession:
+        return VerifierSession(self.model, request, self.limits, self.prefix_cache, self.scheduler.kv)
 
     async def _release(self, session_id: int, session: VerifierSession) -> None:
         """Frees the session's KV cache, then its reservation.
 
-        The close queues behind any forward pass still running for this session (a cancelled
-        call does not stop the model thread), and runs even if this call is cancelled again.
+        The close waits for the step in flight (a cancelled call does not stop the model
+        thread), and runs even if this call is cancelled again.
         """
-        closed = asyncio.wrap_future(self.worker.submit(session.close))
         try:
-            await asyncio.shield(closed)
+            await self.scheduler.close(session)
         finally:
             self.registry.remove(session_id)

@@ -47,9 +47,9 @@ def check_range(value: float, flag: str, low: float | None = None, high: float |
 def check_readable_file(path: str, flag: str) -> Path:
     p = Path(path)
     if not p.exists():
-        raise InvalidArgument(f"{flag} {path!r}: no such file")
+        raise InvalidArgument(f"cannot read {flag} {path!r}: no such file")
     if not p.is_file():
-        raise InvalidArgument(f"{flag} {path!r} is not a file")
+        raise InvalidArgument(f"cannot read {flag} {path!r}: not a file")
     try:
         with p.open("rb") as f:
             f.read(1)

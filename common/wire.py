@@ -212,7 +212,6 @@ class ModelInfo:
     chat_template: str = ""
     max_stop_tokens: int = 0
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
-    prefill_chunk_tokens: int = 0  # 0: the cloud prefills in one pass, without progress messages
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -229,7 +228,6 @@ class ModelInfo:
             chat_template=m.chat_template,
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
-            prefill_chunk_tokens=m.prefill_chunk_tokens,
         )
 
     def to_pb(self) -> pb.InfoResponse:
@@ -248,5 +246,4 @@ class ModelInfo:
                 idle_timeout_ms=round(self.idle_timeout_s * 1000),
             ),
             chat_template=self.chat_template,
-            prefill_chunk_tokens=self.prefill_chunk_tokens,
         )

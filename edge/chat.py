@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise InvalidArgument("--max-tokens must be >= 1")
+    EdgeConfig.from_args(args).validate()  # before anything loads
     if not args.verbose:  # the screen is the chat's: it says itself when the cloud is unreachable
         logging.getLogger().setLevel(logging.ERROR)
     return asyncio.run(_chat(args))

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     check_range(args.temperature, "--temperature", 0)
     check_range(args.top_k, "--top-k", 0)
     check_range(args.top_p, "--top-p", 0, 1, low_open=True)
-    EdgeConfig.from_args(args)  # validates before anything loads
+    EdgeConfig.from_args(args).validate()  # before anything loads
     return asyncio.run(_generate(args))
 
 

@@ -41,8 +41,8 @@ class EdgeConfig:
     keepalive_s: float = 5.0
     response_timeout_s: float = 120.0
 
-    def validate(self) -> None:
-        """InvalidArgument for a setting that cannot work, before anything is loaded."""
+    def validate(self) -> EdgeConfig:
+        """InvalidArgument for a setting that cannot work; commands call it before loading anything."""
         if self.cloud is not None:
             check_address(self.cloud, "--cloud")
         for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model")):
@@ -68,6 +68,7 @@ class EdgeConfig:
         if self.token_file:
             check_readable_file(self.token_file, "--token-file")
             read_token(self.token_file)
+        return self
 
     def security(self) -> ChannelSecurity:
         return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
@@ -154,7 +155,6 @@ class EdgeConfig:
             speculation=speculation_from_args(args),
             fallback=FallbackConfig.from_args(args),
         )
-        config.validate()
         return config
 
 

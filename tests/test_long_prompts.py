@@ -1,10 +1,9 @@
 """Long prompts: a cloud at work is never taken for a dead one; a silent one still is.
 
-The cloud acknowledges a session at once and reports progress after every prefill chunk, so
-the edge's silence timeout (the fallback timeout) measures silence, not work. Prompts beyond
-the draft's context are answered by the cloud alone (exactly), prompts beyond the cloud's
-context get a clear INVALID_ARGUMENT naming both numbers, and a growing prompt reuses the
-chunks the prefix cache holds of its earlier part, bit for bit.
+The cloud acknowledges a session at once and reports progress while it prefills, so the
+edge's silence timeout (the fallback timeout) measures silence, not work. Prompts beyond the
+draft's context are answered by the cloud alone (exactly), and prompts beyond the cloud's
+context get a clear error naming both numbers, in the CLI, `tandem serve` and the SDK.
 """
 
 from __future__ import annotations
@@ -41,10 +40,10 @@ class SlowPrefillTarget:
         self.prompt_tokens = prompt_tokens
         self.seconds_per_pass = seconds_per_pass
 
-    def forward(self, cache, token_ids, keep_logits):
-        if self._target.cache_length(cache) < self.prompt_tokens:
+    def forward_batch(self, pool, segments):
+        if any(segment.table.length < self.prompt_tokens for segment in segments):
             time.sleep(self.seconds_per_pass)
-        return self._target.forward(cache, token_ids, keep_logits)
+        return self._target.forward_batch(pool, segments)
 
     def __getattr__(self, name):
         return getattr(self._target, name)
@@ -71,47 +70,47 @@ async def run_engine(address, drafter, prompt, max_new_tokens, *, fallback=None,
             await client.close()
 
 
-def test_progress_messages_come_first_one_per_chunk(cloud_factory, tiny_target, tiny_drafter):
-    cloud = cloud_factory(limits=SessionLimits(prefill_chunk_tokens=CHUNK))
+def test_progress_comes_at_once_and_before_the_first_token(cloud_factory, tiny_target, tiny_drafter):
+    cloud = cloud_factory(max_batch_tokens=CHUNK)
     prompt = long_prompt(tiny_drafter("exact"), 5 * CHUNK + 3)
     responses, code, _ = speculate(cloud.address, [open_request(tiny_target, prompt, max_new_tokens=4)],
                                    progress=True)
     assert code == grpc.StatusCode.OK
     kinds = [r.WhichOneof("kind") for r in responses]
-    assert kinds == ["progress"] * (len(kinds) - 1) + ["started"]
+    assert kinds[0] == "progress" and kinds[-1] == "started" and set(kinds[:-1]) == {"progress"}
     done = [r.progress.prefilled_tokens for r in responses[:-1]]
-    # The acknowledgement, then every chunk but the last (and a report every 0.5 s of a chunk).
-    assert done[0] == 0 and done == sorted(done) and set(done) == {0, 8, 16, 24, 32, 40}
+    assert done[0] == 0 and done == sorted(done) and done[-1] <= len(prompt)  # the acknowledgement, then more
     assert all(r.progress.prefill_tokens == len(prompt) for r in responses[:-1])
-    assert responses[-1].started.forward_passes == 6  # a pass per chunk
+    assert responses[-1].started.forward_passes == 6  # the prompt went in 8-token chunks
 
 
 def test_chunked_prefill_is_the_targets_greedy_output(cloud_factory, tiny_target, tiny_drafter):
-    cloud = cloud_factory(limits=SessionLimits(prefill_chunk_tokens=CHUNK))
+    cloud = cloud_factory(max_batch_tokens=CHUNK)
     drafter = tiny_drafter("noisy")
     prompt = long_prompt(drafter, 6 * CHUNK + 5)
     expected = hf_greedy(tiny_target, prompt, 24)
     for mode in ("hybrid", "cloud"):
         generation, _ = asyncio.run(run_engine(cloud.address, drafter, prompt, 24, mode=mode))
         assert generation.token_ids == expected, mode
-        if mode == "hybrid":
-            assert generation.stats.prefill_progress >= -(-len(prompt) // CHUNK)  # the ack + all chunks but the last
+        assert generation.stats.prefill_progress >= 1, mode  # at least the acknowledgement
 
 
 def test_a_slow_prefill_stays_hybrid(cloud_factory, tiny_target, tiny_drafter):
-    """Each prefill chunk takes 1.5 s, the fallback timeout is 1 s: still the cloud."""
-    cloud = cloud_factory(limits=SessionLimits(prefill_chunk_tokens=CHUNK))
+    """Each prefill pass takes 1.5 s, the fallback timeout is 1 s: still the cloud."""
+    cloud = cloud_factory(max_batch_tokens=CHUNK)
     drafter = tiny_drafter("noisy")
     prompt = long_prompt(drafter, 2 * CHUNK + 3)
-    cloud.running.service.model = SlowPrefillTarget(tiny_target, len(prompt), 1.5)
+    scheduler = cloud.running.worker
+    scheduler.model = SlowPrefillTarget(tiny_target, len(prompt), 1.5)
     try:
         generation, seconds = asyncio.run(run_engine(cloud.address, drafter, prompt, 8,
                                                      fallback=FallbackConfig(timeout_s=1.0)))
     finally:
-        cloud.running.service.model = tiny_target
+        scheduler.model = tiny_target
     assert not generation.degraded, generation.fallback_reason
     assert generation.answered_by == "hybrid"
     assert generation.stats.ttft_s > 4.5  # three chunks, each longer than the timeout
+    assert generation.stats.prefill_progress >= 4
     assert generation.token_ids == hf_greedy(tiny_target, prompt, 8)
 
 
@@ -228,31 +227,6 @@ def test_local_fallback_beyond_the_drafts_context_is_an_error_not_an_empty_answe
             asyncio.run(run_engine(None, drafter, prompt, 4, mode="edge"))
     finally:
         drafter.close()
-
-
-def test_a_growing_prompt_reuses_the_cached_chunks_bit_for_bit(cloud_factory, tiny_target, tiny_drafter):
-    """A chat's next turn prefills only the chunks after the last turn's last chunk boundary."""
-    drafter = tiny_drafter("noisy")
-    turn1 = long_prompt(drafter, 4 * CHUNK + 3)
-    turn2 = turn1 + drafter.tokenize(" and then a blue one, and a green one too.")
-    limits = SessionLimits(prefill_chunk_tokens=CHUNK)
-    cold = cloud_factory(limits=limits)
-    warm = cloud_factory(limits=limits, prefix_cache_mb=64)
-
-    def started(cloud, prompt):
-        responses, code, _ = speculate(cloud.address, [open_request(tiny_target, prompt, max_new_tokens=1)])
-        assert code == grpc.StatusCode.OK
-        return responses[0].started
-
-    started(warm, turn1)
-    reused, fresh = started(warm, turn2), started(cold, turn2)
-    assert reused.token_id == fresh.token_id
-    boundary = (len(turn1) - 1) // CHUNK * CHUNK
-    assert fresh.forward_passes == -(-len(turn2) // CHUNK)
-    assert reused.forward_passes == -(-(len(turn2) - boundary) // CHUNK)
-    for mode in ("hybrid", "cloud"):
-        answers = [asyncio.run(run_engine(c.address, drafter, turn2, 16, mode=mode))[0].token_ids for c in (warm, cold)]
-        assert answers[0] == answers[1] == hf_greedy(tiny_target, turn2, 16)
 
 
 @pytest.fixture
