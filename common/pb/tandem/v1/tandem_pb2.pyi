@@ -32,7 +32,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template", "prefill_chunk_tokens")
+    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -40,7 +40,6 @@ class InfoResponse(_message.Message):
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
-    PREFILL_CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -48,8 +47,7 @@ class InfoResponse(_message.Message):
     max_context: int
     limits: Limits
     chat_template: str
-    prefill_chunk_tokens: int
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ..., prefill_chunk_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k", "max_stop_tokens", "idle_timeout_ms")
