@@ -254,7 +254,8 @@ class EdgeEngine:
         async for response in self.client.generate(message):
             stats.bytes_received += response.ByteSize()
             if response.HasField("progress"):
-                continue  # the cloud is prefilling (the client's silence timeout restarted)
+                stats.prefill_progress += 1  # the cloud is prefilling (the client's silence timeout restarted)
+                continue
             new = [response.token_id] if response.HasField("token_id") else []
             stats.rounds += len(new)
             if response.finish_reason:
