@@ -61,6 +61,13 @@ class Load:
     verdicts: int = 0  # verdicts received so far, all sessions
 
 
+async def _answer(call) -> pb.SpeculateResponse:
+    """The next response that is not a progress message (the cloud saying it is at work)."""
+    while (response := await call.read()).HasField("progress"):
+        pass
+    return response
+
+
 async def cloud_session(load: Load, prompt: int) -> SessionRecord:
     record = SessionRecord(prompt, started_s=time.monotonic())
     request = pb.GenerateRequest(prompt_token_ids=load.prompts[prompt], max_new_tokens=load.max_tokens,
@@ -88,9 +95,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     await call.write(pb.SpeculateRequest(open=pb.SessionOpen(
         prompt_token_ids=prompt_ids, max_new_tokens=load.max_tokens, sampling=pb.SamplingParams(temperature=0.0),
         tokenizer_fingerprint=load.fingerprint, draft_model_name="load-drafter")))
-    while (response := await call.read()).HasField("progress"):
-        pass  # the cloud's acknowledgement and prefill progress come before `started`
-    started = response.started
+    started = (await _answer(call)).started
     tokens = [started.token_id] if started.HasField("token_id") else []
     finished = started.finish_reason
     last = time.monotonic()
@@ -102,7 +107,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
             drafts.append(right if rng.random() >= load.corrupt_rate else (right + 1 + rng.randrange(100)) % load.vocab_size)
         await call.write(pb.SpeculateRequest(draft=pb.DraftBlock(
             start_position=len(prompt_ids) + len(tokens) - 1, token_ids=[tokens[-1], *drafts])))
-        verdict = (await call.read()).verdict
+        verdict = (await _answer(call)).verdict
         load.verdicts += 1
         now = time.monotonic()
         record.gaps_s.append(now - last)

@@ -23,8 +23,8 @@ from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, Sessio
 
 log = logging.getLogger(__name__)
 
-# While a session's prefill is under way, the edge hears from the cloud at least this often
-# (well below the edge's default fallback timeout of 2 s).
+# While the model works towards a session's next answer, the edge hears from the cloud at least
+# this often (well below the edge's default fallback timeout of 2 s).
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -76,12 +76,14 @@ class TandemService(pb_grpc.TandemServicer):
         session_id = self.registry.add(session)
         try:
             report = lambda progress: stream.write(pb.SpeculateResponse(progress=progress))  # noqa: E731
+            await report(self._progress(session))  # the acknowledgement, before any model work
             started = await self._with_progress(self.scheduler.start(session), session, report)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
             while (request := await stream.read()) is not None:
                 if request.WhichOneof("kind") != "draft":
                     raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
-                verdict = await self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
+                verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
+                verdict = await self._with_progress(verify, session, report)
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
             await self._release(session_id, session)
@@ -109,6 +111,7 @@ class TandemService(pb_grpc.TandemServicer):
         try:
             report = lambda progress: stream.write(pb.GenerateResponse(progress=progress))  # noqa: E731
             steps = self.scheduler.generate(session)
+            await report(self._progress(session))  # the acknowledgement, before any model work
             first = await self._with_progress(anext(steps), session, report)
             async for step in _prepend(first, steps):
                 token, finish = step.token_id, step.finish_reason
@@ -121,24 +124,25 @@ class TandemService(pb_grpc.TandemServicer):
         finally:
             await self._release(session_id, session)
 
-    async def _with_progress(self, first_answer, session: VerifierSession, report):
-        """Awaits a session's first answer, reporting progress until it comes.
+    async def _with_progress(self, answer, session: VerifierSession, report):
+        """Awaits `answer` (a first token or a verdict), reporting progress while the model works.
 
-        `report(pb.Progress)` sends a progress message: once at once, before any model work
-        (the prefill may queue behind other sessions'), then every PROGRESS_INTERVAL_S once the
-        scheduler has taken the session up (it then feeds the prompt chunk by chunk until the
-        first token), however slow each pass. Nothing is sent while the session only waits to
-        be taken up, so a cloud whose model thread is stuck falls silent and the edge moves on.
+        `report(pb.Progress)` sends a progress message every PROGRESS_INTERVAL_S while the
+        scheduler is running forward passes (one in flight, or one finished since the last
+        message), however slow each pass: a slow cloud is never silent. Nothing is sent while
+        the model thread does not move, so a cloud whose model is stuck falls silent and the
+        edge moves on.
         """
-        await report(self._progress(session))
-        answer = asyncio.ensure_future(first_answer)
+        task = asyncio.ensure_future(answer)
+        passes = self.scheduler.forward_passes
         try:
-            while not (await asyncio.wait({answer}, timeout=PROGRESS_INTERVAL_S))[0]:
-                if session.table is not None:  # taken up: begin() ran on the model thread
+            while not (await asyncio.wait({task}, timeout=PROGRESS_INTERVAL_S))[0]:
+                if self.scheduler.pass_started is not None or self.scheduler.forward_passes != passes:
+                    passes = self.scheduler.forward_passes
                     await report(self._progress(session))
-            return answer.result()
+            return task.result()
         finally:
-            answer.cancel()
+            task.cancel()
 
     @staticmethod
     def _progress(session: VerifierSession) -> pb.Progress:

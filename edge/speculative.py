@@ -410,8 +410,8 @@ class SpeculativeRun:
     async def _next_response(self, expected: str | None):
         """The next response (None at the end of the stream); sets `_arrived_at` to when it came.
 
-        Progress messages before `started` are skipped: each one restarts the silence timeout,
-        so a cloud that is prefilling a long prompt is waited for, a silent one is not.
+        Progress messages are skipped: each one restarts the silence timeout, so a cloud that
+        is prefilling a long prompt or verifying slowly is waited for, a silent one is not.
         """
         while True:
             self._arrived_at, response = await self._timed(self._responses.get(), expected or "end of stream")
@@ -425,8 +425,6 @@ class SpeculativeRun:
                 raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
             if response.WhichOneof("kind") != "progress":
                 break
-            if expected != "started":
-                raise ProtocolError("the cloud sent prefill progress after the session had started")
             self.stats.prefill_progress += 1
         kind = response.WhichOneof("kind")
         if expected is not None and kind != expected:

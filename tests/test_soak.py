@@ -64,7 +64,7 @@ def full_session(stub, rng, fingerprint) -> None:
         drafts = [rng.randrange(1000, 40000) for _ in range(3)]
         call_requests.put(pb.SpeculateRequest(draft=pb.DraftBlock(start_position=position,
                                                                   token_ids=[token, *drafts])))
-        verdict = next(responses).verdict
+        verdict = next_answer(responses).verdict
         assert not verdict.stale
         accepted = drafts[: verdict.accepted_count]
         position += len(accepted) + (1 if verdict.HasField("next_token") else 0)
@@ -86,11 +86,15 @@ def cancelled_session(stub, rng, fingerprint) -> None:
     call_requests.close()
 
 
-def first_answer(responses) -> pb.SessionStarted:
-    """The `started` message, after the progress messages before it."""
+def next_answer(responses) -> pb.SpeculateResponse:
+    """The next response that is not a progress message."""
     while (response := next(responses)).HasField("progress"):
         pass
-    return response.started
+    return response
+
+
+def first_answer(responses) -> pb.SessionStarted:
+    return next_answer(responses).started
 
 
 class _Requests:
