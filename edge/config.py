@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from common.channel import ChannelSecurity, Keepalive, read_token
 from common.settings import env
@@ -11,9 +13,17 @@ from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
 
 
+class LocalCloud(Protocol):
+    """A cloud service started in this process for an EdgeConfig without a `cloud` address."""
+
+    address: str
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class EdgeConfig:
-    cloud: str | None = None  # HOST:PORT; None starts an embedded cloud on loopback
+    cloud: str | None = None  # HOST:PORT; None starts a local cloud with `start_cloud`
     draft_model: str | None = None  # GGUF or HF Llama directory; None = the default SmolLM2 Q4_1
     draft_dtype: str = "f16"  # weight type when draft_model is an HF directory converted to GGUF
     target_model: str | None = None  # the embedded cloud's model (only without --cloud)
@@ -31,6 +41,10 @@ class EdgeConfig:
     token: str | None = field(default=None, repr=False)  # for the SDK; never a CLI flag (ps would show it)
     keepalive_s: float = 5.0
     response_timeout_s: float = 120.0
+    # Starts a cloud serving target_model on loopback when `cloud` is None. edge/ cannot import
+    # cloud/, so a layer above both hands it cloud.embedded.start_on_loopback: the `tandem`
+    # command, tandem.Tandem, bench.
+    start_cloud: Callable[[str | None], LocalCloud] | None = field(default=None, repr=False, compare=False)
 
     def security(self) -> ChannelSecurity:
         return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
@@ -116,6 +130,7 @@ class EdgeConfig:
             response_timeout_s=args.response_timeout,
             speculation=speculation_from_args(args),
             fallback=FallbackConfig.from_args(args),
+            start_cloud=getattr(args, "start_cloud", None),
         )
 
 

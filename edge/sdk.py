@@ -1,7 +1,7 @@
 """The Python SDK: stream text from the hybrid runtime in three lines.
 
     from edge import Tandem
-    tandem = Tandem("cloud.example.com:50051")      # or Tandem() for an embedded local cloud
+    tandem = Tandem("cloud.example.com:50051")      # tandem.Tandem() also starts a local cloud
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
 AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`). Options are

@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edge import chat as chat_cli
     from edge import cli as edge_cli
     from edge import serve as serve_cli
+    from cloud.embedded import start_on_loopback
 
     parser = argparse.ArgumentParser(
         prog="tandem",
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the cloud model's.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Edge commands without --cloud start one on loopback (edge/ cannot import cloud/ itself).
+    parser.set_defaults(start_cloud=start_on_loopback)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cloud_cli.add_parser(subparsers)
     edge_cli.add_parser(subparsers)

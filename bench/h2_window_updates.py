@@ -5,7 +5,7 @@ shows WINDOW_UPDATE frames as a large share of its bytes. This isolates the caus
 Tandem: a generic bidirectional stream, 40-byte requests answered by 8-byte replies, through
 the byte-counting relay, under a few channel options.
 
-    python scripts/h2_window_updates.py
+    python -m bench.h2_window_updates
 
 Measured with grpcio 1.85: every DATA frame received is answered by two WINDOW_UPDATE frames
 (stream and connection level, 13 bytes each), whatever `grpc.http2.lookahead_bytes` says.
@@ -14,15 +14,11 @@ Measured with grpcio 1.85: every DATA frame received is answered by two WINDOW_U
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.h2frames import FrameTally  # noqa: E402
-from common.relay import LinkConfig, RelayThread  # noqa: E402
+from bench.h2frames import FrameTally
+from common.relay import LinkConfig, RelayThread
 
 EXCHANGES = 200
 OPTION_SETS = {
