@@ -17,7 +17,9 @@ from pathlib import Path
 
 from bench.pin import parse_cpus
 from bench.prompts import PROMPTS
-from edge.config import EdgeConfig, speculation_flags, speculation_from_args
+from common import settings
+from edge.config import speculation_flags, speculation_from_args
+from edge.speculative import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:
@@ -41,7 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
     parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
-    EdgeConfig.add_speculation_arguments(parser)
+    settings.add_arguments(parser, SpeculationConfig)
     parser.set_defaults(run=run)
 
 

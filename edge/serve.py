@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from aiohttp import web
 
 from common.errors import TandemError
-from common.settings import env
+from common import settings
+from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
 from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion
@@ -43,29 +44,27 @@ _HTTP_ERRORS = {
 }
 
 
+HTTP = "HTTP endpoint"
+
+
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback: other machines can't reach a desktop endpoint by default
-    port: int = 8000
-    model_name: str = "tandem"  # the id /v1/models lists; requests may name any model
-    default_max_tokens: int = 512  # when a request sets neither max_tokens nor max_completion_tokens
+    # Loopback: other machines can't reach a desktop endpoint by default.
+    host: str = setting("127.0.0.1", "interface to bind (default %(default)s: this machine only)",
+                        env="SERVE_HOST", group=HTTP)
+    port: int = setting(8000, "port; 0 picks a free one (default %(default)s)", env="SERVE_PORT", group=HTTP)
+    # Requests may name any model.
+    model_name: str = setting("tandem", "model id listed by /v1/models (default %(default)s)", group=HTTP)
+    default_max_tokens: int = setting(512, "answer length when a request sets neither max_tokens nor "
+                                           "max_completion_tokens (default %(default)s)", group=HTTP)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        d = ServeConfig()
-        g = parser.add_argument_group("HTTP endpoint")
-        g.add_argument("--host", default=env("SERVE_HOST", d.host),
-                       help="interface to bind (default %(default)s: this machine only) [TANDEM_SERVE_HOST]")
-        g.add_argument("--port", type=int, default=env("SERVE_PORT", d.port),
-                       help="port; 0 picks a free one (default %(default)s) [TANDEM_SERVE_PORT]")
-        g.add_argument("--model-name", default=d.model_name,
-                       help="model id listed by /v1/models (default %(default)s)")
-        g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                       help="answer length when a request sets none (default %(default)s)")
+        settings.add_arguments(parser, ServeConfig)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
-        return cls(args.host, args.port, args.model_name, args.default_max_tokens)
+        return settings.from_args(cls, args)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import grpc
 
 from common.errors import CloudUnavailable, TandemError
+from common.settings import setting
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
 from edge.client import CountedStream, error_from_rpc
@@ -38,14 +39,26 @@ class ProtocolError(TandemError):
     """The cloud answered something the protocol does not allow."""
 
 
+SPECULATION = "speculation"
+
+
 @dataclass
 class SpeculationConfig:
-    draft_tokens: int = 32  # most drafts per block (the adaptive policy picks fewer when that pays)
-    max_in_flight: int = 4  # most blocks awaiting a verdict at once; 1 = lock-step
+    # The adaptive policy picks fewer when that pays.
+    draft_tokens: int = setting(32, "most drafted tokens per block (default %(default)s)", env="DRAFT_TOKENS",
+                                group=SPECULATION)
+    max_in_flight: int = setting(4, "most draft blocks awaiting a verdict at once; 1 = lock-step "
+                                    "(default %(default)s)", env="MAX_IN_FLIGHT", group=SPECULATION)
     draft_top_k: int = 8  # sparse-q mode: candidates sent per drafted token
-    min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
-    adaptive: bool = True  # block length and depth from measurements (edge/draft_length.py)
-    min_draft_tokens: int = 1  # adaptive block length stays at or above this
+    min_confidence: float = setting(0.1, "end a block after a draft the draft model gives less probability "
+                                         "(default %(default)s)", env="MIN_CONFIDENCE", group=SPECULATION)
+    # Block length and depth from measurements (edge/draft_length.py).
+    adaptive: bool = setting(True, "choose block length and blocks in flight per session from measured "
+                                   "acceptance, draft speed and round trip; --no-adaptive drafts --draft-tokens "
+                                   "per block with --max-in-flight blocks in flight (default %(default)s)",
+                             negatable=True, group=SPECULATION)
+    min_draft_tokens: int = setting(1, "fewest drafted tokens per block the adaptive policy picks "
+                                       "(default %(default)s)", group=SPECULATION)
 
 
 @dataclass
