@@ -21,9 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
-from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
-from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
@@ -225,22 +224,23 @@ class EdgeEngine:
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
-        message = pb.GenerateRequest(
-            prompt_token_ids=request.prompt_token_ids,
-            sampling=request.sampling.to_pb(),
+        stream = self.client.generate(GenerateRequest(
+            prompt_token_ids=list(request.prompt_token_ids),
+            sampling=request.sampling,
             max_new_tokens=request.max_new_tokens,
-            stop_token_ids=request.stop_token_ids,
-            stop_strings=request.stop_strings,
-        )
-        stats.bytes_sent += message.ByteSize()
-        async for response in self.client.generate(message):
-            stats.bytes_received += response.ByteSize()
-            new = [response.token_id] if response.HasField("token_id") else []
+            stop_token_ids=list(request.stop_token_ids),
+            stop_strings=list(request.stop_strings),
+        ))
+        stats.bytes_sent += stream.bytes_sent
+        received_before = stats.bytes_received
+        async for step in stream:
+            stats.bytes_received = received_before + stream.bytes_received
+            new = [step.token_id] if step.token_id is not None else []
             stats.rounds += len(new)
-            if response.finish_reason:
-                stats.cloud_forward_passes = response.forward_passes
+            if step.finish_reason:
+                stats.cloud_forward_passes = step.forward_passes
             stats.mark_tokens(len(new))
-            generation.finish_reason = FinishReason(response.finish_reason)
+            generation.finish_reason = step.finish_reason
             if new:
                 yield new
 

@@ -24,19 +24,12 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
-import grpc
-
-from common.errors import CloudUnavailable, TandemError
+from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
-from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
-from edge.client import CountedStream, error_from_rpc
+from edge.client import SpeculateStream
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
-
-
-class ProtocolError(TandemError):
-    """The cloud answered something the protocol does not allow."""
 
 
 SPECULATION = "speculation"
@@ -120,6 +113,9 @@ class GenerationStats:
         return d
 
 
+_KINDS = {SessionStarted: "started", Verdict: "verdict"}  # what SpeculateStream.read() yields
+
+
 @dataclass
 class _InFlight:
     block: DraftBlock
@@ -130,7 +126,7 @@ class _InFlight:
 class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
-    def __init__(self, drafter, stream: CountedStream, request: SessionOpen, config: SpeculationConfig,
+    def __init__(self, drafter, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
         self.drafter = drafter
@@ -160,11 +156,11 @@ class SpeculativeRun:
         reader = asyncio.create_task(self._read_all())
         try:
             opened_at = time.perf_counter()
-            await self._timed(self.stream.write(pb.SpeculateRequest(open=self.request.to_pb())), "connection")
+            await self._timed(self.stream.open(self.request), "connection")
             prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
             self.lengths.observe_round_trip(self._arrived_at - opened_at)
-            first = self._apply_started(SessionStarted.from_pb(started.started))
+            first = self._apply_started(started)
             if first:
                 yield first
             await prefill
@@ -295,7 +291,7 @@ class SpeculativeRun:
         self.in_flight.append(_InFlight(block, time.perf_counter()))
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.in_flight))
         self.lengths.start_block()
-        await self._timed(self.stream.write(pb.SpeculateRequest(draft=block.to_pb())), "room to send")
+        await self._timed(self.stream.send(block), "room to send")
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         if started.position != len(self.committed):
@@ -309,8 +305,7 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         return new
 
-    def _apply_verdict(self, response: pb.SpeculateResponse) -> list[int]:
-        verdict = Verdict.from_pb(response.verdict)
+    def _apply_verdict(self, verdict: Verdict) -> list[int]:
         if not self.in_flight:
             raise ProtocolError("a verdict arrived for no block in flight")
         sent = self.in_flight.popleft()
@@ -360,8 +355,6 @@ class SpeculativeRun:
                 await self._responses.put((time.perf_counter(), response))
                 if response is None:
                     return
-        except grpc.aio.AioRpcError as exc:
-            await self._responses.put((time.perf_counter(), error_from_rpc(exc)))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
             await self._responses.put((time.perf_counter(), exc))
 
@@ -387,7 +380,7 @@ class SpeculativeRun:
             if expected is None:
                 return None
             raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
-        kind = response.WhichOneof("kind")
+        kind = _KINDS[type(response)]
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")
         return response
