@@ -13,6 +13,7 @@ Measured with grpcio 1.85: every DATA frame received is answered by two WINDOW_U
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import grpc
@@ -57,6 +58,7 @@ async def measure(options) -> dict[str, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print(f"{EXCHANGES} exchanges; frames by direction and type")
     for name, options in OPTION_SETS.items():
         frames = asyncio.run(measure(options))

@@ -14,6 +14,7 @@ from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
 from cloud.streams import CallStream
+from cloud.target_engine import TargetEngine
 from cloud.worker import ModelWorker
 from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
+    def __init__(self, model: TargetEngine, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
                  prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0):
         self.model = model
         self.worker = worker

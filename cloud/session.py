@@ -16,6 +16,7 @@ import numpy as np
 
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
+from cloud.target_engine import TargetEngine
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
@@ -48,7 +49,7 @@ class TokenChooser:
 
 
 class VerifierSession:
-    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None):
+    def __init__(self, model: TargetEngine, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.request = request
         self.limits = limits

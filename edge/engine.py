@@ -24,6 +24,7 @@ from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
+from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
@@ -70,7 +71,7 @@ class Generation:
 
 
 class EdgeEngine:
-    def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
+    def __init__(self, drafter: DraftEngine, client: CloudClient | None, config: SpeculationConfig | None = None,
                  fallback: FallbackConfig | None = None):
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error."""
         self.drafter = drafter

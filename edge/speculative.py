@@ -28,6 +28,7 @@ from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
 from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
 from edge.client import SpeculateStream
+from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
 
@@ -126,7 +127,7 @@ class _InFlight:
 class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
-    def __init__(self, drafter, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
+    def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
         self.drafter = drafter
