@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.pin import parse_cpus
 from bench.prompts import PROMPTS
 from common import settings
+from common.extras import require_extra
 from edge.config import speculation_flags, speculation_from_args
 from edge.speculative import SpeculationConfig
 
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for extra in ("cloud", "edge"):
+        require_extra(extra, "tandem bench")
     from bench import report, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker

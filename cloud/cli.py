@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from cloud.config import CloudConfig
+from common.extras import require_extra
 
 
 def add_parser(subparsers) -> None:
@@ -24,5 +25,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cloud.server import serve
 
+    require_extra("cloud", "tandem cloud")
     asyncio.run(serve(CloudConfig.from_args(args)))
     return 0

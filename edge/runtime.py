@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from common.errors import InvalidArgument
+from common.extras import installed
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Mode
 
@@ -19,14 +20,19 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
     reconnects in the background.
     """
     from edge.client import CloudClient
-    from edge.llama_drafter import LlamaDrafter
 
     if mode != Mode.EDGE and config.cloud is None and config.start_cloud is None:
         raise InvalidArgument("no cloud address: pass one (--cloud HOST:PORT, Tandem(address)), or use "
                               "tandem.Tandem / the tandem command, which start a cloud on loopback")
     embedded = None
-    drafter = await asyncio.to_thread(LlamaDrafter, config.draft_model, config.n_ctx, config.threads,
-                                      convert_dtype=config.draft_dtype)
+    drafter = None
+    # Cloud-only answers need no draft model; the thin client (no llama.cpp) has none and lets
+    # the cloud tokenize and render text (Generate's prompt_text / return_text).
+    if mode != Mode.CLOUD or installed("llama_cpp"):
+        from edge.llama_drafter import LlamaDrafter
+
+        drafter = await asyncio.to_thread(LlamaDrafter, config.draft_model, config.n_ctx, config.threads,
+                                          convert_dtype=config.draft_dtype)
     client = None
     try:
         if mode != Mode.EDGE:
@@ -48,4 +54,5 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
             await client.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
-        drafter.close()
+        if drafter is not None:
+            drafter.close()

@@ -23,10 +23,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ImportError:  # the thin client: run() says which extra `tandem serve` needs
+    web = None
 
-from common.errors import TandemError
 from common import settings
+from common.errors import TandemError
+from common.extras import require_extra
 from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
@@ -86,7 +90,7 @@ class OpenAIServer:
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[web.middleware(_errors_as_json)], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -234,7 +238,6 @@ def _api_error(exc: TandemError) -> ApiError:
     return ApiError(status, str(exc), kind=kind, code=exc.code.lower())
 
 
-@web.middleware
 async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     """Every error answers in OpenAI's shape: {"error": {message, type, param, code}}."""
     try:
@@ -271,6 +274,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("edge", "tandem serve")
     asyncio.run(_serve(ServeConfig.from_args(args), EdgeConfig.from_args(args), args.mode))
     return 0
 
