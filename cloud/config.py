@@ -27,6 +27,8 @@ class CloudConfig:
     dtype: str = setting("auto", "weights dtype; auto = float32 on CPU, bfloat16 on CUDA", env="DTYPE",
                          choices=("auto", "float32", "bfloat16", "float16", "float64"))
     threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS")
+    metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
+                                   "0 disables (default %(default)s)", env="METRICS_PORT")
     # Trust: TLS (with a client CA: mutual TLS) and bearer tokens. None = off.
     tls_cert: str | None = setting(None, "serve TLS with this PEM certificate chain (needs --tls-key)",
                                    env="TLS_CERT", metavar="FILE", group=SECURITY)
@@ -45,6 +47,10 @@ class CloudConfig:
         0, "KV-cache memory all sessions together may reserve, in MiB; a session reserves its worst case "
            "(prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. 0 = half the memory free on "
            "the model's device after loading", env="MAX_KV_MIB", group=LIMITS)
+    max_batch_tokens: int = setting(
+        256, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
+             "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
+             "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS)
     prefix_cache_mb: int = setting(
         256, "memory for KV snapshots of repeated prompts (cloud/prefix_cache.py), so sampling N completions "
              "of one prompt prefills it once; 0 disables (default %(default)s)", env="PREFIX_CACHE_MB",
@@ -70,6 +76,10 @@ class CloudConfig:
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidArgument("--metrics-port must be a port number (0 disables)")
+        if self.max_batch_tokens < 1:
+            raise InvalidArgument("--max-batch-tokens must be >= 1")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
         if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:

@@ -1,9 +1,9 @@
 """The seam for target engines: what the cloud needs from the model that verifies drafts.
 
-A new target (a batched one, a CUDA one, another runtime) is one module implementing
-TargetEngine (as cloud/model.py does for transformers) plus its tests; the session
-(cloud/session.py), the service and the server only use what is declared here. The KV cache
-is opaque: the engine makes it, extends it, measures, copies and crops it.
+A new target (a CUDA one, another runtime) is one module implementing TargetEngine (as
+cloud/model.py does for transformers) plus its tests; the scheduler (cloud/scheduler.py), the
+sessions, the service and the server only use what is declared here. The KV pool is the
+engine's: sessions hold block tables in it, and one forward pass serves many sessions.
 """
 
 from __future__ import annotations
@@ -31,21 +31,16 @@ class TargetEngine(Protocol):
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; special tokens render as nothing (as on the edge)."""
 
-    def new_cache(self) -> Any:
-        """An empty KV cache for one session."""
+    def new_kv_pool(self) -> Any:
+        """An empty KV pool (cloud.model.PagedKV for transformers) that sessions' block tables live in."""
 
-    def cache_length(self, cache: Any) -> int:
-        """Positions held in `cache`."""
+    def forward_batch(self, pool: Any, segments: Sequence[Any]) -> list[np.ndarray]:
+        """One forward pass over every segment's tokens (cloud.model.Segment: a session's block
+        table, its new token ids, how many logits to keep), each appended to its own KV cache.
 
-    def copy_cache(self, cache: Any) -> Any:
-        """An independent copy (prefix-cache snapshots)."""
-
-    def forward(self, cache: Any, token_ids: Sequence[int], keep_logits: int) -> np.ndarray:
-        """Appends token_ids to the cache; returns the last keep_logits rows of logits,
-        [keep_logits, vocab] float32."""
-
-    def crop(self, cache: Any, length: int) -> None:
-        """Drops cached positions from `length` on (the rollback after a rejection)."""
+        Returns, per segment, the logits of its last `keep` tokens, [keep, vocab] float32. On
+        failure every table is as before.
+        """
 
     def free_memory_bytes(self) -> int:
         """Memory still free where the model runs (the default KV-cache budget is half)."""

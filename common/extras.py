@@ -12,8 +12,9 @@ import importlib.util
 from common.errors import FailedPrecondition
 
 EXTRAS = {
-    "cloud": ("torch", "transformers"),  # the target model
-    "edge": ("llama_cpp", "aiohttp", "jinja2"),  # the draft model, `tandem serve`, chat templates
+    "cloud": ("torch", "transformers", "prometheus_client"),  # the target model, its metrics
+    # The draft model, `tandem serve` and its metrics, chat templates.
+    "edge": ("llama_cpp", "aiohttp", "prometheus_client", "jinja2"),
     "bench": ("matplotlib",),  # `tandem bench` plots
 }
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from cloud.embedded import start_on_loopback
 from edge import sdk
 from edge.config import EdgeConfig
 from edge.sdk import Completion, Delta  # noqa: F401  (re-exported)
+
+
+def start_on_loopback(model: str | None):
+    from cloud.embedded import start_on_loopback as start  # the cloud's server stack: only when needed
+
+    return start(model)
 
 
 def _with_local_cloud(cloud: str | None, draft_model: str | None, config: EdgeConfig | None) -> EdgeConfig:
