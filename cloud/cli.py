@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("cloud", "tandem cloud")
     from cloud.server import serve
 
-    require_extra("cloud", "tandem cloud")
     asyncio.run(serve(CloudConfig.from_args(args)))
     return 0
