@@ -13,10 +13,9 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.channel import ChannelSecurity, open_channel
-from common.checks import check_address, check_key_pair, check_pem_certificate, check_range
-from common.errors import InvalidArgument
-from common.settings import env
+from common import settings
+from common.channel import ChannelSecurity, ChannelSettings, open_channel
+from common.checks import check_address, check_range
 
 
 def add_parser(subparsers) -> None:
@@ -26,14 +25,11 @@ def add_parser(subparsers) -> None:
         description="Ask a cloud's grpc.health.v1 service whether it is SERVING: exit 0 if so, 1 otherwise "
                     "(NOT_SERVING while it drains, or unreachable). No token needed.",
     )
-    parser.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", "127.0.0.1:50051"),
+    parser.add_argument("--cloud", metavar="HOST:PORT", default=settings.env_value("CLOUD", "127.0.0.1:50051"),
                         help="the cloud (default %(default)s) [TANDEM_CLOUD]")
     parser.add_argument("--service", default="", help="service name to ask about; '' = the whole server")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up (default %(default)s)")
-    parser.add_argument("--cloud-ca", metavar="FILE", default=env("CLOUD_CA", None), help="PEM CA (implies TLS)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's roots")
-    parser.add_argument("--client-cert", metavar="FILE", default=env("CLIENT_CERT", None), help="mutual TLS cert")
-    parser.add_argument("--client-key", metavar="FILE", default=env("CLIENT_KEY", None), help="mutual TLS key")
+    settings.add_arguments(parser, ChannelSettings)
     parser.set_defaults(run=run)
 
 
@@ -51,14 +47,9 @@ async def check(address: str, security: ChannelSecurity, service: str = "", time
 def run(args: argparse.Namespace) -> int:
     check_address(args.cloud, "--cloud")
     check_range(args.timeout, "--timeout", 0, low_open=True)
-    if args.cloud_ca:
-        check_pem_certificate(args.cloud_ca, "--cloud-ca")
-    if bool(args.client_cert) != bool(args.client_key):
-        raise InvalidArgument("--client-cert and --client-key go together")
-    if args.client_cert:
-        check_key_pair(args.client_cert, args.client_key, "--client-cert", "--client-key")
-    security = ChannelSecurity(tls=args.tls, ca_file=args.cloud_ca, client_cert=args.client_cert,
-                               client_key=args.client_key)
+    channel = settings.from_args(ChannelSettings, args)
+    channel.validate()
+    security = channel.security()
     status = asyncio.run(check(args.cloud, security, args.service, args.timeout))
     print(status, file=sys.stdout if status == "SERVING" else sys.stderr)
     return 0 if status == "SERVING" else 1

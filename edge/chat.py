@@ -22,6 +22,7 @@ import sys
 import threading
 
 from common.errors import InvalidArgument, TandemError
+from common.extras import require_extra
 from edge.config import EdgeConfig
 from edge.engine import Generation, Mode
 
@@ -135,6 +136,7 @@ def stats_line(generation: Generation, prompt_tokens: int) -> str:
 async def _chat(args: argparse.Namespace) -> int:
     from edge.sdk import AsyncTandem
 
+    require_extra("edge", "tandem chat")
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed)
     async with AsyncTandem(config=EdgeConfig.from_args(args)) as tandem:

@@ -24,31 +24,39 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
-import grpc
-
-from common.errors import CloudUnavailable, TandemError
-from common.pb.tandem.v1 import tandem_pb2 as pb
-from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
-from edge.client import CountedStream, error_from_rpc
+from common.errors import CloudUnavailable, ProtocolError
+from common.settings import setting
+from common.wire import DraftBlock, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
+from edge.client import SpeculateStream
+from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
 
 
-class ProtocolError(TandemError):
-    """The cloud answered something the protocol does not allow."""
+SPECULATION = "speculation"
 
 
 @dataclass
 class SpeculationConfig:
-    draft_tokens: int = 32  # most drafts per block (the adaptive policy picks fewer when that pays)
-    max_in_flight: int = 4  # most blocks awaiting a verdict at once; 1 = lock-step
+    # The adaptive policy picks fewer when that pays.
+    draft_tokens: int = setting(32, "most drafted tokens per block (default %(default)s)", env="DRAFT_TOKENS",
+                                group=SPECULATION)
+    max_in_flight: int = setting(4, "most draft blocks awaiting a verdict at once; 1 = lock-step "
+                                    "(default %(default)s)", env="MAX_IN_FLIGHT", group=SPECULATION)
     draft_top_k: int = 8  # sparse-q mode: candidates sent per drafted token
-    min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
-    adaptive: bool = True  # block length and depth from measurements (edge/draft_length.py)
-    min_draft_tokens: int = 1  # adaptive block length stays at or above this
+    min_confidence: float = setting(0.1, "end a block after a draft the draft model gives less probability "
+                                         "(default %(default)s)", env="MIN_CONFIDENCE", group=SPECULATION)
+    # Block length and depth from measurements (edge/draft_length.py).
+    adaptive: bool = setting(True, "choose block length and blocks in flight per session from measured "
+                                   "acceptance, draft speed and round trip; --no-adaptive drafts --draft-tokens "
+                                   "per block with --max-in-flight blocks in flight (default %(default)s)",
+                             negatable=True, group=SPECULATION)
+    min_draft_tokens: int = setting(1, "fewest drafted tokens per block the adaptive policy picks "
+                                       "(default %(default)s)", group=SPECULATION)
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
-    # where the two prefills would slow each other and so the first token.
+    # where the two prefills would slow each other and so the first token. Not a flag: the
+    # runtime sets it for an embedded cloud.
     defer_draft_prefill: bool = False
 
 
@@ -70,7 +78,7 @@ class GenerationStats:
     # the sequence was longer than the draft's context, and the cloud generated alone.
     drafting: str = "on"
     drafting_off_at: int | None = None
-    prefill_progress: int = 0  # progress messages the cloud sent while it prefilled
+    prefill_progress: int = 0  # progress messages: the cloud saying it is at work (a long prefill, a slow pass)
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -118,6 +126,9 @@ class GenerationStats:
         return d
 
 
+_KINDS = {SessionStarted: "started", Verdict: "verdict"}  # what SpeculateStream.read() yields
+
+
 @dataclass
 class _InFlight:
     block: DraftBlock
@@ -128,7 +139,7 @@ class _InFlight:
 class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
-    def __init__(self, drafter, stream: CountedStream, request: SessionOpen, config: SpeculationConfig,
+    def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
         self.drafter = drafter
@@ -161,13 +172,13 @@ class SpeculativeRun:
         reader = asyncio.create_task(self._read_all())
         try:
             opened_at = time.perf_counter()
-            await self._timed(self.stream.write(pb.SpeculateRequest(open=self.request.to_pb())), "connection")
+            await self._timed(self.stream.open(self.request), "connection")
             if not self.config.defer_draft_prefill:
                 self._prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
             # The acknowledgement times the round trip; `started` also waited for the prefill.
             self.lengths.observe_round_trip((self._first_reply_at or self._arrived_at) - opened_at)
-            first = self._apply_started(SessionStarted.from_pb(started.started))
+            first = self._apply_started(started)
             if first:
                 yield first
             if self._prefill is None:
@@ -323,7 +334,7 @@ class SpeculativeRun:
         self.in_flight.append(_InFlight(block, time.perf_counter()))
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.in_flight))
         self.lengths.start_block()
-        await self._timed(self.stream.write(pb.SpeculateRequest(draft=block.to_pb())), "room to send")
+        await self._timed(self.stream.send(block), "room to send")
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         if started.position != len(self.committed):
@@ -337,8 +348,7 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         return new
 
-    def _apply_verdict(self, response: pb.SpeculateResponse) -> list[int]:
-        verdict = Verdict.from_pb(response.verdict)
+    def _apply_verdict(self, verdict: Verdict) -> list[int]:
         if not self.in_flight:
             raise ProtocolError("a verdict arrived for no block in flight")
         sent = self.in_flight.popleft()
@@ -389,8 +399,6 @@ class SpeculativeRun:
                 await self._responses.put((time.perf_counter(), response))
                 if response is None:
                     return
-        except grpc.aio.AioRpcError as exc:
-            await self._responses.put((time.perf_counter(), error_from_rpc(exc)))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
             await self._responses.put((time.perf_counter(), exc))
 
@@ -423,10 +431,10 @@ class SpeculativeRun:
                 if expected is None:
                     return None
                 raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
-            if response.WhichOneof("kind") != "progress":
+            if not isinstance(response, Progress):
                 break
             self.stats.prefill_progress += 1
-        kind = response.WhichOneof("kind")
+        kind = _KINDS[type(response)]
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")
         return response

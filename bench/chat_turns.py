@@ -1,6 +1,6 @@
 """Time to first token of each turn of a long chat through `tandem serve`.
 
-    PYTHONPATH=. python benchmarks/chat_turns.py --turns 20 --max-tokens 48
+    python -m bench.chat_turns --turns 20 --max-tokens 48
 
 Starts `tandem serve` (embedded cloud, default models, prefix cache on), then plays a chat of
 --turns user messages through its OpenAI endpoint, each request carrying the whole history
