@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the CPUs this process may run on")
     g.add_argument("--seed", type=int, default=d.seed)
     g = parser.add_argument_group("export and report")
-    g.add_argument("--quant", default="q8_0",
+    g.add_argument("--quant", default="q4_k_m",
                    help=f"weights of DIR/draft.gguf: one of {', '.join(WEIGHT_TYPES)}; more, comma-separated, "
                         "are written as DIR/draft-TYPE.gguf and reported too")
     g.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,

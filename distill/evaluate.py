@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distill.figures import accepted_prefix, predicted_speedup
-from distill.models import generate
+from distill.models import decode_seconds, generate
 from edge.llama_drafter import LlamaDrafter
 
 SPEED_PASSES = 3
@@ -58,19 +58,11 @@ def reference_continuations(teacher, prompts: list[list[int]], new_tokens: int, 
 
 
 def target_seconds_per_token(teacher, prompt: list[int], steps: int = 16) -> float:
-    """One-token forward passes of the target on a cache, on one torch thread (best of three)."""
+    """One-token forward passes of the target on a KV cache, on one torch thread (best of three)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        best = float("inf")
-        for _ in range(SPEED_PASSES):
-            cache = teacher.new_cache()
-            logits = teacher.forward(cache, prompt, 1)
-            started = time.perf_counter()
-            for _ in range(steps):
-                logits = teacher.forward(cache, [int(np.argmax(logits[-1]))], 1)
-            best = min(best, (time.perf_counter() - started) / steps)
-        return best
+        return min(decode_seconds(teacher.model, prompt, steps) for _ in range(SPEED_PASSES))
     finally:
         torch.set_num_threads(threads)
 

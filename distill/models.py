@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def pruned_student(teacher: TargetModel, keep: int) -> tuple[torch.nn.Module, li
     layers = kept_layers(config.num_hidden_layers, keep)
     _check_architecture(config, "the target")
     config.num_hidden_layers = len(layers)
+    # The cloud routes the target's attention through its paged KV pool under a registered name
+    # (cloud/model.py); the student is an ordinary model, saved for other processes to load.
+    config._attn_implementation = config._attn_implementation.removeprefix("tandem_paged_")
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[i] for i in layers]
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -96,6 +100,20 @@ def _check_architecture(config, what: str) -> None:
     if not set(config.architectures or []) & set(SUPPORTED_ARCHITECTURES):
         raise InvalidArgument(f"{what} is a {', '.join(config.architectures or ['?'])}; the draft is exported "
                               f"through the built-in GGUF converter, which takes {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+
+@torch.inference_mode()
+def decode_seconds(model, prompt: Sequence[int], steps: int) -> float:
+    """Seconds per one-token greedy decode step of `model` on a KV cache after `prompt`."""
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=torch.tensor([list(prompt)], device=device), cache=cache, use_cache=True,
+                   logits_to_keep=1).logits
+    started = time.perf_counter()
+    for _ in range(steps):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        logits = model(input_ids=token, cache=cache, use_cache=True).logits
+    return (time.perf_counter() - started) / steps
 
 
 def save_student(student: torch.nn.Module, teacher: TargetModel, out_dir: Path) -> Path:
