@@ -83,7 +83,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.extras import require_extra
     from distill.prompts import read_prompts, split_heldout
+
+    for extra in ("cloud", "edge"):  # it trains with the target's stack and exports for the draft's
+        require_extra(extra, "tandem distill")
 
     config = _train_config(args)
     quants = _quants(args.quant)

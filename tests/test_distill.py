@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import generate_ids, hf_greedy
-from tiny_models import build_tiny_target, load_llama, tiny_sentencepiece_tokenizer_dir
+from bench.tiny_models import build_tiny_target, load_llama, tiny_sentencepiece_tokenizer_dir
 
 from tandem.cli import main
 
