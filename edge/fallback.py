@@ -70,6 +70,7 @@ class CloudWatch:
         self.last_error = ""
         self.down_since: float | None = None
         self.reconnects = 0  # times the cloud came back after being down
+        self.probing = False  # a reconnect attempt is in flight
         self._task: asyncio.Task | None = None
 
     @property
@@ -95,6 +96,7 @@ class CloudWatch:
         delay = self.config.retry_min_s
         while self.state == CloudState.DOWN:
             await asyncio.sleep(delay)
+            self.probing = True
             try:
                 await self._probe()
             except TandemError as exc:
@@ -103,6 +105,8 @@ class CloudWatch:
                 delay = min(2 * delay, self.config.retry_max_s)
             else:
                 self.mark_up()
+            finally:
+                self.probing = False
 
     async def close(self) -> None:
         if self._task is not None:
@@ -119,4 +123,5 @@ class CloudWatch:
             "last_error": self.last_error or None,
             "down_for_s": round(time.monotonic() - self.down_since, 3) if self.down_since else None,
             "reconnects": self.reconnects,
+            "probing": self.probing,
         }

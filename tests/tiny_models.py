@@ -312,3 +312,33 @@ def top2_margins(logits: np.ndarray) -> np.ndarray:
     """Per position, the top-1 logit minus the runner-up."""
     top2 = np.sort(np.partition(logits, -2, axis=-1)[..., -2:], axis=-1)
     return top2[..., 1] - top2[..., 0]
+
+
+def build_scripted_target(out_dir: Path, tokenizer_dir: Path, after_id: int, script_ids: Sequence[int],
+                          end_id: int) -> Path:
+    """A tiny Llama whose greedy answer after token ``after_id`` is ``script_ids``, then ``end_id``.
+
+    For tests that need the model itself to say something exact (hostile HTML, say): every
+    layer adds nothing (its output projections are zero), so the logits depend on the last
+    token only; each token of the chain gets its own unit vector as embedding and the
+    ``lm_head`` row of its successor points along it. The chain's ids must be distinct (one
+    unit vector each, at most hidden_size - 1 of them) and must not contain ``after_id``.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    chain = [after_id, *script_ids]
+    if len(set(chain)) != len(chain):
+        raise ValueError("the scripted chain needs distinct token ids")
+    build_tiny_target(out_dir, tokenizer_dir)
+    model = LlamaForCausalLM.from_pretrained(out_dir)
+    if len(chain) > model.config.hidden_size:
+        raise ValueError(f"at most {model.config.hidden_size - 1} scripted tokens")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        for i, (token, successor) in enumerate(zip(chain, [*script_ids, end_id])):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[successor, i] = 10.0
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
