@@ -122,8 +122,15 @@ def test_stream_provenance_adds_up(client):
     assert counts["accepted"] + counts["cloud"] == tandem["stats"]["tokens"]
     assert counts["cloud"] <= tandem["stats"]["rounds"]  # at most one cloud-chosen token per round
     whole = client.chat.completions.create(**request)
-    assert whole.model_extra["tandem"]["provenance"]["accepted"] + whole.model_extra["tandem"]["provenance"]["cloud"] \
-        == whole.usage.completion_tokens
+    assert sum(whole.model_extra["tandem"]["provenance"].values()) == whole.usage.completion_tokens
+    # A stop string cuts the answer's tokens; their sources are cut with them.
+    text = whole.choices[0].message.content
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert len(stop) == 3 and text.find(stop) > 0, f"answer too short for this test: {text!r}"
+    cut = client.chat.completions.create(stop=[stop], **request)
+    assert cut.choices[0].finish_reason == "stop"
+    assert sum(cut.model_extra["tandem"]["provenance"].values()) == cut.usage.completion_tokens
+    assert cut.usage.completion_tokens < whole.usage.completion_tokens
 
 
 def test_stop_cancels_the_answer_on_the_server(driver, server, client):
