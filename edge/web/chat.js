@@ -199,7 +199,8 @@
       const response = await fetch("/health", {cache: "no-store"});
       if (!response.ok) return;
       const cloud = (await response.json()).cloud || {};
-      const state = cloud.state === "down" && cloud.probing ? "reconnecting" : cloud.state;
+      // Lost, and the first reconnect attempt still running: reconnecting. Once one failed: down.
+      const state = cloud.state === "down" && cloud.failed_reconnects === 0 ? "reconnecting" : cloud.state;
       showCloud(state || "unknown", cloud.last_error || "");
     } catch (error) {
       showCloud("unknown", "tandem serve is not answering");
