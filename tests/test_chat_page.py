@@ -19,8 +19,8 @@ from chat_page import ChatPage
 from cloud_process import CloudProcess
 from local_server import LocalServer
 from selenium.webdriver.common.by import By
-from tiny_models import build_scripted_target, hf_to_gguf, smollm2_tokenizer_dir
 
+from bench.tiny_models import build_scripted_target, hf_to_gguf, smollm2_tokenizer_dir
 from common.relay import LinkConfig, RelayThread
 from edge.chat_template import render_chat
 from edge.fallback import FallbackConfig
