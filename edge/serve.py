@@ -36,7 +36,6 @@ from common.extras import require_extra
 from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
-from edge.http_guard import HttpGuard
 from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion, progress
 from edge.provenance import runs
 from edge.sdk import AsyncTandem, Delta, completion_of
@@ -102,6 +101,7 @@ class OpenAIServer:
         self.tandem = tandem
         self.config = config or ServeConfig()
         self.counts = RequestCounts()
+        from edge.http_guard import HttpGuard  # aiohttp: the edge extra
         from edge.metrics import EdgeMetrics  # prometheus_client: the edge extra
 
         self.metrics = EdgeMetrics()
