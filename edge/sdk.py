@@ -15,6 +15,7 @@ local model finishes the answer, and `Completion.degraded` / `Delta.degraded` sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -115,14 +116,11 @@ class AsyncTandem:
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         if chat:
             return self.encode_chat([{"role": "user", "content": prompt}])
-        return self.engine.drafter.tokenize(prompt)
+        return self.engine.encode(prompt)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of `messages` ([{role, content}]) in the model's chat template, ready for a reply."""
-        from edge.chat_template import render_chat
-
-        drafter = self.engine.drafter
-        return drafter.tokenize(render_chat(drafter.chat_template, messages))
+        """Token ids of `messages` ([{role, content}]) in the target's chat template, ready for a reply."""
+        return self.engine.encode_chat(messages)
 
     async def deltas(self, prompt_token_ids: list[int], generation: Generation | None = None, **options
                      ) -> AsyncIterator[Delta]:
@@ -174,7 +172,7 @@ class AsyncTandem:
         """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
         await self.start()
         options = dict(options)
-        prompt_ids = self.encode(prompt, options.pop("chat", False))
+        prompt_ids = await asyncio.to_thread(self.encode, prompt, options.pop("chat", False))
         async with contextlib.aclosing(self.deltas(prompt_ids, generation, **options)) as deltas:
             async for delta in deltas:
                 if delta.text:
