@@ -12,7 +12,6 @@ import copy
 import functools
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from common.model_paths import default_gguf_path, model_cache_root
-from common.special_tokens import SpecialTokens
+from common.model_paths import default_gguf_path, model_cache_root, publish_dir
+from common.special_tokens import SpecialTokens, id_list
 from common.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class TargetModel:
         config = model.config
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.text = TextTokenizer(tokenizer, _declared_eos_ids(model))
+        self.text = TextTokenizer(tokenizer, id_list(getattr(model.generation_config, "eos_token_id", None)))
         self.eos_token_ids = self.text.end_ids
         self.fingerprint = self.text.fingerprint
         self.chat_template = self.text.chat_template
@@ -149,14 +148,6 @@ class TargetModel:
             cache.crop(-excess)
 
 
-def _declared_eos_ids(model) -> list[int]:
-    """The EOS ids the model's generation config declares (an id or a list)."""
-    value = getattr(model.generation_config, "eos_token_id", None)
-    if value is None:
-        return []
-    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
-
-
 def _safetensors_copy(gguf: Path) -> Path:
     """A transformers copy of a GGUF model, made once and cached.
 
@@ -174,13 +165,11 @@ def _safetensors_copy(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(partial, ignore_errors=True)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    publish_dir(target, write)
     log.info("cached %s in %.1fs", target, time.monotonic() - started)
     return target

@@ -77,3 +77,10 @@ def end_of_generation_ids(eos_ids: Iterable[int], special_tokens: Mapping[int, s
     """The declared EOS ids plus every special token that ends a turn (END_OF_TURN_TOKENS)."""
     ends = set(eos_ids) | {i for i, text in special_tokens.items() if text in END_OF_TURN_TOKENS}
     return sorted(ends)
+
+
+def id_list(value) -> list[int]:
+    """An `eos_token_id` as configs write it (None, an id, or a list of ids) as a list."""
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]

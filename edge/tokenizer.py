@@ -15,13 +15,12 @@ import hashlib
 import json
 import logging
 import mmap
-import os
-import shutil
 import struct
 import time
 from pathlib import Path
 
-from common.model_paths import model_cache_root
+from common.model_paths import model_cache_root, publish_dir
+from common.special_tokens import id_list
 from common.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,13 +49,7 @@ def gguf_tokenizer_dir(gguf: Path) -> Path:
     log.info("first use of %s's tokenizer: converting it for transformers (one-time)...", gguf.name)
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(partial, ignore_errors=True)
+    publish_dir(target, tokenizer.save_pretrained)
     log.info("cached the tokenizer in %s (%.1fs)", target, time.monotonic() - started)
     return target
 
@@ -109,7 +102,4 @@ def _declared_eos_ids(model_dir: Path) -> list[int]:
     config = model_dir / "generation_config.json"
     if not config.is_file():
         return []
-    value = json.loads(config.read_text()).get("eos_token_id")
-    if value is None:
-        return []
-    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    return id_list(json.loads(config.read_text()).get("eos_token_id"))

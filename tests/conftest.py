@@ -133,3 +133,22 @@ async def generate_ids(client, drafter, prompt_ids: list[int], max_new_tokens: i
         return generation
     finally:
         await client.close()
+
+
+def connected_engine(drafter, address: str):
+    """An EdgeEngine that has fetched the cloud's Info (its client closed: for encoding prompts)."""
+    import asyncio
+
+    from edge.client import CloudClient
+    from edge.engine import EdgeEngine
+
+    async def connect():
+        client = CloudClient(address)
+        engine = EdgeEngine(drafter, client)
+        try:
+            await engine.connect()
+        finally:
+            await client.close()
+        return engine
+
+    return asyncio.run(connect())

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import generate_ids, hf_greedy
+from conftest import connected_engine, generate_ids, hf_greedy
 
 from edge.client import CloudClient
-from edge.engine import EdgeEngine
 
 pytestmark = pytest.mark.slow
 
@@ -69,19 +68,6 @@ def run(coroutine_fn):
     return asyncio.run(coroutine_fn())
 
 
-def engine_for(cloud, drafter) -> EdgeEngine:
-    async def connect():
-        client = CloudClient(cloud.address)
-        engine = EdgeEngine(drafter, client)
-        try:
-            await engine.connect()
-        finally:
-            await client.close()
-        return engine
-
-    return run(connect)
-
-
 def test_gemma_rules_come_from_the_target(gemma):
     target, cloud, drafter = gemma
     assert drafter.fingerprint == target.fingerprint
@@ -104,7 +90,7 @@ def hybrid_equals_target(gemma, prompts: list[list[int]]) -> None:
 
 def test_gemma_raw_prompts_equal_transformers_greedy(gemma):
     target, cloud, drafter = gemma
-    engine = engine_for(cloud, drafter)
+    engine = connected_engine(drafter, cloud.address)
     prompts = [engine.encode(text) for text in RAW_PROMPTS]
     for text, ids in zip(RAW_PROMPTS, prompts):
         assert ids == list(target.text.hf(text)["input_ids"])  # the tokenizer's default encoding
@@ -114,7 +100,7 @@ def test_gemma_raw_prompts_equal_transformers_greedy(gemma):
 
 def test_gemma_chat_prompts_equal_transformers_greedy(gemma):
     target, cloud, drafter = gemma
-    engine = engine_for(cloud, drafter)
+    engine = connected_engine(drafter, cloud.address)
     prompts = []
     for text in CHAT_PROMPTS:
         messages = [{"role": "user", "content": text}]

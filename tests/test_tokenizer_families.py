@@ -15,7 +15,7 @@ import shutil
 
 import grpc
 import pytest
-from conftest import generate_ids, hf_greedy
+from conftest import connected_engine, generate_ids, hf_greedy
 from raw_speculate import open_request, speculate
 from tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
 
@@ -25,7 +25,6 @@ from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.chat_template import render_chat
 from edge.client import CloudClient
-from edge.engine import EdgeEngine
 
 RAW_PROMPTS = [
     "Once upon a time",
@@ -95,19 +94,6 @@ def spm_drafter(spm):
     yield get
     for drafter in cache.values():
         drafter.close()
-
-
-def connected_engine(drafter, address) -> EdgeEngine:
-    async def connect():
-        client = CloudClient(address)
-        engine = EdgeEngine(drafter, client)
-        try:
-            await engine.connect()
-        finally:
-            await client.close()
-        return engine
-
-    return asyncio.run(connect())
 
 
 async def hybrid(address, drafter, prompt):
