@@ -9,16 +9,14 @@ and on chat prompts rendered with the target's template.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import connected_engine, generate_ids, hf_greedy
+from conftest import connected_engine, hf_greedy, run_generation
 
-from edge.client import CloudClient
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +62,6 @@ def gemma(gemma_path):
     drafter.close()
 
 
-def run(coroutine_fn):
-    return asyncio.run(coroutine_fn())
-
-
 def test_gemma_rules_come_from_the_target(gemma):
     target, cloud, drafter = gemma
     assert drafter.fingerprint == target.fingerprint
@@ -82,7 +76,7 @@ def hybrid_equals_target(gemma, prompts: list[list[int]]) -> None:
     target, cloud, drafter = gemma
     accepted = 0
     for prompt in prompts:
-        generation = run(lambda: generate_ids(CloudClient(cloud.address), drafter, prompt, NEW_TOKENS))
+        generation = run_generation(cloud.address, drafter, prompt, NEW_TOKENS)
         assert generation.token_ids == hf_greedy(target, prompt, NEW_TOKENS), prompt
         accepted += generation.stats.accepted
     assert accepted > 0

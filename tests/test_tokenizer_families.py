@@ -10,12 +10,11 @@ stay exact, and a pair that differs only in BOS rules must be refused.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 
 import grpc
 import pytest
-from conftest import connected_engine, generate_ids, hf_greedy
+from conftest import connected_engine, hf_greedy, run_generation
 from raw_speculate import open_request, speculate
 from tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
 
@@ -24,7 +23,6 @@ from common.errors import FailedPrecondition
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.chat_template import render_chat
-from edge.client import CloudClient
 
 RAW_PROMPTS = [
     "Once upon a time",
@@ -96,10 +94,6 @@ def spm_drafter(spm):
         drafter.close()
 
 
-async def hybrid(address, drafter, prompt):
-    return await generate_ids(CloudClient(address), drafter, prompt, NEW_TOKENS)
-
-
 def chat_reference(target, messages) -> list[int]:
     """transformers' own ids for a chat prompt rendered with the target's template."""
     ids = target.text.hf.apply_chat_template(messages, chat_template=target.chat_template,
@@ -164,7 +158,7 @@ def test_sentencepiece_drafts_stay_exact(spm_target, spm_cloud, spm_drafter, dra
     prompts = [engine.encode(text) for text in RAW_PROMPTS[:2]] + [engine.encode_chat(m) for m in CHATS]
     accepted = drafted = 0
     for prompt in prompts:
-        generation = asyncio.run(hybrid(spm_cloud.address, drafter, prompt))
+        generation = run_generation(spm_cloud.address, drafter, prompt, NEW_TOKENS)
         assert generation.token_ids == hf_greedy(spm_target, prompt, NEW_TOKENS)
         accepted, drafted = accepted + generation.stats.accepted, drafted + generation.stats.drafted
     assert accepted > 0
