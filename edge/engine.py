@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
@@ -135,7 +136,7 @@ class EdgeEngine:
         text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
         return tokenizer.encode_rendered_chat(text, rules)
 
-    def _rules(self):
+    def _rules(self) -> SpecialTokens:
         return self.cloud_info.special_tokens if self.cloud_info else self.drafter.tokenizer.special
 
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
