@@ -16,7 +16,7 @@ import grpc
 import pytest
 from conftest import connected_engine, hf_greedy, run_generation
 from raw_speculate import open_request, speculate
-from tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
+from bench.tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
 
 from common.chat_templates import CHATML
 from common.errors import FailedPrecondition
