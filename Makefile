@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast proto bench gemma clean help
+.PHONY: install browser demo test test-fast proto bench gemma clean help
 
 help:
 	@echo "make demo       install, then stream a short answer from the default model pair"
@@ -41,11 +41,17 @@ demo: install
 gemma: install
 	@PYTHON=$(PY) scripts/gemma_gguf.sh
 
+# The chat page's browser test drives Debian's chromium through chromium-driver (selenium);
+# a machine that has both skips the apt-get.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
 # pytest exits 5 when it collects no tests; that is not a failure of the code under test.
-test: install gemma
+test: install browser gemma
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 proto: install

@@ -28,7 +28,8 @@ from edge.client import CloudClient
 from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
-from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
+from edge.provenance import Source
+from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Generation:
 
     mode: Mode
     token_ids: list[int] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # who chose each of token_ids
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
@@ -155,7 +157,8 @@ class EdgeEngine:
 
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
-        """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
+        """Yields newly generated token ids, chosen alike (see `generation.sources`); `generation`
+        (if given) collects ids, their sources, finish and stats."""
         if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
         if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
@@ -170,28 +173,29 @@ class EdgeEngine:
         # Cloud-only generations need no draft model, so any number of them run at once.
         drafting = self._draft_lock if mode != Mode.CLOUD else contextlib.nullcontext()
         async with drafting, contextlib.aclosing(run(request, generation)) as tokens:
-            async for new in tokens:
+            async for source, new in tokens:
                 generation.token_ids += new
+                generation.sources += [source] * len(new)
                 yield new
 
     async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation
-                               ) -> AsyncIterator[list[int]]:
+                               ) -> AsyncIterator[Piece]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""
         reason = await self._cloud_unusable()
         if reason is None:
             try:
-                async with contextlib.aclosing(self._hybrid(request, generation)) as tokens:
-                    async for new in tokens:
-                        yield new
+                async with contextlib.aclosing(self._hybrid(request, generation)) as pieces:
+                    async for piece in pieces:
+                        yield piece
                 return
             except CloudUnavailable as exc:
                 self.cloud.mark_down(str(exc))
                 if generation.finish_reason:
                     return  # every token had arrived; only the end of the stream was lost
                 reason = str(exc)
-        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def _cloud_unusable(self) -> str | None:
         """Why the cloud can't be used now (None if it can); contacts it if it never was."""
@@ -203,7 +207,7 @@ class EdgeEngine:
         return None if self.cloud.up else self.cloud.last_error
 
     async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str
-                                  ) -> AsyncIterator[list[int]]:
+                                  ) -> AsyncIterator[Piece]:
         """Continues the answer on the draft model from the tokens committed so far."""
         done = len(generation.token_ids)
         generation.degraded, generation.fallback_at, generation.fallback_reason = True, done, reason
@@ -213,11 +217,11 @@ class EdgeEngine:
             return
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._edge(rest, generation)) as pieces:
+            async for piece in pieces:
+                yield piece
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         info = self.cloud_info or await self.connect()
         session = SessionOpen(
             prompt_token_ids=list(request.prompt_token_ids),
@@ -234,9 +238,9 @@ class EdgeEngine:
                              response_timeout_s=timeout)
         run.stop_ids |= set(info.eos_token_ids)
         try:
-            async with contextlib.aclosing(run.tokens()) as tokens:
-                async for new in tokens:
-                    yield new
+            async with contextlib.aclosing(run.tokens()) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
                 generation.finish_reason = run.finish
@@ -254,7 +258,7 @@ class EdgeEngine:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config
 
-    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
@@ -279,9 +283,9 @@ class EdgeEngine:
             generation.finish_reason = step.finish_reason
             generation.text += step.text
             if new:
-                yield new
+                yield Source.CLOUD, new
 
-    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         policy = DraftPolicy(request.sampling)
         stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None
@@ -297,7 +301,7 @@ class EdgeEngine:
             context.append(token)
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
-            yield [token]
+            yield Source.LOCAL, [token]
             if token in stop_ids or (stop_text and stop_text.push(token)):
                 generation.finish_reason = FinishReason.STOP
                 return
