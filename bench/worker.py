@@ -34,7 +34,6 @@ def _emit(message: dict) -> None:
 
 
 async def _generate(engine, command: dict) -> dict:
-    from edge.chat_template import render_chat
     from edge.engine import Generation, GenerationRequest, Mode
 
     from bench.sse import openai_sse_bytes
@@ -43,8 +42,7 @@ async def _generate(engine, command: dict) -> dict:
     if "prompt_tokens" in command:
         prompt = filler_prompt(engine.drafter.tokenize, int(command["prompt_tokens"]), int(command.get("variant", 0)))
     else:
-        text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
-        prompt = engine.drafter.tokenize(text)
+        prompt = engine.encode_chat([{"role": "user", "content": command["prompt"]}])
     request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]))
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))

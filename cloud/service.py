@@ -60,6 +60,7 @@ class TandemService(pb_grpc.TandemServicer):
             chat_template=m.chat_template,
             max_stop_tokens=lim.max_stop_tokens,
             idle_timeout_s=self.idle_timeout_s,
+            special_tokens=m.special,
         )
 
     async def Info(self, request, context):
@@ -96,7 +97,7 @@ class TandemService(pb_grpc.TandemServicer):
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
         if request.prompt_text:
-            prompt = await self.scheduler.run(self.model.tokenize, request.prompt_text)
+            prompt = await self.scheduler.run(self.model.encode, request.prompt_text)
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,
