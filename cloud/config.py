@@ -24,7 +24,9 @@ class CloudConfig:
     max_sessions: int = 64
     prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
-    grace_s: float = 5.0
+    grace_s: float = 5.0  # after the drain: calls still open get this long, then are cancelled
+    drain_timeout_s: float = 30.0  # SIGTERM: longest wait for live sessions to move elsewhere
+    replica_name: str = ""  # how this replica names itself to clients; "" = HOSTNAME:PORT
     # Trust: TLS (with a client CA: mutual TLS) and bearer tokens. None = off.
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -45,6 +47,8 @@ class CloudConfig:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
+        if self.drain_timeout_s < 0:
+            raise InvalidArgument("--drain-timeout must be >= 0")
         if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:
             raise InvalidArgument("--idle-timeout must be >= 0; --keepalive and --keepalive-timeout > 0")
 
@@ -66,6 +70,16 @@ class CloudConfig:
                             help="weights dtype; auto = float32 on CPU, bfloat16 on CUDA")
         parser.add_argument("--threads", type=int, default=env("THREADS", d.threads),
                             help="torch threads; 0 = the CPUs this process may run on")
+
+        g = parser.add_argument_group("replicas (see README: Many replicas)")
+        g.add_argument("--replica-name", default=env("REPLICA_NAME", d.replica_name),
+                       help="name this replica gives clients in Info, SessionStarted and drain notices "
+                            "(default: HOSTNAME:PORT; a Kubernetes pod's hostname is its name) [TANDEM_REPLICA_NAME]")
+        g.add_argument("--drain-timeout", type=float, default=env("DRAIN_TIMEOUT", d.drain_timeout_s),
+                       help="on SIGTERM: health turns NOT_SERVING, new sessions get UNAVAILABLE, live sessions "
+                            "are told to resume elsewhere; exit once they are gone or after this many seconds "
+                            "(default %(default)s; keep Kubernetes' terminationGracePeriodSeconds above it) "
+                            "[TANDEM_DRAIN_TIMEOUT]")
 
         g = parser.add_argument_group("security (see README: Deployment)")
         g.add_argument("--tls-cert", metavar="FILE", default=env("TLS_CERT", None),
@@ -140,6 +154,8 @@ class CloudConfig:
             idle_timeout_s=args.idle_timeout,
             keepalive_s=args.keepalive,
             keepalive_timeout_s=args.keepalive_timeout,
+            drain_timeout_s=args.drain_timeout,
+            replica_name=args.replica_name,
         )
         config.validate()
         return config

@@ -13,7 +13,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.channel import ChannelSecurity, open_channel
+from common.channel import ChannelSecurity, open_channel, split_cloud
 from common.settings import env
 
 
@@ -24,8 +24,10 @@ def add_parser(subparsers) -> None:
         description="Ask a cloud's grpc.health.v1 service whether it is SERVING: exit 0 if so, 1 otherwise "
                     "(NOT_SERVING while it drains, or unreachable). No token needed.",
     )
-    parser.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", "127.0.0.1:50051"),
-                        help="the cloud (default %(default)s) [TANDEM_CLOUD]")
+    parser.add_argument("--cloud", metavar="HOST:PORT[,HOST:PORT...]", default=env("CLOUD", "127.0.0.1:50051"),
+                        help="the cloud, or a comma-separated list of replicas: each is probed and reported on "
+                             "its own line, and the exit status is 0 only when all are SERVING "
+                             "(default %(default)s) [TANDEM_CLOUD]")
     parser.add_argument("--service", default="", help="service name to ask about; '' = the whole server")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up (default %(default)s)")
     parser.add_argument("--cloud-ca", metavar="FILE", default=env("CLOUD_CA", None), help="PEM CA (implies TLS)")
@@ -49,6 +51,17 @@ async def check(address: str, security: ChannelSecurity, service: str = "", time
 def run(args: argparse.Namespace) -> int:
     security = ChannelSecurity(tls=args.tls, ca_file=args.cloud_ca, client_cert=args.client_cert,
                                client_key=args.client_key)
-    status = asyncio.run(check(args.cloud, security, args.service, args.timeout))
-    print(status, file=sys.stdout if status == "SERVING" else sys.stderr)
-    return 0 if status == "SERVING" else 1
+    replicas = split_cloud(args.cloud)
+    if len(replicas) == 1:
+        status = asyncio.run(check(args.cloud, security, args.service, args.timeout))
+        print(status, file=sys.stdout if status == "SERVING" else sys.stderr)
+        return 0 if status == "SERVING" else 1
+    statuses = asyncio.run(check_all(replicas, security, args.service, args.timeout))
+    for replica, status in zip(replicas, statuses):
+        print(f"{replica}: {status}")
+    return 0 if all(status == "SERVING" for status in statuses) else 1
+
+
+async def check_all(replicas: list[str], security: ChannelSecurity, service: str, timeout_s: float) -> list[str]:
+    """Each replica's status, probed at once (one slow replica does not delay the others' answers)."""
+    return await asyncio.gather(*(check(replica, security, service, timeout_s) for replica in replicas))

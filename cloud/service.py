@@ -7,6 +7,7 @@ become statuses in cloud/errors.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from cloud.limits import SessionLimits
@@ -16,23 +17,38 @@ from cloud.session import VerifierSession
 from cloud.streams import CallStream
 from cloud.worker import ModelWorker
 from common.detok import IncrementalDetokenizer
-from common.errors import InvalidArgument
+from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
 
 log = logging.getLogger(__name__)
 
+_DRAIN = object()  # what _next_request returns once the replica drains
+
 
 class TandemService(pb_grpc.TandemServicer):
     def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
-                 prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0):
+                 prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0, replica: str = ""):
         self.model = model
         self.worker = worker
         self.registry = registry
         self.limits = limits
         self.prefix_cache = prefix_cache  # touched only on the model worker thread
         self.idle_timeout_s = idle_timeout_s  # 0: streams may stay idle forever
+        self.replica = replica  # this replica's name, told to clients
+        self.draining = asyncio.Event()  # set on SIGTERM: live sessions move elsewhere, new ones are refused
+
+    def drain(self) -> None:
+        """Refuses new sessions and tells the live ones to resume on another replica."""
+        self.draining.set()
+
+    def _admit(self) -> None:
+        if self.draining.is_set():
+            raise Draining(f"replica {self.replica} is draining (shutting down); retry on another replica")
+
+    def _drain_notice(self) -> pb.DrainNotice:
+        return pb.DrainNotice(replica=self.replica, reason="replica shutting down")
 
     def info(self) -> ModelInfo:
         m, lim = self.model, self.limits
@@ -49,6 +65,7 @@ class TandemService(pb_grpc.TandemServicer):
             chat_template=m.chat_template,
             max_stop_tokens=lim.max_stop_tokens,
             idle_timeout_s=self.idle_timeout_s,
+            replica=self.replica,
         )
 
     async def Info(self, request, context):
@@ -62,12 +79,16 @@ class TandemService(pb_grpc.TandemServicer):
             return
         if request.WhichOneof("kind") != "open":
             raise InvalidArgument("the first message of a Speculate stream must be `open`")
+        self._admit()
         session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits, self.prefix_cache)
         session_id = self.registry.add(session)
         try:
-            started = await self.worker.run(session.start)
+            started = dataclasses.replace(await self.worker.run(session.start), replica=self.replica)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
-            while (request := await stream.read()) is not None:
+            while (request := await self._next_request(stream)) is not None:
+                if request is _DRAIN:
+                    await stream.write(pb.SpeculateResponse(drain=self._drain_notice()))
+                    return
                 if request.WhichOneof("kind") != "draft":
                     raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
                 verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
@@ -75,11 +96,28 @@ class TandemService(pb_grpc.TandemServicer):
         finally:
             await self._release(session_id, session)
 
+    async def _next_request(self, stream: CallStream):
+        """The next request (None once the client half-closed), or _DRAIN as soon as the replica drains."""
+        if self.draining.is_set():
+            return _DRAIN
+        read = asyncio.ensure_future(stream.read())
+        drain = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait((read, drain), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+            if not read.done():
+                read.cancel()
+        return read.result() if read.done() and not read.cancelled() else _DRAIN
+
     async def Generate(self, request, context):
         stream = CallStream(context, self.idle_timeout_s)
+        self._admit()
         prompt = list(request.prompt_token_ids)
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
+        if request.prompt_text and request.resume_token_ids:
+            raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
         if request.prompt_text:
             prompt = await self.worker.run(self.model.tokenize, request.prompt_text)
         open_request = SessionOpen(
@@ -91,6 +129,7 @@ class TandemService(pb_grpc.TandemServicer):
             draft_model_name="(cloud-only)",
             draft_mode=DraftMode.TOKEN_IDS,
             stop_strings=list(request.stop_strings),
+            resume_token_ids=list(request.resume_token_ids),
         )
         session = VerifierSession(self.model, open_request, self.limits, self.prefix_cache)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
@@ -98,14 +137,19 @@ class TandemService(pb_grpc.TandemServicer):
         try:
             started = await self.worker.run(session.start)
             position, token, finish = started.position, started.token_id, started.finish_reason
+            replica = self.replica
             while True:
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
                 await stream.write(pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish),
-                                                       text=text,
+                                                       text=text, replica=replica,
                                                        forward_passes=session.forward_passes if finish else 0))
+                replica = ""  # on the first message only
                 if finish:
+                    return
+                if self.draining.is_set():
+                    await stream.write(pb.GenerateResponse(position=position + 1, drain=self._drain_notice()))
                     return
                 # A block of just the anchor is one plain decoding step.
                 verdict = await self.worker.run(session.verify, DraftBlock(position, [token]))

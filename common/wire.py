@@ -148,6 +148,7 @@ class SessionStarted:
     token_id: int | None
     finish_reason: FinishReason = FinishReason.NONE
     forward_passes: int = 0
+    replica: str = ""  # the replica serving the session ("" when the server does not say)
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -156,6 +157,7 @@ class SessionStarted:
             token_id=m.token_id if m.HasField("token_id") else None,
             finish_reason=FinishReason(m.finish_reason),
             forward_passes=m.forward_passes,
+            replica=m.replica,
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -164,6 +166,7 @@ class SessionStarted:
             token_id=self.token_id,
             finish_reason=int(self.finish_reason),
             forward_passes=self.forward_passes,
+            replica=self.replica,
         )
 
 
@@ -212,6 +215,7 @@ class ModelInfo:
     chat_template: str = ""
     max_stop_tokens: int = 0
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
+    replica: str = ""  # the replica that answered Info
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -228,6 +232,7 @@ class ModelInfo:
             chat_template=m.chat_template,
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
+            replica=m.replica,
         )
 
     def to_pb(self) -> pb.InfoResponse:
@@ -246,4 +251,5 @@ class ModelInfo:
                 idle_timeout_ms=round(self.idle_timeout_s * 1000),
             ),
             chat_template=self.chat_template,
+            replica=self.replica,
         )

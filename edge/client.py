@@ -25,6 +25,14 @@ _HANDSHAKE_HINT = (" (does the cloud serve TLS? then pass --cloud-ca or --tls; m
                    "--client-cert and --client-key)")
 
 
+class ReplicaDraining(errors.CloudUnavailable):
+    """The replica sent a drain notice: the answer moves to another replica."""
+
+    @classmethod
+    def of(cls, notice: pb.DrainNotice) -> ReplicaDraining:
+        return cls(f"replica {notice.replica or '(unnamed)'} is draining: {notice.reason or 'shutting down'}")
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
     """The domain exception for a failed call, keeping the server's message."""
     return error_from_status(exc.code(), exc.details())

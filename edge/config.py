@@ -13,7 +13,7 @@ from edge.speculative import SpeculationConfig
 
 @dataclass
 class EdgeConfig:
-    cloud: str | None = None  # HOST:PORT; None starts an embedded cloud on loopback
+    cloud: str | None = None  # HOST:PORT, "A,B,..." or a gRPC target (dns:///...); None: an embedded cloud
     draft_model: str | None = None  # GGUF or HF Llama directory; None = the default SmolLM2 Q4_1
     draft_dtype: str = "f16"  # weight type when draft_model is an HF directory converted to GGUF
     target_model: str | None = None  # the embedded cloud's model (only without --cloud)
@@ -43,8 +43,12 @@ class EdgeConfig:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         d = EdgeConfig()
         g = parser.add_argument_group("edge and cloud")
-        g.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", None),
-                       help="cloud service address; without it an embedded cloud starts on loopback [TANDEM_CLOUD]")
+        g.add_argument("--cloud", metavar="HOST:PORT[,HOST:PORT...]", default=env("CLOUD", None),
+                       help="cloud service address: one HOST:PORT (a replica or a load balancer), a comma-separated "
+                            "list of replicas, or a gRPC target such as dns:///cloud.internal:50051 (lists and "
+                            "targets are balanced with gRPC's round_robin and health checks); an answer whose "
+                            "replica dies or drains resumes on another. Without it an embedded cloud starts on "
+                            "loopback [TANDEM_CLOUD]")
         g.add_argument("--draft-model", metavar="PATH", default=env("DRAFT_MODEL", None),
                        help="local draft model: a GGUF file, or a Hugging Face Llama model directory "
                             "(converted to GGUF on first use and cached); unset: SmolLM2-135M-Instruct "

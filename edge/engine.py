@@ -4,9 +4,11 @@
 - cloud: the cloud generates alone (Generate); the baseline.
 - edge: the local model generates alone; no network.
 
-With fallback on (edge/fallback.py), a hybrid generation whose cloud is unreachable, silent
-past the timeout, or lost mid-stream continues on the local model from the committed tokens,
-and is marked degraded.
+A stream that breaks mid-answer (a replica died or drains) is reopened on the channel, through
+the load balancer or on another address, from the committed tokens (edge/resume.py): the answer
+stays exactly the cloud model's. With fallback on (edge/fallback.py), a hybrid generation whose
+cloud stays unreachable past the timeout continues on the local model from the committed
+tokens, and is marked degraded.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
-from edge.client import CloudClient
+from edge.client import CloudClient, ReplicaDraining
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
+from edge.resume import ResumeWindow
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,17 @@ class Generation:
     degraded: bool = False
     fallback_at: int | None = None
     fallback_reason: str = ""
+    # Which replica served which part: (index in token_ids where its part starts, replica name).
+    served_by: list[tuple[int, str]] = field(default_factory=list)
+
+    def served(self, replica: str | None, from_token: int) -> None:
+        if replica is not None and (not self.served_by or self.served_by[-1][1] != replica):
+            self.served_by.append((from_token, replica))
+
+    @property
+    def replica(self) -> str | None:
+        """The replica serving the answer now (None before the cloud answered, or when it gave no name)."""
+        return self.served_by[-1][1] or None if self.served_by else None
 
     @property
     def answered_by(self) -> str:
@@ -184,29 +198,51 @@ class EdgeEngine:
             async for new in tokens:
                 yield new
 
+    def _resume_window(self) -> ResumeWindow:
+        """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
+        return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
+
     async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+        """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
-        session = SessionOpen(
-            prompt_token_ids=list(request.prompt_token_ids),
-            max_new_tokens=request.max_new_tokens,
-            sampling=request.sampling,
-            stop_token_ids=list(request.stop_token_ids),
-            tokenizer_fingerprint=self.drafter.fingerprint,
-            draft_model_name=self.drafter.name,
-            draft_mode=request.draft_mode,
-            stop_strings=list(request.stop_strings),
-        )
-        timeout = self.fallback.timeout_s if self.fallback.enabled else None
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
-                             response_timeout_s=timeout)
-        run.stop_ids |= set(info.eos_token_ids)
-        try:
-            async with contextlib.aclosing(run.tokens()) as tokens:
-                async for new in tokens:
-                    yield new
-        finally:
-            if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
-                generation.finish_reason = run.finish
+        window = self._resume_window()
+        committed: list[int] = []
+        while True:
+            session = SessionOpen(
+                prompt_token_ids=list(request.prompt_token_ids),
+                max_new_tokens=request.max_new_tokens,
+                sampling=request.sampling,
+                stop_token_ids=list(request.stop_token_ids),
+                tokenizer_fingerprint=self.drafter.fingerprint,
+                draft_model_name=self.drafter.name,
+                draft_mode=request.draft_mode,
+                resume_token_ids=list(committed),
+                stop_strings=list(request.stop_strings),
+            )
+            timeout = self.fallback.timeout_s if self.fallback.enabled else None
+            run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
+                                 response_timeout_s=timeout)
+            run.stop_ids |= set(info.eos_token_ids)
+            resuming = bool(generation.served_by)  # an earlier session of this answer started
+            try:
+                async with contextlib.aclosing(run.tokens()) as tokens:
+                    async for new in tokens:
+                        window.progressed()
+                        generation.served(run.replica, len(committed))
+                        committed += new
+                        yield new
+                return
+            except CloudUnavailable as exc:
+                if run.finish:
+                    return  # every token had arrived; only the end of the stream was lost
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                await window.pause_or_raise(exc)
+            finally:
+                if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
+                    generation.finish_reason = run.finish
+                if run.replica is not None:
+                    generation.served(run.replica, len(committed))
+                    generation.stats.resumes += resuming
 
     def _fit(self, info: ModelInfo) -> SpeculationConfig:
         """The speculation config within the cloud's limits.
@@ -222,27 +258,48 @@ class EdgeEngine:
         return config
 
     async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+        """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
-        message = pb.GenerateRequest(
-            prompt_token_ids=request.prompt_token_ids,
-            sampling=request.sampling.to_pb(),
-            max_new_tokens=request.max_new_tokens,
-            stop_token_ids=request.stop_token_ids,
-            stop_strings=request.stop_strings,
-        )
-        stats.bytes_sent += message.ByteSize()
-        async for response in self.client.generate(message):
-            stats.bytes_received += response.ByteSize()
-            new = [response.token_id] if response.HasField("token_id") else []
-            stats.rounds += len(new)
-            if response.finish_reason:
-                stats.cloud_forward_passes = response.forward_passes
-            stats.mark_tokens(len(new))
-            generation.finish_reason = FinishReason(response.finish_reason)
-            if new:
-                yield new
+        window = self._resume_window()
+        committed: list[int] = []
+        while True:
+            message = pb.GenerateRequest(
+                prompt_token_ids=request.prompt_token_ids,
+                sampling=request.sampling.to_pb(),
+                max_new_tokens=request.max_new_tokens,
+                stop_token_ids=request.stop_token_ids,
+                stop_strings=request.stop_strings,
+                resume_token_ids=committed,
+            )
+            stats.bytes_sent += message.ByteSize()
+            resuming, started, passes_before = bool(generation.served_by), False, stats.cloud_forward_passes
+            try:
+                async for response in self.client.generate(message):
+                    stats.bytes_received += response.ByteSize()
+                    if response.HasField("drain"):
+                        raise ReplicaDraining.of(response.drain)
+                    if not started:
+                        started = True
+                        generation.served(response.replica, len(committed))
+                        stats.resumes += resuming
+                    window.progressed()
+                    new = [response.token_id] if response.HasField("token_id") else []
+                    stats.rounds += len(new)
+                    if response.finish_reason:
+                        stats.cloud_forward_passes = passes_before + response.forward_passes
+                    stats.mark_tokens(len(new))
+                    generation.finish_reason = FinishReason(response.finish_reason)
+                    if new:
+                        committed += new
+                        yield new
+                return
+            except CloudUnavailable as exc:
+                if generation.finish_reason:
+                    return
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                await window.pause_or_raise(exc)
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         policy = DraftPolicy(request.sampling)

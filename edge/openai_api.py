@@ -8,7 +8,8 @@ and the desktop apps that speak them work unchanged. Extensions, which OpenAI cl
   token ids come back, as `prompt_token_ids` and per choice `token_ids`);
 - response and every chunk: `degraded` (bool): the cloud was unreachable, so (part of) the
   answer is the local model's alone (see edge/fallback.py);
-- the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, stats}.
+- the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, served_by,
+  stats}; served_by lists which cloud replica served which part ([{from_token, replica}]).
 
 Parameters a request may set but this server can't honour are refused with a 400 that says
 so, rather than silently ignored.
@@ -276,5 +277,6 @@ def details(completion: Completion) -> dict:
         "answered_by": completion.answered_by,
         "fallback_at": completion.fallback_at,
         "fallback_reason": completion.fallback_reason or None,
+        "served_by": completion.served_by,
         "stats": completion.stats,
     }

@@ -39,6 +39,9 @@ class Completion:
     answered_by: str = "hybrid"  # "hybrid", "local", "hybrid-then-local", "cloud" or "edge"
     fallback_at: int | None = None
     fallback_reason: str = ""
+    # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
+    # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
+    served_by: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Delta:
     text: str
     token_ids: list[int]
     degraded: bool  # produced by the local model alone (offline fallback)
+    replica: str | None = None  # the cloud replica serving the answer when these tokens arrived
 
 
 @dataclass(frozen=True)
@@ -160,11 +164,11 @@ class AsyncTandem:
                 if stops.hit is not None:
                     # Tokens after the one that completed the stop string are not part of the answer.
                     del generation.token_ids[len(generation.token_ids) - len(new) + len(ids):]
-                    last = Delta(text, ids, generation.degraded)
+                    last = Delta(text, ids, generation.degraded, generation.replica)
                     break  # leaving the block closes the generation (and its cloud stream) now
-                yield Delta(text, ids, generation.degraded)
+                yield Delta(text, ids, generation.degraded, generation.replica)
         if last is None:
-            last = Delta(stops.push(detok.flush()) + stops.flush(), [], generation.degraded)
+            last = Delta(stops.push(detok.flush()) + stops.flush(), [], generation.degraded, generation.replica)
         if stops.hit is not None:
             generation.finish_reason = FinishReason.STOP
         if last.text or last.token_ids:
@@ -204,7 +208,11 @@ class AsyncTandem:
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason)
+                      generation.fallback_reason, served_by_of(generation))
+
+
+def served_by_of(generation: Generation) -> list[dict]:
+    return [{"from_token": start, "replica": replica} for start, replica in generation.served_by]
 
 
 class Tandem:

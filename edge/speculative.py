@@ -29,7 +29,7 @@ import grpc
 from common.errors import CloudUnavailable, TandemError
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
-from edge.client import CountedStream, error_from_rpc
+from edge.client import CountedStream, ReplicaDraining, error_from_rpc
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
 
@@ -62,6 +62,7 @@ class GenerationStats:
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
     peak_in_flight: int = 0  # most blocks that awaited a verdict at once
+    resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     started_at: float = field(default_factory=time.perf_counter, repr=False)
@@ -88,7 +89,7 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -142,6 +143,8 @@ class SpeculativeRun:
         self._arrived_at = 0.0
         self._draft_disabled = False
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
+        self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
+        self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
 
     async def tokens(self) -> AsyncIterator[list[int]]:
         reader = asyncio.create_task(self._read_all())
@@ -165,8 +168,8 @@ class SpeculativeRun:
         finally:
             reader.cancel()
             self.stream.cancel()
-            self.stats.bytes_sent = self.stream.bytes_sent
-            self.stats.bytes_received = self.stream.bytes_received
+            self.stats.bytes_sent += self.stream.bytes_sent
+            self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
     async def _step(self) -> list[int]:
@@ -288,7 +291,8 @@ class SpeculativeRun:
         if started.position != len(self.committed):
             raise ProtocolError(f"cloud started at position {started.position}, expected {len(self.committed)}")
         self.stats.rounds += 1
-        self.stats.cloud_forward_passes = started.forward_passes
+        self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
+        self.replica = started.replica
         new = [started.token_id] if started.token_id is not None else []
         self.committed += new
         self.finish = started.finish_reason
@@ -307,7 +311,8 @@ class SpeculativeRun:
                 f"verdict for position {verdict.start_position} (stale={verdict.stale}) does not match the "
                 f"block in flight at {block.start_position} (stale expected: {sent.doomed})"
             )
-        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes, verdict.forward_passes)
+        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
+                                              self._passes_before + verdict.forward_passes)
         if verdict.stale:
             self.stats.stale_drafted += len(block.token_ids) - 1
             return []
@@ -375,6 +380,8 @@ class SpeculativeRun:
                 return None
             raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
         kind = response.WhichOneof("kind")
+        if kind == "drain":
+            raise ReplicaDraining.of(response.drain)
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")
         return response
