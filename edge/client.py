@@ -25,6 +25,10 @@ _HANDSHAKE_HINT = (" (does the cloud serve TLS? then pass --cloud-ca or --tls; m
                    "--client-cert and --client-key)")
 
 
+class NoConnection(errors.CloudUnavailable):
+    """The channel found no replica to connect to within the connect timeout (retrying won't help soon)."""
+
+
 class ReplicaDraining(errors.CloudUnavailable):
     """The replica sent a drain notice: the answer moves to another replica."""
 
@@ -144,17 +148,18 @@ class CloudClient:
             raise await self._unreachable(timeout_s) from None
         return ModelInfo.from_pb(response)
 
-    async def ready(self) -> None:
-        """Waits up to connect_timeout_s for a connection (after a cloud restart, a reconnect)."""
+    async def ready(self, timeout_s: float | None = None) -> None:
+        """Waits up to timeout_s (default connect_timeout_s) for a connection (after a cloud restart, a reconnect)."""
         if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
             return
+        timeout_s = timeout_s or self.connect_timeout_s
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await self.channel.channel_ready()
         except TimeoutError:
-            raise await self._unreachable() from None
+            raise await self._unreachable(timeout_s) from None
 
-    async def _unreachable(self, timeout_s: float | None = None) -> errors.CloudUnavailable:
+    async def _unreachable(self, timeout_s: float | None = None) -> NoConnection:
         """Why connecting failed (refused, TLS handshake, ...): waiting hides it, a call that fails fast tells."""
         timeout_s = timeout_s or self.connect_timeout_s
         details = "no connection"
@@ -163,18 +168,19 @@ class CloudClient:
         except grpc.aio.AioRpcError as fast:
             details = fast.details() or fast.code().name
         hint = _HANDSHAKE_HINT if "Socket closed" in details else ""
-        return errors.CloudUnavailable(
-            f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
+        return NoConnection(f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
 
-    def speculate(self) -> CountedStream:
+    def speculate(self, connect_timeout_s: float | None = None) -> CountedStream:
+        """A Speculate call; connect_timeout_s bounds the wait for a connection (default: the client's)."""
         async def start():
-            await self.ready()
+            await self.ready(connect_timeout_s)
             return self.stub.Speculate(metadata=self.metadata)
 
         return CountedStream(start, self.response_timeout_s)
 
-    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
-        await self.ready()
+    async def generate(self, request: pb.GenerateRequest, connect_timeout_s: float | None = None
+                       ) -> AsyncIterator[pb.GenerateResponse]:
+        await self.ready(connect_timeout_s)
         call = self.stub.Generate(request, metadata=self.metadata)
         try:
             while (response := await _bounded(call.read(), self.response_timeout_s, call)) is not grpc.aio.EOF:

@@ -220,7 +220,7 @@ class EdgeEngine:
                 stop_strings=list(request.stop_strings),
             )
             timeout = self.fallback.timeout_s if self.fallback.enabled else None
-            run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
+            run = SpeculativeRun(self.drafter, self.client.speculate(window.remaining_s()), session, self._fit(info), generation.stats,
                                  response_timeout_s=timeout)
             run.stop_ids |= set(info.eos_token_ids)
             resuming = bool(generation.served_by)  # an earlier session of this answer started
@@ -236,7 +236,7 @@ class EdgeEngine:
                 if run.finish:
                     return  # every token had arrived; only the end of the stream was lost
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
-                await window.pause_or_raise(exc)
+                await window.pause_or_raise(exc, len(committed))
             finally:
                 if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
                     generation.finish_reason = run.finish
@@ -276,7 +276,7 @@ class EdgeEngine:
             stats.bytes_sent += message.ByteSize()
             resuming, started, passes_before = bool(generation.served_by), False, stats.cloud_forward_passes
             try:
-                async for response in self.client.generate(message):
+                async for response in self.client.generate(message, window.remaining_s()):
                     stats.bytes_received += response.ByteSize()
                     if response.HasField("drain"):
                         raise ReplicaDraining.of(response.drain)
@@ -299,7 +299,7 @@ class EdgeEngine:
                 if generation.finish_reason:
                     return
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
-                await window.pause_or_raise(exc)
+                await window.pause_or_raise(exc, len(committed))
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
         policy = DraftPolicy(request.sampling)

@@ -19,6 +19,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from common.errors import CloudUnavailable
+from edge.client import NoConnection
+
 
 @dataclass
 class ResumeWindow:
@@ -28,16 +31,29 @@ class ResumeWindow:
     _deadline: float | None = field(default=None, repr=False)
     _delay: float = field(default=0.0, repr=False)
 
+    def remaining_s(self) -> float | None:
+        """Time left to find a replica (None before any break: the connect timeout applies)."""
+        if self._deadline is None:
+            return None
+        return max(0.01, self._deadline - time.monotonic())
+
     def progressed(self) -> None:
         """A replica answered: the next break gets a whole window again."""
         self._deadline = None
 
-    async def pause_or_raise(self, error: Exception) -> None:
-        """Waits before the next attempt, or raises `error` when the window has run out."""
+    async def pause_or_raise(self, error: CloudUnavailable, tokens: int) -> None:
+        """Waits before the next attempt, or raises when the window has run out.
+
+        `tokens` were committed before the break. A channel that found no replica at all within
+        its connect timeout has already waited long enough: no further attempt.
+        """
         now = time.monotonic()
         if self._deadline is None:
             self._deadline, self._delay = now + self.window_s, self.first_delay_s
-        if now + self._delay > self._deadline:
+        if isinstance(error, NoConnection) or now + self._delay > self._deadline:
+            if tokens:
+                raise CloudUnavailable(f"cloud unavailable: the answer broke after {tokens} token(s) and no "
+                                       f"replica took it over ({error})") from error
             raise error
         await asyncio.sleep(self._delay)
         self._delay = min(2 * self._delay, self.max_delay_s)
