@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cloud_process import ROOT, CloudProcess
+from cloud_process import ROOT, CloudProcess, cli, cli_env
 from conftest import hf_greedy
 
 from common.errors import CloudUnavailable
@@ -166,6 +166,20 @@ def assert_resumed_on_the_other_replica(generation: Generation) -> None:
     assert len(set(replicas)) == 2, generation.served_by  # started on one, finished on the other
     starts = [start for start, _ in generation.served_by]
     assert starts[0] == 0 and starts == sorted(starts) and starts[-1] < len(generation.token_ids)
+
+
+def test_health_reports_each_replica(replicas):
+    a, b = replicas.addresses
+    done = subprocess.run(cli("health", "--cloud", f"{a},{b}"), env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{a}: SERVING", f"{b}: SERVING"]
+    closed = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(cli("health", "--cloud", f"{a},{closed}", "--timeout", "2"), env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{a}: SERVING" and lines[1].startswith(f"{closed}: UNREACHABLE")
 
 
 @pytest.mark.parametrize("mode", [Mode.HYBRID, Mode.CLOUD])
