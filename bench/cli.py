@@ -3,6 +3,9 @@
     tandem bench --rtt-ms 0,20,50,100 --max-tokens 128 --prompts 4 --out bench-results
 
 Writes a table to the terminal, bench.json and two PNG plots to --out.
+
+With --sessions it is the load benchmark instead (bench/load.py): many concurrent sessions
+against one pinned cloud, in cloud-only and hybrid mode; writes load.json and load.png.
 """
 
 from __future__ import annotations
@@ -46,12 +49,30 @@ def add_parser(subparsers) -> None:
                              "after this many tokens, paired with the same answer unbroken; 0 skips it")
     parser.add_argument("--resume-rtt-ms", type=float, default=20.0, help="round-trip time of the resume measurement")
     EdgeConfig.add_speculation_arguments(parser)
+    g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
+    g.add_argument("--sessions", default=None, metavar="N,N,...",
+                   help="run the load benchmark at these concurrent session counts, e.g. 1,4,16 (modes: "
+                        "the hybrid and cloud ones of --modes); writes load.json and load.png")
+    g.add_argument("--corrupt-rate", type=float, default=0.1,
+                   help="hybrid load: the load drafter proposes the target's own continuation with each "
+                        "token corrupted at this rate (acceptance about 1 - rate)")
+    g.add_argument("--load-draft-tokens", type=int, default=8, help="hybrid load: drafts per block")
+    g.add_argument("--max-batch-tokens", type=int, default=256, help="the cloud's --max-batch-tokens")
+    g.add_argument("--long-prompt-tokens", type=int, default=2000,
+                   help="then rerun the largest hybrid load minus one while a prompt this long joins "
+                        "(0: skip)")
+    g.add_argument("--dtype", default=None, help="the cloud's --dtype (default: its own default)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from bench.processes import ProcessError
 
+    if args.sessions:
+        from bench import load
+
+        _load_plan(args)
+        return load.run(args)
     try:
         return _run(args)
     except ProcessError as exc:
@@ -147,6 +168,24 @@ def _plan(args: argparse.Namespace):
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
         raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
     return Plan(rtts, PROMPTS[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
+
+
+def _load_plan(args: argparse.Namespace) -> None:
+    """Checks the load benchmark's flags; sets args.session_counts and args.load_modes."""
+    try:
+        args.session_counts = sorted({int(x) for x in args.sessions.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"tandem bench: --sessions expects counts like 1,4,16, got {args.sessions!r}") from None
+    args.load_modes = [m for m in ("cloud", "hybrid") if m in args.modes.split(",")]
+    if not args.session_counts or args.session_counts[0] < 1:
+        raise SystemExit("tandem bench: --sessions needs counts >= 1")
+    if not args.load_modes:
+        raise SystemExit("tandem bench: the load benchmark runs the cloud and hybrid modes; --modes has neither")
+    if not 0 <= args.corrupt_rate < 1 or args.load_draft_tokens < 1 or args.max_batch_tokens < 1:
+        raise SystemExit("tandem bench: --corrupt-rate must be in [0, 1), --load-draft-tokens and "
+                         "--max-batch-tokens >= 1")
+    if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
+        raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
 
 
 def _cpus(args: argparse.Namespace) -> tuple[set[int], set[int]]:

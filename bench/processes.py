@@ -75,11 +75,12 @@ class _Process:
 class CloudProcess(_Process):
     """`tandem cloud` on a free loopback port."""
 
-    def __init__(self, cpus: str, model: str | None, log_path: Path, start_timeout_s: float = 300.0):
+    def __init__(self, cpus: str, model: str | None, log_path: Path, start_timeout_s: float = 300.0,
+                 extra_args: list[str] = ()):
         # No prefix cache: every mode runs the same prompts, and a prompt cached by one mode's
         # run would give the next mode a free prefill (and a flattering time to first token).
         command = [sys.executable, "-m", "tandem", "cloud", "--host", "127.0.0.1", "--port", "0",
-                   "--prefix-cache-mb", "0"]
+                   "--prefix-cache-mb", "0", *extra_args]
         if model:
             command += ["--model", model]
         super().__init__("cloud", cpus, command, log_path)

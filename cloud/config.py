@@ -22,6 +22,8 @@ class CloudConfig:
     dtype: str = "auto"
     threads: int = 0
     max_sessions: int = 64
+    metrics_port: int = 0  # Prometheus /metrics on this port (same host); 0 = not served
+    max_batch_tokens: int = 256  # tokens in one forward pass over all sessions (cloud/scheduler.py)
     prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
     grace_s: float = 5.0  # after the drain: calls still open get this long, then are cancelled
@@ -45,6 +47,10 @@ class CloudConfig:
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidArgument("--metrics-port must be a port number (0 disables)")
+        if self.max_batch_tokens < 1:
+            raise InvalidArgument("--max-batch-tokens must be >= 1")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
         if self.drain_timeout_s < 0:
@@ -70,6 +76,9 @@ class CloudConfig:
                             help="weights dtype; auto = float32 on CPU, bfloat16 on CUDA")
         parser.add_argument("--threads", type=int, default=env("THREADS", d.threads),
                             help="torch threads; 0 = the CPUs this process may run on")
+        parser.add_argument("--metrics-port", type=int, default=env("METRICS_PORT", d.metrics_port),
+                            help="serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
+                                 "0 disables (default %(default)s) [TANDEM_METRICS_PORT]")
 
         g = parser.add_argument_group("replicas (see README: Many replicas)")
         g.add_argument("--replica-name", default=env("REPLICA_NAME", d.replica_name),
@@ -99,6 +108,11 @@ class CloudConfig:
                        help="KV-cache memory all sessions together may reserve, in MiB; a session reserves its "
                             "worst case (prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. "
                             "0 = half the memory free on the model's device after loading [TANDEM_MAX_KV_MIB]")
+        g.add_argument("--max-batch-tokens", type=int, default=env("MAX_BATCH_TOKENS", d.max_batch_tokens),
+                       help="tokens one forward pass may hold over all sessions: verification blocks and "
+                            "decoding steps first, then prompt chunks in the room left, so a long prompt is "
+                            "prefilled a chunk per step without stalling the others (default %(default)s) "
+                            "[TANDEM_MAX_BATCH_TOKENS]")
         g.add_argument("--prefix-cache-mb", type=int, default=env("PREFIX_CACHE_MB", d.prefix_cache_mb),
                        help="memory for KV snapshots of repeated prompts, so sampling N completions of "
                             "one prompt prefills it once; 0 disables (default %(default)s) [TANDEM_PREFIX_CACHE_MB]")
@@ -144,6 +158,8 @@ class CloudConfig:
             threads=args.threads,
             max_sessions=args.max_sessions,
             prefix_cache_mb=args.prefix_cache_mb,
+            max_batch_tokens=args.max_batch_tokens,
+            metrics_port=args.metrics_port,
             limits=limits,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

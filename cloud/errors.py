@@ -54,35 +54,66 @@ async def _abort(context, exc: Exception):
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
-def _wrap_coroutine(behavior):
+class _Outcome:
+    """Tracks one call's status code and reports it when the call ends."""
+
+    def __init__(self, context, report):
+        self.context, self.report, self.code = context, report, "OK"
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = "CANCELLED"
+        elif isinstance(exc, grpc.aio.AbortError):
+            code = self.context.code()
+            self.code = code.name if isinstance(code, grpc.StatusCode) else self.code
+        else:
+            self.code = exc.code if isinstance(exc, TandemError) else "INTERNAL"
+
+    def done(self) -> None:
+        if self.report is not None:
+            self.report(self.code)
+
+
+def _wrap_coroutine(behavior, report):
     """Unary responses, or streams written with context.write()."""
 
     async def wrapper(request_or_iterator, context):
+        outcome = _Outcome(context, report)
         try:
             return await behavior(decoded(request_or_iterator), context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            outcome.failed(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
+            outcome.failed(exc)
             await _abort(context, exc)
+        finally:
+            outcome.done()
 
     return wrapper
 
 
-def _wrap_generator(behavior):
+def _wrap_generator(behavior, report):
     async def wrapper(request_or_iterator, context):
+        outcome = _Outcome(context, report)
         try:
             async for response in behavior(decoded(request_or_iterator), context):
                 yield response
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            outcome.failed(exc)
             raise
         except Exception as exc:  # noqa: BLE001
+            outcome.failed(exc)
             await _abort(context, exc)
+        finally:
+            outcome.done()
 
     return wrapper
 
 
-def _wrap(behavior):
-    return _wrap_generator(behavior) if inspect.isasyncgenfunction(behavior) else _wrap_coroutine(behavior)
+def _wrap(behavior, report=None):
+    wrap = _wrap_generator if inspect.isasyncgenfunction(behavior) else _wrap_coroutine
+    return wrap(behavior, report)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -90,10 +121,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     Requests that do not parse become INVALID_ARGUMENT rather than grpc's UNKNOWN. Only the
     methods under `prefix` are wrapped: health and reflection handle their own.
+    `on_finished(method, code)` (optional) hears how every call ended (the rpc metrics).
     """
 
-    def __init__(self, prefix: str = "/tandem.v1."):
+    def __init__(self, prefix: str = "/tandem.v1.", on_finished=None):
         self.prefix = prefix
+        self.on_finished = on_finished
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -101,12 +134,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         kwargs = dict(request_deserializer=_tolerant(handler.request_deserializer),
                       response_serializer=handler.response_serializer)
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        report = (lambda code: self.on_finished(method, code)) if self.on_finished else None
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary, report), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream), **kwargs)
+            return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream, report), **kwargs)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream), **kwargs)
+            return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream, report), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary, report), **kwargs)
         return handler

@@ -1,13 +1,23 @@
 """The target model: the one module that touches torch and transformers.
 
-It exposes what speculative verification needs and nothing more: run tokens through the
-model on top of a session's KV cache and return their logits, crop a cache back after a
-rejection, and describe the model (vocab, EOS ids, tokenizer fingerprint).
+It exposes what speculative verification needs and nothing more: run the tokens of many
+sessions through the model in one forward pass on top of their KV caches and return the
+logits asked for, and describe the model (vocab, EOS ids, tokenizer fingerprint).
+
+Batching (why this layout). The tokens of all sessions in a step are *packed* into one row
+([1, total_tokens]): every linear layer, which is nearly all of the work, sees them as one
+matrix, with no padding, so a 256-token prefill chunk and fifteen 1-token decode steps cost
+what their 271 tokens cost. Only attention is per session: it reads the session's own keys
+and values from a paged KV pool (cloud/blocks.py) through its block table, with its own
+positions and causal mask, as vLLM does with varlen attention over paged KV. A padded batch
+with a 4D mask (SpecEdge's layout) would pay for the longest row in every row, and ragged
+verification blocks plus prefill chunks are the normal case here. Attention per session also
+makes a session's result independent of its batch-mates except for how the linear layers
+group their sums (the float64 identity tests in tests/test_batching.py).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import os
@@ -20,7 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from cloud.blocks import BlockAllocator, BlockTable
 
 from common.fingerprint import tokenizer_fingerprint
 from common.model_paths import default_gguf_path, model_cache_root
@@ -91,28 +105,28 @@ class TargetModel:
     def _token_bytes(self) -> list[bytes]:
         return _token_byte_table(self.tokenizer, self.vocab_size)
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
-
-    @staticmethod
-    def cache_length(cache: DynamicCache) -> int:
-        return cache.get_seq_length()
-
-    @staticmethod
-    def copy_cache(cache: DynamicCache) -> DynamicCache:
-        """An independent copy (a prefix-cache snapshot, or a session's cache made from one)."""
-        return copy.deepcopy(cache)
+    def new_kv_pool(self) -> PagedKV:
+        """An empty KV pool for this model; it grows block by block as sessions need it."""
+        return PagedKV(self)
 
     @torch.inference_mode()
-    def forward(self, cache: DynamicCache, token_ids: Sequence[int], keep_logits: int) -> np.ndarray:
-        """Appends token_ids to the cache; returns the last keep_logits rows of logits.
+    def forward_batch(self, pool: PagedKV, segments: Sequence[Segment]) -> list[np.ndarray]:
+        """One forward pass over every segment's tokens, each appended to its own KV cache.
 
-        Returns [keep_logits, vocab] float32 (HF's greedy search also takes its argmax in float32).
+        Returns, per segment, the logits of its last `keep` tokens ([keep, vocab] float32; HF's
+        greedy search also takes its argmax in float32). On failure every table is as before.
         """
-        assert 1 <= keep_logits <= len(token_ids), (keep_logits, len(token_ids))
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep_logits)
-        return out.logits[0].float().cpu().numpy()
+        starts = [segment.table.length for segment in segments]
+        try:
+            batch = _PackedBatch(pool, segments)
+            out = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                             attention_mask=_NO_MASK, logits_to_keep=batch.keep_rows, tandem_batch=batch)
+        except BaseException:
+            for segment, start in zip(segments, starts):
+                segment.table.truncate(start)
+            raise
+        logits = out.logits[0].float().cpu().numpy()  # [sum of keep, vocab]
+        return np.split(logits, np.cumsum([s.keep for s in segments])[:-1])
 
     def free_memory_bytes(self) -> int:
         """Memory still free on the model's device (for the default KV-cache budget)."""
@@ -127,15 +141,148 @@ class TargetModel:
 
     def warmup(self) -> None:
         """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""
-        self.forward(self.new_cache(), self.tokenize("Hello") or [0], 1)
+        pool = self.new_kv_pool()
+        table = pool.new_table()
+        self.forward_batch(pool, [Segment(table, self.tokenize("Hello") or [0], 1)])
+        table.release()
 
-    @staticmethod
-    def crop(cache: DynamicCache, length: int) -> None:
-        """Drops cached positions from `length` on (transformers 5 crops by a negative count)."""
-        excess = cache.get_seq_length() - length
-        assert excess >= 0, (cache.get_seq_length(), length)
-        if excess:
-            cache.crop(-excess)
+
+@dataclass
+class Segment:
+    """One session's share of a forward pass: tokens appended to its table, logits kept."""
+
+    table: BlockTable
+    token_ids: Sequence[int]
+    keep: int  # logits of the last `keep` tokens come back (0: none, e.g. a prefill chunk)
+
+    def __post_init__(self):
+        assert self.token_ids and 0 <= self.keep <= len(self.token_ids), (len(self.token_ids), self.keep)
+
+
+class PagedKV:
+    """Keys and values of every session, in blocks: per layer a [kv_heads, slots, head_dim] tensor."""
+
+    def __init__(self, target: TargetModel):
+        config = target.model.config
+        text = getattr(config, "get_text_config", lambda: config)()
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        self.layers = text.num_hidden_layers
+        self.dtype, self.device = target.model.dtype, target.device
+        self.allocator = BlockAllocator(grow=self._grow)
+        self.block_bytes = self.allocator.block_size * target.kv_bytes_per_token
+        self.keys: list[torch.Tensor] = [self._empty(0) for _ in range(self.layers)]
+        self.values: list[torch.Tensor] = [self._empty(0) for _ in range(self.layers)]
+        _use_paged_attention(target.model)
+
+    def new_table(self) -> BlockTable:
+        return BlockTable(self.allocator)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.allocator.used * self.block_bytes
+
+    def _empty(self, slots: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.zeros(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
+
+    def _grow(self, blocks: int) -> None:
+        slots = blocks * self.allocator.block_size
+        with torch.inference_mode():
+            for pool in (self.keys, self.values):
+                for layer, old in enumerate(pool):
+                    pool[layer] = self._empty(slots)
+                    pool[layer][:, : old.shape[1]] = old
+
+    def copy_blocks(self, copies: Sequence[tuple[int, int]]) -> None:
+        size = self.allocator.block_size
+        for old, new in copies:
+            for pool in (*self.keys, *self.values):
+                pool[:, new * size : (new + 1) * size] = pool[:, old * size : (old + 1) * size]
+
+
+_NO_MASK = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # a 4D mask makes transformers skip building one
+
+
+class _PackedBatch:
+    """A step's tokens packed into one row, with where each session reads and writes its KV."""
+
+    def __init__(self, pool: PagedKV, segments: Sequence[Segment]):
+        self.pool = pool
+        device = pool.device
+        ids, positions, writes, keep = [], [], [], []
+        self.spans: list[tuple[int, int, torch.Tensor, int]] = []  # (start, end, read slots, first position)
+        offset = 0
+        for segment in segments:
+            table, n = segment.table, len(segment.token_ids)
+            start = table.length
+            pool.copy_blocks(table.extend(n))
+            ids.extend(segment.token_ids)
+            positions.append(np.arange(start, start + n))
+            writes.append(table.slots(start, start + n))
+            keep.extend(range(offset + n - segment.keep, offset + n))
+            self.spans.append((offset, offset + n, torch.from_numpy(table.slots(0, start + n)).to(device), start))
+            offset += n
+        self.input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        self.position_ids = torch.from_numpy(np.concatenate(positions))[None].to(device)
+        self.write_slots = torch.from_numpy(np.concatenate(writes)).to(device)
+        self.keep_rows = torch.tensor(keep, dtype=torch.long, device=device)
+        self._masks: dict[tuple[int, int | None], torch.Tensor | None] = {}
+
+    def mask(self, index: int, window: int | None) -> torch.Tensor | None:
+        """[n, kv_len] bool, True where a query may attend: causal, within a sliding window if any."""
+        key = (index, window)
+        if key not in self._masks:
+            start, end, read, first = self.spans[index]
+            n, kv_len = end - start, len(read)
+            if n == 1 and (window is None or kv_len <= window):
+                self._masks[key] = None
+            else:
+                q = torch.arange(first, first + n, device=read.device)[:, None]
+                k = torch.arange(kv_len, device=read.device)[None, :]
+                allowed = k <= q
+                if window is not None:
+                    allowed &= k > q - window
+                self._masks[key] = allowed
+        return self._masks[key]
+
+
+def _paged_attention(fallback):
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        """query [1, heads, T, dim]; key, value [1, kv_heads, T, dim] of this step's tokens."""
+        batch: _PackedBatch | None = kwargs.pop("tandem_batch", None)
+        if batch is None:  # a plain call (e.g. the tests' reference generate): the model's own attention
+            return fallback(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        keys, values = batch.pool.keys[module.layer_idx], batch.pool.values[module.layer_idx]
+        keys.index_copy_(1, batch.write_slots, key[0])
+        values.index_copy_(1, batch.write_slots, value[0])
+        window = kwargs.get("sliding_window")
+        outputs = []
+        for index, (start, end, read, _) in enumerate(batch.spans):
+            outputs.append(torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, start:end], keys.index_select(1, read)[None], values.index_select(1, read)[None],
+                attn_mask=batch.mask(index, window), scale=scaling, enable_gqa=True))
+        return torch.cat(outputs, dim=2).transpose(1, 2), None  # [1, T, heads, dim]
+
+    return attention
+
+
+def _use_paged_attention(model) -> None:
+    """Routes the model's attention through _paged_attention (plain calls still get the original)."""
+    original = model.config._attn_implementation
+    if original.startswith("tandem_paged"):
+        return
+    name = f"tandem_paged_{original}"
+    fallback = ALL_ATTENTION_FUNCTIONS[original] if original != "eager" else _eager_attention(model)
+    ALL_ATTENTION_FUNCTIONS.register(name, _paged_attention(fallback))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    model.set_attn_implementation(name)
+
+
+def _eager_attention(model):
+    import importlib
+
+    return importlib.import_module(type(model).__module__).eager_attention_forward
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

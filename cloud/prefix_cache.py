@@ -6,7 +6,8 @@ after a sequence and the logits at its end; a session that reaches the same sequ
 copies the snapshot instead of running the model.
 
 Only two operations are served from it, each exactly as the model would have computed it
-cold (so hits change no output, bit for bit): the prefill of a whole prompt, and a plain
+cold (so hits change no output, bit for bit). A snapshot's KV is a block table that shares
+its blocks with the session that stored it (cloud/blocks.py), so storing one copies nothing: the prefill of a whole prompt, and a plain
 decoding step (a block without drafts). A session stores its prompt, and looks up and
 stores a step only while it extends a sequence it found here: every session adds at most
 one level beyond the shared prefix, so a long generation neither fills the cache with
@@ -24,7 +25,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Snapshot:
-    kv: object  # the model's KV cache after the sequence (never mutated once stored)
+    kv: object  # a BlockTable of the KV after the sequence (never written once stored; released on eviction)
     logits: np.ndarray  # [vocab] the logits at the sequence's last position
     nbytes: int
 
@@ -58,14 +59,16 @@ class PrefixCache:
         return nbytes <= self.max_bytes and tuple(tokens) not in self._entries
 
     def put(self, tokens: Sequence[int], kv: object, logits: np.ndarray) -> None:
-        """Stores a snapshot; `kv` must be a copy that nobody mutates afterwards."""
+        """Stores a snapshot, taking over `kv` (released when evicted or refused)."""
         key = tuple(tokens)
         nbytes = len(key) * self.kv_bytes_per_token + logits.nbytes
         if not self.would_store(key, logits.nbytes):
+            kv.release()
             return
         while self.bytes + nbytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.nbytes
+            evicted.kv.release()
         logits = np.array(logits, dtype=np.float32)  # our own copy, which nobody may write to
         logits.setflags(write=False)
         self._entries[key] = Snapshot(kv, logits, nbytes)

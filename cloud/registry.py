@@ -1,7 +1,7 @@
 """Live sessions: a cap on their number, and a budget for the KV memory they may hold.
 
 A session reserves its worst case (`max_kv_tokens`: prompt plus every token it may generate,
-within the context) when it opens, so once admitted it can never run the server out of
+within the context, rounded up to whole KV blocks of cloud/blocks.py) when it opens, so once admitted it can never run the server out of
 memory halfway through an answer. Memory is the resource that runs out first on a
 verification server; the session count is only a coarse guard.
 """
@@ -16,8 +16,10 @@ _MIB = 1 << 20
 
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int, kv_budget_bytes: int | None = None, kv_bytes_per_token: int = 0):
+    def __init__(self, max_sessions: int, kv_budget_bytes: int | None = None, kv_bytes_per_token: int = 0,
+                 block_tokens: int = 1):
         self.max_sessions = max_sessions
+        self.block_tokens = block_tokens  # KV memory comes in blocks of this many tokens
         self.kv_budget_bytes = kv_budget_bytes  # None: unlimited
         self.kv_bytes_per_token = kv_bytes_per_token
         self._sessions: dict[int, tuple[object, int]] = {}  # id -> (session, reserved bytes)
@@ -31,7 +33,8 @@ class SessionRegistry:
             raise ResourceExhausted(
                 f"the server is at its limit of {self.max_sessions} concurrent sessions; retry later"
             )
-        need = session.max_kv_tokens * self.kv_bytes_per_token
+        blocks = -(-session.max_kv_tokens // self.block_tokens)
+        need = blocks * self.block_tokens * self.kv_bytes_per_token
         budget = self.kv_budget_bytes
         if budget is not None and need > budget:
             raise InvalidArgument(

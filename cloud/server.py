@@ -17,12 +17,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
+from cloud.blocks import BLOCK_SIZE
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
+from cloud.metrics import CloudMetrics
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
+from cloud.scheduler import Scheduler
 from cloud.service import TandemService
-from cloud.worker import ModelWorker
 from common.channel import is_loopback
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
@@ -37,8 +39,10 @@ class RunningServer:
     port: int
     service: TandemService
     health: health.aio.HealthServicer
-    worker: ModelWorker
+    worker: Scheduler  # the model thread (cloud/scheduler.py)
+    metrics: CloudMetrics
     auth: TokenAuthInterceptor | None = None
+    metrics_port: int = 0  # where /metrics is served; 0: not served
 
     @property
     def registry(self) -> SessionRegistry:
@@ -66,6 +70,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         self.worker.shutdown()
+        self.metrics.close()
 
 
 def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
@@ -112,12 +117,15 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     `security` is load_security(config)'s result, read here when not given.
     """
     auth, credentials = security or load_security(config)
-    worker = ModelWorker()
-    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token)
+    metrics = CloudMetrics()
+    worker = Scheduler(model, config.max_batch_tokens, metrics)
+    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token,
+                               BLOCK_SIZE)
+    metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, registry.kv_budget_bytes)
     prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
     service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s)
     server = grpc.aio.server(
-        interceptors=[i for i in (auth, ErrorInterceptor()) if i is not None],
+        interceptors=[i for i in (auth, ErrorInterceptor(on_finished=metrics.rpc_finished)) if i is not None],
         options=channel_options(config),
     )
     tandem_pb2_grpc.add_TandemServicer_to_server(service, server)
@@ -141,7 +149,10 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
              "mutual TLS" if config.tls_client_ca else "TLS" if credentials else "plaintext (no TLS)",
              "bearer tokens required" if auth else "no auth", registry.kv_budget_bytes / 2**20,
              model.kv_bytes_per_token, config.idle_timeout_s)
-    return RunningServer(server, port, service, health_servicer, worker, auth)
+    metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port else 0
+    if metrics_port:
+        log.info("metrics: http://%s:%d/metrics", config.host, metrics_port)
+    return RunningServer(server, port, service, health_servicer, worker, metrics, auth, metrics_port)
 
 
 def load_model(config: CloudConfig):

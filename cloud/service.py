@@ -1,6 +1,6 @@
 """The Tandem gRPC servicer: translates messages and calls domain code, nothing more.
 
-Model work goes to the ModelWorker thread; errors are raised as common.errors exceptions and
+Model work goes to the Scheduler (cloud/scheduler.py), which batches all sessions; errors are raised as common.errors exceptions and
 become statuses in cloud/errors.py.
 """
 
@@ -15,7 +15,7 @@ from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
 from cloud.streams import CallStream
-from cloud.worker import ModelWorker
+from cloud.scheduler import Scheduler
 from common.detok import IncrementalDetokenizer
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
@@ -28,13 +28,13 @@ _DRAIN = object()  # what _next_request returns once the replica drains
 
 
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, worker: ModelWorker, registry: SessionRegistry, limits: SessionLimits,
+    def __init__(self, model, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
                  prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0, replica: str = ""):
         self.model = model
-        self.worker = worker
+        self.scheduler = scheduler
         self.registry = registry
         self.limits = limits
-        self.prefix_cache = prefix_cache  # touched only on the model worker thread
+        self.prefix_cache = prefix_cache  # touched only on the scheduler's model thread
         self.idle_timeout_s = idle_timeout_s  # 0: streams may stay idle forever
         self.replica = replica  # this replica's name, told to clients
         self.draining = asyncio.Event()  # set on SIGTERM: live sessions move elsewhere, new ones are refused
@@ -80,10 +80,10 @@ class TandemService(pb_grpc.TandemServicer):
         if request.WhichOneof("kind") != "open":
             raise InvalidArgument("the first message of a Speculate stream must be `open`")
         self._admit()
-        session = VerifierSession(self.model, SessionOpen.from_pb(request.open), self.limits, self.prefix_cache)
+        session = self._session(SessionOpen.from_pb(request.open))
         session_id = self.registry.add(session)
         try:
-            started = dataclasses.replace(await self.worker.run(session.start), replica=self.replica)
+            started = dataclasses.replace(await self.scheduler.start(session), replica=self.replica)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
             while (request := await self._next_request(stream)) is not None:
                 if request is _DRAIN:
@@ -91,7 +91,7 @@ class TandemService(pb_grpc.TandemServicer):
                     return
                 if request.WhichOneof("kind") != "draft":
                     raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
-                verdict = await self.worker.run(session.verify, DraftBlock.from_pb(request.draft))
+                verdict = await self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
             await self._release(session_id, session)
@@ -119,7 +119,7 @@ class TandemService(pb_grpc.TandemServicer):
         if request.prompt_text and request.resume_token_ids:
             raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
         if request.prompt_text:
-            prompt = await self.worker.run(self.model.tokenize, request.prompt_text)
+            prompt = await self.scheduler.run(self.model.tokenize, request.prompt_text)
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,
@@ -131,41 +131,36 @@ class TandemService(pb_grpc.TandemServicer):
             stop_strings=list(request.stop_strings),
             resume_token_ids=list(request.resume_token_ids),
         )
-        session = VerifierSession(self.model, open_request, self.limits, self.prefix_cache)
+        session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)
         try:
-            started = await self.worker.run(session.start)
-            position, token, finish = started.position, started.token_id, started.finish_reason
             replica = self.replica
-            while True:
+            async for step in self.scheduler.generate(session):
+                token, finish = step.token_id, step.finish_reason
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                await stream.write(pb.GenerateResponse(position=position, token_id=token, finish_reason=int(finish),
+                await stream.write(pb.GenerateResponse(position=step.position, token_id=token, finish_reason=int(finish),
                                                        text=text, replica=replica,
                                                        forward_passes=session.forward_passes if finish else 0))
                 replica = ""  # on the first message only
-                if finish:
+                if not finish and self.draining.is_set():
+                    await stream.write(pb.GenerateResponse(position=step.position + 1, drain=self._drain_notice()))
                     return
-                if self.draining.is_set():
-                    await stream.write(pb.GenerateResponse(position=position + 1, drain=self._drain_notice()))
-                    return
-                # A block of just the anchor is one plain decoding step.
-                verdict = await self.worker.run(session.verify, DraftBlock(position, [token]))
-                assert not verdict.stale, "generation lost track of its own position"
-                position, token, finish = position + 1, verdict.next_token, verdict.finish_reason
         finally:
             await self._release(session_id, session)
+
+    def _session(self, request: SessionOpen) -> VerifierSession:
+        return VerifierSession(self.model, request, self.limits, self.prefix_cache, self.scheduler.kv)
 
     async def _release(self, session_id: int, session: VerifierSession) -> None:
         """Frees the session's KV cache, then its reservation.
 
-        The close queues behind any forward pass still running for this session (a cancelled
-        call does not stop the model thread), and runs even if this call is cancelled again.
+        The close waits for the step in flight (a cancelled call does not stop the model
+        thread), and runs even if this call is cancelled again.
         """
-        closed = asyncio.wrap_future(self.worker.submit(session.close))
         try:
-            await asyncio.shield(closed)
+            await self.scheduler.close(session)
         finally:
             self.registry.remove(session_id)

@@ -5,12 +5,17 @@ all of them but the last, the *pending* token: the next forward pass feeds the p
 token followed by the drafts, so one pass yields the target's distribution at every drafted
 position plus the one after them.
 
-All methods block (they run the model); the service calls them off the event loop.
+The session never runs the model itself: each method either answers at once (a stale block,
+a prefix-cache hit) or returns the Work it needs from the next forward pass, whose `finish`
+turns that pass's logits into the answer. The scheduler (cloud/scheduler.py) batches the Work
+of all sessions and calls every method on its model thread, so a session is never touched by
+two threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,9 +52,27 @@ class TokenChooser:
         return sampling.sample_keyed(self.probs(logits), self.params.seed, sampling.STREAM_TARGET, position)
 
 
+@dataclass
+class Work:
+    """What a session needs from the next forward pass.
+
+    token_ids are appended to the session's KV cache; `finish` receives the logits of the last
+    `keep` of them ([keep, vocab]) and returns the session's answer (None while a prefill is
+    only partly done).
+    """
+
+    session: VerifierSession
+    token_ids: list[int]
+    keep: int
+    finish: Callable[[np.ndarray], object]
+    drafted: int = 0  # draft tokens verified by this pass (for the spec-decode metrics)
+
+
 class VerifierSession:
-    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None):
+    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
+                 kv=None):
         self.model = model
+        self.kv = kv  # the KV pool (cloud.model.PagedKV) this session's blocks live in
         self.request = request
         self.limits = limits
         self.prefix_cache = prefix_cache
@@ -60,14 +83,15 @@ class VerifierSession:
         self.generated = 0
         self.forward_passes = 0
         self.finished = FinishReason.NONE
-        self.cache = None
+        self.table = None  # cloud.blocks.BlockTable of the KV cache; None until begin() / after close()
+        self.prefilled = 0  # prompt tokens already in the KV cache while a chunked prefill runs
         self._shared_prefix = False  # the cache state came from the prefix cache
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
     @property
     def kv_tokens(self) -> int:
-        return self.model.cache_length(self.cache) if self.cache is not None else 0
+        return self.table.length if self.table is not None else 0
 
     @property
     def max_kv_tokens(self) -> int:
@@ -122,8 +146,11 @@ class VerifierSession:
         if bad:
             raise InvalidArgument(f"{what} has token id {bad[0]} outside the vocabulary [0, {self.model.vocab_size})")
 
-    def start(self) -> SessionStarted:
-        """Prefills prompt (+ resumed tokens) and chooses the first new token."""
+    def begin(self) -> SessionStarted | None:
+        """Takes the prompt (+ resumed tokens); answers at once from the prefix cache, else None.
+
+        After None, prefill_work() feeds the prompt through the model chunk by chunk.
+        """
         r = self.request
         self.tokens = list(r.prompt_token_ids) + list(r.resume_token_ids)
         self.generated = len(r.resume_token_ids)
@@ -131,16 +158,51 @@ class VerifierSession:
             self.stop_text = TokenStopScanner(r.stop_strings, self.model.token_bytes)
             for token in r.resume_token_ids:
                 self.stop_text.push(token)
-        logits = self._prefill()
+        snapshot = self.prefix_cache.get(self.tokens) if self.prefix_cache is not None else None
+        self._shared_prefix = snapshot is not None
+        if snapshot is not None:
+            self.table = snapshot.kv.fork()
+            self.prefilled = len(self.tokens)
+            return self._started(snapshot.logits[None])
+        self.table = self.kv.new_table()
+        return None
+
+    @property
+    def prefill_remaining(self) -> int:
+        """Prompt (+ resumed) tokens not yet in the KV cache."""
+        return self.prefill_length - self.prefilled
+
+    @property
+    def prefill_length(self) -> int:
+        r = self.request
+        return len(r.prompt_token_ids) + len(r.resume_token_ids)
+
+    def prefill_work(self, budget: int) -> Work:
+        """The next chunk of the prompt, at most `budget` tokens; its last chunk yields SessionStarted."""
+        chunk = self.tokens[self.prefilled : min(self.prefill_length, self.prefilled + max(1, budget))]
+        self.prefilled += len(chunk)
+        if self.prefill_remaining:
+            return Work(self, chunk, 0, lambda logits: None)
+        return Work(self, chunk, 1, self._prefilled)
+
+    def _prefilled(self, logits: np.ndarray) -> SessionStarted:
+        self._store_snapshot(logits[0])
+        return self._started(logits)
+
+    def _started(self, logits: np.ndarray) -> SessionStarted:
         position = len(self.tokens)
         first = self.chooser.choose(logits[0], position)
         accepted = self._commit([first])
         token = accepted[0] if accepted else None
         return SessionStarted(position, token, self.finished, self.forward_passes)
 
-    def verify(self, block: DraftBlock) -> Verdict:
-        """Verifies one draft block; see the DraftBlock and Verdict docs in the proto."""
-        if self.cache is None:
+    def plan_verify(self, block: DraftBlock) -> Verdict | Work:
+        """Checks one draft block; see the DraftBlock and Verdict docs in the proto.
+
+        Returns the Verdict at once when no forward pass is needed (a stale block, a cached
+        step), else the Work whose finish() yields it.
+        """
+        if self.table is None or self.prefill_remaining:
             raise FailedPrecondition("a draft block arrived before the session was opened")
         if len(block.token_ids) > self.limits.max_draft_tokens:
             raise InvalidArgument(
@@ -162,21 +224,37 @@ class VerifierSession:
         drafts = drafts[: max(0, min(budget, room) - 1)]
         dists = block.draft_dists[overlap - 1 : overlap - 1 + len(drafts)] if sparse else []
 
-        first_position = len(self.tokens)
-        if drafts:
-            logits = self._forward([self.tokens[-1], *drafts], keep=len(drafts) + 1)
+        def finish(logits: np.ndarray) -> Verdict:
+            if not drafts and self._shared_prefix:
+                self._store_snapshot(logits[0])
             self._shared_prefix = False
-        else:
-            logits = self._decode_step()
+            return self._judge(block.start_position, logits, drafts, dists, sparse)
+
+        if not drafts and self._shared_prefix:
+            snapshot = self.prefix_cache.get(self.tokens)
+            if snapshot is not None:
+                self.table.release()
+                self.table = snapshot.kv.fork()
+                self._shared_prefix = False
+                return self._judge(block.start_position, snapshot.logits[None], drafts, dists, sparse)
+        return Work(self, [self.tokens[-1], *drafts], len(drafts) + 1, finish, drafted=len(drafts))
+
+    def decode_work(self) -> Verdict | Work:
+        """One plain decoding step (a block of just the pending token), for Generate."""
+        return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1]]))
+
+    def _judge(self, start_position: int, logits: np.ndarray, drafts: list[int], dists, sparse: bool) -> Verdict:
+        """The verdict on `drafts` from the target's logits at and after them ([len(drafts) + 1, vocab])."""
+        first_position = len(self.tokens)
         if sparse:
             accepted, next_token = self._rejection_sample(logits, drafts, dists, first_position)
         else:
             accepted, next_token = self._match_targets(logits, drafts, first_position)
-        self.model.crop(self.cache, len(self.tokens) + accepted)
+        self.table.truncate(len(self.tokens) + accepted)
         committed = self._commit([*drafts[:accepted], next_token])
         reached = min(len(committed), accepted)
         next_out = committed[accepted] if len(committed) > accepted else None
-        return Verdict(block.start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
+        return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
 
     def _match_targets(self, logits: np.ndarray, drafts: list[int], first_position: int) -> tuple[int, int]:
         """Greedy, or ids-only sampling: accept drafts while they equal the target's own token.
@@ -223,38 +301,14 @@ class VerifierSession:
             if x not in d.token_ids or d.weights[d.token_ids.index(x)] == 0:
                 raise InvalidArgument(f"draft token {i} has zero probability under its own distribution")
 
-    def _forward(self, token_ids: list[int], keep: int) -> np.ndarray:
-        self.forward_passes += 1
-        return self.model.forward(self.cache, token_ids, keep)
-
-    def _prefill(self) -> np.ndarray:
-        """Logits ([1, vocab]) after the prompt, with the prompt in the KV cache."""
-        snapshot = self.prefix_cache.get(self.tokens) if self.prefix_cache is not None else None
-        self._shared_prefix = snapshot is not None
-        if snapshot is not None:
-            self.cache = self.model.copy_cache(snapshot.kv)
-            return snapshot.logits[None]
-        self.cache = self.model.new_cache()
-        logits = self._forward(self.tokens, keep=1)
-        self._store_snapshot(logits[0])
-        return logits
-
-    def _decode_step(self) -> np.ndarray:
-        """One plain decoding step (no drafts): logits ([1, vocab]) after the pending token."""
-        if self._shared_prefix:
-            snapshot = self.prefix_cache.get(self.tokens)
-            if snapshot is not None:
-                self.cache = self.model.copy_cache(snapshot.kv)
-                return snapshot.logits[None]
-        logits = self._forward([self.tokens[-1]], keep=1)
-        if self._shared_prefix:
-            self._store_snapshot(logits[0])
-        self._shared_prefix = False
-        return logits
-
     def _store_snapshot(self, logits: np.ndarray) -> None:
+        """Offers the prefix cache the KV of self.tokens, all of them, and the logits after them.
+
+        Called right after a pass fed the last of self.tokens, before anything is committed. The
+        snapshot shares this session's blocks; whoever writes into a shared block copies it first.
+        """
         if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, logits.nbytes):
-            self.prefix_cache.put(self.tokens, self.model.copy_cache(self.cache), logits)
+            self.prefix_cache.put(self.tokens, self.table.fork(), logits)
 
     def _commit(self, new_tokens: list[int]) -> list[int]:
         """Appends tokens up to the first stop token or limit; returns those appended."""
@@ -274,4 +328,6 @@ class VerifierSession:
         return committed
 
     def close(self) -> None:
-        self.cache = None
+        if self.table is not None:
+            self.table.release()
+            self.table = None

@@ -94,7 +94,7 @@ class EdgeEngine:
         self.fallback = fallback or FallbackConfig(enabled=False)
         self.cloud_info: ModelInfo | None = None
         self.cloud = CloudWatch(self._probe, self.fallback)
-        self._draft_lock = asyncio.Lock()  # one generation at a time drives the draft model
+        self._draft_lock = asyncio.Lock()  # one hybrid or edge generation at a time drives the draft model
 
     async def open(self) -> None:
         """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
@@ -150,7 +150,9 @@ class EdgeEngine:
         run = {Mode.HYBRID: hybrid, Mode.CLOUD: self._cloud, Mode.EDGE: self._edge}[mode]
         # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
         # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
-        async with self._draft_lock, contextlib.aclosing(run(request, generation)) as tokens:
+        # Cloud-only generations need no draft model, so any number of them run at once.
+        drafting = self._draft_lock if mode != Mode.CLOUD else contextlib.nullcontext()
+        async with drafting, contextlib.aclosing(run(request, generation)) as tokens:
             async for new in tokens:
                 generation.token_ids += new
                 yield new

@@ -29,6 +29,7 @@ from common.errors import TandemError
 from common.settings import env
 from edge.config import EdgeConfig
 from edge.engine import Generation
+from edge.metrics import EdgeMetrics
 from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion
 from edge.sdk import AsyncTandem, Delta, completion_of
 
@@ -82,6 +83,7 @@ class OpenAIServer:
         self.tandem = tandem
         self.config = config or ServeConfig()
         self.counts = RequestCounts()
+        self.metrics = EdgeMetrics()
         self.started_at = int(time.time())
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -93,6 +95,7 @@ class OpenAIServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_page)
         return app
 
     async def start(self) -> int:
@@ -134,6 +137,10 @@ class OpenAIServer:
             "cloud": self.tandem.cloud_status, "requests": asdict(self.counts),
         })
 
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """Prometheus metrics (edge/metrics.py)."""
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})
+
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         parsed = parse_chat(await _json_body(request), self.config.default_max_tokens)
         prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
@@ -163,10 +170,12 @@ class OpenAIServer:
                     response, finished = await self._collect(builder, deltas, generation), True
         except (asyncio.CancelledError, ConnectionResetError):  # the client went away
             self.counts.cancelled += 1
+            self.metrics.answered(generation, "cancelled")
             log.info("client went away: generation cancelled after %d tokens", len(generation.token_ids))
             raise
         except BaseException:
             self.counts.failed += 1
+            self.metrics.answered(generation, "failed")
             raise
         finally:
             self.counts.active -= 1
@@ -175,6 +184,7 @@ class OpenAIServer:
             self.counts.degraded += generation.degraded
         else:
             self.counts.failed += 1
+        self.metrics.answered(generation, "completed" if finished else "failed")
         return response
 
     async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],

@@ -65,6 +65,7 @@ class GenerationStats:
     resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
+    round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
     started_at: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -101,6 +102,7 @@ class GenerationStats:
         d = asdict(self)
         d.pop("started_at")
         d.pop("verified_blocks")
+        d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
         for key in ("ttft_s", "elapsed_s"):
@@ -328,6 +330,7 @@ class SpeculativeRun:
         self.stats.drafted += len(drafts)
         self.stats.accepted += verdict.accepted_count
         self.stats.verified_blocks.append((len(drafts), verdict.accepted_count))
+        self.stats.round_trips_s.append(self._arrived_at - sent.sent_at)
         self.stats.mark_tokens(len(new))
         if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
             self.lengths.observe_verdict(len(drafts), verdict.accepted_count, self._arrived_at - sent.sent_at)

@@ -74,17 +74,21 @@ def _verify_latency(target) -> dict:
     """Median wall time of one verification pass (block of k tokens on a 64-token cache)."""
     import torch
 
+    from cloud.model import Segment
+
+    pool = target.new_kv_pool()
     out = {}
     for k in (1, 4, 8, 16):
         times = []
         for _ in range(20):
-            cache = target.new_cache()
-            target.forward(cache, list(range(10, 74)), 1)
+            table = pool.new_table()
+            target.forward_batch(pool, [Segment(table, list(range(10, 74)), 1)])
             if target.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            target.forward(cache, list(range(100, 100 + k)), k)
+            target.forward_batch(pool, [Segment(table, list(range(100, 100 + k)), k)])
             times.append(time.perf_counter() - start)
+            table.release()
         out[f"k={k}"] = round(sorted(times)[len(times) // 2] * 1000, 2)
     return out
 

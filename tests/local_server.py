@@ -85,6 +85,17 @@ class LocalServer:
         assert status == 200, body
         return body
 
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        """{(sample name, sorted labels): value} from GET /metrics (Prometheus text format)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
     def wait_for(self, condition, timeout: float = 30.0, what: str = "condition") -> dict:
         """Polls /health until condition(health) holds; returns that health."""
         deadline = time.monotonic() + timeout

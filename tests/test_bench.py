@@ -124,3 +124,42 @@ def test_bench_measures_one_resume(bench_run):
     assert all(r["resumes"] == 0 for r in runs if not r["broken"])
     assert sum(r["resumes"] for r in runs if r["broken"]) >= 1
     assert "One resume at 20 ms RTT" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def load_run(tiny_models, tmp_path_factory):
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("the load benchmark pins the cloud and the sessions to different CPUs")
+    out = tmp_path_factory.mktemp("load")
+    command = [
+        sys.executable, "-m", "tandem", "bench", "--sessions", "1,3", "--max-tokens", str(MAX_TOKENS),
+        "--prompts", "2", "--long-prompt-tokens", "60", "--corrupt-rate", "0.3", "--out", str(out),
+        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
+        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done, json.loads((out / "load.json").read_text())
+
+
+def test_load_bench_outputs_are_the_targets_and_passes_are_shared(load_run):
+    out, done, result = load_run
+    assert "load  hybrid x 3" in done.stderr and "targets:" in done.stdout  # progress, then the table
+    assert (out / "load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = result["rows"]
+    assert {(r["mode"], r["sessions"]) for r in rows if not r.get("join_run")} == {
+        (m, n) for m in ("cloud", "hybrid") for n in (1, 3)}
+    for row in rows:
+        # Every session's output is the prompt's own greedy output alone, whatever ran beside it.
+        assert row["identical_to_alone"] == row["sessions"]
+        assert row["tokens"] == sum(len(o) for o in row["outputs"]) > 0
+        assert row["cloud_forward_passes"] >= 1
+    by = {(r["mode"], r["sessions"]): r for r in rows if not r.get("join_run")}
+    assert by[("cloud", 1)]["sessions_per_pass"] == 1
+    assert by[("cloud", 3)]["sessions_per_pass"] > 1  # Generate steps of all sessions share passes
+    assert 0 < by[("hybrid", 3)]["acceptance"] < 1
+    joined = [r for r in rows if r.get("long_prompt_tokens")]
+    assert len(joined) == 1 and joined[0]["long_prompt_tokens"] == 60
+    assert {t["figure"].split(",")[0] for t in result["targets"]} >= {"cloud-only aggregate tokens/s"}
+    assert len(result["machine"]["cloud_cpus"]) == 1 and result["machine"]["load_average_start"]

@@ -105,6 +105,10 @@ def test_silent_cloud_falls_back_within_the_timeout_then_recovers(relay, tiny_cl
         assert "within 1s" in final.tandem["fallback_reason"]
         assert ids == draft_greedy(drafter, prompt_ids, 12)
         assert server.health()["cloud"]["state"] == "down"
+        metrics = server.metrics()
+        assert metrics[("tandem_edge_fallbacks_total", (("at", "start"),))] == 1
+        assert metrics[("tandem_edge_degraded_answers_total", ())] == 1
+        assert metrics[("tandem_edge_generated_tokens_total", (("source", "local"),))] == 12
 
         relay.set_config(LinkConfig())  # the network heals; stale connections die
         relay.drop_connections()

@@ -143,6 +143,7 @@ def test_session_cap(limited_cloud, tiny_target):
 
 def test_kv_memory_budget(cloud_factory, tiny_target):
     """A session reserves prompt + max_new_tokens of KV cache; past the budget: RESOURCE_EXHAUSTED."""
+    from cloud.blocks import BLOCK_SIZE
     from cloud.limits import SessionLimits
 
     cloud = cloud_factory(max_kv_mib=1, limits=SessionLimits(max_new_tokens=4000))
@@ -161,7 +162,8 @@ def test_kv_memory_budget(cloud_factory, tiny_target):
         held = pb_grpc.TandemStub(channel).Speculate(
             hold([open_request(tiny_target, prompt, max_new_tokens=big)]), timeout=30)
         assert next(held).HasField("started")
-        assert cloud.running.registry.kv_reserved_bytes == (len(prompt) + big) * per_token
+        blocks = -(-(len(prompt) + big) // BLOCK_SIZE)  # memory is reserved in whole blocks
+        assert cloud.running.registry.kv_reserved_bytes == blocks * BLOCK_SIZE * per_token
         _, code, details = speculate(cloud.address, [open_request(tiny_target, prompt, max_new_tokens=big)])
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "not enough KV-cache memory" in details
         assert speculate(cloud.address, [open_request(tiny_target, prompt, max_new_tokens=small)])[1] == OK
@@ -193,6 +195,17 @@ def test_registry_reserves_each_sessions_worst_case():
     registry.add(Session(1))
     with pytest.raises(ResourceExhausted, match="3 concurrent sessions"):
         registry.add(Session(1))
+
+
+def test_registry_reserves_whole_blocks():
+    from cloud.registry import SessionRegistry
+
+    class Session:
+        max_kv_tokens, kv_tokens = 17, 0
+
+    registry = SessionRegistry(max_sessions=3, kv_budget_bytes=1000, kv_bytes_per_token=10, block_tokens=16)
+    registry.add(Session())
+    assert registry.kv_reserved_bytes == 2 * 16 * 10
 
 
 @pytest.mark.parametrize("opened", [False, True])

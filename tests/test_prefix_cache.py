@@ -67,15 +67,28 @@ def test_a_long_generation_adds_at_most_one_snapshot_beyond_the_shared_prefix(ca
     assert len(cache) - entries_before <= len(seeds)
 
 
+class Held:
+    """Stands in for a snapshot's block table: counts its release."""
+
+    def __init__(self):
+        self.released = 0
+
+    def release(self):
+        self.released += 1
+
+
 def test_least_recently_used_snapshots_go_first_and_memory_stays_bounded():
     logits = np.zeros(10, dtype=np.float32)
     per_entry = 4 * 100 + logits.nbytes
     cache = PrefixCache(max_bytes=3 * per_entry, kv_bytes_per_token=100)
-    for key in ([1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]):
-        cache.put(key, object(), logits)
+    held = {key: Held() for key in ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16))}
+    for key in list(held)[:3]:
+        cache.put(key, held[key], logits)
     assert cache.get([1, 2, 3, 4]) is not None  # now the most recently used
-    cache.put([13, 14, 15, 16], object(), logits)
+    cache.put([13, 14, 15, 16], held[(13, 14, 15, 16)], logits)
     assert cache.get([5, 6, 7, 8]) is None and cache.get([1, 2, 3, 4]) is not None
     assert len(cache) == 3 and cache.bytes <= cache.max_bytes
-    cache.put(list(range(1000)), object(), logits)  # larger than the whole budget: not kept
-    assert len(cache) == 3 and cache.bytes <= cache.max_bytes
+    assert [h.released for h in held.values()] == [0, 1, 0, 0]  # the evicted snapshot's blocks are freed
+    too_big = Held()
+    cache.put(list(range(1000)), too_big, logits)  # larger than the whole budget: not kept
+    assert len(cache) == 3 and cache.bytes <= cache.max_bytes and too_big.released == 1

@@ -56,3 +56,37 @@ def test_detokenizer_flushes_an_incomplete_tail():
     detok = IncrementalDetokenizer({0: b"ok", 1: "é".encode()[:1]}.__getitem__)
     assert detok.push([0, 1]) == "ok"
     assert detok.flush() == "\ufffd"
+
+
+def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_factory, tiny_models, tiny_target,
+                                                                     tiny_drafter):
+    """Cloud-only answers need no draft model, so they do not queue behind one another."""
+    import threading
+    import time
+
+    cloud = cloud_factory()
+    prompts = ["The weather today", "import numpy as np", "Once upon a time", "def main():"]
+    most_live, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            most_live[0] = max(most_live[0], len(cloud.running.registry))
+            time.sleep(0.0005)
+
+    async def main():
+        config = EdgeConfig(cloud=cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
+        async with AsyncTandem(config=config, mode="cloud") as tandem:
+            return await asyncio.gather(*(tandem.complete(p, max_tokens=48) for p in prompts))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        completions = asyncio.run(main())
+    finally:
+        done.set()
+        watcher.join()
+    drafter = tiny_drafter("noisy")
+    for prompt, completion in zip(prompts, completions):
+        assert completion.token_ids == hf_greedy(tiny_target, drafter.tokenize(prompt), 48)
+    assert most_live[0] == len(prompts)  # all four streams were open at the cloud at once
+    assert cloud.running.worker.forward_passes < sum(c.stats["cloud_forward_passes"] for c in completions)

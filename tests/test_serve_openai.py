@@ -77,6 +77,27 @@ def test_chat_non_streamed_is_the_targets_answer(server, client, tiny_target, ti
     assert response.tandem["stats"]["rounds"] >= 1
 
 
+def test_metrics_count_what_the_answers_say(server, client):
+    before = server.metrics()
+    responses = [client.chat.completions.create(model="tandem", messages=[{"role": "user", "content": text}],
+                                                temperature=0, max_tokens=MAX_TOKENS)
+                 for text in ("Hello!", "Count to five.")]
+    after = server.metrics()
+
+    def grew(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before.get(key, 0.0)
+
+    stats = [r.tandem["stats"] for r in responses]
+    assert grew("tandem_edge_requests_total", outcome="completed") == 2
+    assert grew("tandem_edge_draft_tokens_total") == sum(s["drafted"] for s in stats)
+    assert grew("tandem_edge_accepted_tokens_total") == sum(s["accepted"] for s in stats)
+    assert grew("tandem_edge_generated_tokens_total", source="hybrid") == sum(r.usage.completion_tokens
+                                                                             for r in responses)
+    assert grew("tandem_edge_cloud_round_trip_seconds_count") == sum(s["rounds"] - 1 for s in stats)
+    assert grew("tandem_edge_fallbacks_total", at="start") == grew("tandem_edge_degraded_answers_total") == 0
+
+
 def test_chat_streamed_matches_non_streamed(server, client, tiny_target, tiny_drafter):
     whole = client.chat.completions.create(model="tandem", messages=MESSAGES, temperature=0, max_tokens=MAX_TOKENS)
     stream = client.chat.completions.create(

@@ -1,12 +1,13 @@
-"""Soak: 500 sequential sessions plus 50 cancelled ones against a real `tandem cloud` process.
+"""Soak: 500 sessions plus 50 cancelled ones, four at a time, against a real `tandem cloud` process.
 
 Stated bound: after a warm-up of 50 sessions, the cloud's resident memory grows by less than
 SOAK_RSS_BOUND_MIB over the remaining 500. Each session holds ~520 tokens of KV cache
 (~0.25 MiB on the tiny model), so leaking the sessions would grow it by ~130 MiB.
 
-The cloud runs with 4 session slots and a 2 MiB KV budget (~7 such sessions): a session that
-was not freed, or a reservation that was not returned, soon makes the next one fail with
-RESOURCE_EXHAUSTED, so the run itself proves the sessions are released.
+Four clients run sessions side by side, so the cloud batches them (the test checks that its
+passes held several sessions). It runs with 8 session slots and a 3 MiB KV budget (~11 such
+sessions): sessions that were not freed, or reservations that were not returned, soon make
+the next one fail with RESOURCE_EXHAUSTED, so the run itself proves the sessions are released.
 
 Every session has a new prompt, so the cloud's prefix cache (KV snapshots of recent prompts)
 fills up: it runs with a small cap, PREFIX_CACHE_MIB, which the bound includes. Past the cap
@@ -16,7 +17,10 @@ the cache evicts, so its memory is bounded too.
 from __future__ import annotations
 
 import random
+import socket
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -32,6 +36,7 @@ WARMUP = 50
 PROMPT_TOKENS = 512
 PREFIX_CACHE_MIB = 16
 SOAK_RSS_BOUND_MIB = 48 + PREFIX_CACHE_MIB
+CONCURRENT = 4
 
 
 def rss_mib(pid: int) -> float:
@@ -100,27 +105,55 @@ class _Requests:
             yield message
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def batch_sessions(metrics_port: int) -> dict[str, float]:
+    """The cloud's sessions-per-pass histogram: {"le=1": passes with one session, "count": all passes}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tandem_batch_sessions_count":
+                out["count"] = sample.value
+            elif sample.name == "tandem_batch_sessions_bucket" and float(sample.labels["le"]) == 1.0:
+                out["le=1"] = sample.value
+    return out
+
+
 @pytest.mark.slow
 def test_soak_sessions_are_freed(tiny_models, tiny_target):
-    rng = random.Random(0)
-    cancel_at = set(rng.sample(range(SESSIONS + CANCELLED), CANCELLED))
-    with CloudProcess(tiny_models.target_dir, "--max-sessions", "4", "--max-kv-mib", "2",
-                      "--prefix-cache-mb", str(PREFIX_CACHE_MIB)) as cloud, \
+    cancel_at = set(random.Random(0).sample(range(SESSIONS + CANCELLED), CANCELLED))
+    metrics_port = free_port()
+    with CloudProcess(tiny_models.target_dir, "--max-sessions", "8", "--max-kv-mib", "3",
+                      "--prefix-cache-mb", str(PREFIX_CACHE_MIB), "--metrics-port", str(metrics_port)) as cloud, \
             grpc.insecure_channel(cloud.address) as channel:
         stub = pb_grpc.TandemStub(channel)
         pid = cloud.process.pid
         samples = {}
         started = time.monotonic()
-        for i in range(SESSIONS + CANCELLED):
+
+        def session(i: int) -> None:
+            rng = random.Random(i)
             if i in cancel_at:
                 cancelled_session(stub, rng, tiny_target.fingerprint)
             else:
                 full_session(stub, rng, tiny_target.fingerprint)
-            if i + 1 == WARMUP or (i + 1) % 100 == 0:
-                samples[i + 1] = rss_mib(pid)
+
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            for done, _ in enumerate(pool.map(session, range(SESSIONS + CANCELLED)), 1):
+                if done == WARMUP or done % 100 == 0:
+                    samples[done] = rss_mib(pid)
         elapsed = time.monotonic() - started
-        # Every slot is free again: the cap admits 4 concurrent sessions at once.
-        held = [_Requests() for _ in range(4)]
+        passes = batch_sessions(metrics_port)
+        # Every slot is free again: the cap admits 8 concurrent sessions at once.
+        rng = random.Random(-1)
+        held = [_Requests() for _ in range(8)]
         streams = [stub.Speculate(iter(r), timeout=30) for r in held]
         for requests, responses in zip(held, streams):
             requests.put(open_request(rng, tiny_target.fingerprint))
@@ -129,7 +162,9 @@ def test_soak_sessions_are_freed(tiny_models, tiny_target):
             requests.close()
         samples["end"] = rss_mib(pid)
     growth = max(samples.values()) - samples[WARMUP]
-    print(f"\nsoak: {SESSIONS} sessions + {CANCELLED} cancelled in {elapsed:.1f}s; cloud RSS MiB by "
-          f"session: {', '.join(f'{k}: {v:.0f}' for k, v in samples.items())}; growth after warm-up "
-          f"{growth:.1f} MiB (bound {SOAK_RSS_BOUND_MIB})")
+    print(f"\nsoak: {SESSIONS} sessions + {CANCELLED} cancelled, {CONCURRENT} at a time, in {elapsed:.1f}s; "
+          f"{passes['count'] - passes['le=1']:.0f} of {passes['count']:.0f} forward passes held several sessions; "
+          f"cloud RSS MiB by session: {', '.join(f'{k}: {v:.0f}' for k, v in samples.items())}; growth after "
+          f"warm-up {growth:.1f} MiB (bound {SOAK_RSS_BOUND_MIB})")
+    assert passes["le=1"] < passes["count"]  # many sessions were live at once, sharing passes
     assert growth < SOAK_RSS_BOUND_MIB

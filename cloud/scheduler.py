@@ -1,0 +1,278 @@
+"""Continuous batching: every step, one forward pass over the ready work of all live sessions.
+
+One thread owns the model, the KV pool and every session's state (no locks; passes never
+fight over the cores). The event loop hands it jobs through a queue and gets answers back
+through futures. Each step it:
+
+1. takes the jobs that arrived (new sessions, draft blocks, closes) and asks each session what
+   it needs: a stale block or a prefix-cache hit is answered at once, anything else becomes
+   Work for the pass;
+2. fills the pass, within a token budget (`max_batch_tokens`): first verification blocks and
+   decoding steps in arrival order (latency matters most there), then prompt chunks with the
+   room left, so a long prompt is prefilled a chunk per step instead of stalling everyone
+   (vLLM's chunked prefill); at least one piece of work always runs;
+3. runs one forward pass (cloud/model.py packs the tokens), hands each session its logits,
+   and delivers the answers. Generate sessions are driven here: after each token their next
+   decoding step is queued at once, so they ride every pass without a round trip through the
+   event loop.
+
+Sessions join and leave between steps. An error in one session's job fails that job only;
+a failed forward pass fails the jobs in it, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from cloud.session import VerifierSession, Work
+from common.errors import TandemError
+from common.wire import DraftBlock, FinishReason, SessionStarted, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Token:
+    """One Generate step's result."""
+
+    position: int
+    token_id: int | None
+    finish_reason: FinishReason
+
+
+@dataclass
+class _Job:
+    kind: str  # "start" | "generate" | "verify" | "close" | "call"
+    session: VerifierSession | None = None
+    payload: object = None
+    future: concurrent.futures.Future | None = None
+    emit: Callable[[object], None] | None = None  # generate: receives each Token, or an exception
+    queued_at: float = field(default_factory=time.monotonic)
+
+    def resolve(self, result) -> None:
+        if self.emit is not None:
+            self.emit(result)
+        elif self.future is not None and not self.future.done():
+            try:
+                if isinstance(result, BaseException):
+                    self.future.set_exception(result)
+                else:
+                    self.future.set_result(result)
+            except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+                pass
+
+
+class ShuttingDown(TandemError):
+    code = "UNAVAILABLE"
+
+
+class NoMetrics:
+    """What the scheduler reports; cloud/metrics.py turns it into Prometheus metrics."""
+
+    def step(self, sessions: int, tokens: int, seconds: float) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def verdict(self, drafted: int, accepted: int) -> None: ...
+
+    def generated(self, rpc: str, tokens: int) -> None: ...
+
+
+class Scheduler:
+    def __init__(self, model, max_batch_tokens: int = 256, metrics=None):
+        assert max_batch_tokens >= 1
+        self.model = model
+        self.kv = model.new_kv_pool()
+        self.max_batch_tokens = max_batch_tokens
+        self.metrics = metrics or NoMetrics()
+        self.forward_passes = 0
+        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._ready: deque[tuple[Work, _Job]] = deque()  # verification blocks and decoding steps
+        self._prefilling: deque[_Job] = deque()  # start/generate jobs whose prompt is not all in yet
+        self._thread = threading.Thread(target=self._run, name="tandem-model", daemon=True)
+        self._thread.start()
+
+    # --- the event loop's side ---------------------------------------------------------------
+
+    async def start(self, session: VerifierSession) -> SessionStarted:
+        """Prefills a Speculate session's prompt and chooses its first token."""
+        return await self._call(_Job("start", session))
+
+    async def verify(self, session: VerifierSession, block: DraftBlock) -> Verdict:
+        return await self._call(_Job("verify", session, block))
+
+    async def generate(self, session: VerifierSession) -> AsyncIterator[Token]:
+        """Prefills, then decodes every step until the session finishes; yields each token."""
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        self._inbox.put(_Job("generate", session, emit=lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item)))
+        while True:
+            item = await tokens.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason:
+                return
+
+    async def close(self, session: VerifierSession) -> None:
+        """Frees the session between steps (never while a pass uses its blocks); survives cancellation."""
+        await asyncio.shield(asyncio.wrap_future(self.submit_job(_Job("close", session))))
+
+    async def run(self, fn, *args):
+        """Runs fn(*args) on the model thread between steps and awaits its result."""
+        return await self._call(_Job("call", payload=(fn, args)))
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        """Queues fn(*args) for the model thread between steps, without waiting."""
+        return self.submit_job(_Job("call", payload=(fn, args)))
+
+    def submit_job(self, job: _Job) -> concurrent.futures.Future:
+        job.future = concurrent.futures.Future()
+        self._inbox.put(job)
+        return job.future
+
+    async def _call(self, job: _Job):
+        return await asyncio.wrap_future(self.submit_job(job))
+
+    def shutdown(self) -> None:
+        self._inbox.put(None)
+        self._thread.join()
+
+    # --- the model thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            idle = not self._ready and not self._prefilling
+            if not self._take_jobs(block=idle):
+                break
+            batch = self._fill_pass()
+            if batch:
+                self._step(batch)
+        self._fail_all(ShuttingDown("the server is shutting down"))
+
+    def _take_jobs(self, block: bool) -> bool:
+        """Handles every job that has arrived (waits for one when idle); False once shut down."""
+        try:
+            job = self._inbox.get(block=block)
+        except queue.Empty:
+            return True
+        while job is not None:
+            self._handle(job)
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+        return False
+
+    def _handle(self, job: _Job) -> None:
+        try:
+            if job.kind == "call":
+                fn, args = job.payload
+                job.resolve(fn(*args))
+            elif job.kind == "close":
+                self._forget(job.session)
+                job.session.close()
+                job.resolve(None)
+            elif job.kind in ("start", "generate"):
+                started = job.session.begin()
+                if started is None:
+                    self._prefilling.append(job)
+                else:
+                    self._answer(job, started)
+            elif job.kind == "verify":
+                self._plan(job, job.session.plan_verify(job.payload))
+        except Exception as exc:  # noqa: BLE001 - the job's own error, delivered to its caller only
+            job.resolve(exc)
+
+    def _plan(self, job: _Job, planned: Verdict | Work) -> None:
+        if isinstance(planned, Work):
+            self._ready.append((planned, job))
+        else:
+            self._answer(job, planned)
+
+    def _answer(self, job: _Job, result: SessionStarted | Verdict, drafted: int = 0) -> None:
+        """Delivers a start or verify result; a Generate session queues its next step at once."""
+        if isinstance(result, SessionStarted):
+            token = Token(result.position, result.token_id, result.finish_reason)
+            committed = int(result.token_id is not None)
+        else:
+            token = Token(result.start_position + 1, result.next_token, result.finish_reason)
+            committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
+            if not result.stale:
+                self.metrics.verdict(drafted, result.accepted_count)
+        self.metrics.generated("Generate" if job.kind == "generate" else "Speculate", committed)
+        if job.kind != "generate":
+            job.resolve(result)
+            return
+        job.resolve(token)
+        if not token.finish_reason:
+            job.queued_at = time.monotonic()
+            self._plan(job, job.session.decode_work())
+
+    def _forget(self, session: VerifierSession) -> None:
+        """Drops a closing session's queued work (its caller has gone)."""
+        self._ready = deque((w, j) for w, j in self._ready if j.session is not session)
+        self._prefilling = deque(j for j in self._prefilling if j.session is not session)
+
+    def _fill_pass(self) -> list[tuple[Work, _Job]]:
+        budget = self.max_batch_tokens
+        batch: list[tuple[Work, _Job]] = []
+        while self._ready and (not batch or len(self._ready[0][0].token_ids) <= budget):
+            work, job = self._ready.popleft()
+            batch.append((work, job))
+            budget -= len(work.token_ids)
+        for job in list(self._prefilling):
+            if budget <= 0 and batch:
+                break
+            work = job.session.prefill_work(budget if budget > 0 else self.max_batch_tokens)
+            batch.append((work, job))
+            budget -= len(work.token_ids)
+            if not job.session.prefill_remaining:
+                self._prefilling.remove(job)
+        return batch
+
+    def _step(self, batch: list[tuple[Work, _Job]]) -> None:
+        started = time.monotonic()
+        for _, job in batch:
+            self.metrics.queue_wait(started - job.queued_at)
+        try:
+            logits = self.model.forward_batch(self.kv, [_segment(work) for work, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the pass failed: so do the jobs in it, nothing else
+            log.exception("forward pass failed for %d sessions", len(batch))
+            for _, job in batch:
+                self._forget(job.session)
+                job.resolve(exc)
+            return
+        self.forward_passes += 1
+        self.metrics.step(len(batch), sum(len(w.token_ids) for w, _ in batch), time.monotonic() - started)
+        for (work, job), rows in zip(batch, logits):
+            work.session.forward_passes += 1
+            try:
+                result = work.finish(rows)
+                if result is not None:
+                    self._answer(job, result, work.drafted)
+            except Exception as exc:  # noqa: BLE001
+                self._forget(job.session)
+                job.resolve(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for _, job in self._ready:
+            job.resolve(exc)
+        for job in self._prefilling:
+            job.resolve(exc)
+        self._ready.clear()
+        self._prefilling.clear()
+
+
+def _segment(work: Work):
+    from cloud.model import Segment
+
+    return Segment(work.session.table, work.token_ids, work.keep)
