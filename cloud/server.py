@@ -123,7 +123,8 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
                                BLOCK_SIZE)
     metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, registry.kv_budget_bytes)
     prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
-    service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s)
+    service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s,
+                            metrics=metrics)
     server = grpc.aio.server(
         interceptors=[i for i in (auth, ErrorInterceptor(on_finished=metrics.rpc_finished)) if i is not None],
         options=channel_options(config),

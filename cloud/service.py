@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from cloud.limits import SessionLimits
+from cloud.metrics import CloudMetrics
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
@@ -29,7 +30,8 @@ _DRAIN = object()  # what _next_request returns once the replica drains
 
 class TandemService(pb_grpc.TandemServicer):
     def __init__(self, model, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
-                 prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0, replica: str = ""):
+                 prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0, replica: str = "",
+                 metrics: CloudMetrics | None = None):
         self.model = model
         self.scheduler = scheduler
         self.registry = registry
@@ -37,6 +39,7 @@ class TandemService(pb_grpc.TandemServicer):
         self.prefix_cache = prefix_cache  # touched only on the scheduler's model thread
         self.idle_timeout_s = idle_timeout_s  # 0: streams may stay idle forever
         self.replica = replica  # this replica's name, told to clients
+        self.metrics = metrics
         self.draining = asyncio.Event()  # set on SIGTERM: live sessions move elsewhere, new ones are refused
 
     def drain(self) -> None:
@@ -47,7 +50,13 @@ class TandemService(pb_grpc.TandemServicer):
         if self.draining.is_set():
             raise Draining(f"replica {self.replica} is draining (shutting down); retry on another replica")
 
+    def _admitted(self, rpc: str, request: SessionOpen) -> None:
+        if self.metrics is not None and request.resume_token_ids:
+            self.metrics.resumed_sessions.labels(rpc=rpc).inc()
+
     def _drain_notice(self) -> pb.DrainNotice:
+        if self.metrics is not None:
+            self.metrics.drain_notices.inc()
         return pb.DrainNotice(replica=self.replica, reason="replica shutting down")
 
     def info(self) -> ModelInfo:
@@ -82,6 +91,7 @@ class TandemService(pb_grpc.TandemServicer):
         self._admit()
         session = self._session(SessionOpen.from_pb(request.open))
         session_id = self.registry.add(session)
+        self._admitted("Speculate", session.request)
         try:
             started = dataclasses.replace(await self.scheduler.start(session), replica=self.replica)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
@@ -134,6 +144,7 @@ class TandemService(pb_grpc.TandemServicer):
         session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)
+        self._admitted("Generate", open_request)
         try:
             replica = self.replica
             async for step in self.scheduler.generate(session):

@@ -47,6 +47,7 @@ def test_drain_moves_live_sessions_and_refuses_new_ones(cloud_factory, tiny_targ
         drained.join(10)
         assert time.monotonic() - began < 5  # it did not wait out the drain timeout
         assert cloud.live_sessions == 0
+        assert cloud.running.metrics.registry.get_sample_value("tandem_drain_notices_total") == 1
 
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "tandem.v1.Tandem"):
@@ -74,6 +75,9 @@ def test_generate_resumes_at_the_position_after_the_resumed_tokens(cloud_factory
     assert rest[0].position == len(prompt) + 3
     assert [r.token_id for r in rest if r.HasField("token_id")] == ids[3:]
     assert rest[-1].finish_reason == whole[-1].finish_reason
+    sample = cloud.running.metrics.registry.get_sample_value
+    assert sample("tandem_resumed_sessions_total", {"rpc": "Generate"}) == 1
+    assert sample("tandem_resumed_sessions_total", {"rpc": "Speculate"}) == 0
 
 
 @pytest.mark.parametrize("cloud, target, balanced", [

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,9 @@ class Replicas:
     """Two `tandem cloud` processes; restart() brings one back on its port."""
 
     def __init__(self, model_dir: Path, *args: str):
-        self.model_dir, self.args = model_dir, args
-        self.processes = [CloudProcess(model_dir, *args) for _ in range(2)]
+        self.model_dir = model_dir
+        self.metrics_ports = [free_port(), free_port()]
+        self.processes = [CloudProcess(model_dir, *args, "--metrics-port", str(port)) for port in self.metrics_ports]
 
     def start(self) -> Replicas:
         for process in self.processes:
@@ -66,7 +68,7 @@ class Replicas:
 
     def restart(self, process: CloudProcess) -> None:
         process.stop()
-        fresh = CloudProcess(self.model_dir, *self.args, port=process.port).start()
+        fresh = CloudProcess(self.model_dir, *process.args, port=process.port).start()
         self.processes[self.processes.index(process)] = fresh
 
     def ensure_running(self) -> None:
@@ -174,6 +176,12 @@ def test_health_reports_each_replica(replicas):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{a}: SERVING", f"{b}: SERVING"]
+    ports = ",".join(str(p) for p in replicas.metrics_ports)
+    done = subprocess.run(cli("health", "--cloud", f"{a},{b}", "--metrics-port", ports), env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for line, replica in zip(done.stdout.splitlines(), (a, b)):  # the counters start at 0 on a fresh replica
+        assert line.startswith(f"{replica}: SERVING sessions_live=") and " resumed_sessions=" in line, line
     closed = f"127.0.0.1:{free_port()}"
     done = subprocess.run(cli("health", "--cloud", f"{a},{closed}", "--timeout", "2"), env=cli_env(),
                           capture_output=True, text=True, timeout=120)
@@ -219,6 +227,19 @@ def test_replica_killed_mid_answer_client_side_round_robin(replicas, tiny_target
     assert_resumed_on_the_other_replica(generation)
 
 
+def test_the_replica_that_took_over_counts_resumed_sessions(replicas):
+    """After the kills above, the surviving replicas' /metrics count the sessions they resumed."""
+    from cloud.probe import metric_sum
+
+    resumed = 0.0
+    for port in replicas.metrics_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert metric_sum(text, "tandem_sessions_live") is not None
+        resumed += metric_sum(text, "tandem_resumed_sessions_total")
+    assert resumed >= 1
+
+
 @pytest.mark.parametrize("balancer", ["haproxy", "round_robin"])
 def test_sessions_spread_over_both_replicas(request, replicas, tiny_drafter, balancer):
     cloud = request.getfixturevalue("haproxy").address if balancer == "haproxy" else ",".join(replicas.addresses)
@@ -262,7 +283,7 @@ def test_rolling_restart_under_load(haproxy, replicas, tiny_models, tiny_target)
             process = replicas.processes[i]
             await asyncio.to_thread(process.stop)  # SIGTERM: drain, then exit
             drain_logs.append("".join(process.log))
-            fresh = CloudProcess(replicas.model_dir, *replicas.args, port=process.port)
+            fresh = CloudProcess(replicas.model_dir, *process.args, port=process.port)
             replicas.processes[i] = await asyncio.to_thread(fresh.start)
             await both_balanced(haproxy.address)  # HAProxy sends it sessions again
         done.set()
