@@ -45,6 +45,7 @@ def summarize(records: list[dict]) -> dict:
         "tokens": statistics.fmean(b["tokens"] for _, b in pairs),
         "elapsed_s_unbroken": statistics.fmean(a["elapsed_s"] for a, _ in pairs),
         "extra_s": extra("elapsed_s"),
+        "resume_gap_s": statistics.fmean(b["resume_s"] for _, b in pairs),
         "extra_message_bytes_up": extra("bytes_sent"),
         "extra_message_bytes_down": extra("bytes_received"),
         "extra_tcp_bytes_up": extra("tcp_bytes_up"),
@@ -59,7 +60,8 @@ def table(summary: dict, rtt_ms: float, break_after: int) -> str:
         f"\nOne resume at {rtt_ms:g} ms RTT, the connection reset after {break_after} tokens "
         f"(mean of {s['pairs']} paired answers of {s['tokens']:.0f} tokens; output identical: {s['identical_output']}):",
         f"  unbroken answer            {s['elapsed_s_unbroken'] * 1000:8.1f} ms",
-        f"  extra time of the resume   {s['extra_s'] * 1000:8.1f} ms",
+        f"  break to first resumed token {s['resume_gap_s'] * 1000:6.1f} ms (reconnect, new session, re-prefill)",
+        f"  extra time of the resume   {s['extra_s'] * 1000:8.1f} ms (whole answer, broken minus unbroken)",
         f"  extra bytes up / down      {s['extra_message_bytes_up']:8.0f} / {s['extra_message_bytes_down']:.0f} "
         f"gRPC message bytes; {s['extra_tcp_bytes_up']:.0f} / {s['extra_tcp_bytes_down']:.0f} on the wire (TCP)",
         f"  extra cloud forward passes {s['extra_forward_passes']:8.1f} (the re-prefill)",

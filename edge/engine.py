@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -33,6 +34,14 @@ from edge.resume import ResumeWindow
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
+
+
+def _resumed(stats: GenerationStats, broke_at: float | None) -> None:
+    """A token arrived: adds the gap since the break (if any) to stats.resume_s. Returns the new
+    break time, None: the break is accounted for."""
+    if broke_at is not None:
+        stats.resume_s += time.perf_counter() - broke_at
+    return None
 
 
 class Mode(str, enum.Enum):
@@ -209,6 +218,7 @@ class EdgeEngine:
         info = self.cloud_info or await self.connect()
         window = self._resume_window()
         committed: list[int] = []
+        broke_at = None  # perf_counter() of the break the next session resumes
         while True:
             session = SessionOpen(
                 prompt_token_ids=list(request.prompt_token_ids),
@@ -222,7 +232,8 @@ class EdgeEngine:
                 stop_strings=list(request.stop_strings),
             )
             timeout = self.fallback.timeout_s if self.fallback.enabled else None
-            run = SpeculativeRun(self.drafter, self.client.speculate(window.remaining_s()), session, self._fit(info), generation.stats,
+            stream = self.client.speculate(window.remaining_s())
+            run = SpeculativeRun(self.drafter, stream, session, self._fit(info), generation.stats,
                                  response_timeout_s=timeout)
             run.stop_ids |= set(info.eos_token_ids)
             resuming = bool(generation.served_by)  # an earlier session of this answer started
@@ -230,6 +241,7 @@ class EdgeEngine:
                 async with contextlib.aclosing(run.tokens()) as tokens:
                     async for new in tokens:
                         window.progressed()
+                        broke_at = _resumed(generation.stats, broke_at)
                         generation.served(run.replica, len(committed))
                         committed += new
                         yield new
@@ -238,6 +250,7 @@ class EdgeEngine:
                 if run.finish:
                     return  # every token had arrived; only the end of the stream was lost
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
             finally:
                 if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
@@ -266,6 +279,7 @@ class EdgeEngine:
         stats = generation.stats
         window = self._resume_window()
         committed: list[int] = []
+        broke_at = None
         while True:
             message = pb.GenerateRequest(
                 prompt_token_ids=request.prompt_token_ids,
@@ -287,6 +301,7 @@ class EdgeEngine:
                         generation.served(response.replica, len(committed))
                         stats.resumes += resuming
                     window.progressed()
+                    broke_at = _resumed(stats, broke_at)
                     new = [response.token_id] if response.HasField("token_id") else []
                     stats.rounds += len(new)
                     if response.finish_reason:
@@ -301,6 +316,7 @@ class EdgeEngine:
                 if generation.finish_reason:
                     return
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:

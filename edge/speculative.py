@@ -63,6 +63,7 @@ class GenerationStats:
     elapsed_s: float = 0.0  # request start to last token
     peak_in_flight: int = 0  # most blocks that awaited a verdict at once
     resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
+    resume_s: float = 0.0  # time from each break to the first token of the session that resumed it
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -90,7 +91,7 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -105,7 +106,7 @@ class GenerationStats:
         d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
-        for key in ("ttft_s", "elapsed_s"):
+        for key in ("ttft_s", "elapsed_s", "resume_s"):
             d[key] = round(d[key], 4)
         return d
 

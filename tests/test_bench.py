@@ -123,6 +123,8 @@ def test_bench_measures_one_resume(bench_run):
     assert [r["broken"] for r in runs] == [False, True, False, True]
     assert all(r["resumes"] == 0 for r in runs if not r["broken"])
     assert sum(r["resumes"] for r in runs if r["broken"]) >= 1
+    assert all(r["resume_s"] == 0 for r in runs if not r["broken"])
+    assert all((r["resume_s"] > 0) == (r["resumes"] > 0) for r in runs if r["broken"])
     assert "One resume at 20 ms RTT" in done.stdout
 
 

@@ -123,3 +123,31 @@ def test_resume_window_gives_up_after_its_window_and_restarts_on_progress():
             await ResumeWindow(window_s=10).pause_or_raise(NoConnection("cannot reach"), tokens=0)
 
     asyncio.run(scenario())
+
+
+def test_round_robin_skips_a_replica_that_is_not_serving(cloud_factory):
+    """Client-side balancing watches grpc.health.v1: a NOT_SERVING replica leaves the rotation."""
+    from grpc_health.v1 import health_pb2 as hpb
+
+    from cloud.server import SERVICE_NAME
+    from edge.client import CloudClient
+
+    a, b = cloud_factory(replica_name="a"), cloud_factory(replica_name="b")
+
+    async def replicas_answering(client, calls=12) -> set[str]:
+        return {(await client.info()).replica for _ in range(calls)}
+
+    async def scenario():
+        client = CloudClient(f"{a.address},{b.address}", connect_timeout_s=10)
+        try:
+            assert await replicas_answering(client) == {"a", "b"}
+            not_serving = a.running.health.set(SERVICE_NAME, hpb.HealthCheckResponse.NOT_SERVING)
+            await asyncio.to_thread(a._loop.run, not_serving)  # on a's own event loop
+            deadline = time.monotonic() + 10
+            while (seen := await replicas_answering(client)) != {"b"} and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert seen == {"b"}
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())

@@ -163,7 +163,7 @@ def answer(cloud: str, drafter, prompt_ids, sampling=SamplingParams(), *, kill_a
 def assert_resumed_on_the_other_replica(generation: Generation) -> None:
     assert not generation.degraded, generation.fallback_reason
     assert generation.answered_by in ("hybrid", "cloud")
-    assert generation.stats.resumes >= 1
+    assert generation.stats.resumes >= 1 and generation.stats.resume_s > 0
     replicas = [name for _, name in generation.served_by]
     assert len(set(replicas)) == 2, generation.served_by  # started on one, finished on the other
     starts = [start for start, _ in generation.served_by]
