@@ -20,7 +20,10 @@ from pathlib import Path
 
 from bench.pin import parse_cpus
 from bench.prompts import PROMPTS
-from edge.config import EdgeConfig, speculation_flags, speculation_from_args
+from common import settings
+from common.extras import require_extra
+from edge.config import speculation_flags, speculation_from_args
+from edge.speculative import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +51,7 @@ def add_parser(subparsers) -> None:
                         help="also measure one resume: each prompt's hybrid answer with its connection reset "
                              "after this many tokens, paired with the same answer unbroken; 0 skips it")
     parser.add_argument("--resume-rtt-ms", type=float, default=20.0, help="round-trip time of the resume measurement")
-    EdgeConfig.add_speculation_arguments(parser)
+    settings.add_arguments(parser, SpeculationConfig)
     g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
     g.add_argument("--sessions", default=None, metavar="N,N,...",
                    help="run the load benchmark at these concurrent session counts, e.g. 1,4,16 (modes: "
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for extra in ("cloud", "edge"):
+        require_extra(extra, "tandem bench")
     from bench import report, resume, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker

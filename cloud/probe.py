@@ -14,8 +14,8 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.channel import ChannelSecurity, open_channel, split_cloud
-from common.settings import env
+from common import settings
+from common.channel import ChannelSecurity, ChannelSettings, open_channel, split_cloud
 
 
 def add_parser(subparsers) -> None:
@@ -25,20 +25,18 @@ def add_parser(subparsers) -> None:
         description="Ask a cloud's grpc.health.v1 service whether it is SERVING: exit 0 if so, 1 otherwise "
                     "(NOT_SERVING while it drains, or unreachable). No token needed.",
     )
-    parser.add_argument("--cloud", metavar="HOST:PORT[,HOST:PORT...]", default=env("CLOUD", "127.0.0.1:50051"),
+    parser.add_argument("--cloud", metavar="HOST:PORT[,HOST:PORT...]",
+                        default=settings.env_value("CLOUD", "127.0.0.1:50051"),
                         help="the cloud, or a comma-separated list of replicas: each is probed and reported on "
                              "its own line, and the exit status is 0 only when all are SERVING "
                              "(default %(default)s) [TANDEM_CLOUD]")
     parser.add_argument("--service", default="", help="service name to ask about; '' = the whole server")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up (default %(default)s)")
-    parser.add_argument("--cloud-ca", metavar="FILE", default=env("CLOUD_CA", None), help="PEM CA (implies TLS)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's roots")
-    parser.add_argument("--client-cert", metavar="FILE", default=env("CLIENT_CERT", None), help="mutual TLS cert")
-    parser.add_argument("--client-key", metavar="FILE", default=env("CLIENT_KEY", None), help="mutual TLS key")
     parser.add_argument("--metrics-port", default="", metavar="PORT[,PORT...]",
                         help="also read each replica's Prometheus /metrics on this port (its `tandem cloud "
                              "--metrics-port`; one port for all replicas, or one per replica in --cloud's order) "
                              "and print " + ", ".join(METRICS))
+    settings.add_arguments(parser, ChannelSettings)
     parser.set_defaults(run=run)
 
 
@@ -59,8 +57,7 @@ async def check(address: str, security: ChannelSecurity, service: str = "", time
 
 
 def run(args: argparse.Namespace) -> int:
-    security = ChannelSecurity(tls=args.tls, ca_file=args.cloud_ca, client_cert=args.client_cert,
-                               client_key=args.client_key)
+    security = settings.from_args(ChannelSettings, args).security()
     replicas = split_cloud(args.cloud)
     ports = _metrics_ports(args.metrics_port, len(replicas))
     statuses = asyncio.run(check_all(replicas, security, args.service, args.timeout))

@@ -9,19 +9,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from cloud.limits import SessionLimits
-from cloud.metrics import CloudMetrics
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
-from cloud.streams import CallStream
 from cloud.scheduler import Scheduler
+from cloud.streams import CallStream
+from cloud.target_engine import TargetEngine
 from common.detok import IncrementalDetokenizer
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftBlock, DraftMode, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
+
+if TYPE_CHECKING:
+    from cloud.metrics import CloudMetrics
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ _DRAIN = object()  # what _next_request returns once the replica drains
 
 
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
+    def __init__(self, model: TargetEngine, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
                  prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0, replica: str = "",
                  metrics: CloudMetrics | None = None):
         self.model = model
@@ -120,10 +124,11 @@ class TandemService(pb_grpc.TandemServicer):
                 read.cancel()
         return read.result() if read.done() and not read.cancelled() else _DRAIN
 
-    async def Generate(self, request, context):
+    async def Generate(self, message, context):
         stream = CallStream(context, self.idle_timeout_s)
         self._admit()
-        prompt = list(request.prompt_token_ids)
+        request = GenerateRequest.from_pb(message)
+        prompt = request.prompt_token_ids
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
         if request.prompt_text and request.resume_token_ids:
@@ -133,13 +138,13 @@ class TandemService(pb_grpc.TandemServicer):
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,
-            sampling=SamplingParams.from_pb(request.sampling),
-            stop_token_ids=list(request.stop_token_ids),
+            sampling=request.sampling,
+            stop_token_ids=request.stop_token_ids,
             tokenizer_fingerprint=self.model.fingerprint,
             draft_model_name="(cloud-only)",
             draft_mode=DraftMode.TOKEN_IDS,
-            stop_strings=list(request.stop_strings),
-            resume_token_ids=list(request.resume_token_ids),
+            stop_strings=request.stop_strings,
+            resume_token_ids=request.resume_token_ids,
         )
         session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
@@ -152,9 +157,8 @@ class TandemService(pb_grpc.TandemServicer):
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                await stream.write(pb.GenerateResponse(position=step.position, token_id=token, finish_reason=int(finish),
-                                                       text=text, replica=replica,
-                                                       forward_passes=session.forward_passes if finish else 0))
+                await stream.write(GenerateStep(step.position, token, finish, text, replica=replica,
+                                                forward_passes=session.forward_passes if finish else 0).to_pb())
                 replica = ""  # on the first message only
                 if not finish and self.draining.is_set():
                     await stream.write(pb.GenerateResponse(position=step.position + 1, drain=self._drain_notice()))

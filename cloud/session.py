@@ -21,6 +21,7 @@ import numpy as np
 
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
+from cloud.target_engine import TargetEngine
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
@@ -69,7 +70,7 @@ class Work:
 
 
 class VerifierSession:
-    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
+    def __init__(self, model: TargetEngine, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
                  kv=None):
         self.model = model
         self.kv = kv  # the KV pool (cloud.model.PagedKV) this session's blocks live in
@@ -257,20 +258,8 @@ class VerifierSession:
         return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
 
     def _match_targets(self, logits: np.ndarray, drafts: list[int], first_position: int) -> tuple[int, int]:
-        """Greedy, or ids-only sampling: accept drafts while they equal the target's own token.
-
-        With position-keyed noise the target's token at a position does not depend on the
-        draft, so for a proposal x chosen independently of that noise, acceptance has
-        probability p(x) and a rejection yields a draw from p without x: exactly the rule for
-        a one-hot q (see common/sampling.py). The edge chooses x with the same noise (a
-        coupling), which raises acceptance towards 1 - TV(p, q); the committed token is
-        still the target's own sample, so the output is exact either way.
-        """
-        for i, x in enumerate(drafts):
-            target = self.chooser.choose(logits[i], first_position + i)
-            if target != x:
-                return i, target
-        return len(drafts), self.chooser.choose(logits[len(drafts)], first_position + len(drafts))
+        """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab]."""
+        return sampling.match_targets(drafts, lambda i: self.chooser.choose(logits[i], first_position + i))
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]

@@ -41,6 +41,10 @@ class Draining(TandemError):
     code = "UNAVAILABLE"
 
 
+class ProtocolError(TandemError):
+    """The cloud answered something the protocol does not allow."""
+
+
 class CloudUnavailable(TandemError):
     """The edge could not reach the cloud, or the stream broke."""
 

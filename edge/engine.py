@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
-from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
-from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
-from edge.client import CloudClient, ReplicaDraining
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
+from edge.client import CloudClient
+from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.resume import ResumeWindow
@@ -58,6 +58,10 @@ class GenerationRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
     stop_strings: list[str] = field(default_factory=list)
+    # Cloud mode only: the cloud tokenizes prompt_text (when prompt_token_ids is empty) and,
+    # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
+    prompt_text: str = ""
+    return_text: bool = False
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
+    text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
     seed: int | None = None  # the seed sampling used (picked at random when none was given)
     # Offline fallback: token_ids[fallback_at:] came from the local model alone.
     degraded: bool = False
@@ -94,9 +99,11 @@ class Generation:
 
 
 class EdgeEngine:
-    def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
+    def __init__(self, drafter: DraftEngine | None, client: CloudClient | None, config: SpeculationConfig | None = None,
                  fallback: FallbackConfig | None = None):
-        """fallback=None turns fallback off: hybrid answers are the cloud model's or an error."""
+        """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
+
+        drafter=None: cloud mode only (the thin client)."""
         self.drafter = drafter
         self.client = client
         self.config = config or SpeculationConfig()
@@ -129,7 +136,7 @@ class EdgeEngine:
         if self.client is None:
             raise FailedPrecondition("no cloud address configured")
         info = await self.client.info(timeout_s)
-        if info.tokenizer_fingerprint != self.drafter.fingerprint:
+        if self.drafter is not None and info.tokenizer_fingerprint != self.drafter.fingerprint:
             raise FailedPrecondition(
                 f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
                 f"{self.drafter.fingerprint}) and cloud model {info.model_name!r} (fingerprint "
@@ -150,8 +157,10 @@ class EdgeEngine:
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
         """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
-        if not request.prompt_token_ids:
+        if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
+        if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
+            raise FailedPrecondition(f"{mode.value} mode needs a draft model and a tokenized prompt")
         generation = generation or Generation(mode)
         request = self.with_seed(request)
         generation.seed = None if request.sampling.greedy else request.sampling.seed
@@ -277,44 +286,51 @@ class EdgeEngine:
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
+        # A thin client's answer (the cloud tokenizes and renders it) cannot be resumed: no ids to resume from.
+        resumable = bool(request.prompt_token_ids) and not request.return_text
         window = self._resume_window()
         committed: list[int] = []
         broke_at = None
         while True:
-            message = pb.GenerateRequest(
-                prompt_token_ids=request.prompt_token_ids,
-                sampling=request.sampling.to_pb(),
+            stream = self.client.generate(GenerateRequest(
+                prompt_token_ids=list(request.prompt_token_ids),
+                sampling=request.sampling,
                 max_new_tokens=request.max_new_tokens,
-                stop_token_ids=request.stop_token_ids,
-                stop_strings=request.stop_strings,
-                resume_token_ids=committed,
-            )
-            stats.bytes_sent += message.ByteSize()
-            resuming, started, passes_before = bool(generation.served_by), False, stats.cloud_forward_passes
+                stop_token_ids=list(request.stop_token_ids),
+                stop_strings=list(request.stop_strings),
+                prompt_text=request.prompt_text,
+                return_text=request.return_text,
+                resume_token_ids=list(committed),
+            ), window.remaining_s())
+            stats.bytes_sent += stream.bytes_sent
+            received_before, passes_before = stats.bytes_received, stats.cloud_forward_passes
+            resuming, started = bool(generation.served_by), False
             try:
-                async for response in self.client.generate(message, window.remaining_s()):
-                    stats.bytes_received += response.ByteSize()
-                    if response.HasField("drain"):
-                        raise ReplicaDraining.of(response.drain)
+                async for step in stream:
+                    stats.bytes_received = received_before + stream.bytes_received
                     if not started:
                         started = True
-                        generation.served(response.replica, len(committed))
+                        generation.served(step.replica, len(committed))
                         stats.resumes += resuming
                     window.progressed()
                     broke_at = _resumed(stats, broke_at)
-                    new = [response.token_id] if response.HasField("token_id") else []
+                    new = [step.token_id] if step.token_id is not None else []
                     stats.rounds += len(new)
-                    if response.finish_reason:
-                        stats.cloud_forward_passes = passes_before + response.forward_passes
+                    if step.finish_reason:
+                        stats.cloud_forward_passes = passes_before + step.forward_passes
                     stats.mark_tokens(len(new))
-                    generation.finish_reason = FinishReason(response.finish_reason)
+                    generation.finish_reason = step.finish_reason
+                    generation.text += step.text
                     if new:
                         committed += new
                         yield new
                 return
             except CloudUnavailable as exc:
+                stats.bytes_received = received_before + stream.bytes_received
                 if generation.finish_reason:
                     return
+                if not resumable:
+                    raise
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
                 broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
