@@ -247,6 +247,7 @@ def test_sessions_spread_over_both_replicas(request, replicas, tiny_drafter, bal
     prompt = drafter.tokenize(PROMPT)
 
     async def run():
+        await both_balanced(cloud)  # a replica restarted by an earlier test is back in rotation
         client = CloudClient(cloud, connect_timeout_s=10)
         engine = EdgeEngine(drafter, client, SPECULATION, FALLBACK)
         try:
