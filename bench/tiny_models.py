@@ -327,3 +327,33 @@ def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
             eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
         )
     return out[0, len(prompt_ids):].tolist()
+
+
+def build_scripted_target(out_dir: Path, tokenizer_dir: Path, after_id: int, script_ids: Sequence[int],
+                          end_id: int) -> Path:
+    """A tiny Llama whose greedy answer after token ``after_id`` is ``script_ids``, then ``end_id``.
+
+    For tests that need the model itself to say something exact (hostile HTML, say): every
+    layer adds nothing (its output projections are zero), so the logits depend on the last
+    token only; each token of the chain gets its own unit vector as embedding and the
+    ``lm_head`` row of its successor points along it. The chain's ids must be distinct (one
+    unit vector each, at most hidden_size - 1 of them) and must not contain ``after_id``.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    chain = [after_id, *script_ids]
+    if len(set(chain)) != len(chain):
+        raise ValueError("the scripted chain needs distinct token ids")
+    build_tiny_target(out_dir, tokenizer_dir)
+    model = LlamaForCausalLM.from_pretrained(out_dir)
+    if len(chain) > model.config.hidden_size:
+        raise ValueError(f"at most {model.config.hidden_size - 1} scripted tokens")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        for i, (token, successor) in enumerate(zip(chain, [*script_ids, end_id])):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[successor, i] = 10.0
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -30,8 +30,9 @@ from edge.client import CloudClient
 from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
+from edge.provenance import Source
 from edge.resume import ResumeWindow
-from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
+from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Generation:
 
     mode: Mode
     token_ids: list[int] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # who chose each of token_ids
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
@@ -156,7 +158,8 @@ class EdgeEngine:
 
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
-        """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
+        """Yields newly generated token ids, chosen alike (see `generation.sources`); `generation`
+        (if given) collects ids, their sources, finish and stats."""
         if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
         if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
@@ -171,28 +174,29 @@ class EdgeEngine:
         # Cloud-only generations need no draft model, so any number of them run at once.
         drafting = self._draft_lock if mode != Mode.CLOUD else contextlib.nullcontext()
         async with drafting, contextlib.aclosing(run(request, generation)) as tokens:
-            async for new in tokens:
+            async for source, new in tokens:
                 generation.token_ids += new
+                generation.sources += [source] * len(new)
                 yield new
 
     async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation
-                               ) -> AsyncIterator[list[int]]:
+                               ) -> AsyncIterator[Piece]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""
         reason = await self._cloud_unusable()
         if reason is None:
             try:
-                async with contextlib.aclosing(self._hybrid(request, generation)) as tokens:
-                    async for new in tokens:
-                        yield new
+                async with contextlib.aclosing(self._hybrid(request, generation)) as pieces:
+                    async for piece in pieces:
+                        yield piece
                 return
             except CloudUnavailable as exc:
                 self.cloud.mark_down(str(exc))
                 if generation.finish_reason:
                     return  # every token had arrived; only the end of the stream was lost
                 reason = str(exc)
-        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def _cloud_unusable(self) -> str | None:
         """Why the cloud can't be used now (None if it can); contacts it if it never was."""
@@ -204,7 +208,7 @@ class EdgeEngine:
         return None if self.cloud.up else self.cloud.last_error
 
     async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str
-                                  ) -> AsyncIterator[list[int]]:
+                                  ) -> AsyncIterator[Piece]:
         """Continues the answer on the draft model from the tokens committed so far."""
         done = len(generation.token_ids)
         generation.degraded, generation.fallback_at, generation.fallback_reason = True, done, reason
@@ -214,15 +218,15 @@ class EdgeEngine:
             return
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._edge(rest, generation)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     def _resume_window(self) -> ResumeWindow:
         """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
         return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
         window = self._resume_window()
@@ -247,13 +251,13 @@ class EdgeEngine:
             run.stop_ids |= set(info.eos_token_ids)
             resuming = bool(generation.served_by)  # an earlier session of this answer started
             try:
-                async with contextlib.aclosing(run.tokens()) as tokens:
-                    async for new in tokens:
+                async with contextlib.aclosing(run.tokens()) as pieces:
+                    async for source, new in pieces:
                         window.progressed()
                         broke_at = _resumed(generation.stats, broke_at)
                         generation.served(run.replica, len(committed))
                         committed += new
-                        yield new
+                        yield source, new
                 return
             except CloudUnavailable as exc:
                 if run.finish:
@@ -281,7 +285,7 @@ class EdgeEngine:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config
 
-    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
@@ -323,7 +327,7 @@ class EdgeEngine:
                     generation.text += step.text
                     if new:
                         committed += new
-                        yield new
+                        yield Source.CLOUD, new
                 return
             except CloudUnavailable as exc:
                 stats.bytes_received = received_before + stream.bytes_received
@@ -335,7 +339,8 @@ class EdgeEngine:
                 broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
 
-    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+
+    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         policy = DraftPolicy(request.sampling)
         stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None
@@ -351,7 +356,7 @@ class EdgeEngine:
             context.append(token)
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
-            yield [token]
+            yield Source.LOCAL, [token]
             if token in stop_ids or (stop_text and stop_text.push(token)):
                 generation.finish_reason = FinishReason.STOP
                 return

@@ -27,6 +27,7 @@ from common.stop import StopScanner
 from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.provenance import Source, totals
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Completion:
     answered_by: str = "hybrid"  # "hybrid", "local", "hybrid-then-local", "cloud" or "edge"
     fallback_at: int | None = None
     fallback_reason: str = ""
+    provenance: dict[str, int] = dataclasses.field(default_factory=dict)  # tokens per Source value
     # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
     # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
     served_by: list[dict] = dataclasses.field(default_factory=list)
@@ -56,6 +58,7 @@ class Delta:
     text: str
     token_ids: list[int]
     degraded: bool  # produced by the local model alone (offline fallback)
+    source: Source | None = None  # who chose token_ids (all alike); None when there are none
     replica: str | None = None  # the cloud replica serving the answer when these tokens arrived
 
 
@@ -174,6 +177,7 @@ class AsyncTandem:
         rendered = 0  # of generation.text (cloud_text)
         async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
             async for new in tokens:
+                source = generation.sources[-1]  # the engine yields tokens chosen alike
                 ids, text = [], ""
                 if cloud_text:  # the cloud stops at a stop string itself: `new` is one token
                     ids, text = list(new), stops.push(generation.text[rendered:])
@@ -186,12 +190,13 @@ class AsyncTandem:
                 if stops.hit is not None:
                     # Tokens after the one that completed the stop string are not part of the answer.
                     del generation.token_ids[len(generation.token_ids) - len(new) + len(ids):]
-                    last = Delta(text, ids, generation.degraded, generation.replica)
+                    del generation.sources[len(generation.token_ids):]
+                    last = Delta(text, ids, generation.degraded, source, generation.replica)
                     break  # leaving the block closes the generation (and its cloud stream) now
-                yield Delta(text, ids, generation.degraded, generation.replica)
+                yield Delta(text, ids, generation.degraded, source, generation.replica)
         if last is None:
             rest = generation.text[rendered:] if cloud_text else detok.flush()
-            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded, generation.replica)
+            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded, replica=generation.replica)
         if stops.hit is not None:
             generation.finish_reason = FinishReason.STOP
         if last.text or last.token_ids:
@@ -235,7 +240,7 @@ class AsyncTandem:
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason, served_by_of(generation))
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
 
 
 def served_by_of(generation: Generation) -> list[dict]:

@@ -31,6 +31,7 @@ from edge.client import SpeculateStream
 from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
+from edge.provenance import Source
 
 
 SPECULATION = "speculation"
@@ -128,6 +129,9 @@ class _InFlight:
     doomed: bool = False  # known stale: sent before a rejection that invalidates it
 
 
+Piece = tuple[Source, list[int]]  # committed token ids, all chosen the same way
+
+
 class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
@@ -159,7 +163,8 @@ class SpeculativeRun:
         self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
         self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
 
-    async def tokens(self) -> AsyncIterator[list[int]]:
+    async def tokens(self) -> AsyncIterator[Piece]:
+        """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
         reader = asyncio.create_task(self._read_all())
         try:
             opened_at = time.perf_counter()
@@ -167,14 +172,14 @@ class SpeculativeRun:
             prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
             self.lengths.observe_round_trip(self._arrived_at - opened_at)
+            self.stats.policy = self.lengths.snapshot()
             first = self._apply_started(started)
             if first:
-                yield first
+                yield Source.CLOUD, first
             await prefill
             while not self.finish:
-                new = await self._step()
-                if new:
-                    yield new
+                for piece in await self._step():
+                    yield piece
             await self.stream.done_writing()
             while await self._next_response(None) is not None:
                 pass  # stale verdicts of blocks still in flight at the finish
@@ -185,7 +190,7 @@ class SpeculativeRun:
             self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
-    async def _step(self) -> list[int]:
+    async def _step(self) -> list[Piece]:
         """Applies any verdict that arrived; else drafts a token, sends a block, or waits."""
         if not self._responses.empty():
             return self._apply_verdict(await self._next_response("verdict"))
@@ -313,7 +318,7 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         return new
 
-    def _apply_verdict(self, verdict: Verdict) -> list[int]:
+    def _apply_verdict(self, verdict: Verdict) -> list[Piece]:
         if not self.in_flight:
             raise ProtocolError("a verdict arrived for no block in flight")
         sent = self.in_flight.popleft()
@@ -332,9 +337,9 @@ class SpeculativeRun:
         drafts = block.token_ids[overlap:]
         if verdict.accepted_count > len(drafts):
             raise ProtocolError(f"cloud accepted {verdict.accepted_count} of {len(drafts)} drafts")
-        new = drafts[: verdict.accepted_count]
-        if verdict.next_token is not None:
-            new.append(verdict.next_token)
+        accepted = drafts[: verdict.accepted_count]
+        chosen = [] if verdict.next_token is None else [verdict.next_token]
+        new = accepted + chosen
         self.committed += new
         self.stats.rounds += 1
         self.stats.drafted += len(drafts)
@@ -344,12 +349,13 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
             self.lengths.observe_verdict(len(drafts), verdict.accepted_count, self._arrived_at - sent.sent_at)
+            self.stats.policy = self.lengths.snapshot()  # live: a chat page shows the round trip
         self.finish = verdict.finish_reason
         if self.tail[: len(self.committed)] != self.committed:
             for later in self.in_flight:
                 later.doomed = True
             self._reset_tail()
-        return new
+        return [(source, ids) for source, ids in ((Source.ACCEPTED, accepted), (Source.CLOUD, chosen)) if ids]
 
     def _reset_tail(self) -> None:
         self.tail = list(self.committed)
