@@ -183,20 +183,21 @@ async def references(stub, prompts: list[list[int]], max_tokens: int) -> list[li
     return out
 
 
-def tokenized_prompts(draft_model: str | None, chat_template: str, count: int, long_tokens: int):
-    """The bench prompts as chat turns, and one synthetic prompt of long_tokens tokens."""
+def tokenized_prompts(draft_model: str | None, info: pb.InfoResponse, count: int, long_tokens: int):
+    """The bench prompts as chat turns, encoded as the target wants (its template and BOS rule),
+    and one synthetic prompt of long_tokens tokens."""
     from common.model_paths import default_gguf_path
+    from common.wire import special_tokens_from_pb
     from edge.chat_template import render_chat
-    from edge.llama_drafter import tokenize_with_vocab
+    from edge.tokenizer import load_tokenizer
 
-    gguf = Path(draft_model) if draft_model else default_gguf_path()
-    texts = [render_chat(chat_template, [{"role": "user", "content": p}]) for p in PROMPTS[:count]]
-    ids = tokenize_with_vocab(gguf, texts + [" ".join(PROMPTS)])
-    if ids is None:
-        raise SystemExit(f"tandem bench: llama.cpp cannot read the vocabulary of {gguf}")
-    filler = ids[-1]
+    tokenizer = load_tokenizer(Path(draft_model) if draft_model else default_gguf_path())
+    rules = special_tokens_from_pb(info.special_tokens)
+    texts = [render_chat(info.chat_template, [{"role": "user", "content": p}], bos_token=rules.bos_token,
+                         eos_token=rules.eos_token) for p in PROMPTS[:count]]
+    filler = tokenizer.tokenize(" ".join(PROMPTS))
     long = (filler * (long_tokens // max(1, len(filler)) + 1))[:long_tokens] if long_tokens else []
-    return ids[:-1], long
+    return [tokenizer.encode_rendered_chat(text, rules) for text in texts], long
 
 
 async def _bench(args, address: str, metrics_port: int, progress) -> dict:
@@ -204,7 +205,7 @@ async def _bench(args, address: str, metrics_port: int, progress) -> dict:
     try:
         stub = pb_grpc.TandemStub(channel)
         info = await stub.Info(pb.InfoRequest())
-        prompts, long = tokenized_prompts(args.draft_model, info.chat_template, args.prompts, args.long_prompt_tokens)
+        prompts, long = tokenized_prompts(args.draft_model, info, args.prompts, args.long_prompt_tokens)
         refs = await references(stub, prompts, args.max_tokens)
         load = Load(stub, prompts, refs, args.max_tokens, args.load_draft_tokens, args.corrupt_rate,
                     info.vocab_size, info.tokenizer_fingerprint)

@@ -54,12 +54,11 @@ class Breakable:
 
 
 async def _generate(engine, command: dict, breakable: Breakable | None = None) -> dict:
-    from edge.chat_template import render_chat
     from edge.engine import Generation, GenerationRequest, Mode
 
     mode = Mode(command["mode"])
-    text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
-    request = GenerationRequest(engine.drafter.tokenize(text), max_new_tokens=int(command["max_tokens"]))
+    prompt_ids = engine.encode_chat([{"role": "user", "content": command["prompt"]}])
+    request = GenerationRequest(prompt_ids, max_new_tokens=int(command["max_tokens"]))
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
     break_after = int(command.get("break_after") or 0)

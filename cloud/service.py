@@ -79,6 +79,7 @@ class TandemService(pb_grpc.TandemServicer):
             max_stop_tokens=lim.max_stop_tokens,
             idle_timeout_s=self.idle_timeout_s,
             replica=self.replica,
+            special_tokens=m.special,
         )
 
     async def Info(self, request, context):
@@ -134,7 +135,7 @@ class TandemService(pb_grpc.TandemServicer):
         if request.prompt_text and request.resume_token_ids:
             raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
         if request.prompt_text:
-            prompt = await self.scheduler.run(self.model.tokenize, request.prompt_text)
+            prompt = await self.scheduler.run(self.model.encode, request.prompt_text)
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.special_tokens import SpecialTokens
 
 
 class FinishReason(enum.IntEnum):
@@ -288,6 +289,7 @@ class ModelInfo:
     max_stop_tokens: int = 0
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
     replica: str = ""  # the replica that answered Info
+    special_tokens: SpecialTokens = SpecialTokens()  # the target's BOS/EOS rules
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -305,6 +307,7 @@ class ModelInfo:
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
             replica=m.replica,
+            special_tokens=special_tokens_from_pb(m.special_tokens),
         )
 
     def to_pb(self) -> pb.InfoResponse:
@@ -324,4 +327,19 @@ class ModelInfo:
             ),
             chat_template=self.chat_template,
             replica=self.replica,
+            special_tokens=special_tokens_to_pb(self.special_tokens),
         )
+
+
+def special_tokens_from_pb(m: pb.SpecialTokens) -> SpecialTokens:
+    bos = m.bos_token_id if m.HasField("bos_token_id") else None
+    eos = m.eos_token_id if m.HasField("eos_token_id") else None
+    try:
+        return SpecialTokens(bos, m.bos_token, m.add_bos_token, eos, m.eos_token, m.add_eos_token)
+    except ValueError as exc:
+        raise InvalidArgument(f"special_tokens: {exc}") from None
+
+
+def special_tokens_to_pb(s: SpecialTokens) -> pb.SpecialTokens:
+    return pb.SpecialTokens(bos_token_id=s.bos_token_id, bos_token=s.bos_token, add_bos_token=s.add_bos,
+                            eos_token_id=s.eos_token_id, eos_token=s.eos_token, add_eos_token=s.add_eos)

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
+from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
@@ -148,6 +149,27 @@ class EdgeEngine:
         self.cloud_info = info
         self.cloud.mark_up()
         return info
+
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt's ids, as the target's tokenizer encodes it by default (BOS/EOS per the
+        target's rules once the cloud is known, else the draft tokenizer's, which the
+        fingerprint check makes the same)."""
+        return self.drafter.tokenizer.encode(text, self._rules())
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """The ids of `messages` ([{role, content}]) rendered with the target's chat template
+        (the draft's own while the cloud is unknown), ready for the reply."""
+        from edge.chat_template import render_chat
+
+        tokenizer = self.drafter.tokenizer
+        info = self.cloud_info
+        template = info.chat_template if info else tokenizer.chat_template
+        rules = self._rules()
+        text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
+        return tokenizer.encode_rendered_chat(text, rules)
+
+    def _rules(self) -> SpecialTokens:
+        return self.cloud_info.special_tokens if self.cloud_info else self.drafter.tokenizer.special
 
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
         """Sampling always carries a seed, so draft and target can share position-keyed noise."""

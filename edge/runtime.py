@@ -35,6 +35,8 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
                                           convert_dtype=config.draft_dtype)
     client = None
     try:
+        if drafter is not None:
+            await asyncio.to_thread(lambda: drafter.tokenizer)  # loaded here, not on the event loop later
         if mode != Mode.EDGE:
             address = config.cloud
             if address is None:

@@ -15,6 +15,7 @@ local model finishes the answer, and `Completion.degraded` / `Delta.degraded` sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -123,21 +124,24 @@ class AsyncTandem:
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         if chat:
             return self.encode_chat([{"role": "user", "content": prompt}])
-        return self.engine.drafter.tokenize(prompt)
+        return self.engine.encode(prompt)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of `messages` ([{role, content}]) in the model's chat template, ready for a reply."""
-        from edge.chat_template import render_chat
-
-        drafter = self.engine.drafter
-        return drafter.tokenize(render_chat(drafter.chat_template, messages))
+        """Token ids of `messages` ([{role, content}]) in the target's chat template, ready for a reply."""
+        return self.engine.encode_chat(messages)
 
     def _render(self, prompt: str) -> str:
-        """A user message in the cloud model's chat template (no local model to take it from)."""
+        """A user message in the cloud model's chat template (no local model to take it from).
+
+        The template's BOS is left out (bos_token ""): the cloud encodes prompt_text with its
+        default rules, which add the one BOS the model wants.
+        """
         require_extra("edge", "a chat prompt without a local model", ("jinja2",))
         from edge.chat_template import render_chat
 
-        return render_chat(self.engine.cloud_info.chat_template, [{"role": "user", "content": prompt}])
+        info = self.engine.cloud_info
+        return render_chat(info.chat_template, [{"role": "user", "content": prompt}],
+                           eos_token=info.special_tokens.eos_token)
 
     async def deltas(self, prompt_token_ids: list[int], generation: Generation | None = None, **options
                      ) -> AsyncIterator[Delta]:
@@ -210,7 +214,7 @@ class AsyncTandem:
         if self.engine.drafter is None:  # the cloud tokenizes (and renders the answer)
             prompt_fields = dict(prompt_token_ids=[], prompt_text=self._render(prompt) if chat else prompt)
         else:
-            prompt_fields = dict(prompt_token_ids=self.encode(prompt, chat))
+            prompt_fields = dict(prompt_token_ids=await asyncio.to_thread(self.encode, prompt, chat))
         async with contextlib.aclosing(self._deltas(prompt_fields, generation, options)) as deltas:
             async for delta in deltas:
                 if delta.text:

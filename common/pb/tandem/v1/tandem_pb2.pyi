@@ -32,7 +32,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template", "replica")
+    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template", "replica", "special_tokens")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -49,7 +50,24 @@ class InfoResponse(_message.Message):
     limits: Limits
     chat_template: str
     replica: str
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+    special_tokens: SpecialTokens
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ..., replica: _Optional[str] = ..., special_tokens: _Optional[_Union[SpecialTokens, _Mapping]] = ...) -> None: ...
+
+class SpecialTokens(_message.Message):
+    __slots__ = ("bos_token_id", "bos_token", "add_bos_token", "eos_token_id", "eos_token", "add_eos_token")
+    BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADD_BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADD_EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    bos_token_id: int
+    bos_token: str
+    add_bos_token: bool
+    eos_token_id: int
+    eos_token: str
+    add_eos_token: bool
+    def __init__(self, bos_token_id: _Optional[int] = ..., bos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., eos_token_id: _Optional[int] = ..., eos_token: _Optional[str] = ..., add_eos_token: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k", "max_stop_tokens", "idle_timeout_ms")
