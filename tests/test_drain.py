@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from raw_speculate import draft, open_request
+from raw_speculate import draft, next_answer, open_request
 
 from common.channel import channel_target, split_cloud
 from common.errors import CloudUnavailable, InvalidArgument
@@ -30,16 +30,16 @@ def test_drain_moves_live_sessions_and_refuses_new_ones(cloud_factory, tiny_targ
         stub = pb_grpc.TandemStub(channel)
         requests.put(open_request(tiny_target, max_new_tokens=64))
         call = stub.Speculate(iter(requests.get, None), timeout=30)
-        started = next(call).started
+        started = next_answer(call).started
         assert started.replica == "replica-a"
         requests.put(draft(started.position, [started.token_id]))  # one plain step: a live session
-        responses.append(next(call))
+        responses.append(next_answer(call))
         assert cloud.live_sessions == 1
 
         drained = threading.Thread(target=cloud._loop.run, args=(cloud.running.drain(10.0),))
         began = time.monotonic()
         drained.start()
-        notice = next(call)  # the session is told at once, while it waits for the edge's next block
+        notice = next_answer(call)  # the session is told at once, while it waits for the edge's next block
         assert notice.WhichOneof("kind") == "drain"
         assert notice.drain.replica == "replica-a" and notice.drain.reason
         requests.put(None)
@@ -67,10 +67,12 @@ def test_generate_resumes_at_the_position_after_the_resumed_tokens(cloud_factory
     prompt = tiny_target.tokenize("Hello there, limits")
     with grpc.insecure_channel(cloud.address) as channel:
         stub = pb_grpc.TandemStub(channel)
-        whole = [r for r in stub.Generate(pb.GenerateRequest(prompt_token_ids=prompt, max_new_tokens=8), timeout=30)]
+        whole = [r for r in stub.Generate(pb.GenerateRequest(prompt_token_ids=prompt, max_new_tokens=8), timeout=30)
+                 if not r.HasField("progress")]  # the cloud's acknowledgement comes first
         ids = [r.token_id for r in whole if r.HasField("token_id")]
-        rest = list(stub.Generate(pb.GenerateRequest(prompt_token_ids=prompt, max_new_tokens=8,
-                                                     resume_token_ids=ids[:3]), timeout=30))
+        rest = [r for r in stub.Generate(pb.GenerateRequest(prompt_token_ids=prompt, max_new_tokens=8,
+                                                            resume_token_ids=ids[:3]), timeout=30)
+                if not r.HasField("progress")]
     assert whole[0].replica and whole[0].replica == rest[0].replica and not whole[1].replica
     assert rest[0].position == len(prompt) + 3
     assert [r.token_id for r in rest if r.HasField("token_id")] == ids[3:]
