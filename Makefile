@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast proto bench gemma clean help
+.PHONY: install browser haproxy demo test test-fast proto bench gemma clean help
 
 help:
 	@echo "make demo       install, then stream a short answer from the default model pair"
@@ -47,11 +47,17 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
+# tests/test_replicas.py runs deploy/haproxy.cfg with Debian's haproxy (2.6 on bookworm).
+haproxy:
+	@command -v haproxy >/dev/null || { \
+		echo "installing haproxy from Debian (tests/test_replicas.py)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 haproxy; }
+
 # pytest exits 5 when it collects no tests; that is not a failure of the code under test.
-test: install browser gemma
+test: install browser haproxy gemma
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-test-fast: install browser
+test-fast: install browser haproxy
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 proto: install

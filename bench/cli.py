@@ -47,6 +47,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
     parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
+    parser.add_argument("--resume-after", type=int, default=32,
+                        help="also measure one resume: each prompt's hybrid answer with its connection reset "
+                             "after this many tokens, paired with the same answer unbroken; 0 skips it")
+    parser.add_argument("--resume-rtt-ms", type=float, default=20.0, help="round-trip time of the resume measurement")
     settings.add_arguments(parser, SpeculationConfig)
     g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
     g.add_argument("--sessions", default=None, metavar="N,N,...",
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     for extra in ("cloud", "edge"):
         require_extra(extra, "tandem bench")
-    from bench import report, runner
+    from bench import report, resume, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker
     from common.relay import RelayThread
@@ -107,6 +111,11 @@ def _run(args: argparse.Namespace) -> int:
         worker = EdgeWorker(args.edge_cpus, f"127.0.0.1:{relay.port}", edge_args, out / "edge.log")
         runner.warm_up(worker, plan)
         records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
+        resume_records = []
+        if args.resume_after > 0:
+            print(f"tandem bench: measuring one resume at {args.resume_rtt_ms:g} ms RTT ...", file=sys.stderr, flush=True)
+            resume_records = resume.measure(worker, relay, plan.link(args.resume_rtt_ms), plan.prompts,
+                                            plan.max_tokens, args.resume_after)
         machine = {
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
@@ -131,8 +140,13 @@ def _run(args: argparse.Namespace) -> int:
         "targets": target_rows,
         "runs": records,
     }
+    if resume_records:
+        result["resume"] = {"rtt_ms": args.resume_rtt_ms, "break_after": args.resume_after,
+                            **resume.summarize(resume_records), "runs": resume_records}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     print(report.table(summary, target_rows))
+    if resume_records:
+        print(resume.table(result["resume"], args.resume_rtt_ms, args.resume_after))
     try:
         paths = report.plot(summary, records, out)
     except ImportError:

@@ -9,6 +9,11 @@ threads the draft model got. Then it reads one JSON command per line on stdin,
 optional "speculation" object overrides SpeculationConfig fields for that generation only, so
 settings can be compared interleaved in one run):
 {"token_ids", "finish_reason", "stats", "blocks"} or {"error": MESSAGE}. It exits at EOF.
+
+A command with "breakable": true runs over a second connection that passes through a relay
+inside this process; with "break_after": N that relay resets the connection once N tokens have
+arrived, and the answer resumes (edge/resume.py): `tandem bench` measures the cost of one resume
+against the same answer over the same path, unbroken.
 """
 
 from __future__ import annotations
@@ -30,7 +35,25 @@ def _emit(message: dict) -> None:
     sys.stdout.flush()
 
 
-async def _generate(engine, command: dict) -> dict:
+class Breakable:
+    """An engine on the worker's draft model whose connection runs through a local relay it can reset."""
+
+    def __init__(self, engine, address: str):
+        from common.relay import RelayThread
+        from edge.client import CloudClient
+        from edge.engine import EdgeEngine
+
+        host, port = address.rsplit(":", 1)
+        self.relay = RelayThread((host, int(port))).start()
+        self.client = CloudClient(f"127.0.0.1:{self.relay.port}", connect_timeout_s=engine.client.connect_timeout_s)
+        self.engine = EdgeEngine(engine.drafter, self.client, engine.config)
+
+    async def close(self) -> None:
+        await self.client.close()
+        self.relay.stop()
+
+
+async def _generate(engine, command: dict, breakable: Breakable | None = None) -> dict:
     from edge.engine import Generation, GenerationRequest, Mode
 
     mode = Mode(command["mode"])
@@ -38,10 +61,18 @@ async def _generate(engine, command: dict) -> dict:
     request = GenerationRequest(prompt_ids, max_new_tokens=int(command["max_tokens"]))
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
+    break_after = int(command.get("break_after") or 0)
+    runner = breakable.engine if breakable is not None else engine
+    runner.config = engine.config
+    if breakable is not None and runner.cloud_info is None:
+        await runner.connect()
     generation = Generation(mode)  # its stats clock starts now: TTFT includes opening the call
+    broken = False
     try:
-        async for _ in engine.generate(request, mode, generation):
-            pass
+        async for _ in runner.generate(request, mode, generation):
+            if break_after and not broken and len(generation.token_ids) >= break_after:
+                await asyncio.to_thread(breakable.relay.drop_connections)
+                broken = True
     finally:
         engine.config = default
     return {
@@ -66,11 +97,19 @@ async def serve(config: EdgeConfig) -> None:
                "draft_threads": drafter.threads, "draft_model": drafter.name,
                "target_model": engine.cloud_info.model_name})
         loop = asyncio.get_running_loop()
-        while line := await loop.run_in_executor(None, sys.stdin.readline):
-            try:
-                _emit(await _generate(engine, json.loads(line)))
-            except (TandemError, KeyError, ValueError, TypeError) as exc:
-                _emit({"error": f"{type(exc).__name__}: {exc}"})
+        breakable = None
+        try:
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                try:
+                    command = json.loads(line)
+                    if command.get("breakable") and breakable is None:
+                        breakable = Breakable(engine, config.cloud)
+                    _emit(await _generate(engine, command, breakable if command.get("breakable") else None))
+                except (TandemError, KeyError, ValueError, TypeError) as exc:
+                    _emit({"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if breakable is not None:
+                await breakable.close()
     finally:
         await client.close()
         drafter.close()

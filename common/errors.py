@@ -35,6 +35,12 @@ class DeadlineExceeded(TandemError):
     code = "DEADLINE_EXCEEDED"
 
 
+class Draining(TandemError):
+    """The replica is shutting down and takes no new session: another replica should."""
+
+    code = "UNAVAILABLE"
+
+
 class ProtocolError(TandemError):
     """The cloud answered something the protocol does not allow."""
 

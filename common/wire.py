@@ -149,6 +149,7 @@ class SessionStarted:
     token_id: int | None
     finish_reason: FinishReason = FinishReason.NONE
     forward_passes: int = 0
+    replica: str = ""  # the replica serving the session ("" when the server does not say)
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -157,6 +158,7 @@ class SessionStarted:
             token_id=m.token_id if m.HasField("token_id") else None,
             finish_reason=FinishReason(m.finish_reason),
             forward_passes=m.forward_passes,
+            replica=m.replica,
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -165,6 +167,7 @@ class SessionStarted:
             token_id=self.token_id,
             finish_reason=int(self.finish_reason),
             forward_passes=self.forward_passes,
+            replica=self.replica,
         )
 
 
@@ -210,6 +213,7 @@ class GenerateRequest:
     stop_strings: list[str] = field(default_factory=list)
     prompt_text: str = ""  # tokenized by the cloud when prompt_token_ids is empty
     return_text: bool = False  # each step also carries the text its token completes
+    resume_token_ids: list[int] = field(default_factory=list)  # generated before a broken stream (resume)
 
     @classmethod
     def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
@@ -221,6 +225,7 @@ class GenerateRequest:
             stop_strings=list(m.stop_strings),
             prompt_text=m.prompt_text,
             return_text=m.return_text,
+            resume_token_ids=list(m.resume_token_ids),
         )
 
     def to_pb(self) -> pb.GenerateRequest:
@@ -232,6 +237,7 @@ class GenerateRequest:
             stop_strings=self.stop_strings,
             prompt_text=self.prompt_text,
             return_text=self.return_text,
+            resume_token_ids=self.resume_token_ids,
         )
 
 
@@ -244,6 +250,7 @@ class GenerateStep:
     finish_reason: FinishReason = FinishReason.NONE
     text: str = ""
     forward_passes: int = 0  # sent once, with the finish
+    replica: str = ""  # the replica serving the call; on the first step only
 
     @classmethod
     def from_pb(cls, m: pb.GenerateResponse) -> GenerateStep:
@@ -253,6 +260,7 @@ class GenerateStep:
             finish_reason=FinishReason(m.finish_reason),
             text=m.text,
             forward_passes=m.forward_passes,
+            replica=m.replica,
         )
 
     def to_pb(self) -> pb.GenerateResponse:
@@ -262,6 +270,7 @@ class GenerateStep:
             finish_reason=int(self.finish_reason),
             text=self.text,
             forward_passes=self.forward_passes,
+            replica=self.replica,
         )
 
 
@@ -279,6 +288,7 @@ class ModelInfo:
     chat_template: str = ""
     max_stop_tokens: int = 0
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
+    replica: str = ""  # the replica that answered Info
     special_tokens: SpecialTokens = SpecialTokens()  # the target's BOS/EOS rules
 
     @classmethod
@@ -296,6 +306,7 @@ class ModelInfo:
             chat_template=m.chat_template,
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
+            replica=m.replica,
             special_tokens=special_tokens_from_pb(m.special_tokens),
         )
 
@@ -315,6 +326,7 @@ class ModelInfo:
                 idle_timeout_ms=round(self.idle_timeout_s * 1000),
             ),
             chat_template=self.chat_template,
+            replica=self.replica,
             special_tokens=special_tokens_to_pb(self.special_tokens),
         )
 

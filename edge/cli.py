@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 async def _generate(args: argparse.Namespace) -> int:
     from edge.chat import notice
     from edge.engine import Generation, Mode
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandem, served_by_of
     from edge.speculative import GenerationStats
 
     if args.n < 1 or args.max_tokens < 1:
@@ -74,7 +74,8 @@ async def _generate(args: argparse.Namespace) -> int:
                     print(delta, end="", flush=True)
             choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
                             "finish_reason": generation.finish_reason.label, "seed": generation.seed,
-                            "degraded": generation.degraded, "answered_by": generation.answered_by})
+                            "degraded": generation.degraded, "answered_by": generation.answered_by,
+                            "served_by": served_by_of(generation)})
             stats.append(generation.stats)
             if not args.json:
                 print(("\n" if args.n > 1 else ""), end="", flush=True)

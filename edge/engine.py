@@ -4,9 +4,11 @@
 - cloud: the cloud generates alone (Generate); the baseline.
 - edge: the local model generates alone; no network.
 
-With fallback on (edge/fallback.py), a hybrid generation whose cloud is unreachable, silent
-past the timeout, or lost mid-stream continues on the local model from the committed tokens,
-and is marked degraded.
+A stream that breaks mid-answer (a replica died or drains) is reopened on the channel, through
+the load balancer or on another address, from the committed tokens (edge/resume.py): the answer
+stays exactly the cloud model's. With fallback on (edge/fallback.py), a hybrid generation whose
+cloud stays unreachable past the timeout continues on the local model from the committed
+tokens, and is marked degraded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import enum
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -29,9 +32,18 @@ from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
+from edge.resume import ResumeWindow
 from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
+
+
+def _resumed(stats: GenerationStats, broke_at: float | None) -> None:
+    """A token arrived: adds the gap since the break (if any) to stats.resume_s. Returns the new
+    break time, None: the break is accounted for."""
+    if broke_at is not None:
+        stats.resume_s += time.perf_counter() - broke_at
+    return None
 
 
 class Mode(str, enum.Enum):
@@ -69,6 +81,17 @@ class Generation:
     degraded: bool = False
     fallback_at: int | None = None
     fallback_reason: str = ""
+    # Which replica served which part: (index in token_ids where its part starts, replica name).
+    served_by: list[tuple[int, str]] = field(default_factory=list)
+
+    def served(self, replica: str | None, from_token: int) -> None:
+        if replica is not None and (not self.served_by or self.served_by[-1][1] != replica):
+            self.served_by.append((from_token, replica))
+
+    @property
+    def replica(self) -> str | None:
+        """The replica serving the answer now (None before the cloud answered, or when it gave no name)."""
+        return self.served_by[-1][1] or None if self.served_by else None
 
     @property
     def answered_by(self) -> str:
@@ -221,29 +244,55 @@ class EdgeEngine:
             async for piece in pieces:
                 yield piece
 
+    def _resume_window(self) -> ResumeWindow:
+        """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
+        return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
+
     async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
+        """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
-        session = SessionOpen(
-            prompt_token_ids=list(request.prompt_token_ids),
-            max_new_tokens=request.max_new_tokens,
-            sampling=request.sampling,
-            stop_token_ids=list(request.stop_token_ids),
-            tokenizer_fingerprint=self.drafter.fingerprint,
-            draft_model_name=self.drafter.name,
-            draft_mode=request.draft_mode,
-            stop_strings=list(request.stop_strings),
-        )
-        timeout = self.fallback.timeout_s if self.fallback.enabled else None
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
-                             response_timeout_s=timeout)
-        run.stop_ids |= set(info.eos_token_ids)
-        try:
-            async with contextlib.aclosing(run.tokens()) as pieces:
-                async for piece in pieces:
-                    yield piece
-        finally:
-            if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
-                generation.finish_reason = run.finish
+        window = self._resume_window()
+        committed: list[int] = []
+        broke_at = None  # perf_counter() of the break the next session resumes
+        while True:
+            session = SessionOpen(
+                prompt_token_ids=list(request.prompt_token_ids),
+                max_new_tokens=request.max_new_tokens,
+                sampling=request.sampling,
+                stop_token_ids=list(request.stop_token_ids),
+                tokenizer_fingerprint=self.drafter.fingerprint,
+                draft_model_name=self.drafter.name,
+                draft_mode=request.draft_mode,
+                resume_token_ids=list(committed),
+                stop_strings=list(request.stop_strings),
+            )
+            timeout = self.fallback.timeout_s if self.fallback.enabled else None
+            stream = self.client.speculate(window.remaining_s())
+            run = SpeculativeRun(self.drafter, stream, session, self._fit(info), generation.stats,
+                                 response_timeout_s=timeout)
+            run.stop_ids |= set(info.eos_token_ids)
+            resuming = bool(generation.served_by)  # an earlier session of this answer started
+            try:
+                async with contextlib.aclosing(run.tokens()) as pieces:
+                    async for source, new in pieces:
+                        window.progressed()
+                        broke_at = _resumed(generation.stats, broke_at)
+                        generation.served(run.replica, len(committed))
+                        committed += new
+                        yield source, new
+                return
+            except CloudUnavailable as exc:
+                if run.finish:
+                    return  # every token had arrived; only the end of the stream was lost
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
+                await window.pause_or_raise(exc, len(committed))
+            finally:
+                if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
+                    generation.finish_reason = run.finish
+                if run.replica is not None:
+                    generation.served(run.replica, len(committed))
+                    generation.stats.resumes += resuming
 
     def _fit(self, info: ModelInfo) -> SpeculationConfig:
         """The speculation config within the cloud's limits.
@@ -259,31 +308,59 @@ class EdgeEngine:
         return config
 
     async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
+        """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
-        stream = self.client.generate(GenerateRequest(
-            prompt_token_ids=list(request.prompt_token_ids),
-            sampling=request.sampling,
-            max_new_tokens=request.max_new_tokens,
-            stop_token_ids=list(request.stop_token_ids),
-            stop_strings=list(request.stop_strings),
-            prompt_text=request.prompt_text,
-            return_text=request.return_text,
-        ))
-        stats.bytes_sent += stream.bytes_sent
-        received_before = stats.bytes_received
-        async for step in stream:
-            stats.bytes_received = received_before + stream.bytes_received
-            new = [step.token_id] if step.token_id is not None else []
-            stats.rounds += len(new)
-            if step.finish_reason:
-                stats.cloud_forward_passes = step.forward_passes
-            stats.mark_tokens(len(new))
-            generation.finish_reason = step.finish_reason
-            generation.text += step.text
-            if new:
-                yield Source.CLOUD, new
+        # A thin client's answer (the cloud tokenizes and renders it) cannot be resumed: no ids to resume from.
+        resumable = bool(request.prompt_token_ids) and not request.return_text
+        window = self._resume_window()
+        committed: list[int] = []
+        broke_at = None
+        while True:
+            stream = self.client.generate(GenerateRequest(
+                prompt_token_ids=list(request.prompt_token_ids),
+                sampling=request.sampling,
+                max_new_tokens=request.max_new_tokens,
+                stop_token_ids=list(request.stop_token_ids),
+                stop_strings=list(request.stop_strings),
+                prompt_text=request.prompt_text,
+                return_text=request.return_text,
+                resume_token_ids=list(committed),
+            ), window.remaining_s())
+            stats.bytes_sent += stream.bytes_sent
+            received_before, passes_before = stats.bytes_received, stats.cloud_forward_passes
+            resuming, started = bool(generation.served_by), False
+            try:
+                async for step in stream:
+                    stats.bytes_received = received_before + stream.bytes_received
+                    if not started:
+                        started = True
+                        generation.served(step.replica, len(committed))
+                        stats.resumes += resuming
+                    window.progressed()
+                    broke_at = _resumed(stats, broke_at)
+                    new = [step.token_id] if step.token_id is not None else []
+                    stats.rounds += len(new)
+                    if step.finish_reason:
+                        stats.cloud_forward_passes = passes_before + step.forward_passes
+                    stats.mark_tokens(len(new))
+                    generation.finish_reason = step.finish_reason
+                    generation.text += step.text
+                    if new:
+                        committed += new
+                        yield Source.CLOUD, new
+                return
+            except CloudUnavailable as exc:
+                stats.bytes_received = received_before + stream.bytes_received
+                if generation.finish_reason:
+                    return
+                if not resumable:
+                    raise
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
+                await window.pause_or_raise(exc, len(committed))
+
 
     async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
         policy = DraftPolicy(request.sampling)

@@ -13,7 +13,8 @@ and the desktop apps that speak them work unchanged. Extensions, which OpenAI cl
   `progress`, the generation so far {tokens, rounds, drafted, accepted, round_trip_ms,
   elapsed_s};
 - the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, stats,
-  provenance: tokens per source}.
+  provenance: tokens per source, served_by}; served_by lists which cloud replica served which
+  part ([{from_token, replica}]).
 
 Parameters a request may set but this server can't honour are refused with a 400 that says
 so, rather than silently ignored.
@@ -290,6 +291,7 @@ def details(completion: Completion) -> dict:
         "answered_by": completion.answered_by,
         "fallback_at": completion.fallback_at,
         "fallback_reason": completion.fallback_reason or None,
+        "served_by": completion.served_by,
         "stats": completion.stats,
         "provenance": completion.provenance,
     }

@@ -43,6 +43,9 @@ class Completion:
     fallback_at: int | None = None
     fallback_reason: str = ""
     provenance: dict[str, int] = dataclasses.field(default_factory=dict)  # tokens per Source value
+    # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
+    # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
+    served_by: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Delta:
     token_ids: list[int]
     degraded: bool  # produced by the local model alone (offline fallback)
     source: Source | None = None  # who chose token_ids (all alike); None when there are none
+    replica: str | None = None  # the cloud replica serving the answer when these tokens arrived
 
 
 @dataclass(frozen=True)
@@ -191,12 +195,12 @@ class AsyncTandem:
                     # Tokens after the one that completed the stop string are not part of the answer.
                     del generation.token_ids[len(generation.token_ids) - len(new) + len(ids):]
                     del generation.sources[len(generation.token_ids):]
-                    last = Delta(text, ids, generation.degraded, source)
+                    last = Delta(text, ids, generation.degraded, source, generation.replica)
                     break  # leaving the block closes the generation (and its cloud stream) now
-                yield Delta(text, ids, generation.degraded, source)
+                yield Delta(text, ids, generation.degraded, source, generation.replica)
         if last is None:
             rest = generation.text[rendered:] if cloud_text else detok.flush()
-            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded)
+            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded, replica=generation.replica)
         if stops.hit is not None:
             generation.finish_reason = FinishReason.STOP
         if last.text or last.token_ids:
@@ -240,7 +244,11 @@ class AsyncTandem:
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason, totals(generation.sources))
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
+
+
+def served_by_of(generation: Generation) -> list[dict]:
+    return [{"from_token": start, "replica": replica} for start, replica in generation.served_by]
 
 
 class Tandem:

@@ -70,6 +70,8 @@ class GenerationStats:
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
     peak_in_flight: int = 0  # most blocks that awaited a verdict at once
+    resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
+    resume_s: float = 0.0  # time from each break to the first token of the session that resumed it
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -97,7 +99,7 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -112,7 +114,7 @@ class GenerationStats:
         d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
-        for key in ("ttft_s", "elapsed_s"):
+        for key in ("ttft_s", "elapsed_s", "resume_s"):
             d[key] = round(d[key], 4)
         return d
 
@@ -158,6 +160,8 @@ class SpeculativeRun:
         self._arrived_at = 0.0
         self._draft_disabled = False
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
+        self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
+        self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
 
     async def tokens(self) -> AsyncIterator[Piece]:
         """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
@@ -182,8 +186,8 @@ class SpeculativeRun:
         finally:
             reader.cancel()
             self.stream.cancel()
-            self.stats.bytes_sent = self.stream.bytes_sent
-            self.stats.bytes_received = self.stream.bytes_received
+            self.stats.bytes_sent += self.stream.bytes_sent
+            self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
     async def _step(self) -> list[Piece]:
@@ -305,7 +309,8 @@ class SpeculativeRun:
         if started.position != len(self.committed):
             raise ProtocolError(f"cloud started at position {started.position}, expected {len(self.committed)}")
         self.stats.rounds += 1
-        self.stats.cloud_forward_passes = started.forward_passes
+        self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
+        self.replica = started.replica
         new = [started.token_id] if started.token_id is not None else []
         self.committed += new
         self.finish = started.finish_reason
@@ -323,7 +328,8 @@ class SpeculativeRun:
                 f"verdict for position {verdict.start_position} (stale={verdict.stale}) does not match the "
                 f"block in flight at {block.start_position} (stale expected: {sent.doomed})"
             )
-        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes, verdict.forward_passes)
+        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
+                                              self._passes_before + verdict.forward_passes)
         if verdict.stale:
             self.stats.stale_drafted += len(block.token_ids) - 1
             return []
