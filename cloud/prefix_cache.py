@@ -1,17 +1,28 @@
-"""Prefix cache: KV snapshots of token sequences that later sessions are likely to reach.
+"""Prefix cache: the KV of token sequences that later sessions are likely to start with.
 
-Sampling N completions of one prompt (`tandem generate --n N`, best-of-N) opens N sessions
-with the same prompt, and their first tokens repeat a lot. A snapshot holds the KV cache
-after a sequence and the logits at its end; a session that reaches the same sequence
-copies the snapshot instead of running the model.
+Two kinds of entry, both a block table that shares its blocks with the session that stored it
+(cloud/blocks.py), so storing one copies nothing:
 
-Only two operations are served from it, each exactly as the model would have computed it
-cold (so hits change no output, bit for bit). A snapshot's KV is a block table that shares
-its blocks with the session that stored it (cloud/blocks.py), so storing one copies nothing: the prefill of a whole prompt, and a plain
-decoding step (a block without drafts). A session stores its prompt, and looks up and
-stores a step only while it extends a sequence it found here: every session adds at most
-one level beyond the shared prefix, so a long generation neither fills the cache with
-snapshots of itself nor pays a lookup per token.
+- A *snapshot* holds the KV after a sequence and the logits at its end. A session whose
+  prompt is exactly that sequence copies it instead of running the model: sampling N
+  completions of one prompt (`tandem generate --n N`, best-of-N) opens N sessions with the
+  same prompt, and their first steps repeat a lot too. A session stores its prompt, and looks
+  up and stores a plain decoding step (a block without drafts) only while it extends a
+  sequence it found here, so every session adds at most one snapshot beyond the shared prefix.
+  Served only as an exact match; a hit returns the very numbers the storing session computed.
+- A *prefix* entry holds KV only, no logits: what a finished session leaves behind, its
+  prompt and answer (every token it fed). A chat's next turn sends that history plus a new
+  user message; its session forks the entry with the longest common prefix, keeps the common
+  part and prefills only the rest (`longest_prefix`). Never served as an exact match.
+
+Reusing a prefix splits the prefill at a different place than a cold run would (the reused
+keys and values were computed in other chunks or verification blocks), which changes only the
+order of floating-point sums, as the scheduler's budget-sized chunks already do.
+
+Memory: at most max_bytes of KV (counted per token of each entry, as if nothing were shared)
+and logits in all; the least recently used entries go first. A sequence that a cached one
+already covers (a prefix of it) is not stored again as a prefix entry, and storing a longer
+sequence drops the prefix entries it covers.
 """
 
 from __future__ import annotations
@@ -25,51 +36,119 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Snapshot:
-    kv: object  # a BlockTable of the KV after the sequence (never written once stored; released on eviction)
-    logits: np.ndarray  # [vocab] the logits at the sequence's last position
+    kv: object  # a BlockTable of the KV of the sequence (never written once stored; released on eviction)
+    logits: np.ndarray | None  # [vocab] the logits at the sequence's last position; None: a prefix entry
     nbytes: int
 
 
 class PrefixCache:
-    """Least-recently-used snapshots, at most max_bytes of KV and logits in all."""
+    """Least-recently-used snapshots and prefix entries, at most max_bytes of KV and logits in all."""
 
     def __init__(self, max_bytes: int, kv_bytes_per_token: int):
         self.max_bytes = max_bytes
         self.kv_bytes_per_token = kv_bytes_per_token
         self.bytes = 0
-        self.hits = 0
+        self.hits = 0  # exact snapshot hits
         self.misses = 0
+        self.prefix_hits = 0  # sessions that started from a cached prefix
+        self.reused_tokens = 0  # prompt tokens those sessions did not prefill
         self._entries: OrderedDict[tuple[int, ...], Snapshot] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def snapshots(self) -> int:
+        """Entries with logits (the rest are prefix entries)."""
+        return sum(entry.logits is not None for entry in self._entries.values())
+
     def get(self, tokens: Sequence[int]) -> Snapshot | None:
-        snapshot = self._entries.get(tuple(tokens))
-        if snapshot is None:
+        """The snapshot of exactly `tokens` (with its logits), if one is cached."""
+        key = tuple(tokens)
+        snapshot = self._entries.get(key)
+        if snapshot is None or snapshot.logits is None:
             self.misses += 1
             return None
-        self._entries.move_to_end(tuple(tokens))
+        self._entries.move_to_end(key)
         self.hits += 1
         return snapshot
 
-    def would_store(self, tokens: Sequence[int], logits_nbytes: int) -> bool:
-        """Whether put() would keep a snapshot of `tokens` (ask before copying a KV cache)."""
-        nbytes = len(tokens) * self.kv_bytes_per_token + logits_nbytes
-        return nbytes <= self.max_bytes and tuple(tokens) not in self._entries
+    def longest_prefix(self, tokens: Sequence[int]) -> tuple[int, Snapshot] | None:
+        """The entry sharing the longest common prefix with `tokens`, and that prefix's length.
 
-    def put(self, tokens: Sequence[int], kv: object, logits: np.ndarray) -> None:
-        """Stores a snapshot, taking over `kv` (released when evicted or refused)."""
+        None when no entry shares even the first token. The caller counts what it reuses
+        (`reused`), since it may keep less than the whole common prefix.
+        """
+        best_length, best_key = 0, None
+        wanted = np.asarray(tokens, dtype=np.int64)
+        for key in self._entries:
+            length = _common_prefix_length(wanted, key)
+            if length > best_length:
+                best_length, best_key = length, key
+        if best_key is None:
+            return None
+        self._entries.move_to_end(best_key)
+        return best_length, self._entries[best_key]
+
+    def reused(self, tokens: int) -> None:
+        self.prefix_hits += 1
+        self.reused_tokens += tokens
+
+    def would_store(self, tokens: Sequence[int], logits_nbytes: int) -> bool:
+        """Whether put() would keep `tokens` (ask before forking a KV cache).
+
+        logits_nbytes 0 asks about a prefix entry (no logits).
+        """
         key = tuple(tokens)
-        nbytes = len(key) * self.kv_bytes_per_token + logits.nbytes
-        if not self.would_store(key, logits.nbytes):
+        if not key or self._nbytes(key, logits_nbytes) > self.max_bytes:
+            return False
+        if logits_nbytes:
+            existing = self._entries.get(key)
+            return existing is None or existing.logits is None
+        return not self._covers(key)
+
+    def put(self, tokens: Sequence[int], kv: object, logits: np.ndarray | None = None) -> None:
+        """Stores a snapshot (with logits) or a prefix entry (without), taking over `kv`.
+
+        `kv` is released when the entry is evicted, or at once when it is refused.
+        """
+        key = tuple(tokens)
+        logits_nbytes = 0 if logits is None else logits.nbytes
+        if not self.would_store(key, logits_nbytes):
             kv.release()
             return
+        for covered in [k for k, entry in self._entries.items()
+                        if entry.logits is None and len(k) <= len(key) and key[: len(k)] == k]:
+            self._drop(covered)
+        nbytes = self._nbytes(key, logits_nbytes)
         while self.bytes + nbytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.nbytes
-            evicted.kv.release()
-        logits = np.array(logits, dtype=np.float32)  # our own copy, which nobody may write to
-        logits.setflags(write=False)
+            self._drop(next(iter(self._entries)))
+        if logits is not None:
+            logits = np.array(logits, dtype=np.float32)  # our own copy, which nobody may write to
+            logits.setflags(write=False)
         self._entries[key] = Snapshot(kv, logits, nbytes)
         self.bytes += nbytes
+
+    def clear(self) -> None:
+        """Releases every entry's blocks."""
+        while self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _nbytes(self, key: tuple[int, ...], logits_nbytes: int) -> int:
+        return len(key) * self.kv_bytes_per_token + logits_nbytes
+
+    def _covers(self, key: tuple[int, ...]) -> bool:
+        """Whether a cached sequence starts with `key` (and so holds its KV already)."""
+        return any(len(k) >= len(key) and k[: len(key)] == key for k in self._entries)
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= entry.nbytes
+        entry.kv.release()
+
+
+def _common_prefix_length(tokens: np.ndarray, key: tuple[int, ...]) -> int:
+    """How many leading tokens `tokens` ([n] int64) and `key` have in common."""
+    n = min(len(tokens), len(key))
+    differ = np.flatnonzero(tokens[:n] != np.asarray(key[:n], dtype=np.int64))
+    return int(differ[0]) if differ.size else n

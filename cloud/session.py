@@ -86,6 +86,7 @@ class VerifierSession:
         self.finished = FinishReason.NONE
         self.table = None  # cloud.blocks.BlockTable of the KV cache; None until begin() / after close()
         self.prefilled = 0  # prompt tokens already in the KV cache while a chunked prefill runs
+        self.reused_tokens = 0  # prompt tokens whose KV came from a cached prefix (not prefilled)
         self._shared_prefix = False  # the cache state came from the prefix cache
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
@@ -165,8 +166,27 @@ class VerifierSession:
             self.table = snapshot.kv.fork()
             self.prefilled = len(self.tokens)
             return self._started(snapshot.logits[None])
-        self.table = self.kv.new_table()
+        self.table = self._reuse_prefix() or self.kv.new_table()
         return None
+
+    def _reuse_prefix(self):
+        """A fork of the cached KV sharing the longest prefix with self.tokens, cut to that prefix.
+
+        It keeps at most all tokens but the last, so the prefill feeds at least one token and
+        its logits come out. None when nothing cached shares a prefix.
+        """
+        found = self.prefix_cache.longest_prefix(self.tokens) if self.prefix_cache is not None else None
+        if found is None:
+            return None
+        length, entry = found
+        length = min(length, len(self.tokens) - 1)
+        if length <= 0:
+            return None
+        table = entry.kv.fork()
+        table.truncate(length)  # the first write into its shared last block copies that block
+        self.prefilled = self.reused_tokens = length
+        self.prefix_cache.reused(length)
+        return table
 
     @property
     def prefill_remaining(self) -> int:
@@ -317,6 +337,21 @@ class VerifierSession:
         return committed
 
     def close(self) -> None:
+        """Frees the KV cache, leaving the sequence it holds to the prefix cache (a chat's next turn)."""
         if self.table is not None:
+            self._store_history()
             self.table.release()
             self.table = None
+
+    def _store_history(self) -> None:
+        """Offers the prefix cache every token fed so far (prompt and answer) as a prefix entry.
+
+        The KV holds all committed tokens but the pending one, and after a stop token inside an
+        accepted draft run possibly drafts past it: only the committed ones are kept.
+        """
+        length = min(self.table.length, len(self.tokens))
+        history = self.tokens[:length]
+        if self.prefix_cache is not None and self.prefix_cache.would_store(history, 0):
+            kv = self.table.fork()
+            kv.truncate(length)
+            self.prefix_cache.put(history, kv)
