@@ -63,8 +63,9 @@ class CloudConfig:
              "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
              "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS)
     prefix_cache_mb: int = setting(
-        256, "memory for KV snapshots of repeated prompts (cloud/prefix_cache.py), so sampling N completions "
-             "of one prompt prefills it once; 0 disables (default %(default)s)", env="PREFIX_CACHE_MB",
+        256, "memory for KV snapshots of repeated prompts and of finished sessions' histories "
+             "(cloud/prefix_cache.py), so sampling N completions of one prompt prefills it once and a chat's "
+             "next turn prefills only what is new; 0 disables (default %(default)s)", env="PREFIX_CACHE_MB",
         group=LIMITS)
     limits: SessionLimits = settings.group(SessionLimits)
     # A max-size prompt (8192 ids) is ~40 KB on the wire.

@@ -1,4 +1,5 @@
-"""The cloud's prefix cache: repeated prompts skip the model, and no output changes."""
+"""The cloud's prefix cache: repeated prompts skip the model, a chat's next turn prefills only what is new,
+and no output changes."""
 
 from __future__ import annotations
 
