@@ -6,14 +6,17 @@ Starts `tandem serve` (embedded cloud, default models, prefix cache on), then pl
 --turns user messages through its OpenAI endpoint, each request carrying the whole history
 (as chat apps do). For every turn it prints the prompt length, the time to first token as the
 client saw it (request sent -> first streamed text) and as the engine measured it, and the
-cloud's forward passes: with prefix reuse, a turn prefills only what the last turn left
-(the tokens after its prompt's last chunk boundary, its answer and the new message), so turn
-20's first token should cost about what turn 1's did. Prints the load average before and after.
+cloud's forward passes: with prefix reuse on both sides (llama.cpp's common prefix on the edge,
+the longest cached prefix on the cloud), a turn prefills only what the last turn left (its
+answer's last token and the new message), so turn 20's first token should cost about what
+turn 1's did. Prints the load average before and after, and a digest of all answers (two runs
+with the same digest gave the same answer texts).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -69,7 +72,7 @@ def main() -> int:
             raise SystemExit(f"tandem serve did not start: {ready!r}")
         base_url = match.group(1)
         messages = [{"role": "system", "content": "You are a concise assistant who knows the sea."}]
-        rows = []
+        rows, digest = [], hashlib.sha256()
         print(f"{'turn':>4} | {'prompt tokens':>13} | {'TTFT ms client':>14} {'engine':>7} | {'cloud passes':>12} | answered by")
         for turn in range(args.turns):
             topic = TOPICS[turn % len(TOPICS)]
@@ -77,6 +80,7 @@ def main() -> int:
                                                         f"connects to what we discussed before."})
             client_ttft, answer, stats = stream_turn(base_url, messages, args.max_tokens)
             messages.append({"role": "assistant", "content": answer})
+            digest.update(answer.encode() + b"\0")
             rows.append((turn + 1, stats.get("prompt_tokens"), client_ttft, stats.get("ttft_s"),
                          stats.get("cloud_forward_passes"), stats.get("answered_by")))
             print(f"{turn + 1:>4} | {rows[-1][1]:>13} | {1000 * client_ttft:>14.0f} {1000 * (rows[-1][3] or 0):>7.0f} | "
@@ -84,6 +88,7 @@ def main() -> int:
         first, last = rows[0], rows[-1]
         print(f"\nturn {last[0]} / turn 1 time to first token: client {last[2] / first[2]:.2f}, "
               f"engine {last[3] / first[3]:.2f} (target <= 2)")
+        print(f"answers digest {digest.hexdigest()[:16]}")
         print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
               "(1-minute; the machine is shared)")
     finally:
