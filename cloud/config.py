@@ -24,6 +24,7 @@ class CloudConfig:
     max_sessions: int = 64
     metrics_port: int = 0  # Prometheus /metrics on this port (same host); 0 = not served
     max_batch_tokens: int = 256  # tokens in one forward pass over all sessions (cloud/scheduler.py)
+    batch_wait_ms: float = 50.0  # how long a pass may wait for the last pass's hybrid sessions
     prefix_cache_mb: int = 256  # KV snapshots of repeated prompts (cloud/prefix_cache.py); 0 = off
     limits: SessionLimits = field(default_factory=SessionLimits)
     grace_s: float = 5.0
@@ -47,6 +48,8 @@ class CloudConfig:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if not 0 <= self.metrics_port <= 65535:
             raise InvalidArgument("--metrics-port must be a port number (0 disables)")
+        if self.batch_wait_ms < 0:
+            raise InvalidArgument("--batch-wait-ms must be >= 0")
         if self.max_batch_tokens < 1:
             raise InvalidArgument("--max-batch-tokens must be >= 1")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
@@ -99,6 +102,11 @@ class CloudConfig:
                             "decoding steps first, then prompt chunks in the room left, so a long prompt is "
                             "prefilled a chunk per step without stalling the others (default %(default)s) "
                             "[TANDEM_MAX_BATCH_TOKENS]")
+        g.add_argument("--batch-wait-ms", type=float, default=env("BATCH_WAIT_MS", d.batch_wait_ms),
+                       help="a pass waits up to this long (and at most a quarter of the last pass's time) for "
+                            "the hybrid sessions the last pass answered to send their next block, so they "
+                            "share passes instead of splitting into alternating halves; 0 never waits "
+                            "(default %(default)s) [TANDEM_BATCH_WAIT_MS]")
         g.add_argument("--prefix-cache-mb", type=int, default=env("PREFIX_CACHE_MB", d.prefix_cache_mb),
                        help="memory for KV snapshots of repeated prompts, so sampling N completions of "
                             "one prompt prefills it once; 0 disables (default %(default)s) [TANDEM_PREFIX_CACHE_MB]")
@@ -145,6 +153,7 @@ class CloudConfig:
             max_sessions=args.max_sessions,
             prefix_cache_mb=args.prefix_cache_mb,
             max_batch_tokens=args.max_batch_tokens,
+            batch_wait_ms=args.batch_wait_ms,
             metrics_port=args.metrics_port,
             limits=limits,
             tls_cert=args.tls_cert,

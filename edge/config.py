@@ -19,6 +19,7 @@ class EdgeConfig:
     target_model: str | None = None  # the embedded cloud's model (only without --cloud)
     threads: int = 0  # llama.cpp threads; 0 = the CPUs this process may run on
     n_ctx: int = 4096  # the draft model's context window
+    draft_slots: int = 2  # hybrid/edge generations drafting at once (a draft context each, made when needed)
     connect_timeout_s: float = 10.0
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
@@ -56,6 +57,10 @@ class EdgeConfig:
         g.add_argument("--threads", type=int, default=env("THREADS", d.threads),
                        help="llama.cpp threads; 0 = the CPUs this process may run on")
         g.add_argument("--n-ctx", type=int, default=d.n_ctx, help="draft context window (default %(default)s)")
+        g.add_argument("--draft-slots", type=int, default=env("DRAFT_SLOTS", d.draft_slots),
+                       help="hybrid or edge answers that may draft at once, each with its own draft context "
+                            "over the same model file (made on first need; more wait their turn). Cloud-only "
+                            "answers need none and always run at once (default %(default)s) [TANDEM_DRAFT_SLOTS]")
         g.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s,
                        help="seconds to wait for the cloud (default %(default)s)")
         g = parser.add_argument_group("security and liveness of the cloud connection (see README: Deployment)")
@@ -106,6 +111,7 @@ class EdgeConfig:
             target_model=args.target_model,
             threads=args.threads,
             n_ctx=args.n_ctx,
+            draft_slots=max(1, args.draft_slots),
             connect_timeout_s=args.connect_timeout,
             tls=args.tls,
             cloud_ca=args.cloud_ca,

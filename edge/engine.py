@@ -72,15 +72,22 @@ class Generation:
 
 class EdgeEngine:
     def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
-                 fallback: FallbackConfig | None = None):
-        """fallback=None turns fallback off: hybrid answers are the cloud model's or an error."""
+                 fallback: FallbackConfig | None = None, draft_slots: int = 1):
+        """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
+
+        draft_slots: hybrid or edge generations that may draft at once. Each beyond the first
+        gets its own context over the same model file (drafter.sibling(), made on first need),
+        so concurrent answers interleave their drafting instead of queueing whole answers.
+        """
         self.drafter = drafter
         self.client = client
         self.config = config or SpeculationConfig()
         self.fallback = fallback or FallbackConfig(enabled=False)
         self.cloud_info: ModelInfo | None = None
         self.cloud = CloudWatch(self._probe, self.fallback)
-        self._draft_lock = asyncio.Lock()  # one hybrid or edge generation at a time drives the draft model
+        self._draft_slots = asyncio.Semaphore(max(1, draft_slots))
+        self._idle_drafters = [drafter]  # draft contexts no generation holds now
+        self._siblings: list = []  # contexts made beyond `drafter` (closed with the engine)
 
     async def open(self) -> None:
         """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
@@ -97,6 +104,23 @@ class EdgeEngine:
 
     async def close(self) -> None:
         await self.cloud.close()
+        for sibling in self._siblings:
+            sibling.close()
+        self._siblings.clear()
+
+    @contextlib.asynccontextmanager
+    async def _draft_context(self):
+        """A draft context of its own for one generation (waits while all slots are taken)."""
+        async with self._draft_slots:
+            if self._idle_drafters:
+                drafter = self._idle_drafters.pop()
+            else:
+                drafter = await asyncio.to_thread(self.drafter.sibling)
+                self._siblings.append(drafter)
+            try:
+                yield drafter
+            finally:
+                self._idle_drafters.append(drafter)
 
     async def _probe(self) -> None:
         await self.connect(self.fallback.timeout_s)
@@ -137,19 +161,19 @@ class EdgeEngine:
         # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
         # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
         # Cloud-only generations need no draft model, so any number of them run at once.
-        drafting = self._draft_lock if mode != Mode.CLOUD else contextlib.nullcontext()
-        async with drafting, contextlib.aclosing(run(request, generation)) as tokens:
+        drafting = self._draft_context() if mode != Mode.CLOUD else contextlib.nullcontext()
+        async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
             async for new in tokens:
                 generation.token_ids += new
                 yield new
 
-    async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation
+    async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation, drafter
                                ) -> AsyncIterator[list[int]]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""
         reason = await self._cloud_unusable()
         if reason is None:
             try:
-                async with contextlib.aclosing(self._hybrid(request, generation)) as tokens:
+                async with contextlib.aclosing(self._hybrid(request, generation, drafter)) as tokens:
                     async for new in tokens:
                         yield new
                 return
@@ -158,7 +182,7 @@ class EdgeEngine:
                 if generation.finish_reason:
                     return  # every token had arrived; only the end of the stream was lost
                 reason = str(exc)
-        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as tokens:
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason, drafter)) as tokens:
             async for new in tokens:
                 yield new
 
@@ -171,7 +195,7 @@ class EdgeEngine:
                 self.cloud.mark_down(str(exc))
         return None if self.cloud.up else self.cloud.last_error
 
-    async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str
+    async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str, drafter
                                   ) -> AsyncIterator[list[int]]:
         """Continues the answer on the draft model from the tokens committed so far."""
         done = len(generation.token_ids)
@@ -182,11 +206,12 @@ class EdgeEngine:
             return
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation)) as tokens:
+        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as tokens:
             async for new in tokens:
                 yield new
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter
+                      ) -> AsyncIterator[list[int]]:
         info = self.cloud_info or await self.connect()
         session = SessionOpen(
             prompt_token_ids=list(request.prompt_token_ids),
@@ -199,7 +224,7 @@ class EdgeEngine:
             stop_strings=list(request.stop_strings),
         )
         timeout = self.fallback.timeout_s if self.fallback.enabled else None
-        run = SpeculativeRun(self.drafter, self.client.speculate(), session, self._fit(info), generation.stats,
+        run = SpeculativeRun(drafter, self.client.speculate(), session, self._fit(info), generation.stats,
                              response_timeout_s=timeout)
         run.stop_ids |= set(info.eos_token_ids)
         try:
@@ -223,7 +248,8 @@ class EdgeEngine:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config
 
-    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _cloud(self, request: GenerationRequest, generation: Generation, drafter=None
+                     ) -> AsyncIterator[list[int]]:
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
@@ -246,14 +272,15 @@ class EdgeEngine:
             if new:
                 yield new
 
-    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[list[int]]:
+    async def _edge(self, request: GenerationRequest, generation: Generation, drafter
+                    ) -> AsyncIterator[list[int]]:
         policy = DraftPolicy(request.sampling)
-        stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
-        stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None
+        stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
+        stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
         for i in range(request.max_new_tokens):
             try:
-                step = self.drafter.start if i == 0 else self.drafter.next_logits
+                step = drafter.start if i == 0 else drafter.next_logits
                 logits = await asyncio.to_thread(step, context)
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT

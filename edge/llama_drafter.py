@@ -53,6 +53,7 @@ class LlamaDrafter:
         self.name = name
         self.threads = threads
         self.n_ctx = n_ctx
+        self.f32_cache = f32_cache
         self.vocab_size = self._llama.n_vocab()
         self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})
         self.chat_template = self._llama.metadata.get("tokenizer.chat_template", "")
@@ -67,6 +68,13 @@ class LlamaDrafter:
         # away) leaves its thread running, so the next generation must wait for it here.
         self._lock = threading.Lock()
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
+
+    def sibling(self) -> LlamaDrafter:
+        """Another context over the same model file (mapped, so the weights are shared), for a
+        second generation to draft at the same time; it starts with an empty KV cache."""
+        other = LlamaDrafter(self.path, self.n_ctx, self.threads, self.f32_cache)
+        other.name = self.name
+        return other
 
     def tokenize(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode(), add_bos=False, special=True)

@@ -36,7 +36,7 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
             remote = dict(security=config.security()) if config.cloud else {}
             client = CloudClient(address, connect_timeout_s=config.connect_timeout_s, keepalive=config.keepalive(),
                                  response_timeout_s=config.response_timeout_s, **remote)
-        engine = EdgeEngine(drafter, client, config.speculation, config.fallback)
+        engine = EdgeEngine(drafter, client, config.speculation, config.fallback, config.draft_slots)
         try:
             await engine.open()
             yield engine

@@ -1,0 +1,67 @@
+"""Two chat answers at once vs one, hybrid, through one edge runtime (what `tandem serve` runs).
+
+    python scripts/concurrent_chats.py [--slots 1,2] [--max-tokens 96] [--cloud-cpus 0 --edge-cpus 1]
+
+Starts `tandem cloud` pinned to --cloud-cpus, pins this process (the edge) to --edge-cpus, and
+for each --draft-slots value times one answer alone, then two different answers started
+together. Prints the wall times and the ratio (two at once / one); 2.0 means they queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.pin import parse_cpus  # noqa: E402
+from bench.processes import CloudProcess  # noqa: E402
+from edge.config import EdgeConfig  # noqa: E402
+from edge.sdk import AsyncTandem  # noqa: E402
+
+QUESTIONS = ["Give me three tips for writing clear code.", "Describe the water cycle in detail."]
+
+
+async def timed(tandem: AsyncTandem, questions: list[str], max_tokens: int) -> tuple[float, list[int]]:
+    started = time.monotonic()
+    answers = await asyncio.gather(*(tandem.complete(q, max_tokens=max_tokens, chat=True) for q in questions))
+    return time.monotonic() - started, [len(a.token_ids) for a in answers]
+
+
+async def measure(address: str, slots: int, max_tokens: int) -> dict:
+    config = EdgeConfig(cloud=address, draft_slots=slots)
+    async with AsyncTandem(config=config) as tandem:
+        await timed(tandem, QUESTIONS, 8)  # warm up: both draft contexts exist, caches are hot
+        one, one_tokens = await timed(tandem, QUESTIONS[:1], max_tokens)
+        two, two_tokens = await timed(tandem, QUESTIONS, max_tokens)
+    return {"draft_slots": slots, "one_s": round(one, 2), "one_tokens": one_tokens, "two_s": round(two, 2),
+            "two_tokens": two_tokens, "two_over_one": round(two / one, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slots", default="1,2")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--cloud-cpus", default="0")
+    parser.add_argument("--edge-cpus", default="1")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    cloud = CloudProcess(args.cloud_cpus, None, Path(tempfile.mkdtemp()) / "cloud.log")
+    try:
+        os.sched_setaffinity(0, parse_cpus(args.edge_cpus))
+        address = f"{cloud.address[0]}:{cloud.address[1]}"
+        rows = [asyncio.run(measure(address, int(s), args.max_tokens)) for s in args.slots.split(",")]
+    finally:
+        cloud.stop()
+    print(json.dumps({"rows": rows, "load_average_start": load, "load_average_end": os.getloadavg()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
