@@ -3,8 +3,9 @@
     python scripts/concurrent_chats.py [--slots 1,2] [--max-tokens 96] [--cloud-cpus 0 --edge-cpus 1]
 
 Starts `tandem cloud` pinned to --cloud-cpus, pins this process (the edge) to --edge-cpus, and
-for each --draft-slots value times one answer alone, then two different answers started
-together. Prints the wall times and the ratio (two at once / one); 2.0 means they queued.
+for each --draft-slots value times each of two answers alone, then both started together.
+Prints the wall times, `together / longest alone` (1.0: no slower than one alone) and
+`together / sum alone` (1.0: they queued). Fallback is off: every answer is the cloud's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.pin import parse_cpus  # noqa: E402
 from bench.processes import CloudProcess  # noqa: E402
 from edge.config import EdgeConfig  # noqa: E402
+from edge.fallback import FallbackConfig  # noqa: E402
 from edge.sdk import AsyncTandem  # noqa: E402
 
 QUESTIONS = ["Give me three tips for writing clear code.", "Describe the water cycle in detail."]
@@ -35,13 +37,15 @@ async def timed(tandem: AsyncTandem, questions: list[str], max_tokens: int) -> t
 
 
 async def measure(address: str, slots: int, max_tokens: int) -> dict:
-    config = EdgeConfig(cloud=address, draft_slots=slots)
+    config = EdgeConfig(cloud=address, draft_slots=slots, fallback=FallbackConfig(enabled=False))
     async with AsyncTandem(config=config) as tandem:
         await timed(tandem, QUESTIONS, 8)  # warm up: both draft contexts exist, caches are hot
-        one, one_tokens = await timed(tandem, QUESTIONS[:1], max_tokens)
-        two, two_tokens = await timed(tandem, QUESTIONS, max_tokens)
-    return {"draft_slots": slots, "one_s": round(one, 2), "one_tokens": one_tokens, "two_s": round(two, 2),
-            "two_tokens": two_tokens, "two_over_one": round(two / one, 2)}
+        alone = [await timed(tandem, [q], max_tokens) for q in QUESTIONS]
+        together, tokens = await timed(tandem, QUESTIONS, max_tokens)
+    alone_s = [seconds for seconds, _ in alone]
+    return {"draft_slots": slots, "alone_s": [round(t, 2) for t in alone_s], "together_s": round(together, 2),
+            "tokens": tokens, "together_over_longest_alone": round(together / max(alone_s), 2),
+            "together_over_sum_alone": round(together / sum(alone_s), 2)}
 
 
 def main() -> int:
