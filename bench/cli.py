@@ -20,7 +20,10 @@ from pathlib import Path
 
 from bench.pin import parse_cpus
 from bench.prompts import PROMPTS
-from edge.config import EdgeConfig, speculation_flags, speculation_from_args
+from common import settings
+from common.extras import require_extra
+from edge.config import speculation_flags, speculation_from_args
+from edge.speculative import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:
@@ -44,7 +47,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
     parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
-    EdgeConfig.add_speculation_arguments(parser)
+    settings.add_arguments(parser, SpeculationConfig)
     g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
     g.add_argument("--sessions", default=None, metavar="N,N,...",
                    help="run the load benchmark at these concurrent session counts, e.g. 1,4,16 (modes: "
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for extra in ("cloud", "edge"):
+        require_extra(extra, "tandem bench")
     from bench import report, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import grpc
 
+from cloud.handlers import same_kind
 from common.errors import InvalidArgument
-from common.settings import read_config_file
+from common.settings import read_config_file, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,7 @@ _SCHEME = "bearer"
 
 def load_tokens(path: str | Path) -> list[bytes]:
     """The tokens of a tokens file: one per line; blank lines and `#` comments are skipped."""
-    text = read_config_file(path, "--auth-tokens-file").decode("utf-8", errors="strict")
-    tokens = [line.strip() for line in text.splitlines()]
-    tokens = [t for t in tokens if t and not t.startswith("#")]
+    tokens = read_tokens(path, "--auth-tokens-file")
     if not tokens:
         raise InvalidArgument(f"--auth-tokens-file {str(path)!r} holds no token; every call would be refused")
     if any(len(t.split()) != 1 for t in tokens):
@@ -98,11 +97,4 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     # The request is never read, so it is never deserialized.
-    kwargs = dict(request_deserializer=None, response_serializer=handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
+    return same_kind(handler, lambda _behavior: refuse, request_deserializer=None)

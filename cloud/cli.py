@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from cloud.config import CloudConfig
+from common.extras import require_extra
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +23,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("cloud", "tandem cloud")
     from cloud.server import serve
 
     asyncio.run(serve(CloudConfig.from_args(args)))

@@ -6,10 +6,23 @@ go through real gRPC on a real port; only the process is shared.
 
 from __future__ import annotations
 
+import logging
 
 from cloud.config import CloudConfig
 from cloud.server import RunningServer, load_model, start_server
 from common.loop_thread import LoopThread
+
+log = logging.getLogger(__name__)
+
+
+def start_on_loopback(model: str | None = None) -> EmbeddedCloud:
+    """A cloud serving `model` (the default target when None) on a free loopback port.
+
+    What `tandem generate` / `chat` / `serve` and `tandem.Tandem()` start without a cloud address
+    (handed to the edge as `EdgeConfig.start_cloud`).
+    """
+    log.info("starting an embedded cloud on loopback (pass --cloud HOST:PORT to use a remote one)")
+    return EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, model=model)).start()
 
 
 class EmbeddedCloud:

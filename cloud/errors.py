@@ -9,6 +9,7 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError
 
+from cloud.handlers import same_kind
 from common.errors import InvalidArgument, TandemError
 
 log = logging.getLogger(__name__)
@@ -132,16 +133,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
-        kwargs = dict(request_deserializer=_tolerant(handler.request_deserializer),
-                      response_serializer=handler.response_serializer)
         method = handler_call_details.method.rsplit("/", 1)[-1]
         report = (lambda code: self.on_finished(method, code)) if self.on_finished else None
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary, report), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream, report), **kwargs)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream, report), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary, report), **kwargs)
-        return handler
+        return same_kind(handler, lambda behavior: _wrap(behavior, report), _tolerant(handler.request_deserializer))

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.settings import setting
+
+LIMITS = "limits (beyond them: INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED)"
+
 
 @dataclass(frozen=True)
 class SessionLimits:
-    max_prompt_tokens: int = 8192
-    max_draft_tokens: int = 64  # the anchor included
-    max_new_tokens: int = 4096
+    max_prompt_tokens: int = setting(8192, "longest prompt accepted (default %(default)s)",
+                                     env="MAX_PROMPT_TOKENS", group=LIMITS)
+    max_draft_tokens: int = setting(64, "largest draft block accepted, its anchor included (default %(default)s)",
+                                    env="MAX_DRAFT_TOKENS", group=LIMITS)
+    max_new_tokens: int = setting(4096, "most tokens one session may generate (default %(default)s)",
+                                  env="MAX_NEW_TOKENS", group=LIMITS)
     max_draft_top_k: int = 64
     max_stop_strings: int = 16
     max_stop_string_bytes: int = 256
-    max_stop_tokens: int = 64
-    # Longest sequence (prompt + generated) a session may reach; 0 = the model's own context.
-    # Below the model's, it bounds each session's KV cache.
-    max_context_tokens: int = 0
+    max_stop_tokens: int = setting(64, "most stop token ids in one request (default %(default)s)",
+                                   env="MAX_STOP_TOKENS", group=LIMITS)
+    # Below the model's own context, it bounds each session's KV cache.
+    max_context_tokens: int = setting(0, "longest sequence (prompt + generated) a session may reach; "
+                                         "0 = the model's context", env="MAX_CONTEXT_TOKENS", group=LIMITS)
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k",

@@ -59,7 +59,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TargetModel:
-    """A causal LM plus tokenizer, ready for cached, block-wise forward passes."""
+    """A causal LM plus tokenizer, ready for cached, block-wise forward passes.
+
+    The transformers target engine (cloud.target_engine.TargetEngine).
+    """
 
     def __init__(self, model, tokenizer, name: str):
         self.model = model

@@ -13,8 +13,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.channel import ChannelSecurity, open_channel
-from common.settings import env
+from common import settings
+from common.channel import ChannelSecurity, ChannelSettings, open_channel
 
 
 def add_parser(subparsers) -> None:
@@ -24,14 +24,11 @@ def add_parser(subparsers) -> None:
         description="Ask a cloud's grpc.health.v1 service whether it is SERVING: exit 0 if so, 1 otherwise "
                     "(NOT_SERVING while it drains, or unreachable). No token needed.",
     )
-    parser.add_argument("--cloud", metavar="HOST:PORT", default=env("CLOUD", "127.0.0.1:50051"),
+    parser.add_argument("--cloud", metavar="HOST:PORT", default=settings.env_value("CLOUD", "127.0.0.1:50051"),
                         help="the cloud (default %(default)s) [TANDEM_CLOUD]")
     parser.add_argument("--service", default="", help="service name to ask about; '' = the whole server")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before giving up (default %(default)s)")
-    parser.add_argument("--cloud-ca", metavar="FILE", default=env("CLOUD_CA", None), help="PEM CA (implies TLS)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's roots")
-    parser.add_argument("--client-cert", metavar="FILE", default=env("CLIENT_CERT", None), help="mutual TLS cert")
-    parser.add_argument("--client-key", metavar="FILE", default=env("CLIENT_KEY", None), help="mutual TLS key")
+    settings.add_arguments(parser, ChannelSettings)
     parser.set_defaults(run=run)
 
 
@@ -47,8 +44,7 @@ async def check(address: str, security: ChannelSecurity, service: str = "", time
 
 
 def run(args: argparse.Namespace) -> int:
-    security = ChannelSecurity(tls=args.tls, ca_file=args.cloud_ca, client_cert=args.client_cert,
-                               client_key=args.client_key)
+    security = settings.from_args(ChannelSettings, args).security()
     status = asyncio.run(check(args.cloud, security, args.service, args.timeout))
     print(status, file=sys.stdout if status == "SERVING" else sys.stderr)
     return 0 if status == "SERVING" else 1

@@ -24,7 +24,7 @@ from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.scheduler import Scheduler
 from cloud.service import TandemService
-from common.channel import is_loopback
+from common.channel import TRANSPORT_OPTIONS, is_loopback, keepalive_options
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,11 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.keepalive_time_ms", round(config.keepalive_s * 1000)),
-        ("grpc.keepalive_timeout_ms", round(config.keepalive_timeout_s * 1000)),
-        # What grpc core (1.85) actually enforces on an unanswered ping (default: 1 minute).
-        ("grpc.http2.ping_timeout_ms", round(config.keepalive_timeout_s * 1000)),
-        # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
-        ("grpc.http2.max_pings_without_data", 0),
-        # Edges ping too (edge/channel.py). grpc's default answers pings more often than every
+        *keepalive_options(config.keepalive_s, config.keepalive_timeout_s),
+        # Edges ping too (common/channel.py). grpc's default answers pings more often than every
         # 5 minutes on a quiet connection with GOAWAY "too_many_pings", killing paused streams.
         ("grpc.http2.min_ping_interval_without_data_ms", round(config.min_client_ping_interval_s * 1000)),
-        # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen bytes
-        # they were a fifth to a quarter of a session's bytes, for windows that never need to grow.
-        ("grpc.http2.bdp_probe", 0),
+        *TRANSPORT_OPTIONS,
     ]
 
 

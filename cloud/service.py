@@ -12,19 +12,20 @@ from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.session import VerifierSession
-from cloud.streams import CallStream
 from cloud.scheduler import Scheduler
+from cloud.streams import CallStream
+from cloud.target_engine import TargetEngine
 from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftBlock, DraftMode, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
 
 log = logging.getLogger(__name__)
 
 
 class TandemService(pb_grpc.TandemServicer):
-    def __init__(self, model, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
+    def __init__(self, model: TargetEngine, scheduler: Scheduler, registry: SessionRegistry, limits: SessionLimits,
                  prefix_cache: PrefixCache | None = None, idle_timeout_s: float = 0.0):
         self.model = model
         self.scheduler = scheduler
@@ -74,9 +75,10 @@ class TandemService(pb_grpc.TandemServicer):
         finally:
             await self._release(session_id, session)
 
-    async def Generate(self, request, context):
+    async def Generate(self, message, context):
         stream = CallStream(context, self.idle_timeout_s)
-        prompt = list(request.prompt_token_ids)
+        request = GenerateRequest.from_pb(message)
+        prompt = request.prompt_token_ids
         if request.prompt_text and prompt:
             raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
         if request.prompt_text:
@@ -84,12 +86,12 @@ class TandemService(pb_grpc.TandemServicer):
         open_request = SessionOpen(
             prompt_token_ids=prompt,
             max_new_tokens=request.max_new_tokens,
-            sampling=SamplingParams.from_pb(request.sampling),
-            stop_token_ids=list(request.stop_token_ids),
+            sampling=request.sampling,
+            stop_token_ids=request.stop_token_ids,
             tokenizer_fingerprint=self.model.fingerprint,
             draft_model_name="(cloud-only)",
             draft_mode=DraftMode.TOKEN_IDS,
-            stop_strings=list(request.stop_strings),
+            stop_strings=request.stop_strings,
         )
         session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
@@ -100,9 +102,8 @@ class TandemService(pb_grpc.TandemServicer):
                 text = detok.push([token]) if detok and token is not None else ""
                 if detok and finish:
                     text += detok.flush()
-                await stream.write(pb.GenerateResponse(position=step.position, token_id=token, finish_reason=int(finish),
-                                                       text=text,
-                                                       forward_passes=session.forward_passes if finish else 0))
+                await stream.write(GenerateStep(step.position, token, finish, text,
+                                                forward_passes=session.forward_passes if finish else 0).to_pb())
         finally:
             await self._release(session_id, session)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
+from cloud.target_engine import TargetEngine
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
@@ -93,7 +94,7 @@ class Work:
 
 
 class VerifierSession:
-    def __init__(self, model, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
+    def __init__(self, model: TargetEngine, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
                  kv=None):
         self.model = model
         self.kv = kv  # the KV pool (cloud.model.PagedKV) this session's blocks live in
@@ -281,26 +282,14 @@ class VerifierSession:
         return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
 
     def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
-        """Greedy, or ids-only sampling: accept drafts while they equal the target's own token.
+        """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
 
-        With position-keyed noise the target's token at a position does not depend on the
-        draft, so for a proposal x chosen independently of that noise, acceptance has
-        probability p(x) and a rejection yields a draw from p without x: exactly the rule for
-        a one-hot q (see common/sampling.py). The edge chooses x with the same noise (a
-        coupling), which raises acceptance towards 1 - TV(p, q); the committed token is
-        still the target's own sample, so the output is exact either way.
+        Greedy: only the argmax ids leave the model's device (DeviceLogits.argmax).
         """
         if self.chooser.params.greedy:
-            targets = logits.argmax()  # [len(drafts) + 1] ids: all the host needs of a greedy block
-            target_at = targets.__getitem__
-        else:
-            rows = logits.numpy()
-            target_at = lambda i: self.chooser.choose(rows[i], first_position + i)  # noqa: E731 - lazily, row by row
-        for i, x in enumerate(drafts):
-            target = target_at(i)
-            if target != x:
-                return i, target
-        return len(drafts), target_at(len(drafts))
+            return sampling.match_targets(drafts, logits.argmax().__getitem__)
+        rows = logits.numpy()
+        return sampling.match_targets(drafts, lambda i: self.chooser.choose(rows[i], first_position + i))
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]

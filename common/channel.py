@@ -1,6 +1,6 @@
 """Client channels to the cloud: TLS (optionally mutual), the bearer token, and keepalive.
 
-Used by the edge and by `tandem health`. The token travels as per-call metadata
+Used by the edge and by `tandem health`, which share ChannelSettings (their flags). The token travels as per-call metadata
 (`authorization: Bearer <token>`), which also works over plaintext to a TLS-terminating proxy
 or on loopback; sending it in plaintext anywhere else is logged as a warning.
 """
@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import grpc
 
 from common.errors import InvalidArgument
-from common.settings import read_config_file
+from common.settings import read_config_file, read_tokens, setting
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "TANDEM_TOKEN"
+CONNECTION = "security and liveness of the cloud connection (see README: Deployment)"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,44 @@ class ChannelSecurity:
 
 
 @dataclass(frozen=True)
+class ChannelSettings:
+    """How every command that dials the cloud reaches it: TLS, mutual TLS and the bearer token."""
+
+    cloud_ca: str | None = setting(None, "connect with TLS and trust the cloud's certificate if this PEM CA "
+                                         "signed it", env="CLOUD_CA", metavar="FILE", group=CONNECTION)
+    tls: bool = setting(False, "connect with TLS, trusting the system's roots", env="TLS",
+                        group=CONNECTION)
+    client_cert: str | None = setting(None, "mutual TLS: present this PEM certificate chain (with --client-key)",
+                                      env="CLIENT_CERT", metavar="FILE", group=CONNECTION)
+    client_key: str | None = setting(None, "private key of --client-cert", env="CLIENT_KEY", metavar="FILE",
+                                     group=CONNECTION)
+    token_file: str | None = setting(None, "send the bearer token in this file (first line); without it, "
+                                           "$TANDEM_TOKEN if set", env="TOKEN_FILE", metavar="FILE",
+                                     group=CONNECTION)
+
+    def security(self, token: str | None = None) -> ChannelSecurity:
+        """`token` (the SDK's), else the token file's, else $TANDEM_TOKEN."""
+        return ChannelSecurity(tls=self.tls, ca_file=self.cloud_ca, client_cert=self.client_cert,
+                               client_key=self.client_key, token=token or read_token(self.token_file))
+
+
+def keepalive_options(time_s: float, timeout_s: float) -> list[tuple[str, int]]:
+    """Ping a peer silent for time_s; drop the connection when an ack takes longer than timeout_s.
+
+    The same on both ends: the edge's channel and the cloud's server.
+    """
+    return [
+        ("grpc.keepalive_time_ms", round(time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(timeout_s * 1000)),
+        # grpc core (1.85) closes the transport on an unanswered ping after *this* timeout
+        # (default 1 minute), not after keepalive_timeout_ms; measured in tests/test_faults.py.
+        ("grpc.http2.ping_timeout_ms", round(timeout_s * 1000)),
+        # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass(frozen=True)
 class Keepalive:
     """A dead cloud is noticed within time_s + timeout_s while a call is open."""
 
@@ -56,22 +95,13 @@ class Keepalive:
     timeout_s: float = 5.0  # no ack within this: the connection is dead, its calls fail UNAVAILABLE
 
     def options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.keepalive_time_ms", round(self.time_s * 1000)),
-            ("grpc.keepalive_timeout_ms", round(self.timeout_s * 1000)),
-            # grpc core (1.85) closes the transport on an unanswered ping after *this* timeout
-            # (default 1 minute), not after keepalive_timeout_ms; measured in tests/test_faults.py.
-            ("grpc.http2.ping_timeout_ms", round(self.timeout_s * 1000)),
-            # Keep pinging while a stream is open but quiet (grpc stops after 2 pings without data).
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
+        return keepalive_options(self.time_s, self.timeout_s)
 
 
 def read_token(token_file: str | None) -> str | None:
     """The bearer token: the first non-comment line of token_file, else $TANDEM_TOKEN, else None."""
     if token_file:
-        lines = read_config_file(token_file, "--token-file").decode().splitlines()
-        tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        tokens = read_tokens(token_file, "--token-file")
         if not tokens:
             raise InvalidArgument(f"--token-file {token_file!r} holds no token")
         return tokens[0]
@@ -87,7 +117,7 @@ RECONNECT_OPTIONS = [
 
 
 # Bandwidth-delay probing pings ride on data frames; with messages of a few dozen bytes they
-# were a fifth to a quarter of a session's bytes, for windows that never need to grow.
+# were a fifth to a quarter of a session's bytes, for windows that never need to grow. Both ends.
 TRANSPORT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 
 

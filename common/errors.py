@@ -35,6 +35,10 @@ class DeadlineExceeded(TandemError):
     code = "DEADLINE_EXCEEDED"
 
 
+class ProtocolError(TandemError):
+    """The cloud answered something the protocol does not allow."""
+
+
 class CloudUnavailable(TandemError):
     """The edge could not reach the cloud, or the stream broke."""
 

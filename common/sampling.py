@@ -22,6 +22,8 @@ replica served the request.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 Q_SCALE = 1 << 16
@@ -171,6 +173,29 @@ def dense_from_quantized(token_ids: np.ndarray, weights: np.ndarray, vocab: int)
     q = np.zeros(vocab, dtype=np.float64)
     q[token_ids] = weights / Q_SCALE
     return q
+
+
+def match_targets(draft_ids: Sequence[int], target_token: Callable[[int], int]) -> tuple[int, int]:
+    """Greedy, or ids-only sampling: accepts drafts while they equal the target's own token.
+
+    draft_ids: [k] the drafted tokens; target_token(i): the target's own token at draft index i
+    (i = k is the bonus position), asked for lazily and only up to the first mismatch. Returns
+    (accepted_count, next_token): next_token is the target's token at the first mismatch, or
+    the bonus token after k accepted drafts.
+
+    Greedy, this is exact by construction: every committed token is the target's argmax. With
+    position-keyed noise (sampling, ids-only wire mode) the target's token at a position does
+    not depend on the draft, so for a proposal x chosen independently of that noise,
+    acceptance has probability p(x) and a rejection yields a draw from p without x: exactly
+    rejection_sample's rule for a one-hot q. The edge chooses x with the same noise (a
+    coupling), which raises acceptance towards 1 - TV(p, q); the committed token is still the
+    target's own sample, so the output is exact either way.
+    """
+    for i, x in enumerate(draft_ids):
+        target = target_token(i)
+        if target != x:
+            return i, target
+    return len(draft_ids), target_token(len(draft_ids))
 
 
 def rejection_sample(

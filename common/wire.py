@@ -199,6 +199,72 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class GenerateRequest:
+    """The cloud-only baseline: the cloud generates alone, one token per message."""
+
+    prompt_token_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int = 0
+    sampling: SamplingParams = SamplingParams()
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
+    prompt_text: str = ""  # tokenized by the cloud when prompt_token_ids is empty
+    return_text: bool = False  # each step also carries the text its token completes
+
+    @classmethod
+    def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
+        return cls(
+            prompt_token_ids=list(m.prompt_token_ids),
+            max_new_tokens=m.max_new_tokens,
+            sampling=SamplingParams.from_pb(m.sampling),
+            stop_token_ids=list(m.stop_token_ids),
+            stop_strings=list(m.stop_strings),
+            prompt_text=m.prompt_text,
+            return_text=m.return_text,
+        )
+
+    def to_pb(self) -> pb.GenerateRequest:
+        return pb.GenerateRequest(
+            prompt_token_ids=self.prompt_token_ids,
+            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling.to_pb(),
+            stop_token_ids=self.stop_token_ids,
+            stop_strings=self.stop_strings,
+            prompt_text=self.prompt_text,
+            return_text=self.return_text,
+        )
+
+
+@dataclass(frozen=True)
+class GenerateStep:
+    """One GenerateResponse: a token (or none, on a finish without one) at a position."""
+
+    position: int
+    token_id: int | None
+    finish_reason: FinishReason = FinishReason.NONE
+    text: str = ""
+    forward_passes: int = 0  # sent once, with the finish
+
+    @classmethod
+    def from_pb(cls, m: pb.GenerateResponse) -> GenerateStep:
+        return cls(
+            position=m.position,
+            token_id=m.token_id if m.HasField("token_id") else None,
+            finish_reason=FinishReason(m.finish_reason),
+            text=m.text,
+            forward_passes=m.forward_passes,
+        )
+
+    def to_pb(self) -> pb.GenerateResponse:
+        return pb.GenerateResponse(
+            position=self.position,
+            token_id=self.token_id,
+            finish_reason=int(self.finish_reason),
+            text=self.text,
+            forward_passes=self.forward_passes,
+        )
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model_name: str
     vocab_size: int

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 
+from common.extras import require_extra
 from edge.config import EdgeConfig
 from edge.engine import Generation
 
@@ -105,6 +106,7 @@ def stats_line(generation: Generation, prompt_tokens: int) -> str:
 async def _chat(args: argparse.Namespace) -> int:
     from edge.sdk import AsyncTandem
 
+    require_extra("edge", "tandem chat")
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed)
     async with AsyncTandem(config=EdgeConfig.from_args(args)) as tandem:

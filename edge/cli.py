@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from common.extras import require_extra
 from edge.config import EdgeConfig
 
 
@@ -54,6 +55,10 @@ async def _generate(args: argparse.Namespace) -> int:
         raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
     if args.seed is not None and args.seed < 0:
         raise SystemExit("tandem generate: --seed must be >= 0")
+    if args.mode != "cloud":
+        require_extra("edge", f"tandem generate --mode {args.mode} (the local draft model)", ("llama_cpp",))
+    if args.cloud is None and args.mode != "edge":
+        require_extra("cloud", "tandem generate without --cloud (it starts a cloud in this process)")
     tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)

@@ -1,4 +1,9 @@
-"""The edge's gRPC connection to the cloud: channel, calls, and byte accounting."""
+"""The edge's gRPC connection to the cloud: channel, calls, and byte accounting.
+
+The boundary of the edge: the only module that builds or reads protobuf messages and sees
+gRPC errors. Everything above it (edge/speculative.py, edge/engine.py) speaks common.wire
+dataclasses and common.errors exceptions.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from common import errors
 from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import ModelInfo
+from common.wire import (
+    DraftBlock, GenerateRequest, GenerateStep, ModelInfo, SessionOpen, SessionStarted, Verdict,
+)
 
 _ERRORS = {cls.code: cls for cls in (
     errors.InvalidArgument, errors.FailedPrecondition, errors.ResourceExhausted, errors.Unauthenticated,
@@ -43,12 +50,13 @@ def error_from_status(code: grpc.StatusCode, details: str | None) -> errors.Tand
     return cls(details or code.name)
 
 
-class CountedStream:
-    """A Speculate call that counts the serialized bytes of every message each way.
+class SpeculateStream:
+    """A Speculate call in dataclasses: open() a session, send() draft blocks, read() its answers.
 
-    The call starts on first use, once the channel is connected (see CloudClient.ready), so
-    that a stream opened while the cloud restarts waits for it instead of failing at once.
-    Every failure surfaces as a common.errors exception.
+    Counts the serialized bytes of every message each way. The call starts on first use, once
+    the channel is connected (see CloudClient.ready), so that a stream opened while the cloud
+    restarts waits for it instead of failing at once. Every failure surfaces as a
+    common.errors exception.
     """
 
     def __init__(self, start_call, response_timeout_s: float | None = None):
@@ -63,7 +71,13 @@ class CountedStream:
             self._starting = asyncio.ensure_future(self._start_call())
         return await asyncio.shield(self._starting)  # shared by the writer and the reader
 
-    async def write(self, request: pb.SpeculateRequest) -> None:
+    async def open(self, session: SessionOpen) -> None:
+        await self._write(pb.SpeculateRequest(open=session.to_pb()))
+
+    async def send(self, block: DraftBlock) -> None:
+        await self._write(pb.SpeculateRequest(draft=block.to_pb()))
+
+    async def _write(self, request: pb.SpeculateRequest) -> None:
         call = await self._call()
         self.bytes_sent += request.ByteSize()
         try:
@@ -73,14 +87,20 @@ class CountedStream:
         except asyncio.InvalidStateError:  # the call had already ended: report how
             raise error_from_status(await call.code(), await call.details()) from None
 
-    async def read(self) -> pb.SpeculateResponse | None:
-        """The next response, or None when the cloud ended the stream."""
+    async def read(self) -> SessionStarted | Verdict | None:
+        """The next answer, or None when the cloud ended the stream."""
         call = await self._call()
-        response = await _bounded(call.read(), self.response_timeout_s, call)
+        try:
+            response = await _bounded(call.read(), self.response_timeout_s, call)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
         if response is grpc.aio.EOF:
             return None
         self.bytes_received += response.ByteSize()
-        return response
+        kind = response.WhichOneof("kind")
+        if kind not in _SPECULATE_ANSWERS:
+            raise errors.ProtocolError(f"the cloud sent a Speculate answer of unknown kind {kind!r}")
+        return _SPECULATE_ANSWERS[kind](getattr(response, kind))
 
     async def done_writing(self) -> None:
         call = await self._call()
@@ -98,6 +118,32 @@ class CountedStream:
             self._starting.result().cancel()
         else:
             self._starting.cancel()
+
+
+_SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb}
+
+
+class GenerateStream:
+    """A Generate call (the cloud-only baseline) in dataclasses, counting bytes each way."""
+
+    def __init__(self, client: CloudClient, request: GenerateRequest):
+        self._client = client
+        self._message = request.to_pb()
+        self.bytes_sent = self._message.ByteSize()
+        self.bytes_received = 0
+
+    async def __aiter__(self) -> AsyncIterator[GenerateStep]:
+        client = self._client
+        await client.ready()
+        call = client.stub.Generate(self._message, metadata=client.metadata)
+        try:
+            while (response := await _bounded(call.read(), client.response_timeout_s, call)) is not grpc.aio.EOF:
+                self.bytes_received += response.ByteSize()
+                yield GenerateStep.from_pb(response)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # the consumer stopped early: let the cloud free the session now
 
 
 async def _bounded(read, timeout_s: float | None, call):
@@ -158,23 +204,16 @@ class CloudClient:
         return errors.CloudUnavailable(
             f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
 
-    def speculate(self) -> CountedStream:
+    def speculate(self) -> SpeculateStream:
         async def start():
             await self.ready()
             return self.stub.Speculate(metadata=self.metadata)
 
-        return CountedStream(start, self.response_timeout_s)
+        return SpeculateStream(start, self.response_timeout_s)
 
-    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
-        await self.ready()
-        call = self.stub.Generate(request, metadata=self.metadata)
-        try:
-            while (response := await _bounded(call.read(), self.response_timeout_s, call)) is not grpc.aio.EOF:
-                yield response
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
-        finally:
-            call.cancel()  # the consumer stopped early: let the cloud free the session now
+    def generate(self, request: GenerateRequest) -> GenerateStream:
+        """`async for step in client.generate(request)`; the stream counts the bytes."""
+        return GenerateStream(self, request)
 
     async def close(self) -> None:
         await self.channel.close()

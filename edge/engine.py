@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
-from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.stop import TokenStopScanner
-from common.wire import DraftMode, FinishReason, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
+from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
@@ -46,6 +46,10 @@ class GenerationRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
     stop_strings: list[str] = field(default_factory=list)
+    # Cloud mode only: the cloud tokenizes prompt_text (when prompt_token_ids is empty) and,
+    # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
+    prompt_text: str = ""
+    return_text: bool = False
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
+    text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
     seed: int | None = None  # the seed sampling used (picked at random when none was given)
     # Offline fallback: token_ids[fallback_at:] came from the local model alone.
     degraded: bool = False
@@ -71,13 +76,14 @@ class Generation:
 
 
 class EdgeEngine:
-    def __init__(self, drafter, client: CloudClient | None, config: SpeculationConfig | None = None,
+    def __init__(self, drafter: DraftEngine | None, client: CloudClient | None, config: SpeculationConfig | None = None,
                  fallback: FallbackConfig | None = None, draft_slots: int = 1):
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
 
-        draft_slots: hybrid or edge generations that may draft at once. Each beyond the first
-        gets its own context over the same model file (drafter.sibling(), made on first need),
-        so concurrent answers interleave their drafting instead of queueing whole answers.
+        drafter=None: cloud mode only (the thin client). draft_slots: hybrid or edge generations
+        that may draft at once. Each beyond the first gets its own context over the same model
+        file (drafter.sibling(), made on first need), so concurrent answers interleave their
+        drafting instead of queueing whole answers.
         """
         self.drafter = drafter
         self.client = client
@@ -130,7 +136,7 @@ class EdgeEngine:
         if self.client is None:
             raise FailedPrecondition("no cloud address configured")
         info = await self.client.info(timeout_s)
-        if info.tokenizer_fingerprint != self.drafter.fingerprint:
+        if self.drafter is not None and info.tokenizer_fingerprint != self.drafter.fingerprint:
             raise FailedPrecondition(
                 f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
                 f"{self.drafter.fingerprint}) and cloud model {info.model_name!r} (fingerprint "
@@ -151,8 +157,10 @@ class EdgeEngine:
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
         """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
-        if not request.prompt_token_ids:
+        if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
+        if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
+            raise FailedPrecondition(f"{mode.value} mode needs a draft model and a tokenized prompt")
         generation = generation or Generation(mode)
         request = self.with_seed(request)
         generation.seed = None if request.sampling.greedy else request.sampling.seed
@@ -253,22 +261,26 @@ class EdgeEngine:
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
-        message = pb.GenerateRequest(
-            prompt_token_ids=request.prompt_token_ids,
-            sampling=request.sampling.to_pb(),
+        stream = self.client.generate(GenerateRequest(
+            prompt_token_ids=list(request.prompt_token_ids),
+            sampling=request.sampling,
             max_new_tokens=request.max_new_tokens,
-            stop_token_ids=request.stop_token_ids,
-            stop_strings=request.stop_strings,
-        )
-        stats.bytes_sent += message.ByteSize()
-        async for response in self.client.generate(message):
-            stats.bytes_received += response.ByteSize()
-            new = [response.token_id] if response.HasField("token_id") else []
+            stop_token_ids=list(request.stop_token_ids),
+            stop_strings=list(request.stop_strings),
+            prompt_text=request.prompt_text,
+            return_text=request.return_text,
+        ))
+        stats.bytes_sent += stream.bytes_sent
+        received_before = stats.bytes_received
+        async for step in stream:
+            stats.bytes_received = received_before + stream.bytes_received
+            new = [step.token_id] if step.token_id is not None else []
             stats.rounds += len(new)
-            if response.finish_reason:
-                stats.cloud_forward_passes = response.forward_passes
+            if step.finish_reason:
+                stats.cloud_forward_passes = step.forward_passes
             stats.mark_tokens(len(new))
-            generation.finish_reason = FinishReason(response.finish_reason)
+            generation.finish_reason = step.finish_reason
+            generation.text += step.text
             if new:
                 yield new
 

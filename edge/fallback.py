@@ -14,7 +14,6 @@ is hybrid again without the caller having to wait for a probe.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import enum
 import logging
@@ -23,35 +22,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from common.errors import TandemError
-from common.settings import env
+from common.settings import setting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FallbackConfig:
-    enabled: bool = True  # off: hybrid answers are the cloud model's or an error, never local
-    timeout_s: float = 2.0  # longest wait for the cloud (connect, first token, each verdict)
+    # Off: hybrid answers are the cloud model's or an error, never local.
+    enabled: bool = setting(True, "never answer with the local model alone: fail when the cloud is unreachable "
+                                  "(output is then always exactly the cloud model's)",
+                            flag="--no-fallback", env="FALLBACK")
+    # Longest wait for the cloud (connect, first token, each verdict).
+    timeout_s: float = setting(2.0, "with fallback: longest wait for the cloud to connect, send its first token "
+                                    "or answer a draft block before the local model takes over "
+                                    "(default %(default)s)", flag="--fallback-timeout", env="FALLBACK_TIMEOUT",
+                               metavar="SECONDS")
     retry_min_s: float = 0.5  # first background reconnect attempt after a failure
     retry_max_s: float = 2.0  # backoff cap between reconnect attempts (one Info call each)
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        d = FallbackConfig()
-        g = parser.add_argument_group("offline fallback")
-        g.add_argument("--no-fallback", dest="fallback", action="store_false",
-                       default=env("FALLBACK", "1") not in ("0", "false", "no"),
-                       help="never answer with the local model alone: fail when the cloud is unreachable "
-                            "(output is then always exactly the cloud model's) [TANDEM_FALLBACK=0]")
-        g.add_argument("--fallback-timeout", type=float, default=env("FALLBACK_TIMEOUT", d.timeout_s),
-                       metavar="SECONDS",
-                       help="with fallback: longest wait for the cloud to connect, send its first token or "
-                            "answer a draft block before the local model takes over (default %(default)s) "
-                            "[TANDEM_FALLBACK_TIMEOUT]")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FallbackConfig:
-        return cls(enabled=args.fallback, timeout_s=args.fallback_timeout)
 
 
 class CloudState(str, enum.Enum):

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class LlamaDrafter:
+    """The llama.cpp draft engine (edge.draft_engine.DraftEngine); the only module that touches llama.cpp."""
+
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, threads: int = 0,
                  f32_cache: bool = False, convert_dtype: str = "f16"):
         """model_path: a GGUF file, or a Hugging Face Llama directory (converted to a GGUF of

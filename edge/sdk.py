@@ -1,7 +1,7 @@
 """The Python SDK: stream text from the hybrid runtime in three lines.
 
     from edge import Tandem
-    tandem = Tandem("cloud.example.com:50051")      # or Tandem() for an embedded local cloud
+    tandem = Tandem("cloud.example.com:50051")      # tandem.Tandem() also starts a local cloud
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
 AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
+from common.extras import require_extra
 from common.loop_thread import LoopThread
 from common.stop import StopScanner
 from common.wire import DraftMode, FinishReason, SamplingParams
@@ -124,6 +125,13 @@ class AsyncTandem:
         drafter = self.engine.drafter
         return drafter.tokenize(render_chat(drafter.chat_template, messages))
 
+    def _render(self, prompt: str) -> str:
+        """A user message in the cloud model's chat template (no local model to take it from)."""
+        require_extra("edge", "a chat prompt without a local model", ("jinja2",))
+        from edge.chat_template import render_chat
+
+        return render_chat(self.engine.cloud_info.chat_template, [{"role": "user", "content": prompt}])
+
     async def deltas(self, prompt_token_ids: list[int], generation: Generation | None = None, **options
                      ) -> AsyncIterator[Delta]:
         """Yields the answer to a tokenized prompt as Deltas; options are GenerateOptions fields.
@@ -131,14 +139,24 @@ class AsyncTandem:
         Pass `generation` to read token ids, finish reason, stats and fallback state after. With
         stop strings, its token_ids end with the token that completed the stop string.
         """
+        async with contextlib.aclosing(self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation,
+                                                    options)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _deltas(self, prompt: dict, generation: Generation | None, options: dict) -> AsyncIterator[Delta]:
+        """deltas() for a tokenized prompt, or (no local model: the thin client) for prompt_text,
+        with the text rendered by the cloud."""
         await self.start()
         opts = GenerateOptions(**options)
         if opts.draft_mode not in ("ids", "sparse"):
             raise ValueError(f"draft_mode must be 'ids' or 'sparse', not {opts.draft_mode!r}")
         if opts.seed is not None and not 0 <= opts.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2^64), got {opts.seed}")
+        cloud_text = self.engine.drafter is None
         request = GenerationRequest(
-            prompt_token_ids=list(prompt_token_ids),
+            **prompt,
+            return_text=cloud_text,
             max_new_tokens=opts.max_tokens,
             sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed),
             stop_token_ids=list(opts.stop_token_ids),
@@ -146,13 +164,17 @@ class AsyncTandem:
             stop_strings=opts.stop_strings,
         )
         generation = generation or Generation(self.mode)
-        detok = IncrementalDetokenizer(self.engine.drafter.token_bytes)
+        detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)
         stops = StopScanner(opts.stop_strings)
         last = None
+        rendered = 0  # of generation.text (cloud_text)
         async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
             async for new in tokens:
                 ids, text = [], ""
-                for token in new:
+                if cloud_text:  # the cloud stops at a stop string itself: `new` is one token
+                    ids, text = list(new), stops.push(generation.text[rendered:])
+                    rendered = len(generation.text)
+                for token in new if detok else ():
                     ids.append(token)
                     text += stops.push(detok.push([token]))
                     if stops.hit is not None:
@@ -164,7 +186,8 @@ class AsyncTandem:
                     break  # leaving the block closes the generation (and its cloud stream) now
                 yield Delta(text, ids, generation.degraded)
         if last is None:
-            last = Delta(stops.push(detok.flush()) + stops.flush(), [], generation.degraded)
+            rest = generation.text[rendered:] if cloud_text else detok.flush()
+            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded)
         if stops.hit is not None:
             generation.finish_reason = FinishReason.STOP
         if last.text or last.token_ids:
@@ -174,8 +197,12 @@ class AsyncTandem:
         """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
         await self.start()
         options = dict(options)
-        prompt_ids = self.encode(prompt, options.pop("chat", False))
-        async with contextlib.aclosing(self.deltas(prompt_ids, generation, **options)) as deltas:
+        chat = options.pop("chat", False)
+        if self.engine.drafter is None:  # the cloud tokenizes (and renders the answer)
+            prompt_fields = dict(prompt_token_ids=[], prompt_text=self._render(prompt) if chat else prompt)
+        else:
+            prompt_fields = dict(prompt_token_ids=self.encode(prompt, chat))
+        async with contextlib.aclosing(self._deltas(prompt_fields, generation, options)) as deltas:
             async for delta in deltas:
                 if delta.text:
                     yield delta.text

@@ -23,13 +23,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ImportError:  # the thin client: run() says which extra `tandem serve` needs
+    web = None
 
+from common import settings
 from common.errors import TandemError
-from common.settings import env
+from common.extras import require_extra
+from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
-from edge.metrics import EdgeMetrics
 from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion
 from edge.sdk import AsyncTandem, Delta, completion_of
 
@@ -44,29 +48,27 @@ _HTTP_ERRORS = {
 }
 
 
+HTTP = "HTTP endpoint"
+
+
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback: other machines can't reach a desktop endpoint by default
-    port: int = 8000
-    model_name: str = "tandem"  # the id /v1/models lists; requests may name any model
-    default_max_tokens: int = 512  # when a request sets neither max_tokens nor max_completion_tokens
+    # Loopback: other machines can't reach a desktop endpoint by default.
+    host: str = setting("127.0.0.1", "interface to bind (default %(default)s: this machine only)",
+                        env="SERVE_HOST", group=HTTP)
+    port: int = setting(8000, "port; 0 picks a free one (default %(default)s)", env="SERVE_PORT", group=HTTP)
+    # Requests may name any model.
+    model_name: str = setting("tandem", "model id listed by /v1/models (default %(default)s)", group=HTTP)
+    default_max_tokens: int = setting(512, "answer length when a request sets neither max_tokens nor "
+                                           "max_completion_tokens (default %(default)s)", group=HTTP)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        d = ServeConfig()
-        g = parser.add_argument_group("HTTP endpoint")
-        g.add_argument("--host", default=env("SERVE_HOST", d.host),
-                       help="interface to bind (default %(default)s: this machine only) [TANDEM_SERVE_HOST]")
-        g.add_argument("--port", type=int, default=env("SERVE_PORT", d.port),
-                       help="port; 0 picks a free one (default %(default)s) [TANDEM_SERVE_PORT]")
-        g.add_argument("--model-name", default=d.model_name,
-                       help="model id listed by /v1/models (default %(default)s)")
-        g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                       help="answer length when a request sets none (default %(default)s)")
+        settings.add_arguments(parser, ServeConfig)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
-        return cls(args.host, args.port, args.model_name, args.default_max_tokens)
+        return settings.from_args(cls, args)
 
 
 @dataclass
@@ -83,13 +85,15 @@ class OpenAIServer:
         self.tandem = tandem
         self.config = config or ServeConfig()
         self.counts = RequestCounts()
+        from edge.metrics import EdgeMetrics  # prometheus_client: the edge extra
+
         self.metrics = EdgeMetrics()
         self.started_at = int(time.time())
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[web.middleware(_errors_as_json)], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -245,7 +249,6 @@ def _api_error(exc: TandemError) -> ApiError:
     return ApiError(status, str(exc), kind=kind, code=exc.code.lower())
 
 
-@web.middleware
 async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     """Every error answers in OpenAI's shape: {"error": {message, type, param, code}}."""
     try:
@@ -282,6 +285,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("edge", "tandem serve")
     asyncio.run(_serve(ServeConfig.from_args(args), EdgeConfig.from_args(args), args.mode))
     return 0
 

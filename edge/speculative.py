@@ -24,28 +24,35 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
-import grpc
-
-from common.errors import CloudUnavailable, TandemError
-from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.errors import CloudUnavailable, ProtocolError
+from common.settings import setting
 from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
-from edge.client import CountedStream, error_from_rpc
+from edge.client import SpeculateStream
+from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
 
 
-class ProtocolError(TandemError):
-    """The cloud answered something the protocol does not allow."""
+SPECULATION = "speculation"
 
 
 @dataclass
 class SpeculationConfig:
-    draft_tokens: int = 32  # most drafts per block (the adaptive policy picks fewer when that pays)
-    max_in_flight: int = 4  # most blocks awaiting a verdict at once; 1 = lock-step
+    # The adaptive policy picks fewer when that pays.
+    draft_tokens: int = setting(32, "most drafted tokens per block (default %(default)s)", env="DRAFT_TOKENS",
+                                group=SPECULATION)
+    max_in_flight: int = setting(4, "most draft blocks awaiting a verdict at once; 1 = lock-step "
+                                    "(default %(default)s)", env="MAX_IN_FLIGHT", group=SPECULATION)
     draft_top_k: int = 8  # sparse-q mode: candidates sent per drafted token
-    min_confidence: float = 0.1  # cut a block after a draft the draft model is less sure of
-    adaptive: bool = True  # block length and depth from measurements (edge/draft_length.py)
-    min_draft_tokens: int = 1  # adaptive block length stays at or above this
+    min_confidence: float = setting(0.1, "end a block after a draft the draft model gives less probability "
+                                         "(default %(default)s)", env="MIN_CONFIDENCE", group=SPECULATION)
+    # Block length and depth from measurements (edge/draft_length.py).
+    adaptive: bool = setting(True, "choose block length and blocks in flight per session from measured "
+                                   "acceptance, draft speed and round trip; --no-adaptive drafts --draft-tokens "
+                                   "per block with --max-in-flight blocks in flight (default %(default)s)",
+                             negatable=True, group=SPECULATION)
+    min_draft_tokens: int = setting(1, "fewest drafted tokens per block the adaptive policy picks "
+                                       "(default %(default)s)", group=SPECULATION)
 
 
 @dataclass
@@ -109,6 +116,9 @@ class GenerationStats:
         return d
 
 
+_KINDS = {SessionStarted: "started", Verdict: "verdict"}  # what SpeculateStream.read() yields
+
+
 @dataclass
 class _InFlight:
     block: DraftBlock
@@ -119,7 +129,7 @@ class _InFlight:
 class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
-    def __init__(self, drafter, stream: CountedStream, request: SessionOpen, config: SpeculationConfig,
+    def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
         self.drafter = drafter
@@ -149,11 +159,11 @@ class SpeculativeRun:
         reader = asyncio.create_task(self._read_all())
         try:
             opened_at = time.perf_counter()
-            await self._timed(self.stream.write(pb.SpeculateRequest(open=self.request.to_pb())), "connection")
+            await self._timed(self.stream.open(self.request), "connection")
             prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
             self.lengths.observe_round_trip(self._arrived_at - opened_at)
-            first = self._apply_started(SessionStarted.from_pb(started.started))
+            first = self._apply_started(started)
             if first:
                 yield first
             await prefill
@@ -284,7 +294,7 @@ class SpeculativeRun:
         self.in_flight.append(_InFlight(block, time.perf_counter()))
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.in_flight))
         self.lengths.start_block()
-        await self._timed(self.stream.write(pb.SpeculateRequest(draft=block.to_pb())), "room to send")
+        await self._timed(self.stream.send(block), "room to send")
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         if started.position != len(self.committed):
@@ -298,8 +308,7 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         return new
 
-    def _apply_verdict(self, response: pb.SpeculateResponse) -> list[int]:
-        verdict = Verdict.from_pb(response.verdict)
+    def _apply_verdict(self, verdict: Verdict) -> list[int]:
         if not self.in_flight:
             raise ProtocolError("a verdict arrived for no block in flight")
         sent = self.in_flight.popleft()
@@ -350,8 +359,6 @@ class SpeculativeRun:
                 await self._responses.put((time.perf_counter(), response))
                 if response is None:
                     return
-        except grpc.aio.AioRpcError as exc:
-            await self._responses.put((time.perf_counter(), error_from_rpc(exc)))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
             await self._responses.put((time.perf_counter(), exc))
 
@@ -377,7 +384,7 @@ class SpeculativeRun:
             if expected is None:
                 return None
             raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
-        kind = response.WhichOneof("kind")
+        kind = _KINDS[type(response)]
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")
         return response

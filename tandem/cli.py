@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the cloud model's.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Edge commands without --cloud start one on loopback (edge/ cannot import cloud/ itself).
+    parser.set_defaults(start_cloud=_start_on_loopback)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cloud_cli.add_parser(subparsers)
     edge_cli.add_parser(subparsers)
@@ -33,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_parser(subparsers)
     bench_cli.add_parser(subparsers)
     return parser
+
+
+def _start_on_loopback(model: str | None):
+    from cloud.embedded import start_on_loopback  # the cloud's server stack: only when needed
+
+    return start_on_loopback(model)
 
 
 def main(argv: list[str] | None = None) -> int:

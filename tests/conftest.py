@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # abort on the descriptors closed before exec ("epoll_wait error: Bad file descriptor").
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from tiny_models import build_tiny_target, hf_to_gguf, smollm2_tokenizer_dir  # noqa: E402
+from bench.tiny_models import build_tiny_target, hf_greedy, hf_to_gguf, smollm2_tokenizer_dir  # noqa: E402,F401
 
 DRAFT_NOISE = {"exact": 0.0, "noisy": 0.05, "wild": 0.2}
 
@@ -82,19 +82,6 @@ def tiny_drafter(tiny_models):
     yield get
     for drafter in cache.values():
         drafter.close()
-
-
-def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """The reference: transformers' own generate(do_sample=False) on the target model."""
-    import torch
-
-    eos = target.eos_token_ids
-    with torch.inference_mode():
-        out = target.model.generate(
-            torch.tensor([prompt_ids], device=target.device), do_sample=False, max_new_tokens=max_new_tokens,
-            eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
-        )
-    return out[0, len(prompt_ids):].tolist()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import asyncio
 import random
 
 import pytest
-from tiny_models import build_tiny_target
+from bench.tiny_models import build_tiny_target
 
 from cloud.limits import SessionLimits
 from cloud.scheduler import NoMetrics, Scheduler

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import hf_greedy
-from tiny_models import (
+from bench.tiny_models import (
     build_tiny_target,
     greedy_agreement,
     hf_logits,

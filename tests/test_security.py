@@ -7,7 +7,7 @@ import subprocess
 
 import grpc
 import pytest
-from certs import make_pki
+from bench.pki import make_pki
 from cloud_process import CloudProcess, cli, cli_env
 from conftest import generate_ids, hf_greedy
 from grpc_health.v1 import health_pb2, health_pb2_grpc

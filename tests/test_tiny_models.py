@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import (  # noqa: E402
+from bench.tiny_models import (  # noqa: E402
     build_tiny_target,
     greedy_agreement,
     hf_logits,

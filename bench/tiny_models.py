@@ -1,4 +1,6 @@
-"""Tiny, offline test models that share the SmolLM2 tokenizer.
+"""Tiny, offline models that share the SmolLM2 tokenizer, built at run time.
+
+Used by the tests (tests/conftest.py) and by `python -m bench.cuda_check`.
 
 The test suite needs a transformers *target* and llama.cpp *drafts* whose
 behaviour is known: an exact F32 copy of the target (drafts always agree),
@@ -312,3 +314,16 @@ def top2_margins(logits: np.ndarray) -> np.ndarray:
     """Per position, the top-1 logit minus the runner-up."""
     top2 = np.sort(np.partition(logits, -2, axis=-1)[..., -2:], axis=-1)
     return top2[..., 1] - top2[..., 0]
+
+
+def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The reference: transformers' own generate(do_sample=False) on the target model."""
+    import torch
+
+    eos = target.eos_token_ids
+    with torch.inference_mode():
+        out = target.model.generate(
+            torch.tensor([prompt_ids], device=target.device), do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
+        )
+    return out[0, len(prompt_ids):].tolist()

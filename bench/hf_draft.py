@@ -1,6 +1,6 @@
 """A draft given as an HF directory (converted F16 / F32) next to the default Q4_1 GGUF, in one run.
 
-    PYTHONPATH=. python scripts/bench_hf_draft.py HF_DIR [--max-tokens 64]
+    python -m bench.hf_draft HF_DIR [--max-tokens 64]
 
 HF_DIR is a LlamaForCausalLM directory that also serves as the target, e.g. the cloud's cached
 safetensors copy of the default model (~/.cache/tandem/targets/SmolLM2-135M-Instruct.Q4_1-*).

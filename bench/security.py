@@ -1,6 +1,6 @@
 """What TLS, mutual TLS and bearer tokens cost a hybrid generation, side by side in one run.
 
-    PYTHONPATH=$PWD python scripts/bench_security.py [--rounds 5] [--max-tokens 64]
+    python -m bench.security [--rounds 5] [--max-tokens 64]
 
 Starts one in-process cloud per setup (plaintext, TLS, mutual TLS + token) over the same
 loaded target model, then runs the same greedy hybrid generation through each, interleaved
@@ -15,25 +15,21 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the test PKI helper
 
-from certs import make_pki  # noqa: E402
-
+from bench.pki import make_pki  # noqa: E402
 from cloud.config import CloudConfig  # noqa: E402
 from cloud.embedded import EmbeddedCloud  # noqa: E402
 from cloud.server import load_model  # noqa: E402
 from common.channel import ChannelSecurity  # noqa: E402
 from edge.client import CloudClient  # noqa: E402
-from edge.llama_drafter import LlamaDrafter  # noqa: E402
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode  # noqa: E402
+from edge.llama_drafter import LlamaDrafter  # noqa: E402
 
 PROMPT = "<|im_start|>user\nExplain in three sentences why the sky is blue.<|im_end|>\n<|im_start|>assistant\n"
 TOKEN = "bench-token"

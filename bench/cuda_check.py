@@ -1,7 +1,7 @@
 """Checks a CUDA target: hybrid greedy output equals transformers' generate on the same GPU model.
 
 Run on a host with a GPU (no weights needed: it builds the tiny test models):
-    python scripts/cuda_check.py --work /tmp/cuda-check
+    python -m bench.cuda_check --work /tmp/cuda-check
 The cloud runs on CUDA (embedded, real gRPC on loopback); the draft runs in llama.cpp on the CPU.
 Prints one JSON object: per dtype, whether every hybrid run matched, and verification latencies.
 """
@@ -15,10 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-
 PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    return", "Once upon a time, in a land far away,"]
 
 
@@ -30,10 +26,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from conftest import hf_greedy
-    from test_speculative_exact import run_generation
-    from tiny_models import build_tiny_target, hf_to_gguf, smollm2_tokenizer_dir
-
+    from bench.tiny_models import build_tiny_target, hf_greedy, hf_to_gguf, smollm2_tokenizer_dir
     from cloud.config import CloudConfig
     from cloud.embedded import EmbeddedCloud
     from cloud.model import LoadOptions, TargetModel
@@ -68,6 +61,24 @@ def main() -> int:
             torch.cuda.empty_cache()
     print(json.dumps(report, indent=1))
     return 0 if report["runs"]["float32"]["all_identical"] else 1
+
+
+async def run_generation(address: str, drafter, prompt_ids: list[int], max_new_tokens: int, **speculation):
+    """One greedy hybrid generation through a real EdgeEngine and CloudClient."""
+    from edge.client import CloudClient
+    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+    from edge.speculative import SpeculationConfig
+
+    client = CloudClient(address)
+    try:
+        engine = EdgeEngine(drafter, client, SpeculationConfig(**speculation))
+        await engine.connect()
+        generation = Generation(Mode.HYBRID)
+        async for _ in engine.generate(GenerationRequest(prompt_ids, max_new_tokens), Mode.HYBRID, generation):
+            pass
+        return generation
+    finally:
+        await client.close()
 
 
 def _verify_latency(target) -> dict:

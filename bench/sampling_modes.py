@@ -1,6 +1,6 @@
 """Wire modes side by side: ids-only (a) vs sparse q (b), same prompts, same seeds, one run.
 
-    PYTHONPATH=. python benchmarks/sampling_modes.py [--temperature 0.7 --top-p 0.9] [--sparse-top-k 4,8,16]
+    python -m bench.sampling_modes [--temperature 0.7 --top-p 0.9] [--sparse-top-k 4,8,16]
 
 Loads the default model pair once (an embedded cloud on loopback, reached over real gRPC),
 then generates every (prompt, seed) in every mode and prints, per mode: tokens per
@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from cloud.embedded import start_on_loopback
 from common.wire import DraftMode, SamplingParams
 from edge.chat_template import render_chat
 from edge.config import EdgeConfig
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> dict[str, dict]:
-    config = EdgeConfig(draft_model=args.draft_model, target_model=args.model)
+    config = EdgeConfig(draft_model=args.draft_model, target_model=args.model, start_cloud=start_on_loopback)
     modes = [("ids (a)", DraftMode.TOKEN_IDS, 0)] + [
         (f"sparse top-{k} (b)", DraftMode.SPARSE_Q, int(k)) for k in args.sparse_top_k.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]

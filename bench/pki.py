@@ -1,4 +1,6 @@
-"""Test PKI made at test time: a CA, a server certificate for loopback, client certificates.
+"""A throwaway PKI made at run time: a CA, a server certificate for loopback, client certificates.
+
+Used by tests/test_security.py and `python -m bench.security`.
 
 EC P-256 keys keep generation to milliseconds. Nothing here is fit for production.
 """

@@ -1,6 +1,6 @@
 """Two chat answers at once vs one, hybrid, through one edge runtime (what `tandem serve` runs).
 
-    python scripts/concurrent_chats.py [--slots 1,2] [--max-tokens 96] [--cloud-cpus 0 --edge-cpus 1]
+    python -m bench.concurrent_chats [--slots 1,2] [--max-tokens 96] [--cloud-cpus 0 --edge-cpus 1]
 
 Starts `tandem cloud` pinned to --cloud-cpus, pins this process (the edge) to --edge-cpus, and
 for each --draft-slots value times each of two answers alone, then both started together.
@@ -19,13 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.pin import parse_cpus  # noqa: E402
-from bench.processes import CloudProcess  # noqa: E402
-from edge.config import EdgeConfig  # noqa: E402
-from edge.fallback import FallbackConfig  # noqa: E402
-from edge.sdk import AsyncTandem  # noqa: E402
+from bench.pin import parse_cpus
+from bench.processes import CloudProcess
+from edge.config import EdgeConfig
+from edge.fallback import FallbackConfig
+from edge.sdk import AsyncTandem
 
 QUESTIONS = ["Give me three tips for writing clear code.", "Describe the water cycle in detail."]
 

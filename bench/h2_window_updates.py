@@ -5,7 +5,7 @@ shows WINDOW_UPDATE frames as a large share of its bytes. This isolates the caus
 Tandem: a generic bidirectional stream, 40-byte requests answered by 8-byte replies, through
 the byte-counting relay, under a few channel options.
 
-    python scripts/h2_window_updates.py
+    python -m bench.h2_window_updates
 
 Measured with grpcio 1.85: every DATA frame received is answered by two WINDOW_UPDATE frames
 (stream and connection level, 13 bytes each), whatever `grpc.http2.lookahead_bytes` says.
@@ -13,16 +13,13 @@ Measured with grpcio 1.85: every DATA frame received is answered by two WINDOW_U
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
-from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.h2frames import FrameTally  # noqa: E402
-from common.relay import LinkConfig, RelayThread  # noqa: E402
+from bench.h2frames import FrameTally
+from common.relay import LinkConfig, RelayThread
 
 EXCHANGES = 200
 OPTION_SETS = {
@@ -61,6 +58,7 @@ async def measure(options) -> dict[str, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print(f"{EXCHANGES} exchanges; frames by direction and type")
     for name, options in OPTION_SETS.items():
         frames = asyncio.run(measure(options))

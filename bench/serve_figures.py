@@ -1,6 +1,6 @@
 """Figures for `tandem serve` and offline fallback, measured side by side in one run.
 
-    PYTHONPATH=. python scripts/serve_figures.py [--max-tokens 64] [--repeats 3]
+    python -m bench.serve_figures [--max-tokens 64] [--repeats 3]
 
 Starts a real `tandem cloud` and a real `tandem serve` (default model pair unless --model /
 --draft-model), with a link relay between them so the link can be made silent or cut, and
@@ -20,29 +20,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import openai
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common.relay import LinkConfig, RelayThread  # noqa: E402
+from common.relay import LinkConfig, RelayThread
 
 MESSAGES = [{"role": "user", "content": "Explain in a paragraph why the sky is blue."}]
 
 
 def start(args: list[str], pattern: str) -> tuple[subprocess.Popen, re.Match]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "tandem", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+                               stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if match := re.search(pattern, line):
             return process, match
@@ -163,7 +157,7 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
         relay.stop()
-    print(f"\ncommand: PYTHONPATH=. python scripts/serve_figures.py --max-tokens {n} --repeats {args.repeats}")
+    print(f"\ncommand: python -m bench.serve_figures --max-tokens {n} --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The seam for draft engines: what the edge needs from a local model that drafts tokens.
+
+A new draft runtime is one module implementing DraftEngine (as edge/llama_drafter.py does for
+llama.cpp) plus its tests; the loop (edge/speculative.py), the engine (edge/engine.py) and the
+SDK only use what is declared here. An engine raises edge.draft_sampling.ContextFull when a
+context no longer fits its window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class DraftEngine(Protocol):
+    name: str  # shown to users and sent to the cloud (SessionOpen.draft_model_name)
+    vocab_size: int
+    eos_token_ids: list[int]
+    chat_template: str  # Jinja template from the model's metadata ("" when it has none)
+    fingerprint: str  # common.fingerprint.tokenizer_fingerprint(self.tokenize): the cloud checks it
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, special tokens parsed, no BOS added."""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's text bytes; control tokens render as nothing (as on the cloud)."""
+
+    def start(self, context: Sequence[int], reuse_prefix: bool = False) -> np.ndarray:
+        """Begins a sequence at `context` (a prompt); returns the logits [vocab] after it.
+
+        reuse_prefix: the engine may keep a prefix it evaluated before, so the logits may
+        depend on what ran before (allowed where the output does not depend on the draft's
+        numbers: greedy and ids-only sampling).
+        """
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        """Logits [vocab] for the position after `context`, rolling back whatever of the last
+        sequence `context` does not share (exact rollback: a rejection must leave no trace)."""
+
+    def sibling(self) -> DraftEngine:
+        """Another context over the same model, with an empty cache, for a second generation to
+        draft at the same time (EdgeEngine's draft slots)."""
+
+    def close(self) -> None:
+        """Frees the model; may wait for a call still running in a worker thread."""
