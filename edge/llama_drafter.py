@@ -20,6 +20,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 from llama_cpp._internals import LlamaModel
+from llama_cpp._utils import suppress_stdout_stderr
 
 from common.fingerprint import tokenizer_fingerprint
 from common.model_paths import default_gguf_path
@@ -188,3 +189,19 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+QUANT_TYPES = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+"""llama.cpp's quantizations offered for drafts (names as llama-quantize spells them, lower case)."""
+
+
+def quantize(source: Path, out: Path, kind: str, threads: int = 0) -> Path:
+    """Quantizes a GGUF with llama.cpp's own quantizer (the wheel has no llama-quantize binary)."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[kind]
+    params.nthread = threads or len(os.sched_getaffinity(0))
+    with suppress_stdout_stderr(disable=False):  # a line per tensor, printed by llama.cpp itself
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (status {status})")
+    return out

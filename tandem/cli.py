@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from cloud import cli as cloud_cli
     from cloud import probe
+    from distill import cli as distill_cli
     from edge import chat as chat_cli
     from edge import cli as edge_cli
     from edge import serve as serve_cli
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cli.add_parser(subparsers)
     probe.add_parser(subparsers)
     bench_cli.add_parser(subparsers)
+    distill_cli.add_parser(subparsers)
     return parser
 
 

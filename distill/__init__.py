@@ -1,0 +1,1 @@
+"""`tandem distill`: distil a fast draft model for a target and export it as a quantized GGUF."""
