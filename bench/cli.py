@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from bench.pin import parse_cpus
+from common.checks import check_model_path
+from common.errors import InvalidArgument
 from bench.prompts import PROMPTS
 from common import settings
 from common.extras import require_extra
@@ -45,8 +47,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--edge-cpus", default="1", help="CPUs of the edge process (disjoint from the cloud's)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="one-way jitter, uniform +/- this")
     parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
+    parser.add_argument("--ttft-prompt-tokens", default=None, metavar="N,N,...",
+                        help="instead of the throughput runs, measure time to first token of cloud-only and "
+                             "hybrid back to back on raw prompts of exactly these many tokens (e.g. 100,1000,3000), "
+                             "at each --rtt-ms; writes ttft.json and prints hybrid / cloud-only per length")
+    parser.add_argument("--ttft-repeats", type=int, default=3,
+                        help="pairs of runs per prompt length and RTT with --ttft-prompt-tokens")
     parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
+    parser.add_argument("--resume-after", type=int, default=32,
+                        help="also measure one resume: each prompt's hybrid answer with its connection reset "
+                             "after this many tokens, paired with the same answer unbroken; 0 skips it")
+    parser.add_argument("--resume-rtt-ms", type=float, default=20.0, help="round-trip time of the resume measurement")
     settings.add_arguments(parser, SpeculationConfig)
     g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
     g.add_argument("--sessions", default=None, metavar="N,N,...",
@@ -83,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     for extra in ("cloud", "edge"):
         require_extra(extra, "tandem bench")
-    from bench import report, runner
+    from bench import report, resume, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker
     from common.relay import RelayThread
 
     plan = _plan(args)
+    lengths = _ttft_lengths(args)
     cloud_cpus, edge_cpus = _cpus(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,9 +109,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.draft_model:
         edge_args += ["--draft-model", args.draft_model]
     load_start = os.getloadavg()
-    print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; "
-          f"{plan.total_runs} generations of {plan.max_tokens} tokens; load average {load_start[0]:.2f}",
-          file=sys.stderr, flush=True)
+    runs = (f"{2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms)} generations measuring time to first "
+            f"token" if lengths else f"{plan.total_runs} generations of {plan.max_tokens} tokens")
+    print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; {runs}; "
+          f"load average {load_start[0]:.2f}", file=sys.stderr, flush=True)
     cloud = worker = relay = None
     started = time.monotonic()
     try:
@@ -107,7 +121,16 @@ def _run(args: argparse.Namespace) -> int:
         relay = RelayThread(cloud.address, tap=frames).start()
         worker = EdgeWorker(args.edge_cpus, f"127.0.0.1:{relay.port}", edge_args, out / "edge.log")
         runner.warm_up(worker, plan)
-        records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
+        resume_records = []
+        if lengths:
+            progress = runner.Progress(2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms))
+            records = runner.run_ttft(lengths, args.ttft_repeats, plan.rtts_ms, plan, worker, relay, progress)
+        else:
+            records = runner.run(plan, worker, relay, frames, runner.Progress(plan.total_runs))
+        if args.resume_after > 0 and not lengths:
+            print(f"tandem bench: measuring one resume at {args.resume_rtt_ms:g} ms RTT ...", file=sys.stderr, flush=True)
+            resume_records = resume.measure(worker, relay, plan.link(args.resume_rtt_ms), plan.prompts,
+                                            plan.max_tokens, args.resume_after)
         machine = {
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
@@ -120,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
         for part in (worker, relay, cloud):
             if part is not None:
                 part.stop()
+    if lengths:
+        return _report_ttft(args, records, machine, load_start)
     summary = report.summarize(records)
     target_rows = report.targets(summary, records)
     result = {
@@ -132,8 +157,13 @@ def _run(args: argparse.Namespace) -> int:
         "targets": target_rows,
         "runs": records,
     }
+    if resume_records:
+        result["resume"] = {"rtt_ms": args.resume_rtt_ms, "break_after": args.resume_after,
+                            **resume.summarize(resume_records), "runs": resume_records}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     print(report.table(summary, target_rows))
+    if resume_records:
+        print(resume.table(result["resume"], args.resume_rtt_ms, args.resume_after))
     try:
         paths = report.plot(summary, records, out)
     except ImportError:
@@ -145,20 +175,51 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start) -> int:
+    from bench import report
+
+    rows = report.ttft_by_length(records)
+    target_rows = report.ttft_targets(rows)
+    out = Path(args.out) / "ttft.json"
+    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "machine": machine,
+                               "ttft_by_prompt_tokens": rows, "targets": target_rows, "runs": records}, indent=1))
+    print(report.ttft_table(rows, target_rows))
+    print(f"\nwrote {out} in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
+          f"{machine['load_average_end'][0]:.2f} at the end")
+    return 0
+
+
+def _ttft_lengths(args: argparse.Namespace) -> list[int]:
+    if args.ttft_prompt_tokens is None:
+        return []
+    try:
+        lengths = [int(x) for x in args.ttft_prompt_tokens.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(f"--ttft-prompt-tokens expects token counts like 100,1000,3000, "
+                              f"got {args.ttft_prompt_tokens!r}") from None
+    if not lengths or any(n < 16 for n in lengths) or args.ttft_repeats < 1:
+        raise InvalidArgument("--ttft-prompt-tokens needs lengths >= 16, and --ttft-repeats >= 1")
+    return lengths
+
+
 def _plan(args: argparse.Namespace):
     from bench.runner import Plan
+
+    for path, flag in ((args.model, "--model"), (args.draft_model, "--draft-model")):
+        if path is not None:
+            check_model_path(path, flag)
 
     try:
         rtts = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"tandem bench: --rtt-ms expects numbers like 0,20,50,100, got {args.rtt_ms!r}") from None
+        raise InvalidArgument(f"--rtt-ms expects numbers like 0,20,50,100, got {args.rtt_ms!r}") from None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not rtts or any(r < 0 for r in rtts):
-        raise SystemExit("tandem bench: --rtt-ms needs at least one round-trip time >= 0")
+        raise InvalidArgument("--rtt-ms needs at least one round-trip time >= 0")
     if not modes or set(modes) - {"hybrid", "cloud", "edge"}:
-        raise SystemExit(f"tandem bench: --modes takes hybrid, cloud and edge, got {args.modes!r}")
+        raise InvalidArgument(f"--modes takes hybrid, cloud and edge, got {args.modes!r}")
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
-        raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
+        raise InvalidArgument(f"--prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
     return Plan(rtts, PROMPTS[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
 
 
@@ -184,12 +245,12 @@ def _cpus(args: argparse.Namespace) -> tuple[set[int], set[int]]:
     try:
         cloud, edge = parse_cpus(args.cloud_cpus), parse_cpus(args.edge_cpus)
     except ValueError as exc:
-        raise SystemExit(f"tandem bench: {exc}") from None
+        raise InvalidArgument(f"{exc}") from None
     available = os.sched_getaffinity(0)
     if cloud & edge:
-        raise SystemExit(f"tandem bench: --cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
+        raise InvalidArgument(f"--cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
                          "the two sides emulate two machines")
     if not (cloud | edge) <= available:
-        raise SystemExit(f"tandem bench: CPUs {sorted((cloud | edge) - available)} are not available "
+        raise InvalidArgument(f"CPUs {sorted((cloud | edge) - available)} are not available "
                          f"(this process may use {sorted(available)})")
     return cloud, edge

@@ -61,6 +61,13 @@ class Load:
     verdicts: int = 0  # verdicts received so far, all sessions
 
 
+async def _answer(call) -> pb.SpeculateResponse:
+    """The next response that is not a progress message (the cloud saying it is at work)."""
+    while (response := await call.read()).HasField("progress"):
+        pass
+    return response
+
+
 async def cloud_session(load: Load, prompt: int) -> SessionRecord:
     record = SessionRecord(prompt, started_s=time.monotonic())
     request = pb.GenerateRequest(prompt_token_ids=load.prompts[prompt], max_new_tokens=load.max_tokens,
@@ -88,7 +95,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     await call.write(pb.SpeculateRequest(open=pb.SessionOpen(
         prompt_token_ids=prompt_ids, max_new_tokens=load.max_tokens, sampling=pb.SamplingParams(temperature=0.0),
         tokenizer_fingerprint=load.fingerprint, draft_model_name="load-drafter")))
-    started = (await call.read()).started
+    started = (await _answer(call)).started
     tokens = [started.token_id] if started.HasField("token_id") else []
     finished = started.finish_reason
     last = time.monotonic()
@@ -100,7 +107,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
             drafts.append(right if rng.random() >= load.corrupt_rate else (right + 1 + rng.randrange(100)) % load.vocab_size)
         await call.write(pb.SpeculateRequest(draft=pb.DraftBlock(
             start_position=len(prompt_ids) + len(tokens) - 1, token_ids=[tokens[-1], *drafts])))
-        verdict = (await call.read()).verdict
+        verdict = (await _answer(call)).verdict
         load.verdicts += 1
         now = time.monotonic()
         record.gaps_s.append(now - last)
@@ -183,20 +190,21 @@ async def references(stub, prompts: list[list[int]], max_tokens: int) -> list[li
     return out
 
 
-def tokenized_prompts(draft_model: str | None, chat_template: str, count: int, long_tokens: int):
-    """The bench prompts as chat turns, and one synthetic prompt of long_tokens tokens."""
+def tokenized_prompts(draft_model: str | None, info: pb.InfoResponse, count: int, long_tokens: int):
+    """The bench prompts as chat turns, encoded as the target wants (its template and BOS rule),
+    and one synthetic prompt of long_tokens tokens."""
     from common.model_paths import default_gguf_path
+    from common.wire import special_tokens_from_pb
     from edge.chat_template import render_chat
-    from edge.llama_drafter import tokenize_with_vocab
+    from edge.tokenizer import load_tokenizer
 
-    gguf = Path(draft_model) if draft_model else default_gguf_path()
-    texts = [render_chat(chat_template, [{"role": "user", "content": p}]) for p in PROMPTS[:count]]
-    ids = tokenize_with_vocab(gguf, texts + [" ".join(PROMPTS)])
-    if ids is None:
-        raise SystemExit(f"tandem bench: llama.cpp cannot read the vocabulary of {gguf}")
-    filler = ids[-1]
+    tokenizer = load_tokenizer(Path(draft_model) if draft_model else default_gguf_path())
+    rules = special_tokens_from_pb(info.special_tokens)
+    texts = [render_chat(info.chat_template, [{"role": "user", "content": p}], bos_token=rules.bos_token,
+                         eos_token=rules.eos_token) for p in PROMPTS[:count]]
+    filler = tokenizer.tokenize(" ".join(PROMPTS))
     long = (filler * (long_tokens // max(1, len(filler)) + 1))[:long_tokens] if long_tokens else []
-    return ids[:-1], long
+    return [tokenizer.encode_rendered_chat(text, rules) for text in texts], long
 
 
 async def _bench(args, address: str, metrics_port: int, progress) -> dict:
@@ -204,7 +212,7 @@ async def _bench(args, address: str, metrics_port: int, progress) -> dict:
     try:
         stub = pb_grpc.TandemStub(channel)
         info = await stub.Info(pb.InfoRequest())
-        prompts, long = tokenized_prompts(args.draft_model, info.chat_template, args.prompts, args.long_prompt_tokens)
+        prompts, long = tokenized_prompts(args.draft_model, info, args.prompts, args.long_prompt_tokens)
         refs = await references(stub, prompts, args.max_tokens)
         load = Load(stub, prompts, refs, args.max_tokens, args.load_draft_tokens, args.corrupt_rate,
                     info.vocab_size, info.tokenizer_fingerprint)

@@ -106,10 +106,19 @@ class EdgeWorker(_Process):
         if not self.info.get("ready"):
             raise ProcessError(f"edge worker failed to start: {self.info.get('error')} (log: {log_path})")
 
-    def generate(self, mode: str, prompt: str, max_tokens: int, speculation: dict | None = None,
-                 timeout_s: float = 600.0) -> dict:
-        """One generation; `speculation` overrides SpeculationConfig fields for it."""
-        command = {"mode": mode, "prompt": prompt, "max_tokens": max_tokens, "speculation": speculation or {}}
+    def generate(self, mode: str, prompt: str | None, max_tokens: int, speculation: dict | None = None,
+                 timeout_s: float = 600.0, break_after: int | None = None, prompt_tokens: int | None = None,
+                 variant: int = 0) -> dict:
+        """One generation; `speculation` overrides SpeculationConfig fields for it.
+
+        With break_after (0 included) it runs over the worker's breakable connection, reset once
+        that many tokens arrived (0: never), so broken and unbroken runs take the same path.
+        prompt_tokens (with prompt None) asks for a raw filler prompt of exactly that many tokens.
+        """
+        command = {"mode": mode, "max_tokens": max_tokens, "speculation": speculation or {}}
+        command.update({"prompt_tokens": prompt_tokens, "variant": variant} if prompt is None else {"prompt": prompt})
+        if break_after is not None:
+            command |= {"breakable": True, "break_after": break_after}
         self.popen.stdin.write(json.dumps(command) + "\n")
         self.popen.stdin.flush()
         result = json.loads(self.readline(timeout_s))

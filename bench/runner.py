@@ -95,10 +95,41 @@ def run(plan: Plan, worker: EdgeWorker, relay: RelayThread, frames: FrameTally, 
                     "rtt_ms": rtt, "prompt": index, "mode": mode,
                     "token_ids": result["token_ids"], "finish_reason": result["finish_reason"],
                     "tcp_bytes_up": relay.bytes_up, "tcp_bytes_down": relay.bytes_down,
+                    "sse_bytes": result["sse_bytes"],
                     "h2": frames.snapshot(), "blocks": result["blocks"], **stats,
                 })
                 progress.done += 1
                 progress.update(label, f"{stats['tokens_per_s']:.1f} tok/s")
+    progress.finish()
+    return records
+
+
+TTFT_MAX_TOKENS = 4  # the prompt-length runs measure the first token; a few more show the answer goes on
+
+
+def run_ttft(lengths: list[int], repeats: int, rtts_ms: list[float], plan: Plan, worker: EdgeWorker,
+             relay: RelayThread, progress: Progress) -> list[dict]:
+    """Cloud-only and hybrid back to back on raw prompts of each length, `repeats` times per RTT.
+
+    Each repeat uses a prompt of its own (no draft cache carries over); the order of the two
+    modes alternates, so neither always runs on a machine the other just warmed.
+    """
+    records = []
+    for rtt in rtts_ms:
+        relay.set_config(plan.link(rtt))
+        for length in lengths:
+            for repeat in range(repeats):
+                modes = ("cloud", "hybrid") if repeat % 2 == 0 else ("hybrid", "cloud")
+                for mode in modes:
+                    label = f"rtt {rtt:g} ms, {length} prompt tokens, {mode}"
+                    progress.update(label)
+                    result = worker.generate(mode, None, TTFT_MAX_TOKENS, prompt_tokens=length,
+                                             variant=1000 * length + repeat)
+                    stats = result["stats"]
+                    records.append({"rtt_ms": rtt, "prompt_tokens": length, "repeat": repeat, "mode": mode,
+                                    "token_ids": result["token_ids"], **stats})
+                    progress.done += 1
+                    progress.update(label, f"TTFT {1000 * stats['ttft_s']:.0f} ms")
     progress.finish()
     return records
 

@@ -20,7 +20,6 @@ import time
 
 from cloud.embedded import start_on_loopback
 from common.wire import DraftMode, SamplingParams
-from edge.chat_template import render_chat
 from edge.config import EdgeConfig
 from edge.engine import Generation, GenerationRequest, Mode
 from edge.runtime import open_engine
@@ -59,8 +58,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict]:
     totals = {name: dict(runs=0, tokens=0, rounds=0, drafted=0, accepted=0, bytes_sent=0, bytes_received=0,
                          elapsed_s=0.0) for name, _, _ in modes}
     async with open_engine(config) as engine:
-        prompts = [engine.drafter.tokenize(render_chat(engine.drafter.chat_template, [{"role": "user", "content": p}]))
-                   for p in PROMPTS]
+        prompts = [engine.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
         for i, prompt in enumerate(prompts):
             for seed in seeds:
                 for name, draft_mode, top_k in modes:

@@ -143,12 +143,21 @@ def build_tiny_target(out_dir: Path, tokenizer_dir: Path, seed: int = 0, *, dtyp
     return out_dir
 
 
-def tiny_sentencepiece_tokenizer_dir(out_dir: Path, vocab_size: int = 512) -> Path:
+LLAMA2_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+"""A chat template that writes its own BOS (as Llama 2's and Gemma's do)."""
+
+
+def tiny_sentencepiece_tokenizer_dir(out_dir: Path, vocab_size: int = 512, add_bos_token: bool = True) -> Path:
     """An HF Llama tokenizer (tokenizer.model + tokenizer.json) around a tiny SentencePiece BPE.
 
     Llama 2 and TinyLlama tokenize with SentencePiece, whose GGUF form differs from
     byte-level BPE; no such model may be downloaded, so one is trained here (~1 s) on
-    a small corpus, with byte fallback so any text still tokenizes.
+    a small corpus, with byte fallback so any text still tokenizes. Like theirs, its default
+    encoding starts with BOS (unless add_bos_token is False) and its chat template writes BOS.
     """
     import sentencepiece
     from transformers import AutoTokenizer
@@ -161,6 +170,7 @@ def tiny_sentencepiece_tokenizer_dir(out_dir: Path, vocab_size: int = 512) -> Pa
         "Once upon a time, in a land far away, there lived a curious engineer.",
         "Speculative decoding lets a small model draft tokens that a large model verifies.",
         "Numbers like 12345 and 3.14159 appear in text; so do emails like a@b.com.",
+        "Hello! What is the capital of France? [INST] Tell me a story. [/INST]",
     ]
     corpus = out_dir / "corpus.txt"
     corpus.write_text("\n".join(f"{s} ({i})" for i in range(40) for s in sentences))
@@ -174,7 +184,9 @@ def tiny_sentencepiece_tokenizer_dir(out_dir: Path, vocab_size: int = 512) -> Pa
     (out_dir / "tokenizer_config.json").write_text(
         '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}'
     )
-    AutoTokenizer.from_pretrained(out_dir).save_pretrained(out_dir)  # adds tokenizer.json
+    tokenizer = AutoTokenizer.from_pretrained(out_dir, add_bos_token=add_bos_token)
+    tokenizer.chat_template = LLAMA2_STYLE_TEMPLATE
+    tokenizer.save_pretrained(out_dir)  # adds tokenizer.json, whose post-processor holds the BOS rule
     return out_dir
 
 
@@ -233,28 +245,39 @@ def hf_to_gguf(
     noise: float = 0.0,
     noise_seed: int = 0,
     shuffle_vocab: bool = False,
+    own_vocab: bool = False,
 ) -> Path:
     """Write a saved HF Llama as an F32 GGUF (arch ``llama``) for llama.cpp.
 
     Weights, layout and hyperparameters come from the product converter
-    (``edge.convert``); only the tokenizer keys differ: they are copied from the
-    SmolLM2 GGUF (the tiny target uses its tokenizer), which is faster than
-    searching for the pre-tokenizer and lets ``shuffle_vocab`` swap in an
-    incompatible tokenizer (see ``_tokenizer_fields``).
+    (``edge.convert``). The tokenizer keys are copied from the SmolLM2 GGUF (the
+    tiny target uses its tokenizer), which is faster than searching for the
+    pre-tokenizer and lets ``shuffle_vocab`` swap in an incompatible tokenizer (see
+    ``_tokenizer_fields``); with ``own_vocab`` they are instead the product's
+    SentencePiece vocabulary of ``hf_dir``'s own tokenizer.model.
 
     ``noise > 0`` adds seeded Gaussian noise of ``noise`` times each weight
     matrix's own std (norm vectors are left alone), giving a draft that agrees
     with the target only some of the time (measured greedy agreement on the
     default target: 0.02 -> ~83%, 0.05 -> ~60%, 0.1 -> ~35%).
     """
-    from edge.convert import write_llama_gguf
+    from edge.convert import LlamaHParams, write_llama_gguf
 
-    fields = _tokenizer_fields(shuffle_vocab)
     rng = np.random.default_rng(noise_seed)
+    if own_vocab:
+        from transformers import AutoTokenizer
 
-    def add_tokenizer(writer: gguf.GGUFWriter) -> None:
-        for key, value, vtype, sub_type in fields:
-            writer.add_key_value(key, value, vtype, sub_type)
+        from edge.convert_vocab import sentencepiece_vocab
+
+        vocab = sentencepiece_vocab(Path(hf_dir), AutoTokenizer.from_pretrained(hf_dir),
+                                    LlamaHParams.read(Path(hf_dir)).vocab_size)
+        add_tokenizer = vocab.add_to
+    else:
+        fields = _tokenizer_fields(shuffle_vocab)
+
+        def add_tokenizer(writer: gguf.GGUFWriter) -> None:
+            for key, value, vtype, sub_type in fields:
+                writer.add_key_value(key, value, vtype, sub_type)
 
     def add_noise(hf_name: str, data: np.ndarray) -> np.ndarray:
         if data.ndim != 2:
@@ -327,3 +350,33 @@ def hf_greedy(target, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
             eos_token_id=eos, pad_token_id=eos[0], attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=target.device),
         )
     return out[0, len(prompt_ids):].tolist()
+
+
+def build_scripted_target(out_dir: Path, tokenizer_dir: Path, after_id: int, script_ids: Sequence[int],
+                          end_id: int) -> Path:
+    """A tiny Llama whose greedy answer after token ``after_id`` is ``script_ids``, then ``end_id``.
+
+    For tests that need the model itself to say something exact (hostile HTML, say): every
+    layer adds nothing (its output projections are zero), so the logits depend on the last
+    token only; each token of the chain gets its own unit vector as embedding and the
+    ``lm_head`` row of its successor points along it. The chain's ids must be distinct (one
+    unit vector each, at most hidden_size - 1 of them) and must not contain ``after_id``.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    chain = [after_id, *script_ids]
+    if len(set(chain)) != len(chain):
+        raise ValueError("the scripted chain needs distinct token ids")
+    build_tiny_target(out_dir, tokenizer_dir)
+    model = LlamaForCausalLM.from_pretrained(out_dir)
+    if len(chain) > model.config.hidden_size:
+        raise ValueError(f"at most {model.config.hidden_size - 1} scripted tokens")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        for i, (token, successor) in enumerate(zip(chain, [*script_ids, end_id])):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[successor, i] = 10.0
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

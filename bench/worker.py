@@ -5,10 +5,18 @@
 It first writes one line, {"ready": true, ...}, saying which CPUs it may use and how many
 threads the draft model got. Then it reads one JSON command per line on stdin,
 {"mode": "hybrid" | "cloud" | "edge", "prompt": TEXT, "max_tokens": N}, runs that generation
-(the prompt wrapped in the model's chat template, greedy) and answers one JSON line (an
+(the prompt wrapped in the model's chat template, greedy; or, with "prompt_tokens": N instead
+of "prompt", a raw prompt of exactly N tokens of filler text, "variant" making it unique) and
+answers one JSON line (an
 optional "speculation" object overrides SpeculationConfig fields for that generation only, so
 settings can be compared interleaved in one run):
-{"token_ids", "finish_reason", "stats", "blocks"} or {"error": MESSAGE}. It exits at EOF.
+{"token_ids", "finish_reason", "stats", "blocks", "sse_bytes"} or {"error": MESSAGE}. It exits
+at EOF. sse_bytes is what the same answer costs as an OpenAI-style SSE stream (bench/sse.py).
+
+A command with "breakable": true runs over a second connection that passes through a relay
+inside this process; with "break_after": N that relay resets the connection once N tokens have
+arrived, and the answer resumes (edge/resume.py): `tandem bench` measures the cost of one resume
+against the same answer over the same path, unbroken.
 """
 
 from __future__ import annotations
@@ -30,19 +38,49 @@ def _emit(message: dict) -> None:
     sys.stdout.flush()
 
 
-async def _generate(engine, command: dict) -> dict:
-    from edge.chat_template import render_chat
+class Breakable:
+    """An engine on the worker's draft model whose connection runs through a local relay it can reset."""
+
+    def __init__(self, engine, address: str):
+        from common.relay import RelayThread
+        from edge.client import CloudClient
+        from edge.engine import EdgeEngine
+
+        host, port = address.rsplit(":", 1)
+        self.relay = RelayThread((host, int(port))).start()
+        self.client = CloudClient(f"127.0.0.1:{self.relay.port}", connect_timeout_s=engine.client.connect_timeout_s)
+        self.engine = EdgeEngine(engine.drafter, self.client, engine.config)
+
+    async def close(self) -> None:
+        await self.client.close()
+        self.relay.stop()
+
+
+async def _generate(engine, command: dict, breakable: Breakable | None = None) -> dict:
     from edge.engine import Generation, GenerationRequest, Mode
 
+    from bench.sse import openai_sse_bytes
+
     mode = Mode(command["mode"])
-    text = render_chat(engine.drafter.chat_template, [{"role": "user", "content": command["prompt"]}])
-    request = GenerationRequest(engine.drafter.tokenize(text), max_new_tokens=int(command["max_tokens"]))
+    if "prompt_tokens" in command:
+        prompt = filler_prompt(engine.drafter.tokenize, int(command["prompt_tokens"]), int(command.get("variant", 0)))
+    else:
+        prompt = engine.encode_chat([{"role": "user", "content": command["prompt"]}])
+    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]))
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
+    break_after = int(command.get("break_after") or 0)
+    runner = breakable.engine if breakable is not None else engine
+    runner.config = engine.config
+    if breakable is not None and runner.cloud_info is None:
+        await runner.connect()
     generation = Generation(mode)  # its stats clock starts now: TTFT includes opening the call
+    broken = False
     try:
-        async for _ in engine.generate(request, mode, generation):
-            pass
+        async for _ in runner.generate(request, mode, generation):
+            if break_after and not broken and len(generation.token_ids) >= break_after:
+                await asyncio.to_thread(breakable.relay.drop_connections)
+                broken = True
     finally:
         engine.config = default
     return {
@@ -50,7 +88,28 @@ async def _generate(engine, command: dict) -> dict:
         "finish_reason": generation.finish_reason.label,
         "stats": generation.stats.as_dict(),
         "blocks": generation.stats.verified_blocks,  # (drafted, accepted) per verified block
+        "prompt_tokens": len(prompt),
+        "sse_bytes": openai_sse_bytes(engine.drafter.token_bytes, generation.token_ids,
+                                      generation.finish_reason.label, len(prompt)),
     }
+
+
+FILLER = ("The harbour town woke slowly. Fishermen mended nets, children ran along the quay, and the baker "
+          "opened his shutters to the smell of bread. Gulls argued over scraps while the tide turned. ")
+
+
+def filler_prompt(tokenize, tokens: int, variant: int) -> list[int]:
+    """A raw prompt of exactly `tokens` token ids: a numbered note ending in a question.
+
+    `variant` changes its first tokens, so no two variants share a cached prefix.
+    """
+    question = tokenize(" Summarize the notes above in one sentence:")
+    body = tokenize(f"Notes, set {variant}.\n")
+    day = 0
+    while len(body) < tokens:
+        day += 1
+        body += tokenize(f"Day {day}. {FILLER}")
+    return body[: max(1, tokens - len(question))] + question[: tokens - 1]
 
 
 async def serve(config: EdgeConfig) -> None:
@@ -67,11 +126,19 @@ async def serve(config: EdgeConfig) -> None:
                "draft_threads": drafter.threads, "draft_model": drafter.name,
                "target_model": engine.cloud_info.model_name})
         loop = asyncio.get_running_loop()
-        while line := await loop.run_in_executor(None, sys.stdin.readline):
-            try:
-                _emit(await _generate(engine, json.loads(line)))
-            except (TandemError, KeyError, ValueError, TypeError) as exc:
-                _emit({"error": f"{type(exc).__name__}: {exc}"})
+        breakable = None
+        try:
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                try:
+                    command = json.loads(line)
+                    if command.get("breakable") and breakable is None:
+                        breakable = Breakable(engine, config.cloud)
+                    _emit(await _generate(engine, command, breakable if command.get("breakable") else None))
+                except (TandemError, KeyError, ValueError, TypeError) as exc:
+                    _emit({"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if breakable is not None:
+                await breakable.close()
     finally:
         await client.close()
         drafter.close()

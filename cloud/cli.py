@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     require_extra("cloud", "tandem cloud")
     from cloud.server import serve
+    from common.checks import check_port_free
 
-    asyncio.run(serve(CloudConfig.from_args(args)))
+    config = CloudConfig.from_args(args)
+    check_port_free(config.host, config.port)  # before the model load, not after it
+    asyncio.run(serve(config))
     return 0

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 from cloud.limits import LIMITS, SessionLimits
 from common import settings
+from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_range
+from common.checks import check_readable_file
 from common.errors import InvalidArgument
 from common.settings import setting
 
 SECURITY = "security (see README: Deployment)"
+REPLICAS = "replicas (see README: Many replicas)"
 
 
 @dataclass
@@ -29,6 +32,14 @@ class CloudConfig:
     threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS")
     metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
                                    "0 disables (default %(default)s)", env="METRICS_PORT")
+    replica_name: str = setting("", "name this replica gives clients in Info, SessionStarted and drain notices "
+                                    "(default: HOSTNAME:PORT; a Kubernetes pod's hostname is its name)",
+                                env="REPLICA_NAME", group=REPLICAS)
+    drain_timeout_s: float = setting(
+        30.0, "on SIGTERM: health turns NOT_SERVING, new sessions get UNAVAILABLE, live sessions are told to "
+              "resume elsewhere; exit once they are gone or after this many seconds (default %(default)s; keep "
+              "Kubernetes' terminationGracePeriodSeconds above it)", flag="--drain-timeout", env="DRAIN_TIMEOUT",
+        group=REPLICAS)
     # Trust: TLS (with a client CA: mutual TLS) and bearer tokens. None = off.
     tls_cert: str | None = setting(None, "serve TLS with this PEM certificate chain (needs --tls-key)",
                                    env="TLS_CERT", metavar="FILE", group=SECURITY)
@@ -74,13 +85,26 @@ class CloudConfig:
         5.0, "seconds to wait for a ping's ack before dropping the connection and freeing its sessions "
              "(default %(default)s)", flag="--keepalive-timeout", env="KEEPALIVE_TIMEOUT", group=LIMITS)
     min_client_ping_interval_s: float = 1.0  # edges may ping this often while idle (else GOAWAY)
-    grace_s: float = 5.0
+    grace_s: float = 5.0  # after the drain: calls still open get this long, then are cancelled
 
     def validate(self) -> None:
+        check_port(self.port)
+        if self.model is not None:
+            check_model_path(self.model, "--model")
+        check_range(self.threads, "--threads", 0)
+        check_range(self.prefix_cache_mb, "--prefix-cache-mb", 0)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidArgument("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.tls_cert:
+            check_key_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key")
+        if self.tls_client_ca:
+            check_pem_certificate(self.tls_client_ca, "--tls-client-ca")
+        if self.auth_tokens_file:
+            check_readable_file(self.auth_tokens_file, "--auth-tokens-file")
+        if self.drain_timeout_s < 0:
+            raise InvalidArgument("--drain-timeout must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise InvalidArgument("--metrics-port must be a port number (0 disables)")
         if self.max_batch_tokens < 1:

@@ -42,6 +42,12 @@ class CloudMetrics:
                                    registry=r)
         self.kv_cache_usage = Gauge("tandem_kv_cache_usage_ratio", "KV-cache blocks in use (sessions and prefix "
                                     "cache) as a share of the KV budget", registry=r)
+        self.resumed_sessions = Counter("tandem_resumed_sessions", "Sessions opened to resume an answer whose "
+                                        "stream broke (resume_token_ids), by RPC", ["rpc"], registry=r)
+        for rpc in ("Speculate", "Generate"):
+            self.resumed_sessions.labels(rpc=rpc)  # exported at 0 from the start
+        self.drain_notices = Counter("tandem_drain_notices", "Live sessions told to resume on another replica "
+                                     "while this one drained", registry=r)
         self.rpc_total = Counter("tandem_rpc", "Finished RPCs by method and status code", ["method", "code"],
                                  registry=r)
         self._http = None

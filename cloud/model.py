@@ -2,7 +2,8 @@
 
 It exposes what speculative verification needs and nothing more: run the tokens of many
 sessions through the model in one forward pass on top of their KV caches and return the
-logits asked for, and describe the model (vocab, EOS ids, tokenizer fingerprint).
+logits asked for, and describe the model (vocab, end ids, BOS/EOS rules, chat template, tokenizer
+fingerprint: see common/text_tokenizer.py, shared with the edge).
 
 Batching (why this layout). The tokens of all sessions in a step are *packed* into one row
 ([1, total_tokens]): every linear layer, which is nearly all of the work, sees them as one
@@ -21,8 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from cloud.blocks import BlockAllocator, BlockTable
 
-from common.fingerprint import tokenizer_fingerprint
-from common.model_paths import default_gguf_path, model_cache_root
+from common.model_paths import default_gguf_path, model_cache_root, publish_dir
+from common.special_tokens import SpecialTokens, id_list
+from common.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,10 @@ class TargetModel:
         config = model.config
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.eos_token_ids = sorted(_eos_ids(model, tokenizer))
-        self.fingerprint = tokenizer_fingerprint(self.tokenize)
-        self.chat_template = getattr(tokenizer, "chat_template", None) or ""
+        self.text = TextTokenizer(tokenizer, id_list(getattr(model.generation_config, "eos_token_id", None)))
+        self.eos_token_ids = self.text.end_ids
+        self.fingerprint = self.text.fingerprint
+        self.chat_template = self.text.chat_template
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         element = torch.finfo(model.dtype).bits // 8
@@ -98,7 +99,16 @@ class TargetModel:
         return cls(model, tokenizer, name)
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """The text's ids alone (nothing added): for tests and prompts assembled from parts."""
+        return self.text.tokenize(text)
+
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt as the tokenizer encodes it by default (BOS/EOS per its rules)."""
+        return self.text.encode(text)
+
+    @property
+    def special(self) -> SpecialTokens:
+        return self.text.special
 
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; special tokens render as nothing, as on the edge (llama.cpp)."""
@@ -106,7 +116,7 @@ class TargetModel:
 
     @functools.cached_property
     def _token_bytes(self) -> list[bytes]:
-        return _token_byte_table(self.tokenizer, self.vocab_size)
+        return self.text.token_bytes_table(self.vocab_size)
 
     def new_kv_pool(self) -> PagedKV:
         """An empty KV pool for this model; it grows block by block as sessions need it."""
@@ -310,52 +320,6 @@ def _eager_attention(model):
     return importlib.import_module(type(model).__module__).eager_attention_forward
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value:
-            ids.update(int(v) for v in value)
-    return ids
-
-
-def _token_byte_table(tokenizer, vocab_size: int) -> list[bytes]:
-    """Each token id's text bytes, from its vocabulary piece.
-
-    Decoding one token at a time would turn half of a multi-byte character into U+FFFD, so
-    pieces are mapped to bytes directly: through GPT-2's byte-to-unicode alphabet for
-    byte-level BPE, else SentencePiece style ("▁" is a space, "<0xNN>" a raw byte).
-    """
-    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
-    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-    if "ByteLevel" in str(decoder):
-        to_byte = {c: b for b, c in _bytes_to_unicode().items()}
-        def piece_bytes(piece: str) -> bytes:
-            return bytes(to_byte[c] for c in piece) if all(c in to_byte for c in piece) else piece.encode()
-    else:
-        def piece_bytes(piece: str) -> bytes:
-            if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
-                return bytes([int(piece[3:5], 16)])
-            return piece.replace("\u2581", " ").encode()
-    table = [b"" if i in special or piece is None else piece_bytes(piece) for i, piece in enumerate(pieces)]
-    return table + [b""] * (vocab_size - len(table))  # ids the model has but the tokenizer lacks
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable unicode characters (byte-level BPE)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def _safetensors_copy(gguf: Path) -> Path:
     """A transformers copy of a GGUF model, made once and cached.
 
@@ -373,13 +337,11 @@ def _safetensors_copy(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(partial, ignore_errors=True)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    publish_dir(target, write)
     log.info("cached %s in %.1fs", target, time.monotonic() - started)
     return target

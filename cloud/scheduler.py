@@ -100,6 +100,7 @@ class Scheduler:
         self._last_step_s = 0.0
         self.metrics = metrics or NoMetrics()
         self.forward_passes = 0
+        self.pass_started: float | None = None  # monotonic time the pass in flight began; None between passes
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ready: deque[tuple[Work, _Job]] = deque()  # verification blocks and decoding steps
         self._prefilling: deque[_Job] = deque()  # start/generate jobs whose prompt is not all in yet
@@ -273,14 +274,17 @@ class Scheduler:
         started = time.monotonic()
         for _, job in batch:
             self.metrics.queue_wait(started - job.queued_at)
+        self.pass_started = started
         try:
             logits = self.model.forward_batch(self.kv, [_segment(work) for work, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the pass failed: so do the jobs in it, nothing else
+            self.pass_started = None
             log.exception("forward pass failed for %d sessions", len(batch))
             for _, job in batch:
                 self._forget(job.session)
                 job.resolve(exc)
             return
+        self.pass_started = None
         self.forward_passes += 1
         self._last_step_s = time.monotonic() - started
         self.metrics.step(len(batch), sum(len(w.token_ids) for w, _ in batch), self._last_step_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,7 @@ from cloud.registry import SessionRegistry
 from cloud.scheduler import Scheduler
 from cloud.service import TandemService
 from common.channel import TRANSPORT_OPTIONS, is_loopback, keepalive_options
+from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,24 @@ class RunningServer:
     def registry(self) -> SessionRegistry:
         return self.service.registry
 
+    async def drain(self, timeout_s: float) -> None:
+        """Health NOT_SERVING, new sessions refused, live ones told to move; waits for them to go.
+
+        A load balancer's health check (or a client's round_robin health watch) stops sending
+        new sessions here; the edges resume their answers on other replicas at once.
+        """
+        await self.health.enter_graceful_shutdown()  # every service NOT_SERVING, for good
+        self.service.drain()
+        live = len(self.registry)
+        log.info("draining: health NOT_SERVING, %d live session(s) told to resume elsewhere", live)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(self.registry) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if len(self.registry):
+            log.warning("drain timeout (%gs): %d session(s) still open", timeout_s, len(self.registry))
+        else:
+            log.info("drained: no live session left")
+
     async def stop(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
@@ -64,6 +84,8 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
         # 5 minutes on a quiet connection with GOAWAY "too_many_pings", killing paused streams.
         ("grpc.http2.min_ping_interval_without_data_ms", round(config.min_client_ping_interval_s * 1000)),
         *TRANSPORT_OPTIONS,
+        # Without it a second server on a port in use would share it silently instead of failing.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -97,7 +119,8 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
                                BLOCK_SIZE)
     metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, registry.kv_budget_bytes)
     prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
-    service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s)
+    service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s,
+                            metrics=metrics)
     server = grpc.aio.server(
         interceptors=[i for i in (auth, ErrorInterceptor(on_finished=metrics.rpc_finished)) if i is not None],
         options=channel_options(config),
@@ -111,7 +134,9 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     address = f"{config.host}:{config.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise InvalidArgument(f"cannot listen on {address}: the port is in use, or the host is not an address of "
+                              "this machine; pick another --port (0 picks a free one)")
+    service.replica = config.replica_name or f"{socket.gethostname()}:{port}"
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -151,9 +176,10 @@ async def serve(config: CloudConfig) -> None:
     scheme = "tls" if config.tls_cert else "plaintext"
     print(
         f"tandem cloud ready: model={model.name} device={model.device} "
-        f"listening on {config.host}:{running.port} ({scheme})",
+        f"listening on {config.host}:{running.port} ({scheme}) replica={running.service.replica}",
         flush=True,
     )
     await stop.wait()
+    await running.drain(config.drain_timeout_s)
     log.info("shutting down (grace %.0fs)", config.grace_s)
     await running.stop(config.grace_s)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
+from common.special_tokens import SpecialTokens
+
 
 @runtime_checkable
 class TargetEngine(Protocol):
@@ -19,13 +21,17 @@ class TargetEngine(Protocol):
     device: Any  # where it runs (shown in the ready line), e.g. torch.device("cpu")
     vocab_size: int
     max_context: int  # the model's own context window, in tokens
-    eos_token_ids: list[int]
-    fingerprint: str  # common.fingerprint.tokenizer_fingerprint(self.tokenize): drafts must match it
-    chat_template: str
+    eos_token_ids: list[int]  # every id that ends a generation (EOS and end-of-turn tokens)
+    fingerprint: str  # the tokenizer's (common/fingerprint.py: vocabulary, BOS/EOS rules): drafts must match it
+    chat_template: str  # the template chat prompts are rendered with (the tokenizer's or a built-in one)
+    special: SpecialTokens  # the BOS/EOS rules of the tokenizer's default encoding
     kv_bytes_per_token: int  # what one cached position costs (KV-cache budgeting)
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`, special tokens parsed, no BOS added (as the edge tokenizes)."""
+        """Token ids of `text`, special tokens parsed, nothing added."""
+
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt as the tokenizer encodes it by default (BOS/EOS per `special`)."""
 
     def token_bytes(self, token_id: int) -> bytes:
         """The token's text bytes; special tokens render as nothing (as on the edge)."""

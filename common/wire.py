@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
+from common.special_tokens import SpecialTokens
 
 
 class FinishReason(enum.IntEnum):
@@ -148,6 +149,7 @@ class SessionStarted:
     token_id: int | None
     finish_reason: FinishReason = FinishReason.NONE
     forward_passes: int = 0
+    replica: str = ""  # the replica serving the session ("" when the server does not say)
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -156,6 +158,7 @@ class SessionStarted:
             token_id=m.token_id if m.HasField("token_id") else None,
             finish_reason=FinishReason(m.finish_reason),
             forward_passes=m.forward_passes,
+            replica=m.replica,
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -164,6 +167,7 @@ class SessionStarted:
             token_id=self.token_id,
             finish_reason=int(self.finish_reason),
             forward_passes=self.forward_passes,
+            replica=self.replica,
         )
 
 
@@ -209,6 +213,7 @@ class GenerateRequest:
     stop_strings: list[str] = field(default_factory=list)
     prompt_text: str = ""  # tokenized by the cloud when prompt_token_ids is empty
     return_text: bool = False  # each step also carries the text its token completes
+    resume_token_ids: list[int] = field(default_factory=list)  # generated before a broken stream (resume)
 
     @classmethod
     def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
@@ -220,6 +225,7 @@ class GenerateRequest:
             stop_strings=list(m.stop_strings),
             prompt_text=m.prompt_text,
             return_text=m.return_text,
+            resume_token_ids=list(m.resume_token_ids),
         )
 
     def to_pb(self) -> pb.GenerateRequest:
@@ -231,18 +237,22 @@ class GenerateRequest:
             stop_strings=self.stop_strings,
             prompt_text=self.prompt_text,
             return_text=self.return_text,
+            resume_token_ids=self.resume_token_ids,
         )
 
 
 @dataclass(frozen=True)
 class GenerateStep:
-    """One GenerateResponse: a token (or none, on a finish without one) at a position."""
+    """One GenerateResponse: a token (or none, on a finish without one) at a position, or the
+    cloud's progress before the first token."""
 
     position: int
     token_id: int | None
     finish_reason: FinishReason = FinishReason.NONE
     text: str = ""
     forward_passes: int = 0  # sent once, with the finish
+    replica: str = ""  # the replica serving the call; on the first step only
+    progress: Progress | None = None  # set only on a progress message
 
     @classmethod
     def from_pb(cls, m: pb.GenerateResponse) -> GenerateStep:
@@ -252,6 +262,8 @@ class GenerateStep:
             finish_reason=FinishReason(m.finish_reason),
             text=m.text,
             forward_passes=m.forward_passes,
+            replica=m.replica,
+            progress=Progress.from_pb(m.progress) if m.HasField("progress") else None,
         )
 
     def to_pb(self) -> pb.GenerateResponse:
@@ -261,7 +273,24 @@ class GenerateStep:
             finish_reason=int(self.finish_reason),
             text=self.text,
             forward_passes=self.forward_passes,
+            replica=self.replica,
+            progress=self.progress.to_pb() if self.progress is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The cloud at work on a session with no answer ready yet (see the proto's Progress)."""
+
+    prefilled_tokens: int
+    prefill_tokens: int
+
+    @classmethod
+    def from_pb(cls, m: pb.Progress) -> Progress:
+        return cls(prefilled_tokens=m.prefilled_tokens, prefill_tokens=m.prefill_tokens)
+
+    def to_pb(self) -> pb.Progress:
+        return pb.Progress(prefilled_tokens=self.prefilled_tokens, prefill_tokens=self.prefill_tokens)
 
 
 @dataclass(frozen=True)
@@ -278,6 +307,8 @@ class ModelInfo:
     chat_template: str = ""
     max_stop_tokens: int = 0
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
+    replica: str = ""  # the replica that answered Info
+    special_tokens: SpecialTokens = SpecialTokens()  # the target's BOS/EOS rules
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -294,6 +325,8 @@ class ModelInfo:
             chat_template=m.chat_template,
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
+            replica=m.replica,
+            special_tokens=special_tokens_from_pb(m.special_tokens),
         )
 
     def to_pb(self) -> pb.InfoResponse:
@@ -312,4 +345,20 @@ class ModelInfo:
                 idle_timeout_ms=round(self.idle_timeout_s * 1000),
             ),
             chat_template=self.chat_template,
+            replica=self.replica,
+            special_tokens=special_tokens_to_pb(self.special_tokens),
         )
+
+
+def special_tokens_from_pb(m: pb.SpecialTokens) -> SpecialTokens:
+    bos = m.bos_token_id if m.HasField("bos_token_id") else None
+    eos = m.eos_token_id if m.HasField("eos_token_id") else None
+    try:
+        return SpecialTokens(bos, m.bos_token, m.add_bos_token, eos, m.eos_token, m.add_eos_token)
+    except ValueError as exc:
+        raise InvalidArgument(f"special_tokens: {exc}") from None
+
+
+def special_tokens_to_pb(s: SpecialTokens) -> pb.SpecialTokens:
+    return pb.SpecialTokens(bos_token_id=s.bos_token_id, bos_token=s.bos_token, add_bos_token=s.add_bos,
+                            eos_token_id=s.eos_token_id, eos_token=s.eos_token, add_eos_token=s.add_eos)

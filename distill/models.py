@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from cloud.model import LoadOptions, TargetModel
 from common.errors import InvalidArgument
-from common.fingerprint import tokenizer_fingerprint
+from common.text_tokenizer import TextTokenizer
 from edge.chat_template import render_chat
 from edge.convert import SUPPORTED_ARCHITECTURES
 
@@ -82,7 +82,7 @@ def load_student(path: str | Path, teacher: TargetModel) -> torch.nn.Module:
     if not (path / "config.json").is_file():
         raise InvalidArgument(f"--student {path}: not a Hugging Face model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    fingerprint = tokenizer_fingerprint(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    fingerprint = TextTokenizer(tokenizer).fingerprint  # vocabulary, BOS/EOS rules and probe ids
     if fingerprint != teacher.fingerprint:
         raise InvalidArgument(
             f"--student {path}: its tokenizer differs from the target's (fingerprint {fingerprint} vs "

@@ -21,9 +21,10 @@ import signal
 import sys
 import threading
 
+from common.errors import InvalidArgument, TandemError
 from common.extras import require_extra
 from edge.config import EdgeConfig
-from edge.engine import Generation
+from edge.engine import Generation, Mode
 
 PROMPT = "you> "
 HELP = "/reset clears the conversation, /quit leaves"
@@ -51,7 +52,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
-        raise SystemExit("tandem chat: --max-tokens must be >= 1")
+        raise InvalidArgument("--max-tokens must be >= 1")
+    EdgeConfig.from_args(args).validate()  # before anything loads
     if not args.verbose:  # the screen is the chat's: it says itself when the cloud is unreachable
         logging.getLogger().setLevel(logging.ERROR)
     return asyncio.run(_chat(args))
@@ -70,10 +72,38 @@ class ChatSession:
     def reset(self) -> None:
         self.history = [{"role": "system", "content": self.system}] if self.system else []
 
+    def context_tokens(self) -> int:
+        """The longest conversation (prompt and answer) the model that will answer can hold."""
+        engine = self.tandem.engine
+        if self.tandem.mode != Mode.EDGE and engine.cloud_info is not None:
+            return engine.cloud_info.max_context
+        return engine.drafter.n_ctx
+
+    async def _fitting_prompt(self, text: str) -> tuple[list[dict], list[int]]:
+        """The conversation with `text` appended, trimmed to leave room for a whole answer.
+
+        Rule: while the prompt plus --max-tokens exceeds the context, the oldest turn (a user
+        message and the answer to it) is dropped; a system message stays. Says so when it trims.
+        """
+        limit = self.context_tokens() - self.options["max_tokens"]
+        system = self.history[:1] if self.history and self.history[0]["role"] == "system" else []
+        turns = self.history[len(system):]
+        dropped = 0
+        while True:
+            messages = [*system, *turns, {"role": "user", "content": text}]
+            prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, messages)
+            if len(prompt_ids) <= limit or not turns:
+                break
+            turns, dropped = turns[2:], dropped + 1
+        if dropped:
+            _write(f"(history trimmed: dropped the {dropped} oldest turn{'s' * (dropped > 1)} so that the prompt "
+                   f"and a {self.options['max_tokens']}-token answer fit the context of {self.context_tokens()} "
+                   "tokens)\n")
+        return messages, prompt_ids
+
     async def answer(self, text: str) -> None:
         """Streams the answer to `text` to stdout, then the stats line; keeps the turn in history."""
-        messages = [*self.history, {"role": "user", "content": text}]
-        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, messages)
+        messages, prompt_ids = await self._fitting_prompt(text)
         generation = Generation(self.tandem.mode)
         parts = []
         async with contextlib.aclosing(self.tandem.deltas(prompt_ids, generation, **self.options)) as deltas:
@@ -142,6 +172,8 @@ async def _chat(args: argparse.Namespace) -> int:
                     answering[:] = [asyncio.ensure_future(session.answer(text))]
                     try:
                         await answering[0]
+                    except TandemError as exc:  # e.g. a message longer than the context: say so, go on
+                        _write(f"\n! {exc}\n")
                     except asyncio.CancelledError:
                         if asyncio.current_task().cancelling():
                             raise

@@ -7,10 +7,7 @@ from functools import lru_cache
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-CHATML_FALLBACK = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from common.chat_templates import CHATML
 
 
 @lru_cache(maxsize=8)
@@ -24,8 +21,13 @@ def _compile(template: str) -> jinja2.Template:
     return environment.from_string(template)
 
 
-def render_chat(template: str | None, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The prompt text for `messages` ([{role, content}]); ChatML when the model has no template."""
-    return _compile(template or CHATML_FALLBACK).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, bos_token="", eos_token=""
+def render_chat(template: str | None, messages: list[dict], add_generation_prompt: bool = True,
+                bos_token: str = "", eos_token: str = "") -> str:
+    """The prompt text for `messages` ([{role, content}]); ChatML when the model has no template.
+
+    bos_token and eos_token are the target's texts: a template that writes `bos_token` gets
+    the real one (the caller then adds no second BOS: common/special_tokens.py).
+    """
+    return _compile(template or CHATML).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token
     )

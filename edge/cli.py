@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from common.checks import check_range
 from common.extras import require_extra
 from edge.config import EdgeConfig
 
@@ -42,19 +43,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_range(args.max_tokens, "--max-tokens", 1)
+    check_range(args.n, "--n", 1)
+    if args.seed is not None:
+        check_range(args.seed, "--seed", 0, 2**63 - 1)
+    check_range(args.temperature, "--temperature", 0)
+    check_range(args.top_k, "--top-k", 0)
+    check_range(args.top_p, "--top-p", 0, 1, low_open=True)
+    EdgeConfig.from_args(args).validate()  # before anything loads
     return asyncio.run(_generate(args))
 
 
 async def _generate(args: argparse.Namespace) -> int:
     from edge.chat import notice
     from edge.engine import Generation, Mode
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandem, served_by_of
     from edge.speculative import GenerationStats
 
-    if args.n < 1 or args.max_tokens < 1:
-        raise SystemExit("tandem generate: --n and --max-tokens must be >= 1")
-    if args.seed is not None and args.seed < 0:
-        raise SystemExit("tandem generate: --seed must be >= 0")
     if args.mode != "cloud":
         require_extra("edge", f"tandem generate --mode {args.mode} (the local draft model)", ("llama_cpp",))
     if args.cloud is None and args.mode != "edge":
@@ -74,7 +79,8 @@ async def _generate(args: argparse.Namespace) -> int:
                     print(delta, end="", flush=True)
             choices.append({"text": "".join(parts), "token_ids": generation.token_ids,
                             "finish_reason": generation.finish_reason.label, "seed": generation.seed,
-                            "degraded": generation.degraded, "answered_by": generation.answered_by})
+                            "degraded": generation.degraded, "answered_by": generation.answered_by,
+                            "served_by": served_by_of(generation)})
             stats.append(generation.stats)
             if not args.json:
                 print(("\n" if args.n > 1 else ""), end="", flush=True)

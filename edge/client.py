@@ -17,7 +17,7 @@ from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.wire import (
-    DraftBlock, GenerateRequest, GenerateStep, ModelInfo, SessionOpen, SessionStarted, Verdict,
+    DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen, SessionStarted, Verdict,
 )
 
 _ERRORS = {cls.code: cls for cls in (
@@ -30,6 +30,18 @@ _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 # or a mutual-TLS server reached without a client certificate.
 _HANDSHAKE_HINT = (" (does the cloud serve TLS? then pass --cloud-ca or --tls; mutual TLS also needs "
                    "--client-cert and --client-key)")
+
+
+class NoConnection(errors.CloudUnavailable):
+    """The channel found no replica to connect to within the connect timeout (retrying won't help soon)."""
+
+
+class ReplicaDraining(errors.CloudUnavailable):
+    """The replica sent a drain notice: the answer moves to another replica."""
+
+    @classmethod
+    def of(cls, notice: pb.DrainNotice) -> ReplicaDraining:
+        return cls(f"replica {notice.replica or '(unnamed)'} is draining: {notice.reason or 'shutting down'}")
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
@@ -87,7 +99,7 @@ class SpeculateStream:
         except asyncio.InvalidStateError:  # the call had already ended: report how
             raise error_from_status(await call.code(), await call.details()) from None
 
-    async def read(self) -> SessionStarted | Verdict | None:
+    async def read(self) -> SessionStarted | Verdict | Progress | None:
         """The next answer, or None when the cloud ended the stream."""
         call = await self._call()
         try:
@@ -98,6 +110,8 @@ class SpeculateStream:
             return None
         self.bytes_received += response.ByteSize()
         kind = response.WhichOneof("kind")
+        if kind == "drain":
+            raise ReplicaDraining.of(response.drain)
         if kind not in _SPECULATE_ANSWERS:
             raise errors.ProtocolError(f"the cloud sent a Speculate answer of unknown kind {kind!r}")
         return _SPECULATE_ANSWERS[kind](getattr(response, kind))
@@ -120,25 +134,28 @@ class SpeculateStream:
             self._starting.cancel()
 
 
-_SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb}
+_SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb, "progress": Progress.from_pb}
 
 
 class GenerateStream:
     """A Generate call (the cloud-only baseline) in dataclasses, counting bytes each way."""
 
-    def __init__(self, client: CloudClient, request: GenerateRequest):
+    def __init__(self, client: CloudClient, request: GenerateRequest, connect_timeout_s: float | None = None):
         self._client = client
+        self._connect_timeout_s = connect_timeout_s
         self._message = request.to_pb()
         self.bytes_sent = self._message.ByteSize()
         self.bytes_received = 0
 
     async def __aiter__(self) -> AsyncIterator[GenerateStep]:
         client = self._client
-        await client.ready()
+        await client.ready(self._connect_timeout_s)
         call = client.stub.Generate(self._message, metadata=client.metadata)
         try:
             while (response := await _bounded(call.read(), client.response_timeout_s, call)) is not grpc.aio.EOF:
                 self.bytes_received += response.ByteSize()
+                if response.HasField("drain"):
+                    raise ReplicaDraining.of(response.drain)
                 yield GenerateStep.from_pb(response)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
@@ -182,17 +199,18 @@ class CloudClient:
             raise await self._unreachable(timeout_s) from None
         return ModelInfo.from_pb(response)
 
-    async def ready(self) -> None:
-        """Waits up to connect_timeout_s for a connection (after a cloud restart, a reconnect)."""
+    async def ready(self, timeout_s: float | None = None) -> None:
+        """Waits up to timeout_s (default connect_timeout_s) for a connection (after a cloud restart, a reconnect)."""
         if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
             return
+        timeout_s = timeout_s or self.connect_timeout_s
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await self.channel.channel_ready()
         except TimeoutError:
-            raise await self._unreachable() from None
+            raise await self._unreachable(timeout_s) from None
 
-    async def _unreachable(self, timeout_s: float | None = None) -> errors.CloudUnavailable:
+    async def _unreachable(self, timeout_s: float | None = None) -> NoConnection:
         """Why connecting failed (refused, TLS handshake, ...): waiting hides it, a call that fails fast tells."""
         timeout_s = timeout_s or self.connect_timeout_s
         details = "no connection"
@@ -201,19 +219,19 @@ class CloudClient:
         except grpc.aio.AioRpcError as fast:
             details = fast.details() or fast.code().name
         hint = _HANDSHAKE_HINT if "Socket closed" in details else ""
-        return errors.CloudUnavailable(
-            f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
+        return NoConnection(f"cannot reach the cloud at {self.address} within {timeout_s:g} s: {details}{hint}")
 
-    def speculate(self) -> SpeculateStream:
+    def speculate(self, connect_timeout_s: float | None = None) -> SpeculateStream:
+        """A Speculate call; connect_timeout_s bounds the wait for a connection (default: the client's)."""
         async def start():
-            await self.ready()
+            await self.ready(connect_timeout_s)
             return self.stub.Speculate(metadata=self.metadata)
 
         return SpeculateStream(start, self.response_timeout_s)
 
-    def generate(self, request: GenerateRequest) -> GenerateStream:
+    def generate(self, request: GenerateRequest, connect_timeout_s: float | None = None) -> GenerateStream:
         """`async for step in client.generate(request)`; the stream counts the bytes."""
-        return GenerateStream(self, request)
+        return GenerateStream(self, request, connect_timeout_s)
 
     async def close(self) -> None:
         await self.channel.close()

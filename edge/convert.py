@@ -1,15 +1,14 @@
 """A Hugging Face Llama directory as a GGUF file, so llama.cpp can draft with it.
 
-llama.cpp loads only GGUF. This module converts a saved `LlamaForCausalLM` (the SmolLM
-and Llama 3 families; see edge/convert_vocab.py for why SentencePiece tokenizers such as
-Llama 2's and TinyLlama's are refused) once and caches the result:
+llama.cpp loads only GGUF. This module converts a saved `LlamaForCausalLM` (the SmolLM,
+Llama 3, Llama 2 and TinyLlama families) once and caches the result:
 
 - weights: safetensors (F32, F16 or BF16; sharded or not) become F16 (or F32) tensors. Q and
   K rows are permuted from HF's rotate-half RoPE layout to the interleaved one GGML uses;
 - hyperparameters: config.json becomes the `llama.*` keys (RoPE base and scaling, RMS eps,
   heads, KV heads, head size, context length; tied embeddings mean no `output.weight`);
-- tokenizer: the `tokenizer.*` keys, chosen so llama.cpp tokenizes exactly like the HF
-  tokenizer (edge/convert_vocab.py; byte-level BPE only).
+- tokenizer: the `tokenizer.*` keys, the HF tokenizer's vocabulary id by id (byte-level BPE
+  with the closest llama.cpp pre-tokenizer, or SentencePiece; edge/convert_vocab.py).
 
 It follows the Llama part of llama.cpp's convert_hf_to_gguf.py, without torch, and refuses
 other architectures with a pointer to that script. It never imports llama_cpp: the caller
@@ -37,7 +36,7 @@ from edge.convert_vocab import GgufTokenizer, TokenizerNotConvertible, choose_vo
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 """Part of the cache key: bump it whenever the GGUF written for the same input changes."""
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -334,7 +333,7 @@ def write_llama_gguf(model_dir: str | Path, out_path: str | Path, add_tokenizer:
 
 def convert(model_dir: str | Path, out_path: str | Path, *, tokenize_gguf: GgufTokenizer,
             dtype: str = "f16") -> Path:
-    """Converts an HF Llama directory to `out_path`, with a tokenizer llama.cpp reproduces exactly.
+    """Converts an HF Llama directory to `out_path`, with the HF tokenizer's vocabulary.
 
     `tokenize_gguf(path, texts)` tokenizes with the vocabulary of a GGUF file (llama.cpp's
     tokenizer, through edge/llama_drafter.py), or returns None when llama.cpp refuses the file.
@@ -354,9 +353,8 @@ def convert(model_dir: str | Path, out_path: str | Path, *, tokenize_gguf: GgufT
         vocab = choose_vocab(model_dir, hp.vocab_size, tokenize_with)
     except TokenizerNotConvertible as exc:
         raise UnsupportedModel(
-            f"{model_dir}: {exc}. A hybrid draft must tokenize exactly like its target: pick one with a "
-            "byte-level BPE tokenizer (the Llama 3 and SmolLM families). For --mode edge alone, llama.cpp's "
-            "convert_hf_to_gguf.py can still make a GGUF of this model."
+            f"{model_dir}: {exc}. llama.cpp's convert_hf_to_gguf.py may still make a GGUF of this model; "
+            "a hybrid draft's vocabulary must equal its target's, id by id."
         ) from None
     return write_llama_gguf(model_dir, out_path, vocab.add_to, dtype=dtype)
 

@@ -13,14 +13,17 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from common.text_tokenizer import TextTokenizer
+
 
 @runtime_checkable
 class DraftEngine(Protocol):
     name: str  # shown to users and sent to the cloud (SessionOpen.draft_model_name)
     vocab_size: int
-    eos_token_ids: list[int]
-    chat_template: str  # Jinja template from the model's metadata ("" when it has none)
-    fingerprint: str  # common.fingerprint.tokenizer_fingerprint(self.tokenize): the cloud checks it
+    eos_token_ids: list[int]  # every id that ends a generation (EOS and end-of-turn tokens)
+    chat_template: str  # the tokenizer's Jinja template, or the built-in one for its family ("" if none)
+    fingerprint: str  # the tokenizer's (common/fingerprint.py): the cloud checks it
+    tokenizer: TextTokenizer  # text -> ids as the target's kind of tokenizer does it (edge/tokenizer.py)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`, special tokens parsed, no BOS added."""

@@ -4,9 +4,11 @@
 - cloud: the cloud generates alone (Generate); the baseline.
 - edge: the local model generates alone; no network.
 
-With fallback on (edge/fallback.py), a hybrid generation whose cloud is unreachable, silent
-past the timeout, or lost mid-stream continues on the local model from the committed tokens,
-and is marked degraded.
+A stream that breaks mid-answer (a replica died or drains) is reopened on the channel, through
+the load balancer or on another address, from the committed tokens (edge/resume.py): the answer
+stays exactly the cloud model's. With fallback on (edge/fallback.py), a hybrid generation whose
+cloud stays unreachable past the timeout continues on the local model from the committed
+tokens, and is marked degraded.
 """
 
 from __future__ import annotations
@@ -17,19 +19,31 @@ import dataclasses
 import enum
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from common.errors import CloudUnavailable, FailedPrecondition, InvalidArgument
+from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, InvalidArgument
+from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
-from edge.speculative import GenerationStats, SpeculationConfig, SpeculativeRun
+from edge.provenance import Source
+from edge.resume import ResumeWindow
+from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
+
+
+def _resumed(stats: GenerationStats, broke_at: float | None) -> None:
+    """A token arrived: adds the gap since the break (if any) to stats.resume_s. Returns the new
+    break time, None: the break is accounted for."""
+    if broke_at is not None:
+        stats.resume_s += time.perf_counter() - broke_at
+    return None
 
 
 class Mode(str, enum.Enum):
@@ -58,6 +72,7 @@ class Generation:
 
     mode: Mode
     token_ids: list[int] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)  # who chose each of token_ids
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
@@ -66,6 +81,17 @@ class Generation:
     degraded: bool = False
     fallback_at: int | None = None
     fallback_reason: str = ""
+    # Which replica served which part: (index in token_ids where its part starts, replica name).
+    served_by: list[tuple[int, str]] = field(default_factory=list)
+
+    def served(self, replica: str | None, from_token: int) -> None:
+        if replica is not None and (not self.served_by or self.served_by[-1][1] != replica):
+            self.served_by.append((from_token, replica))
+
+    @property
+    def replica(self) -> str | None:
+        """The replica serving the answer now (None before the cloud answered, or when it gave no name)."""
+        return self.served_by[-1][1] or None if self.served_by else None
 
     @property
     def answered_by(self) -> str:
@@ -73,6 +99,16 @@ class Generation:
         if not self.degraded:
             return self.mode.value
         return "local" if self.fallback_at == 0 else f"{self.mode.value}-then-local"
+
+
+def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
+    """ContextTooLong, naming both numbers, for a prompt the cloud would refuse as too long."""
+    if info.max_context and prompt_tokens >= info.max_context:
+        raise ContextTooLong(f"the prompt has {prompt_tokens} tokens, beyond the cloud model's context of "
+                             f"{info.max_context} tokens (prompt and answer together): shorten it")
+    if info.max_prompt_tokens and prompt_tokens > info.max_prompt_tokens:
+        raise ContextTooLong(f"the prompt has {prompt_tokens} tokens; the cloud accepts at most "
+                             f"{info.max_prompt_tokens} (its --max-prompt-tokens): shorten it")
 
 
 class EdgeEngine:
@@ -147,6 +183,27 @@ class EdgeEngine:
         self.cloud.mark_up()
         return info
 
+    def encode(self, text: str) -> list[int]:
+        """A raw prompt's ids, as the target's tokenizer encodes it by default (BOS/EOS per the
+        target's rules once the cloud is known, else the draft tokenizer's, which the
+        fingerprint check makes the same)."""
+        return self.drafter.tokenizer.encode(text, self._rules())
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """The ids of `messages` ([{role, content}]) rendered with the target's chat template
+        (the draft's own while the cloud is unknown), ready for the reply."""
+        from edge.chat_template import render_chat
+
+        tokenizer = self.drafter.tokenizer
+        info = self.cloud_info
+        template = info.chat_template if info else tokenizer.chat_template
+        rules = self._rules()
+        text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
+        return tokenizer.encode_rendered_chat(text, rules)
+
+    def _rules(self) -> SpecialTokens:
+        return self.cloud_info.special_tokens if self.cloud_info else self.drafter.tokenizer.special
+
     def with_seed(self, request: GenerationRequest) -> GenerationRequest:
         """Sampling always carries a seed, so draft and target can share position-keyed noise."""
         s = request.sampling
@@ -156,11 +213,14 @@ class EdgeEngine:
 
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
                        ) -> AsyncIterator[list[int]]:
-        """Yields newly generated token ids; `generation` (if given) collects ids, finish and stats."""
+        """Yields newly generated token ids, chosen alike (see `generation.sources`); `generation`
+        (if given) collects ids, their sources, finish and stats."""
         if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
         if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
             raise FailedPrecondition(f"{mode.value} mode needs a draft model and a tokenized prompt")
+        if mode != Mode.EDGE and self.cloud_info is not None:
+            check_fits_cloud(len(request.prompt_token_ids), self.cloud_info)
         generation = generation or Generation(mode)
         request = self.with_seed(request)
         generation.seed = None if request.sampling.greedy else request.sampling.seed
@@ -171,28 +231,29 @@ class EdgeEngine:
         # Cloud-only generations need no draft model, so any number of them run at once.
         drafting = self._draft_context() if mode != Mode.CLOUD else contextlib.nullcontext()
         async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
-            async for new in tokens:
+            async for source, new in tokens:
                 generation.token_ids += new
+                generation.sources += [source] * len(new)
                 yield new
 
     async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation, drafter
-                               ) -> AsyncIterator[list[int]]:
+                               ) -> AsyncIterator[Piece]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""
         reason = await self._cloud_unusable()
         if reason is None:
             try:
-                async with contextlib.aclosing(self._hybrid(request, generation, drafter)) as tokens:
-                    async for new in tokens:
-                        yield new
+                async with contextlib.aclosing(self._hybrid(request, generation, drafter)) as pieces:
+                    async for piece in pieces:
+                        yield piece
                 return
             except CloudUnavailable as exc:
                 self.cloud.mark_down(str(exc))
                 if generation.finish_reason:
                     return  # every token had arrived; only the end of the stream was lost
                 reason = str(exc)
-        async with contextlib.aclosing(self._local_continuation(request, generation, reason, drafter)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason, drafter)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def _cloud_unusable(self) -> str | None:
         """Why the cloud can't be used now (None if it can); contacts it if it never was."""
@@ -204,7 +265,7 @@ class EdgeEngine:
         return None if self.cloud.up else self.cloud.last_error
 
     async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str, drafter
-                                  ) -> AsyncIterator[list[int]]:
+                                  ) -> AsyncIterator[Piece]:
         """Continues the answer on the draft model from the tokens committed so far."""
         done = len(generation.token_ids)
         generation.degraded, generation.fallback_at, generation.fallback_reason = True, done, reason
@@ -212,36 +273,65 @@ class EdgeEngine:
         if done >= request.max_new_tokens:
             generation.finish_reason = FinishReason.LENGTH
             return
+        context = len(request.prompt_token_ids) + done
+        if context >= drafter.n_ctx:
+            raise CloudUnavailable(f"{reason}; the local model cannot take over: the conversation has {context} "
+                                   f"tokens, beyond its context of {drafter.n_ctx}")
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as tokens:
-            async for new in tokens:
-                yield new
+        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as pieces:
+            async for piece in pieces:
+                yield piece
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter
-                      ) -> AsyncIterator[list[int]]:
+    def _resume_window(self) -> ResumeWindow:
+        """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
+        return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
+
+    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
+        """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
-        session = SessionOpen(
-            prompt_token_ids=list(request.prompt_token_ids),
-            max_new_tokens=request.max_new_tokens,
-            sampling=request.sampling,
-            stop_token_ids=list(request.stop_token_ids),
-            tokenizer_fingerprint=self.drafter.fingerprint,
-            draft_model_name=self.drafter.name,
-            draft_mode=request.draft_mode,
-            stop_strings=list(request.stop_strings),
-        )
-        timeout = self.fallback.timeout_s if self.fallback.enabled else None
-        run = SpeculativeRun(drafter, self.client.speculate(), session, self._fit(info), generation.stats,
-                             response_timeout_s=timeout)
-        run.stop_ids |= set(info.eos_token_ids)
-        try:
-            async with contextlib.aclosing(run.tokens()) as tokens:
-                async for new in tokens:
-                    yield new
-        finally:
-            if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
-                generation.finish_reason = run.finish
+        window = self._resume_window()
+        committed: list[int] = []
+        broke_at = None  # perf_counter() of the break the next session resumes
+        while True:
+            session = SessionOpen(
+                prompt_token_ids=list(request.prompt_token_ids),
+                max_new_tokens=request.max_new_tokens,
+                sampling=request.sampling,
+                stop_token_ids=list(request.stop_token_ids),
+                tokenizer_fingerprint=drafter.fingerprint,
+                draft_model_name=drafter.name,
+                draft_mode=request.draft_mode,
+                resume_token_ids=list(committed),
+                stop_strings=list(request.stop_strings),
+            )
+            timeout = self.fallback.timeout_s if self.fallback.enabled else None
+            stream = self.client.speculate(window.remaining_s())
+            run = SpeculativeRun(drafter, stream, session, self._fit(info), generation.stats,
+                                 response_timeout_s=timeout)
+            run.stop_ids |= set(info.eos_token_ids)
+            resuming = bool(generation.served_by)  # an earlier session of this answer started
+            try:
+                async with contextlib.aclosing(run.tokens()) as pieces:
+                    async for source, new in pieces:
+                        window.progressed()
+                        broke_at = _resumed(generation.stats, broke_at)
+                        generation.served(run.replica, len(committed))
+                        committed += new
+                        yield source, new
+                return
+            except CloudUnavailable as exc:
+                if run.finish:
+                    return  # every token had arrived; only the end of the stream was lost
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
+                await window.pause_or_raise(exc, len(committed))
+            finally:
+                if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
+                    generation.finish_reason = run.finish
+                if run.replica is not None:
+                    generation.served(run.replica, len(committed))
+                    generation.stats.resumes += resuming
 
     def _fit(self, info: ModelInfo) -> SpeculationConfig:
         """The speculation config within the cloud's limits.
@@ -256,36 +346,67 @@ class EdgeEngine:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config
 
-    async def _cloud(self, request: GenerationRequest, generation: Generation, drafter=None
-                     ) -> AsyncIterator[list[int]]:
+    async def _cloud(self, request: GenerationRequest, generation: Generation, drafter=None) -> AsyncIterator[Piece]:
+        """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
         stats = generation.stats
-        stream = self.client.generate(GenerateRequest(
-            prompt_token_ids=list(request.prompt_token_ids),
-            sampling=request.sampling,
-            max_new_tokens=request.max_new_tokens,
-            stop_token_ids=list(request.stop_token_ids),
-            stop_strings=list(request.stop_strings),
-            prompt_text=request.prompt_text,
-            return_text=request.return_text,
-        ))
-        stats.bytes_sent += stream.bytes_sent
-        received_before = stats.bytes_received
-        async for step in stream:
-            stats.bytes_received = received_before + stream.bytes_received
-            new = [step.token_id] if step.token_id is not None else []
-            stats.rounds += len(new)
-            if step.finish_reason:
-                stats.cloud_forward_passes = step.forward_passes
-            stats.mark_tokens(len(new))
-            generation.finish_reason = step.finish_reason
-            generation.text += step.text
-            if new:
-                yield new
+        # A thin client's answer (the cloud tokenizes and renders it) cannot be resumed: no ids to resume from.
+        resumable = bool(request.prompt_token_ids) and not request.return_text
+        window = self._resume_window()
+        committed: list[int] = []
+        broke_at = None
+        while True:
+            stream = self.client.generate(GenerateRequest(
+                prompt_token_ids=list(request.prompt_token_ids),
+                sampling=request.sampling,
+                max_new_tokens=request.max_new_tokens,
+                stop_token_ids=list(request.stop_token_ids),
+                stop_strings=list(request.stop_strings),
+                prompt_text=request.prompt_text,
+                return_text=request.return_text,
+                resume_token_ids=list(committed),
+            ), window.remaining_s())
+            stats.bytes_sent += stream.bytes_sent
+            received_before, passes_before = stats.bytes_received, stats.cloud_forward_passes
+            resuming, started = bool(generation.served_by), False
+            try:
+                async for step in stream:
+                    stats.bytes_received = received_before + stream.bytes_received
+                    if step.progress is not None:
+                        stats.prefill_progress += 1  # the cloud is at work (the silence timeout restarted)
+                        continue
+                    if not started:
+                        started = True
+                        generation.served(step.replica, len(committed))
+                        stats.resumes += resuming
+                    window.progressed()
+                    broke_at = _resumed(stats, broke_at)
+                    new = [step.token_id] if step.token_id is not None else []
+                    stats.rounds += len(new)
+                    if step.finish_reason:
+                        stats.cloud_forward_passes = passes_before + step.forward_passes
+                    stats.mark_tokens(len(new))
+                    generation.finish_reason = step.finish_reason
+                    generation.text += step.text
+                    if new:
+                        committed += new
+                        yield Source.CLOUD, new
+                return
+            except CloudUnavailable as exc:
+                stats.bytes_received = received_before + stream.bytes_received
+                if generation.finish_reason:
+                    return
+                if not resumable:
+                    raise
+                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
+                broke_at = broke_at or time.perf_counter()
+                await window.pause_or_raise(exc, len(committed))
 
-    async def _edge(self, request: GenerationRequest, generation: Generation, drafter
-                    ) -> AsyncIterator[list[int]]:
+    async def _edge(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
+        if len(request.prompt_token_ids) >= drafter.n_ctx:
+            raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
+                                 f"context of {drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
         stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
@@ -301,7 +422,7 @@ class EdgeEngine:
             context.append(token)
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
-            yield [token]
+            yield Source.LOCAL, [token]
             if token in stop_ids or (stop_text and stop_text.push(token)):
                 generation.finish_reason = FinishReason.STOP
                 return

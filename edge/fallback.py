@@ -58,6 +58,7 @@ class CloudWatch:
         self.last_error = ""
         self.down_since: float | None = None
         self.reconnects = 0  # times the cloud came back after being down
+        self.failed_reconnects = 0  # reconnect attempts that failed since the cloud went down
         self._task: asyncio.Task | None = None
 
     @property
@@ -75,6 +76,7 @@ class CloudWatch:
         if self.state != CloudState.DOWN:
             log.warning("%s: answering with the local model until the cloud is back", reason)
             self.down_since = time.monotonic()
+            self.failed_reconnects = 0
         self.state, self.last_error = CloudState.DOWN, reason
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._reconnect(), name="tandem-reconnect")
@@ -86,6 +88,7 @@ class CloudWatch:
             try:
                 await self._probe()
             except TandemError as exc:
+                self.failed_reconnects += 1
                 self.last_error = str(exc)
                 log.debug("cloud still unavailable: %s", exc)
                 delay = min(2 * delay, self.config.retry_max_s)
@@ -107,4 +110,5 @@ class CloudWatch:
             "last_error": self.last_error or None,
             "down_for_s": round(time.monotonic() - self.down_since, 3) if self.down_since else None,
             "reconnects": self.reconnects,
+            "failed_reconnects": self.failed_reconnects,
         }

@@ -4,11 +4,16 @@ It answers one question, fast: "what are the logits after this context?" It keep
 cache across calls and, when the context diverges from what it evaluated (a draft was
 rejected), rolls back to the common prefix by truncating the cache (no state reload) and
 evaluates only the new tokens.
+
+Text never goes through llama.cpp's tokenizer: prompts are tokenized by the draft's
+transformers tokenizer (edge/tokenizer.py, the same kind the target uses), and the ids are fed
+to llama.cpp. Its vocabulary is the GGUF's, so the ids mean the same tokens.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -22,8 +27,8 @@ import numpy as np
 from llama_cpp._internals import LlamaModel
 from llama_cpp._utils import suppress_stdout_stderr
 
-from common.fingerprint import tokenizer_fingerprint
 from common.model_paths import default_gguf_path
+from common.text_tokenizer import TextTokenizer
 from edge.draft_sampling import ContextFull
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ class LlamaDrafter:
         if not path.exists():
             raise FileNotFoundError(f"draft model not found: {path}")
         name = path.name if path.is_dir() else path.stem
+        self.source = path
         if path.is_dir():
             from edge.convert import cached_gguf
 
@@ -58,9 +64,6 @@ class LlamaDrafter:
         self.n_ctx = n_ctx
         self.f32_cache = f32_cache
         self.vocab_size = self._llama.n_vocab()
-        self.eos_token_ids = sorted({self._llama.token_eos()} - {-1})
-        self.chat_template = self._llama.metadata.get("tokenizer.chat_template", "")
-        self.fingerprint = tokenizer_fingerprint(self.tokenize)
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._evaluated: list[int] = []
         self._last_logits: np.ndarray | None = None
@@ -76,11 +79,36 @@ class LlamaDrafter:
         """Another context over the same model file (mapped, so the weights are shared), for a
         second generation to draft at the same time; it starts with an empty KV cache."""
         other = LlamaDrafter(self.path, self.n_ctx, self.threads, self.f32_cache)
-        other.name = self.name
+        other.name, other.source = self.name, self.source
+        other.__dict__["tokenizer"] = self.tokenizer  # one tokenizer for both contexts
         return other
 
+    @functools.cached_property
+    def tokenizer(self) -> TextTokenizer:
+        """The transformers tokenizer of the draft's files (loaded on first use)."""
+        from edge.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.source)
+        if len(tokenizer) > self.vocab_size:
+            raise ValueError(f"{self.name}: the tokenizer has {len(tokenizer)} tokens, the model {self.vocab_size}")
+        return tokenizer
+
     def tokenize(self, text: str) -> list[int]:
-        return self._llama.tokenize(text.encode(), add_bos=False, special=True)
+        """The text's ids alone (special tokens parsed, none added), by the draft's tokenizer."""
+        return self.tokenizer.tokenize(text)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.tokenizer.fingerprint
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends a generation: EOS and the end-of-turn tokens."""
+        return self.tokenizer.end_ids
+
+    @property
+    def chat_template(self) -> str:
+        return self.tokenizer.chat_template
 
     @lru_cache(maxsize=None)  # noqa: B019 - few drafters per process; the table is the vocab
     def token_bytes(self, token_id: int) -> bytes:

@@ -8,7 +8,13 @@ and the desktop apps that speak them work unchanged. Extensions, which OpenAI cl
   token ids come back, as `prompt_token_ids` and per choice `token_ids`);
 - response and every chunk: `degraded` (bool): the cloud was unreachable, so (part of) the
   answer is the local model's alone (see edge/fallback.py);
-- the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, stats}.
+- every chunk that carries tokens: `provenance`, who chose them, in order, as runs
+  [{"source": "accepted" | "cloud" | "local", "tokens": n}] (see edge/provenance.py), and
+  `progress`, the generation so far {tokens, rounds, drafted, accepted, round_trip_ms,
+  elapsed_s};
+- the response and the last chunk: `tandem` {answered_by, fallback_at, fallback_reason, stats,
+  provenance: tokens per source, served_by}; served_by lists which cloud replica served which
+  part ([{from_token, replica}]).
 
 Parameters a request may set but this server can't honour are refused with a 400 that says
 so, rather than silently ignored.
@@ -236,13 +242,22 @@ class ResponseBuilder:
             choice["token_ids"] = token_ids
         return choice
 
-    def chunk(self, text: str, token_ids: list[int], degraded: bool) -> dict:
-        return self._with_prompt_ids(self._envelope(True, [self._choice(text, None, token_ids, True)], degraded))
+    def chunk(self, text: str, token_ids: list[int], degraded: bool, provenance: list[dict] | None = None,
+              progress: dict | None = None) -> dict:
+        out = self._envelope(True, [self._choice(text, None, token_ids, True)], degraded)
+        if provenance is not None:
+            out["provenance"] = provenance
+        if progress is not None:
+            out["progress"] = progress
+        return self._with_prompt_ids(out)
 
-    def final_chunk(self, completion: Completion, token_ids: list[int]) -> dict:
+    def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None
+                    ) -> dict:
         """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
         out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True)],
                              completion.degraded)
+        if provenance:
+            out["provenance"] = provenance
         out["tandem"] = details(completion)
         return self._with_prompt_ids(out)
 
@@ -276,5 +291,14 @@ def details(completion: Completion) -> dict:
         "answered_by": completion.answered_by,
         "fallback_at": completion.fallback_at,
         "fallback_reason": completion.fallback_reason or None,
+        "served_by": completion.served_by,
         "stats": completion.stats,
+        "provenance": completion.provenance,
     }
+
+
+def progress(stats: dict) -> dict:
+    """The live part of a generation's stats, for a chunk's `progress` extension."""
+    return {"tokens": stats["tokens"], "rounds": stats["rounds"], "drafted": stats["drafted"],
+            "accepted": stats["accepted"], "round_trip_ms": stats["policy"].get("round_trip_ms"),
+            "elapsed_s": stats["elapsed_s"]}

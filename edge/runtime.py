@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 from common.errors import InvalidArgument
@@ -35,6 +36,8 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
                                           convert_dtype=config.draft_dtype)
     client = None
     try:
+        if drafter is not None:
+            await asyncio.to_thread(lambda: drafter.tokenizer)  # loaded here, not on the event loop later
         if mode != Mode.EDGE:
             address = config.cloud
             if address is None:
@@ -43,7 +46,10 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
             remote = dict(security=config.security()) if config.cloud else {}
             client = CloudClient(address, connect_timeout_s=config.connect_timeout_s, keepalive=config.keepalive(),
                                  response_timeout_s=config.response_timeout_s, **remote)
-        engine = EdgeEngine(drafter, client, config.speculation, config.fallback, config.draft_slots)
+        speculation = config.speculation
+        if embedded is not None:  # edge and cloud share this machine's cores: don't race the cloud's prefill
+            speculation = dataclasses.replace(speculation, defer_draft_prefill=True)
+        engine = EdgeEngine(drafter, client, speculation, config.fallback, config.draft_slots)
         try:
             await engine.open()
             yield engine

@@ -15,6 +15,7 @@ local model finishes the answer, and `Completion.degraded` / `Delta.degraded` sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,6 +28,7 @@ from common.stop import StopScanner
 from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.provenance import Source, totals
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Completion:
     answered_by: str = "hybrid"  # "hybrid", "local", "hybrid-then-local", "cloud" or "edge"
     fallback_at: int | None = None
     fallback_reason: str = ""
+    provenance: dict[str, int] = dataclasses.field(default_factory=dict)  # tokens per Source value
+    # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
+    # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
+    served_by: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class Delta:
     text: str
     token_ids: list[int]
     degraded: bool  # produced by the local model alone (offline fallback)
+    source: Source | None = None  # who chose token_ids (all alike); None when there are none
+    replica: str | None = None  # the cloud replica serving the answer when these tokens arrived
 
 
 @dataclass(frozen=True)
@@ -116,21 +124,24 @@ class AsyncTandem:
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         if chat:
             return self.encode_chat([{"role": "user", "content": prompt}])
-        return self.engine.drafter.tokenize(prompt)
+        return self.engine.encode(prompt)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of `messages` ([{role, content}]) in the model's chat template, ready for a reply."""
-        from edge.chat_template import render_chat
-
-        drafter = self.engine.drafter
-        return drafter.tokenize(render_chat(drafter.chat_template, messages))
+        """Token ids of `messages` ([{role, content}]) in the target's chat template, ready for a reply."""
+        return self.engine.encode_chat(messages)
 
     def _render(self, prompt: str) -> str:
-        """A user message in the cloud model's chat template (no local model to take it from)."""
+        """A user message in the cloud model's chat template (no local model to take it from).
+
+        The template's BOS is left out (bos_token ""): the cloud encodes prompt_text with its
+        default rules, which add the one BOS the model wants.
+        """
         require_extra("edge", "a chat prompt without a local model", ("jinja2",))
         from edge.chat_template import render_chat
 
-        return render_chat(self.engine.cloud_info.chat_template, [{"role": "user", "content": prompt}])
+        info = self.engine.cloud_info
+        return render_chat(info.chat_template, [{"role": "user", "content": prompt}],
+                           eos_token=info.special_tokens.eos_token)
 
     async def deltas(self, prompt_token_ids: list[int], generation: Generation | None = None, **options
                      ) -> AsyncIterator[Delta]:
@@ -170,6 +181,7 @@ class AsyncTandem:
         rendered = 0  # of generation.text (cloud_text)
         async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
             async for new in tokens:
+                source = generation.sources[-1]  # the engine yields tokens chosen alike
                 ids, text = [], ""
                 if cloud_text:  # the cloud stops at a stop string itself: `new` is one token
                     ids, text = list(new), stops.push(generation.text[rendered:])
@@ -182,12 +194,13 @@ class AsyncTandem:
                 if stops.hit is not None:
                     # Tokens after the one that completed the stop string are not part of the answer.
                     del generation.token_ids[len(generation.token_ids) - len(new) + len(ids):]
-                    last = Delta(text, ids, generation.degraded)
+                    del generation.sources[len(generation.token_ids):]
+                    last = Delta(text, ids, generation.degraded, source, generation.replica)
                     break  # leaving the block closes the generation (and its cloud stream) now
-                yield Delta(text, ids, generation.degraded)
+                yield Delta(text, ids, generation.degraded, source, generation.replica)
         if last is None:
             rest = generation.text[rendered:] if cloud_text else detok.flush()
-            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded)
+            last = Delta(stops.push(rest) + stops.flush(), [], generation.degraded, replica=generation.replica)
         if stops.hit is not None:
             generation.finish_reason = FinishReason.STOP
         if last.text or last.token_ids:
@@ -201,7 +214,7 @@ class AsyncTandem:
         if self.engine.drafter is None:  # the cloud tokenizes (and renders the answer)
             prompt_fields = dict(prompt_token_ids=[], prompt_text=self._render(prompt) if chat else prompt)
         else:
-            prompt_fields = dict(prompt_token_ids=self.encode(prompt, chat))
+            prompt_fields = dict(prompt_token_ids=await asyncio.to_thread(self.encode, prompt, chat))
         async with contextlib.aclosing(self._deltas(prompt_fields, generation, options)) as deltas:
             async for delta in deltas:
                 if delta.text:
@@ -231,7 +244,11 @@ class AsyncTandem:
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason)
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
+
+
+def served_by_of(generation: Generation) -> list[dict]:
+    return [{"from_token": start, "replica": replica} for start, replica in generation.served_by]
 
 
 class Tandem:

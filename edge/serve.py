@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 try:
     from aiohttp import web
@@ -29,16 +31,22 @@ except ImportError:  # the thin client: run() says which extra `tandem serve` ne
     web = None
 
 from common import settings
+from common.checks import check_port_free, check_range
 from common.errors import TandemError
 from common.extras import require_extra
 from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
-from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion
+from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion, progress
+from edge.provenance import runs
 from edge.sdk import AsyncTandem, Delta, completion_of
 
 log = logging.getLogger(__name__)
 
+WEB_DIR = Path(__file__).parent / "web"  # the chat page: static files, no build step
+# The page runs only its own scripts and styles: model output can never become code.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # A TandemError's gRPC code, as the HTTP status and OpenAI error type it becomes here.
 _HTTP_ERRORS = {
@@ -61,6 +69,15 @@ class ServeConfig:
     model_name: str = setting("tandem", "model id listed by /v1/models (default %(default)s)", group=HTTP)
     default_max_tokens: int = setting(512, "answer length when a request sets neither max_tokens nor "
                                            "max_completion_tokens (default %(default)s)", group=HTTP)
+    # Required of every request (the chat page and the API) when set.
+    api_key: str | None = setting(None, "require this key of the chat page and the API (Authorization: Bearer "
+                                        "KEY; in a browser, open /?key=KEY once); for use with a --host other "
+                                        "than loopback", env="API_KEY", metavar="KEY", group=HTTP)
+
+    @property
+    def page_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +85,9 @@ class ServeConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
-        return settings.from_args(cls, args)
+        config = settings.from_args(cls, args)
+        check_range(config.default_max_tokens, "--default-max-tokens", 1)
+        return config
 
 
 @dataclass
@@ -85,15 +104,20 @@ class OpenAIServer:
         self.tandem = tandem
         self.config = config or ServeConfig()
         self.counts = RequestCounts()
+        from edge.http_guard import HttpGuard  # aiohttp: the edge extra
         from edge.metrics import EdgeMetrics  # prometheus_client: the edge extra
 
         self.metrics = EdgeMetrics()
         self.started_at = int(time.time())
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.guard = HttpGuard(self.config.host, self.config.api_key)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[web.middleware(_errors_as_json)], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[self.guard.middleware, web.middleware(_errors_as_json)],
+                              client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/", self.page)
+        app.router.add_static("/ui/", WEB_DIR)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -109,13 +133,19 @@ class OpenAIServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port)
         await site.start()
-        self.port = self.runner.addresses[0][1]
+        self.port = self.guard.port = self.runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        """The chat page (edge/web/): streams from /v1/chat/completions like any other client."""
+        return web.FileResponse(WEB_DIR / "index.html", headers={
+            "Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [self._model_card()]})
@@ -206,17 +236,20 @@ class OpenAIServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                **_fallback_headers(generation)})
         await response.prepare(request)
-        text, unsent_ids, finished = [], [], True
+        text, unsent_ids, unsent_sources, finished = [], [], [], True
         try:
             while delta is not None:
                 unsent_ids += delta.token_ids
+                unsent_sources += [delta.source] * len(delta.token_ids)
                 if delta.text:
                     text.append(delta.text)
-                    await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded))
-                    unsent_ids = []
+                    await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded,
+                                                              runs(unsent_sources),
+                                                              progress(generation.stats.as_dict())))
+                    unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
-            await _send_event(response, builder.final_chunk(completion, unsent_ids))
+            await _send_event(response, builder.final_chunk(completion, unsent_ids, runs(unsent_sources)))
             if builder.params.include_usage:
                 await _send_event(response, builder.usage_chunk(completion))
         except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
@@ -246,7 +279,7 @@ async def _json_body(request: web.Request) -> object:
 
 def _api_error(exc: TandemError) -> ApiError:
     status, kind = _HTTP_ERRORS.get(exc.code, (502, "api_error"))
-    return ApiError(status, str(exc), kind=kind, code=exc.code.lower())
+    return ApiError(status, str(exc), kind=kind, code=getattr(exc, "api_code", exc.code.lower()))
 
 
 async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
@@ -273,7 +306,8 @@ def add_parser(subparsers) -> None:
         help="a local OpenAI-compatible HTTP endpoint (for desktop apps and editor plugins)",
         description="Serve the OpenAI chat and completions APIs on this machine: POST /v1/chat/completions, "
                     "POST /v1/completions (streaming as Server-Sent Events, or not), GET /v1/models, "
-                    "GET /health. Answers are the cloud model's, drafted locally; while the cloud is "
+                    "GET /health, and a chat page at / that shows which tokens the local model drafted and the "
+                    "cloud accepted. Answers are the cloud model's, drafted locally; while the cloud is "
                     "unreachable the local model answers and responses are marked degraded.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -286,7 +320,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("edge", "tandem serve")
-    asyncio.run(_serve(ServeConfig.from_args(args), EdgeConfig.from_args(args), args.mode))
+    config, edge = ServeConfig.from_args(args), EdgeConfig.from_args(args).validate()
+    check_port_free(config.host, config.port)  # before the models load, not after
+    asyncio.run(_serve(config, edge, args.mode))
     return 0
 
 
@@ -301,6 +337,8 @@ async def _serve(config: ServeConfig, edge: EdgeConfig, mode: str) -> None:
         cloud = tandem.cloud_status
         print(f"tandem serve ready: http://{config.host}:{port}/v1 model={config.model_name} "
               f"mode={mode} cloud={cloud.get('state')} {cloud.get('address', '')}".rstrip(), flush=True)
+        page = dataclasses.replace(config, port=port).page_url
+        print(f"chat page: {page}" + ("?key=<your --api-key>" if config.api_key else ""), flush=True)
         try:
             await stop.wait()
         finally:

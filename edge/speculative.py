@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
-from common.wire import DraftBlock, FinishReason, SessionOpen, SessionStarted, Verdict
+from common.wire import DraftBlock, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
 from edge.client import SpeculateStream
 from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
+from edge.provenance import Source
 
 
 SPECULATION = "speculation"
@@ -53,6 +54,11 @@ class SpeculationConfig:
                              negatable=True, group=SPECULATION)
     min_draft_tokens: int = setting(1, "fewest drafted tokens per block the adaptive policy picks "
                                        "(default %(default)s)", group=SPECULATION)
+    # Start the draft's prefill only once the cloud's first token is in, instead of alongside
+    # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
+    # where the two prefills would slow each other and so the first token. Not a flag: the
+    # runtime sets it for an embedded cloud.
+    defer_draft_prefill: bool = False
 
 
 @dataclass
@@ -69,6 +75,13 @@ class GenerationStats:
     ttft_s: float = 0.0  # request start to first token
     elapsed_s: float = 0.0  # request start to last token
     peak_in_flight: int = 0  # most blocks that awaited a verdict at once
+    # "on", or "off-beyond-draft-context": from token `drafting_off_at` on (0: the whole answer)
+    # the sequence was longer than the draft's context, and the cloud generated alone.
+    drafting: str = "on"
+    drafting_off_at: int | None = None
+    prefill_progress: int = 0  # progress messages: the cloud saying it is at work (a long prefill, a slow pass)
+    resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
+    resume_s: float = 0.0  # time from each break to the first token of the session that resumed it
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -96,7 +109,7 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -111,7 +124,7 @@ class GenerationStats:
         d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
-        for key in ("ttft_s", "elapsed_s"):
+        for key in ("ttft_s", "elapsed_s", "resume_s"):
             d[key] = round(d[key], 4)
         return d
 
@@ -124,6 +137,9 @@ class _InFlight:
     block: DraftBlock
     sent_at: float  # perf_counter() when written to the stream
     doomed: bool = False  # known stale: sent before a rejection that invalidates it
+
+
+Piece = tuple[Source, list[int]]  # committed token ids, all chosen the same way
 
 
 class SpeculativeRun:
@@ -153,36 +169,59 @@ class SpeculativeRun:
         self._responses: asyncio.Queue = asyncio.Queue()  # (arrival time, response or error)
         self._arrived_at = 0.0
         self._draft_disabled = False
+        self._draft_ready = False  # the draft has prefilled the prompt (or given up on it)
+        self._prefill: asyncio.Task | None = None
+        self._first_reply_at: float | None = None  # when the cloud first answered (its acknowledgement)
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
+        self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
+        self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
 
-    async def tokens(self) -> AsyncIterator[list[int]]:
+    async def tokens(self) -> AsyncIterator[Piece]:
+        """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
         reader = asyncio.create_task(self._read_all())
         try:
             opened_at = time.perf_counter()
             await self._timed(self.stream.open(self.request), "connection")
-            prefill = asyncio.create_task(self._prefill_draft())
+            if not self.config.defer_draft_prefill:
+                self._prefill = asyncio.create_task(self._prefill_draft())
             started = await self._next_response("started")
-            self.lengths.observe_round_trip(self._arrived_at - opened_at)
+            # The acknowledgement times the round trip; `started` also waited for the prefill.
+            self.lengths.observe_round_trip((self._first_reply_at or self._arrived_at) - opened_at)
+            self.stats.policy = self.lengths.snapshot()
             first = self._apply_started(started)
             if first:
-                yield first
-            await prefill
+                yield Source.CLOUD, first
+            if self._prefill is None:
+                self._prefill = asyncio.create_task(self._prefill_draft())
+                # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
+                # generating alone (as it does for good when the prompt is beyond the draft's context).
+            else:
+                await self._prefill  # it ran alongside the cloud's prefill: mostly done by now
             while not self.finish:
-                new = await self._step()
-                if new:
-                    yield new
+                for piece in await self._step():
+                    yield piece
             await self.stream.done_writing()
             while await self._next_response(None) is not None:
                 pass  # stale verdicts of blocks still in flight at the finish
         finally:
             reader.cancel()
+            self._end_prefill()
             self.stream.cancel()
-            self.stats.bytes_sent = self.stream.bytes_sent
-            self.stats.bytes_received = self.stream.bytes_received
+            self.stats.bytes_sent += self.stream.bytes_sent
+            self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
 
-    async def _step(self) -> list[int]:
+    def _end_prefill(self) -> None:
+        if self._prefill is None:
+            return
+        if self._prefill.done() and not self._prefill.cancelled():
+            self._prefill.exception()  # retrieved: it was raised from _step already, or is moot now
+        self._prefill.cancel()  # the draft thread finishes its eval; the drafter's lock orders what follows
+
+    async def _step(self) -> list[Piece]:
         """Applies any verdict that arrived; else drafts a token, sends a block, or waits."""
+        if not self._draft_ready and self._prefill.done():
+            self._prefill.result()  # raises what the draft's prefill raised
         if not self._responses.empty():
             return self._apply_verdict(await self._next_response("verdict"))
         if self._can_draft():
@@ -219,7 +258,8 @@ class SpeculativeRun:
 
     def _can_draft(self) -> bool:
         return (
-            not self._draft_disabled
+            self._draft_ready
+            and not self._draft_disabled
             and len(self.in_flight) < self.lengths.depth
             and self._remaining_budget() > 0
             and self._pending_drafts() < self.lengths.block_tokens
@@ -236,6 +276,7 @@ class SpeculativeRun:
         """Whether the draft model could evaluate the tail's last token while a verdict travels."""
         return (
             bool(self.in_flight)
+            and self._draft_ready
             and not self._draft_disabled
             and self._fed != (self._tail_epoch, len(self.tail))
             and self._remaining_budget() > 0
@@ -246,9 +287,17 @@ class SpeculativeRun:
         try:
             # Only sparse q makes the output depend on the draft's numbers; otherwise a prefix
             # shared with the last sequence (a chat's earlier turns) need not be evaluated again.
-            await asyncio.to_thread(self.drafter.start, self.committed, not self.policy.sparse)
+            await asyncio.to_thread(self.drafter.start, list(self.request.prompt_token_ids)
+                                    + list(self.request.resume_token_ids), not self.policy.sparse)
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting(at=0)
+        self._draft_ready = True
+
+    def _disable_drafting(self, at: int | None = None) -> None:
+        """The sequence outgrew the draft's context: the cloud generates the rest alone."""
+        self._draft_disabled = True
+        self.stats.drafting = "off-beyond-draft-context"
+        self.stats.drafting_off_at = len(self.committed) - len(self.request.prompt_token_ids) if at is None else at
 
     async def _prefeed(self) -> None:
         """Feeds the tail's last token to the draft model, off the critical path.
@@ -260,7 +309,7 @@ class SpeculativeRun:
         try:
             await asyncio.to_thread(self.drafter.next_logits, list(self.tail))
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting()
 
     async def _draft_one(self) -> None:
         epoch, context = self._tail_epoch, list(self.tail)
@@ -269,7 +318,7 @@ class SpeculativeRun:
         try:
             choice = await asyncio.to_thread(self._choose, context, guess)
         except ContextFull:
-            self._draft_disabled = True
+            self._disable_drafting()
             return
         seconds = time.perf_counter() - began
         if epoch != self._tail_epoch:
@@ -300,7 +349,8 @@ class SpeculativeRun:
         if started.position != len(self.committed):
             raise ProtocolError(f"cloud started at position {started.position}, expected {len(self.committed)}")
         self.stats.rounds += 1
-        self.stats.cloud_forward_passes = started.forward_passes
+        self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
+        self.replica = started.replica
         new = [started.token_id] if started.token_id is not None else []
         self.committed += new
         self.finish = started.finish_reason
@@ -308,7 +358,7 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         return new
 
-    def _apply_verdict(self, verdict: Verdict) -> list[int]:
+    def _apply_verdict(self, verdict: Verdict) -> list[Piece]:
         if not self.in_flight:
             raise ProtocolError("a verdict arrived for no block in flight")
         sent = self.in_flight.popleft()
@@ -318,7 +368,8 @@ class SpeculativeRun:
                 f"verdict for position {verdict.start_position} (stale={verdict.stale}) does not match the "
                 f"block in flight at {block.start_position} (stale expected: {sent.doomed})"
             )
-        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes, verdict.forward_passes)
+        self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
+                                              self._passes_before + verdict.forward_passes)
         if verdict.stale:
             self.stats.stale_drafted += len(block.token_ids) - 1
             return []
@@ -326,9 +377,9 @@ class SpeculativeRun:
         drafts = block.token_ids[overlap:]
         if verdict.accepted_count > len(drafts):
             raise ProtocolError(f"cloud accepted {verdict.accepted_count} of {len(drafts)} drafts")
-        new = drafts[: verdict.accepted_count]
-        if verdict.next_token is not None:
-            new.append(verdict.next_token)
+        accepted = drafts[: verdict.accepted_count]
+        chosen = [] if verdict.next_token is None else [verdict.next_token]
+        new = accepted + chosen
         self.committed += new
         self.stats.rounds += 1
         self.stats.drafted += len(drafts)
@@ -338,12 +389,13 @@ class SpeculativeRun:
         self.stats.mark_tokens(len(new))
         if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
             self.lengths.observe_verdict(len(drafts), verdict.accepted_count, self._arrived_at - sent.sent_at)
+            self.stats.policy = self.lengths.snapshot()  # live: a chat page shows the round trip
         self.finish = verdict.finish_reason
         if self.tail[: len(self.committed)] != self.committed:
             for later in self.in_flight:
                 later.doomed = True
             self._reset_tail()
-        return new
+        return [(source, ids) for source, ids in ((Source.ACCEPTED, accepted), (Source.CLOUD, chosen)) if ids]
 
     def _reset_tail(self) -> None:
         self.tail = list(self.committed)
@@ -376,14 +428,24 @@ class SpeculativeRun:
             raise CloudUnavailable(f"no {what} from the cloud within {self.response_timeout_s:g}s") from None
 
     async def _next_response(self, expected: str | None):
-        """The next response (None at the end of the stream); sets `_arrived_at` to when it came."""
-        self._arrived_at, response = await self._timed(self._responses.get(), expected or "end of stream")
-        if isinstance(response, Exception):
-            raise response
-        if response is None:
-            if expected is None:
-                return None
-            raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
+        """The next response (None at the end of the stream); sets `_arrived_at` to when it came.
+
+        Progress messages are skipped: each one restarts the silence timeout, so a cloud that
+        is prefilling a long prompt or verifying slowly is waited for, a silent one is not.
+        """
+        while True:
+            self._arrived_at, response = await self._timed(self._responses.get(), expected or "end of stream")
+            if self._first_reply_at is None:
+                self._first_reply_at = self._arrived_at
+            if isinstance(response, Exception):
+                raise response
+            if response is None:
+                if expected is None:
+                    return None
+                raise ProtocolError(f"the cloud ended the stream while a {expected} was expected")
+            if not isinstance(response, Progress):
+                break
+            self.stats.prefill_progress += 1
         kind = _KINDS[type(response)]
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")

@@ -10,6 +10,13 @@ import sys
 from common.errors import TandemError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from cloud import cli as cloud_cli
@@ -19,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edge import cli as edge_cli
     from edge import serve as serve_cli
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tandem",
         description="Hybrid edge-cloud inference: a local llama.cpp model drafts tokens, a cloud gRPC "
                     "service verifies them with the large model (speculative decoding). Output is exactly "
@@ -59,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.run(args)
-    except TandemError as exc:
+    except TandemError as exc:  # bad input, or a refusal: says what is wrong and what to do
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"tandem: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return 1
 

@@ -120,3 +120,34 @@ async def generate_ids(client, drafter, prompt_ids: list[int], max_new_tokens: i
         return generation
     finally:
         await client.close()
+
+
+def run_generation(address: str, drafter, prompt_ids: list[int], max_new_tokens: int, mode: str = "hybrid"):
+    """generate_ids over a new CloudClient to `address`, from synchronous test code."""
+    import asyncio
+
+    from edge.client import CloudClient
+
+    async def run():
+        return await generate_ids(CloudClient(address), drafter, prompt_ids, max_new_tokens, mode)
+
+    return asyncio.run(run())
+
+
+def connected_engine(drafter, address: str):
+    """An EdgeEngine that has fetched the cloud's Info (its client closed: for encoding prompts)."""
+    import asyncio
+
+    from edge.client import CloudClient
+    from edge.engine import EdgeEngine
+
+    async def connect():
+        client = CloudClient(address)
+        engine = EdgeEngine(drafter, client)
+        try:
+            await engine.connect()
+        finally:
+            await client.close()
+        return engine
+
+    return asyncio.run(connect())

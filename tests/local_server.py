@@ -24,12 +24,13 @@ from edge.speculative import SpeculationConfig
 class LocalServer:
     def __init__(self, drafter, cloud_address: str | None, fallback: FallbackConfig | None = None,
                  speculation: SpeculationConfig | None = None, connect_timeout_s: float = 10.0,
-                 draft_slots: int = 1):
+                 config: ServeConfig | None = None, draft_slots: int = 1):
         self.drafter = drafter
         self.cloud_address = cloud_address
         self.fallback = fallback
         self.speculation = speculation or SpeculationConfig(draft_tokens=4)
         self.connect_timeout_s = connect_timeout_s
+        self.config = config or ServeConfig(port=0)
         self.draft_slots = draft_slots
         self.engine: EdgeEngine | None = None
         self.server: OpenAIServer | None = None
@@ -38,6 +39,10 @@ class LocalServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/v1"
+
+    @property
+    def page_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/"
 
     def run(self, coroutine, timeout: float = 60.0):
         return self._loop.run(coroutine, timeout)
@@ -52,7 +57,7 @@ class LocalServer:
             if self.cloud_address else None
         self.engine = EdgeEngine(self.drafter, client, self.speculation, self.fallback, self.draft_slots)
         await self.engine.open()
-        self.server = OpenAIServer(AsyncTandem.from_engine(self.engine), ServeConfig(port=0))
+        self.server = OpenAIServer(AsyncTandem.from_engine(self.engine), self.config)
         await self.server.start()
 
     def stop(self) -> None:
@@ -71,16 +76,22 @@ class LocalServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
-        """(status, headers, JSON body) of a plain HTTP request to the server root + path."""
+    def http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+             ) -> tuple[int, dict, dict | bytes]:
+        """(status, headers, body: JSON when it is) of a plain HTTP request to the server root + path.
+
+        With an API key configured, requests carry it unless `headers` says otherwise.
+        """
         url = f"http://127.0.0.1:{self.server.port}{path}"
-        request = urllib.request.Request(url, data=body, method=method,
-                                         headers={"Content-Type": "application/json"})
+        sent = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            sent["Authorization"] = f"Bearer {self.config.api_key}"
+        request = urllib.request.Request(url, data=body, method=method, headers={**sent, **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, dict(response.headers), json.loads(response.read())
+                return response.status, dict(response.headers), _body(response)
         except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), json.loads(error.read())
+            return error.code, dict(error.headers), _body(error)
 
     def health(self) -> dict:
         status, _, body = self.http("GET", "/health")
@@ -108,3 +119,8 @@ class LocalServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; last health: {health}")
             time.sleep(0.05)
+
+
+def _body(response) -> dict | bytes:
+    data = response.read()
+    return json.loads(data) if response.headers.get("Content-Type", "").startswith("application/json") else data

@@ -10,12 +10,18 @@ from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 OK = grpc.StatusCode.OK
 
 
-def speculate(address, requests, timeout=20):
-    """(responses, status code, details) of one Speculate call that sends `requests` then half-closes."""
+def speculate(address, requests, timeout=20, progress=False):
+    """(responses, status code, details) of one Speculate call that sends `requests` then half-closes.
+
+    Progress messages (the acknowledgement of `open`, progress of slow passes) are left out
+    unless `progress`.
+    """
     responses = []
     with grpc.insecure_channel(address) as channel:
         try:
             for response in pb_grpc.TandemStub(channel).Speculate(iter(requests), timeout=timeout):
+                if response.HasField("progress") and not progress:
+                    continue
                 responses.append(response)
         except grpc.RpcError as exc:
             return responses, exc.code(), exc.details()
@@ -31,3 +37,17 @@ def open_request(target, prompt=None, **fields):
 
 def draft(start, ids):
     return pb.SpeculateRequest(draft=pb.DraftBlock(start_position=start, token_ids=ids))
+
+
+def next_answer(responses):
+    """The next response of a blocking call's iterator that is not a progress message."""
+    while (response := next(responses)).HasField("progress"):
+        pass
+    return response
+
+
+async def read_answer(call):
+    """The next response of a grpc.aio call that is not a progress message."""
+    while (response := await call.read()) is not grpc.aio.EOF and response.HasField("progress"):
+        pass
+    return response

@@ -28,7 +28,7 @@ def bench_run(tiny_models, tmp_path_factory):
         sys.executable, "-m", "tandem", "bench", "--rtt-ms", ",".join(f"{r:g}" for r in RTTS),
         "--prompts", "2", "--max-tokens", str(MAX_TOKENS), "--out", str(out),
         "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
-        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]),
+        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]), "--resume-after", "2",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
@@ -112,6 +112,53 @@ def test_bench_splits_link_bytes_by_frame(bench_run):
             assert sum(r["h2"]["bytes"].values()) == r["tcp_bytes_up"] + r["tcp_bytes_down"]
             data = r["h2"]["bytes"]["up DATA"] + r["h2"]["bytes"]["down DATA"]
             assert data > r["bytes_sent"] + r["bytes_received"]  # messages travel inside DATA frames
+
+
+def test_sse_bytes_render_every_token_as_an_openai_chunk(tiny_drafter):
+    """The SSE baseline: a chunk per token whose text is that token's, plus a final chunk and [DONE]."""
+    import json as json_
+
+    from bench.sse import openai_sse_bytes
+
+    drafter = tiny_drafter("exact")
+    ids = drafter.tokenize("The sea is blue and the sky is grey.")
+    total = openai_sse_bytes(drafter.token_bytes, ids, "stop", 10)
+    events = [json_.dumps({"id": "chatcmpl-" + "0" * 24}) for _ in ids]  # a lower bound: the id alone
+    assert total > sum(len(e) for e in events) + len(ids) * len("data: \n\n") + len("data: [DONE]\n\n")
+    assert openai_sse_bytes(drafter.token_bytes, ids + ids, "stop", 10) > 1.9 * total - 400
+
+
+def test_bench_ttft_by_prompt_length(tiny_models, tmp_path):
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
+    command = [
+        sys.executable, "-m", "tandem", "bench", "--rtt-ms", "0", "--ttft-prompt-tokens", "40,200",
+        "--ttft-repeats", "2", "--out", str(tmp_path), "--model", str(tiny_models.target_dir),
+        "--draft-model", str(tiny_models.drafts["noisy"]), "--cloud-cpus", str(available[0]),
+        "--edge-cpus", str(available[1]),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ttft.json").read_text())
+    assert [(r["prompt_tokens"], r["pairs"]) for r in result["ttft_by_prompt_tokens"]] == [(40, 2), (200, 2)]
+    assert all(r["identical"] for r in result["ttft_by_prompt_tokens"])
+    assert len(result["runs"]) == 8 and {r["mode"] for r in result["runs"]} == {"hybrid", "cloud"}
+    assert len(result["targets"]) == 2 and "prompt tokens" in done.stdout
+
+
+def test_bench_measures_one_resume(bench_run):
+    """Paired answers, one with its connection reset mid-way: same output, the resume counted and costed."""
+    _, done, result = bench_run
+    resume = result["resume"]
+    assert resume["rtt_ms"] == 20.0 and resume["pairs"] == 2 and resume["identical_output"]
+    runs = resume["runs"]
+    assert [r["broken"] for r in runs] == [False, True, False, True]
+    assert all(r["resumes"] == 0 for r in runs if not r["broken"])
+    assert sum(r["resumes"] for r in runs if r["broken"]) >= 1
+    assert all(r["resume_s"] == 0 for r in runs if not r["broken"])
+    assert all((r["resume_s"] > 0) == (r["resumes"] > 0) for r in runs if r["broken"])
+    assert "One resume at 20 ms RTT" in done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -164,11 +164,12 @@ def test_cli_refuses_a_non_llama_directory(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_sentencepiece_tokenizer_is_refused_with_the_reason(tmp_path):
+def test_sentencepiece_without_its_model_file_is_refused_with_the_reason(tmp_path):
     model_dir = build_tiny_target(tmp_path / "model", tiny_sentencepiece_tokenizer_dir(tmp_path / "tokenizer"))
-    with pytest.raises(UnsupportedModel, match="SentencePiece") as refused:
+    (model_dir / "tokenizer.model").unlink()  # the scores SentencePiece's GGUF form needs live there
+    with pytest.raises(UnsupportedModel, match="tokenizer.model") as refused:
         LlamaDrafter(model_dir, n_ctx=256, threads=1)
-    assert "byte-level BPE" in str(refused.value)
+    assert "convert_hf_to_gguf.py" in str(refused.value)
 
 
 class KeyRecorder:
@@ -184,7 +185,8 @@ class KeyRecorder:
 @pytest.mark.parametrize("answers,chosen", [
     ({"smollm": "probe", "gpt-2": "all"}, "gpt-2"),  # an exact match beats an earlier partial one
     ({"llama-bpe": "refused", "smollm": "probe"}, "smollm"),  # else the first fingerprint match
-    ({"smollm": "wrong", "gpt-2": "refused"}, None),  # else a clear error
+    ({"llama-bpe": "refused", "smollm": "wrong"}, "smollm"),  # else the first llama.cpp loads
+    ({"*": "refused"}, None),  # else a clear error
 ])
 def test_pre_tokenizer_choice(tiny_models, tiny_target, answers, chosen):
     """choose_vocab's rule, with llama.cpp's answers scripted per pre-tokenizer name."""
@@ -198,7 +200,7 @@ def test_pre_tokenizer_choice(tiny_models, tiny_target, answers, chosen):
         keys = KeyRecorder()
         add_tokenizer(keys)
         assert keys.calls["add_tokenizer_model"] == ("gpt2",) and texts == list(CHECK_TEXTS)
-        return scripted[answers.get(keys.calls["add_tokenizer_pre"][0], "wrong")]
+        return scripted[answers.get(keys.calls["add_tokenizer_pre"][0], answers.get("*", "wrong"))]
 
     if chosen is None:
         with pytest.raises(TokenizerNotConvertible):

@@ -106,22 +106,31 @@ async def collect(engine, prompt, mode="hybrid", max_new_tokens=24):
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "cloud"])
-def test_link_cut_mid_stream(cloud_factory, tiny_target, tiny_drafter, mode):
+def test_link_cut_mid_stream_resumes(cloud_factory, tiny_target, tiny_drafter, mode):
+    """Connections reset mid-answer, the address still answers: the edge reopens the session from
+    the committed tokens (edge/resume.py) and the answer is still exactly the target's."""
     cloud = cloud_factory()
     drafter = tiny_drafter("noisy")
     prompt = drafter.tokenize(PROMPT)
     with RelayThread(("127.0.0.1", cloud.running.port), LinkConfig(one_way_delay_s=0.002)) as relay:
-        address = f"127.0.0.1:{relay.port}"
-        tokens, error, seconds = run_faulted(lambda: CloudClient(address), drafter, prompt,
-                                             relay.drop_connections, mode=mode)
-        assert tokens == hf_greedy(tiny_target, prompt, len(tokens))
-        assert seconds < 10 and "cloud unavailable" in str(error)
-        wait_for(lambda: len(cloud.running.registry) == 0)  # the cloud freed the broken session
+        async def run():
+            client = CloudClient(f"127.0.0.1:{relay.port}")
+            try:
+                engine = EdgeEngine(drafter, client)
+                await engine.connect()
+                generation, cut = Generation(Mode(mode)), False
+                async for _ in engine.generate(GenerationRequest(prompt, 200), Mode(mode), generation):
+                    if not cut and len(generation.token_ids) >= 4:
+                        await asyncio.to_thread(relay.drop_connections)
+                        cut = True
+                return generation
+            finally:
+                await client.close()
 
-        async def again():  # the link is back: the relay still listens
-            return await generate_ids(CloudClient(address), drafter, prompt, 24, mode)
-
-        assert asyncio.run(again()).token_ids == hf_greedy(tiny_target, prompt, 24)
+        generation = asyncio.run(asyncio.wait_for(run(), NO_HANG_S))
+    assert generation.token_ids == hf_greedy(tiny_target, prompt, 200)
+    assert generation.stats.resumes >= 1 and not generation.degraded
+    wait_for(lambda: len(cloud.running.registry) == 0)  # the cloud freed the broken session
 
 
 def test_silent_link_is_noticed_by_keepalive_on_both_sides(cloud_factory, tiny_target, tiny_drafter):
@@ -135,7 +144,9 @@ def test_silent_link_is_noticed_by_keepalive_on_both_sides(cloud_factory, tiny_t
         def black_hole():
             relay.set_config(LinkConfig(one_way_delay_s=3600.0))
 
-        client = lambda: CloudClient(address, keepalive=Keepalive(time_s=1.0, timeout_s=1.0))  # noqa: E731
+        # Once keepalive notices, the edge tries to resume for up to the connect timeout.
+        client = lambda: CloudClient(address, keepalive=Keepalive(time_s=1.0, timeout_s=1.0),  # noqa: E731
+                                     connect_timeout_s=5)
         tokens, error, seconds = run_faulted(client, drafter, prompt, black_hole)
         assert tokens == hf_greedy(tiny_target, prompt, len(tokens))
         assert seconds < 10, f"the edge took {seconds:.1f}s to notice a silent link"
@@ -153,7 +164,8 @@ def test_hung_cloud_is_noticed_by_the_response_timeout(cloud_factory, tiny_draft
     cloud.running.worker.submit(stuck.wait, NO_HANG_S)
 
     async def run():
-        client = CloudClient(cloud.address, response_timeout_s=1.0)
+        # The edge retries (another replica might answer) for up to the connect timeout.
+        client = CloudClient(cloud.address, response_timeout_s=1.0, connect_timeout_s=4)
         started = time.monotonic()
         with pytest.raises(CloudUnavailable, match="no answer for 1 s"):
             await asyncio.wait_for(generate_ids(client, drafter, drafter.tokenize(PROMPT), 8, mode), NO_HANG_S)

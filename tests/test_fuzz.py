@@ -184,6 +184,8 @@ def run_stream(channel, messages, target) -> Exchange:
                                  response_deserializer=pb.SpeculateResponse.FromString)
     try:
         for response in call(requests(), timeout=60):
+            if response.HasField("progress"):  # the acknowledgement, and progress of slow passes
+                continue
             track(exchange, response)
             exchange.responses.append(response)
             answers.put(None)
@@ -312,6 +314,9 @@ def test_fuzz_generate(fuzz_cloud, tiny_target, tiny_drafter):
         assert code in DEFINED
         seen[code.name] += 1
         if code == grpc.StatusCode.OK:
+            progress = [r.HasField("progress") for r in responses]
+            assert progress[0] and progress == sorted(progress, reverse=True)  # acknowledged, then tokens
+            responses = responses[sum(progress):]
             positions = [r.position for r in responses]
             assert positions == list(range(positions[0], positions[0] + len(responses)))
             finishes = [r.finish_reason != pb.FINISH_REASON_UNSPECIFIED for r in responses]

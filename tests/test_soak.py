@@ -57,14 +57,14 @@ def full_session(stub, rng, fingerprint) -> None:
     call_requests = _Requests()  # the blocking API, driven message by message
     responses = stub.Speculate(iter(call_requests), timeout=30)
     call_requests.put(open_request(rng, fingerprint))
-    started = next(responses).started
+    started = first_answer(responses)
     position, token = started.position, started.token_id
     finished = started.finish_reason != pb.FINISH_REASON_UNSPECIFIED
     while not finished:
         drafts = [rng.randrange(1000, 40000) for _ in range(3)]
         call_requests.put(pb.SpeculateRequest(draft=pb.DraftBlock(start_position=position,
                                                                   token_ids=[token, *drafts])))
-        verdict = next(responses).verdict
+        verdict = next_answer(responses).verdict
         assert not verdict.stale
         accepted = drafts[: verdict.accepted_count]
         position += len(accepted) + (1 if verdict.HasField("next_token") else 0)
@@ -79,11 +79,22 @@ def cancelled_session(stub, rng, fingerprint) -> None:
     call_requests = _Requests()
     responses = stub.Speculate(iter(call_requests), timeout=30)
     call_requests.put(open_request(rng, fingerprint))
-    started = next(responses).started
+    started = first_answer(responses)
     call_requests.put(pb.SpeculateRequest(draft=pb.DraftBlock(start_position=started.position,
                                                               token_ids=[started.token_id, 5, 6, 7])))
     responses.cancel()
     call_requests.close()
+
+
+def next_answer(responses) -> pb.SpeculateResponse:
+    """The next response that is not a progress message."""
+    while (response := next(responses)).HasField("progress"):
+        pass
+    return response
+
+
+def first_answer(responses) -> pb.SessionStarted:
+    return next_answer(responses).started
 
 
 class _Requests:
@@ -157,7 +168,7 @@ def test_soak_sessions_are_freed(tiny_models, tiny_target):
         streams = [stub.Speculate(iter(r), timeout=30) for r in held]
         for requests, responses in zip(held, streams):
             requests.put(open_request(rng, tiny_target.fingerprint))
-            assert next(responses).HasField("started")
+            assert first_answer(responses) is not None
         for requests in held:
             requests.close()
         samples["end"] = rss_mib(pid)

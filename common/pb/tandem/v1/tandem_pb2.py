@@ -24,43 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n common/pb/tandem/v1/tandem.proto\x12\ttandem.v1\"\r\n\x0bInfoRequest\"\xbb\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12!\n\x06limits\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x15\n\rchat_template\x18\x07 \x01(\t\"\xa0\x01\n\x06Limits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x17\n\x0fmax_draft_top_k\x18\x04 \x01(\r\x12\x17\n\x0fmax_stop_tokens\x18\x05 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\r\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x97\x02\n\x0bSessionOpen\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x18\n\x10\x64raft_model_name\x18\x06 \x01(\t\x12(\n\ndraft_mode\x18\x07 \x01(\x0e\x32\x14.tandem.v1.DraftMode\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x14\n\x0cstop_strings\x18\t \x03(\t\"2\n\nSparseDist\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\tprobs_u16\x18\x02 \x03(\r\"c\n\nDraftBlock\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x0b\x64raft_dists\x18\x03 \x03(\x0b\x32\x15.tandem.v1.SparseDist\"j\n\x10SpeculateRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tandem.v1.SessionOpenH\x00\x12&\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x15.tandem.v1.DraftBlockH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x0eSessionStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x16\n\x0e\x66orward_passes\x18\x04 \x01(\rB\x0b\n\t_token_id\"\xb8\x01\n\x07Verdict\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\nnext_token\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\rB\r\n\x0b_next_token\"p\n\x11SpeculateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.tandem.v1.SessionStartedH\x00\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x12.tandem.v1.VerdictH\x00\x42\x06\n\x04kind\"\xc8\x01\n\x0fGenerateRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x13\n\x0breturn_text\x18\x06 \x01(\x08\x12\x14\n\x0cstop_strings\x18\x07 \x03(\t\"\x9e\x01\n\x10GenerateResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\rB\x0b\n\t_token_id*Z\n\tDraftMode\x12\x1a\n\x16\x44RAFT_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RAFT_MODE_TOKEN_IDS\x10\x01\x12\x17\n\x13\x44RAFT_MODE_SPARSE_Q\x10\x02*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x03\x32\xd4\x01\n\x06Tandem\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12J\n\tSpeculate\x12\x1b.tandem.v1.SpeculateRequest\x1a\x1c.tandem.v1.SpeculateResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n common/pb/tandem/v1/tandem.proto\x12\ttandem.v1\"\r\n\x0bInfoRequest\"\xfe\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12!\n\x06limits\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x15\n\rchat_template\x18\x07 \x01(\t\x12\x0f\n\x07replica\x18\x12 \x01(\t\x12\x30\n\x0especial_tokens\x18\x08 \x01(\x0b\x32\x18.tandem.v1.SpecialTokens\"\xbb\x01\n\rSpecialTokens\x12\x19\n\x0c\x62os_token_id\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tbos_token\x18\x02 \x01(\t\x12\x15\n\radd_bos_token\x18\x03 \x01(\x08\x12\x19\n\x0c\x65os_token_id\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x11\n\teos_token\x18\x05 \x01(\t\x12\x15\n\radd_eos_token\x18\x06 \x01(\x08\x42\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"\xa0\x01\n\x06Limits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x17\n\x0fmax_draft_top_k\x18\x04 \x01(\r\x12\x17\n\x0fmax_stop_tokens\x18\x05 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\r\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x97\x02\n\x0bSessionOpen\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x18\n\x10\x64raft_model_name\x18\x06 \x01(\t\x12(\n\ndraft_mode\x18\x07 \x01(\x0e\x32\x14.tandem.v1.DraftMode\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x14\n\x0cstop_strings\x18\t \x03(\t\"2\n\nSparseDist\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\tprobs_u16\x18\x02 \x03(\r\"c\n\nDraftBlock\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x0b\x64raft_dists\x18\x03 \x03(\x0b\x32\x15.tandem.v1.SparseDist\"j\n\x10SpeculateRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tandem.v1.SessionOpenH\x00\x12&\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x15.tandem.v1.DraftBlockH\x00\x42\x06\n\x04kind\"\x9f\x01\n\x0eSessionStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x16\n\x0e\x66orward_passes\x18\x04 \x01(\r\x12\x0f\n\x07replica\x18\x07 \x01(\tB\x0b\n\t_token_id\"\xb8\x01\n\x07Verdict\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\nnext_token\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\rB\r\n\x0b_next_token\"<\n\x08Progress\x12\x18\n\x10prefilled_tokens\x18\x01 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x02 \x01(\r\"\xc2\x01\n\x11SpeculateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.tandem.v1.SessionStartedH\x00\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x12.tandem.v1.VerdictH\x00\x12\'\n\x08progress\x18\x03 \x01(\x0b\x32\x13.tandem.v1.ProgressH\x00\x12\'\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x16.tandem.v1.DrainNoticeH\x00\x42\x06\n\x04kind\".\n\x0b\x44rainNotice\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xe2\x01\n\x0fGenerateRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x13\n\x0breturn_text\x18\x06 \x01(\x08\x12\x14\n\x0cstop_strings\x18\x07 \x03(\t\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\"\xfd\x01\n\x10GenerateResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\r\x12%\n\x08progress\x18\x06 \x01(\x0b\x32\x13.tandem.v1.Progress\x12%\n\x05\x64rain\x18\t \x01(\x0b\x32\x16.tandem.v1.DrainNotice\x12\x0f\n\x07replica\x18\n \x01(\tB\x0b\n\t_token_id*Z\n\tDraftMode\x12\x1a\n\x16\x44RAFT_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RAFT_MODE_TOKEN_IDS\x10\x01\x12\x17\n\x13\x44RAFT_MODE_SPARSE_Q\x10\x02*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x03\x32\xd4\x01\n\x06Tandem\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12J\n\tSpeculate\x12\x1b.tandem.v1.SpeculateRequest\x1a\x1c.tandem.v1.SpeculateResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common.pb.tandem.v1.tandem_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DRAFTMODE']._serialized_start=1851
-  _globals['_DRAFTMODE']._serialized_end=1941
-  _globals['_FINISHREASON']._serialized_start=1943
-  _globals['_FINISHREASON']._serialized_end=2065
+  _globals['_DRAFTMODE']._serialized_start=2439
+  _globals['_DRAFTMODE']._serialized_end=2529
+  _globals['_FINISHREASON']._serialized_start=2531
+  _globals['_FINISHREASON']._serialized_end=2653
   _globals['_INFOREQUEST']._serialized_start=47
   _globals['_INFOREQUEST']._serialized_end=60
   _globals['_INFORESPONSE']._serialized_start=63
-  _globals['_INFORESPONSE']._serialized_end=250
-  _globals['_LIMITS']._serialized_start=253
-  _globals['_LIMITS']._serialized_end=413
-  _globals['_SAMPLINGPARAMS']._serialized_start=415
-  _globals['_SAMPLINGPARAMS']._serialized_end=496
-  _globals['_SESSIONOPEN']._serialized_start=499
-  _globals['_SESSIONOPEN']._serialized_end=778
-  _globals['_SPARSEDIST']._serialized_start=780
-  _globals['_SPARSEDIST']._serialized_end=830
-  _globals['_DRAFTBLOCK']._serialized_start=832
-  _globals['_DRAFTBLOCK']._serialized_end=931
-  _globals['_SPECULATEREQUEST']._serialized_start=933
-  _globals['_SPECULATEREQUEST']._serialized_end=1039
-  _globals['_SESSIONSTARTED']._serialized_start=1042
-  _globals['_SESSIONSTARTED']._serialized_end=1184
-  _globals['_VERDICT']._serialized_start=1187
-  _globals['_VERDICT']._serialized_end=1371
-  _globals['_SPECULATERESPONSE']._serialized_start=1373
-  _globals['_SPECULATERESPONSE']._serialized_end=1485
-  _globals['_GENERATEREQUEST']._serialized_start=1488
-  _globals['_GENERATEREQUEST']._serialized_end=1688
-  _globals['_GENERATERESPONSE']._serialized_start=1691
-  _globals['_GENERATERESPONSE']._serialized_end=1849
-  _globals['_TANDEM']._serialized_start=2068
-  _globals['_TANDEM']._serialized_end=2280
+  _globals['_INFORESPONSE']._serialized_end=317
+  _globals['_SPECIALTOKENS']._serialized_start=320
+  _globals['_SPECIALTOKENS']._serialized_end=507
+  _globals['_LIMITS']._serialized_start=510
+  _globals['_LIMITS']._serialized_end=670
+  _globals['_SAMPLINGPARAMS']._serialized_start=672
+  _globals['_SAMPLINGPARAMS']._serialized_end=753
+  _globals['_SESSIONOPEN']._serialized_start=756
+  _globals['_SESSIONOPEN']._serialized_end=1035
+  _globals['_SPARSEDIST']._serialized_start=1037
+  _globals['_SPARSEDIST']._serialized_end=1087
+  _globals['_DRAFTBLOCK']._serialized_start=1089
+  _globals['_DRAFTBLOCK']._serialized_end=1188
+  _globals['_SPECULATEREQUEST']._serialized_start=1190
+  _globals['_SPECULATEREQUEST']._serialized_end=1296
+  _globals['_SESSIONSTARTED']._serialized_start=1299
+  _globals['_SESSIONSTARTED']._serialized_end=1458
+  _globals['_VERDICT']._serialized_start=1461
+  _globals['_VERDICT']._serialized_end=1645
+  _globals['_PROGRESS']._serialized_start=1647
+  _globals['_PROGRESS']._serialized_end=1707
+  _globals['_SPECULATERESPONSE']._serialized_start=1710
+  _globals['_SPECULATERESPONSE']._serialized_end=1904
+  _globals['_DRAINNOTICE']._serialized_start=1906
+  _globals['_DRAINNOTICE']._serialized_end=1952
+  _globals['_GENERATEREQUEST']._serialized_start=1955
+  _globals['_GENERATEREQUEST']._serialized_end=2181
+  _globals['_GENERATERESPONSE']._serialized_start=2184
+  _globals['_GENERATERESPONSE']._serialized_end=2437
+  _globals['_TANDEM']._serialized_start=2656
+  _globals['_TANDEM']._serialized_end=2868
 # @@protoc_insertion_point(module_scope)

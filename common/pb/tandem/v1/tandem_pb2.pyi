@@ -32,7 +32,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template")
+    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "eos_token_ids", "max_context", "limits", "chat_template", "replica", "special_tokens")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class InfoResponse(_message.Message):
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -47,7 +49,25 @@ class InfoResponse(_message.Message):
     max_context: int
     limits: Limits
     chat_template: str
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ...) -> None: ...
+    replica: str
+    special_tokens: SpecialTokens
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_context: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., chat_template: _Optional[str] = ..., replica: _Optional[str] = ..., special_tokens: _Optional[_Union[SpecialTokens, _Mapping]] = ...) -> None: ...
+
+class SpecialTokens(_message.Message):
+    __slots__ = ("bos_token_id", "bos_token", "add_bos_token", "eos_token_id", "eos_token", "add_eos_token")
+    BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADD_BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ADD_EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    bos_token_id: int
+    bos_token: str
+    add_bos_token: bool
+    eos_token_id: int
+    eos_token: str
+    add_eos_token: bool
+    def __init__(self, bos_token_id: _Optional[int] = ..., bos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., eos_token_id: _Optional[int] = ..., eos_token: _Optional[str] = ..., add_eos_token: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k", "max_stop_tokens", "idle_timeout_ms")
@@ -126,16 +146,18 @@ class SpeculateRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., draft: _Optional[_Union[DraftBlock, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "forward_passes")
+    __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
     forward_passes: int
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ...) -> None: ...
+    replica: str
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes")
@@ -153,16 +175,36 @@ class Verdict(_message.Message):
     forward_passes: int
     def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ...) -> None: ...
 
+class Progress(_message.Message):
+    __slots__ = ("prefilled_tokens", "prefill_tokens")
+    PREFILLED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prefilled_tokens: int
+    prefill_tokens: int
+    def __init__(self, prefilled_tokens: _Optional[int] = ..., prefill_tokens: _Optional[int] = ...) -> None: ...
+
 class SpeculateResponse(_message.Message):
-    __slots__ = ("started", "verdict")
+    __slots__ = ("started", "verdict", "progress", "drain")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     started: SessionStarted
     verdict: Verdict
-    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    drain: DrainNotice
+    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ...) -> None: ...
+
+class DrainNotice(_message.Message):
+    __slots__ = ("replica", "reason")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    reason: str
+    def __init__(self, replica: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt_token_ids", "prompt_text", "sampling", "max_new_tokens", "stop_token_ids", "return_text", "stop_strings")
+    __slots__ = ("prompt_token_ids", "prompt_text", "sampling", "max_new_tokens", "stop_token_ids", "return_text", "stop_strings", "resume_token_ids")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +212,7 @@ class GenerateRequest(_message.Message):
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prompt_text: str
     sampling: SamplingParams
@@ -177,18 +220,25 @@ class GenerateRequest(_message.Message):
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     return_text: bool
     stop_strings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., return_text: _Optional[bool] = ..., stop_strings: _Optional[_Iterable[str]] = ...) -> None: ...
+    resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., return_text: _Optional[bool] = ..., stop_strings: _Optional[_Iterable[str]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "text", "forward_passes")
+    __slots__ = ("position", "token_id", "finish_reason", "text", "forward_passes", "progress", "drain", "replica")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
     text: str
     forward_passes: int
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ..., forward_passes: _Optional[int] = ...) -> None: ...
+    progress: Progress
+    drain: DrainNotice
+    replica: str
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ..., forward_passes: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...

@@ -64,8 +64,10 @@ class TandemServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Speculate(self, request_iterator, context):
-        """One speculative generation. The edge opens with `SpeculateRequest.open`, the cloud
-        answers `SpeculateResponse.started` with the first token; then the edge sends draft
+        """One speculative generation. The edge opens with `SpeculateRequest.open`; the cloud
+        acknowledges it at once with `SpeculateResponse.progress` (before any model work), sends
+        more progress while it prefills a long prompt, then answers `SpeculateResponse.started`
+        with the first token; then the edge sends draft
         blocks and the cloud answers every block, in order, with exactly one verdict. The
         stream ends when a verdict carries a finish reason, or when the edge half-closes.
         """
