@@ -69,6 +69,7 @@ def add_parser(subparsers) -> None:
                         "token corrupted at this rate (acceptance about 1 - rate)")
     g.add_argument("--load-draft-tokens", type=int, default=8, help="hybrid load: drafts per block")
     g.add_argument("--max-batch-tokens", type=int, default=256, help="the cloud's --max-batch-tokens")
+    g.add_argument("--batch-wait-ms", type=float, default=50.0, help="the cloud's --batch-wait-ms")
     g.add_argument("--long-prompt-tokens", type=int, default=2000,
                    help="then rerun the largest hybrid load minus one while a prompt this long joins "
                         "(0: skip)")

@@ -331,7 +331,7 @@ def run(args) -> int:
                   f"{row['sessions_per_pass']:.1f} sessions/pass  elapsed {elapsed:5.0f}s", file=sys.stderr, flush=True)
 
     extra = ["--max-sessions", str(max(args.session_counts) + 8), "--max-batch-tokens", str(args.max_batch_tokens),
-             "--metrics-port", str(_free_port())]
+             "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--metrics-port", str(_free_port())]
     if args.dtype:
         extra += ["--dtype", args.dtype]
     try:
@@ -350,7 +350,8 @@ def run(args) -> int:
         "command": "tandem " + " ".join(sys.argv[1:]),
         "settings": {"sessions": args.session_counts, "modes": args.load_modes, "max_tokens": args.max_tokens,
                      "draft_tokens": args.load_draft_tokens, "corrupt_rate": args.corrupt_rate,
-                     "max_batch_tokens": args.max_batch_tokens, "long_prompt_tokens": args.long_prompt_tokens,
+                     "max_batch_tokens": args.max_batch_tokens, "batch_wait_ms": args.batch_wait_ms,
+                     "long_prompt_tokens": args.long_prompt_tokens,
                      "model": args.model, "dtype": args.dtype or "auto"},
         "machine": {"cpu_count": os.cpu_count(), "cloud_cpus": cloud_cpus_seen, "cloud_torch_threads": torch_threads,
                     "client_cpus": sorted(edge_cpus), "load_average_start": load_start,

@@ -62,6 +62,11 @@ class CloudConfig:
         256, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
              "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
              "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS)
+    batch_wait_ms: float = setting(
+        50.0, "a pass waits up to this long (and at most a quarter of the last pass's time) for the hybrid "
+              "sessions the last pass answered to send their next block, so they share passes instead of "
+              "splitting into alternating halves; 0 never waits (default %(default)s)", env="BATCH_WAIT_MS",
+        group=LIMITS)
     prefix_cache_mb: int = setting(
         256, "memory for KV snapshots of repeated prompts and of finished sessions' histories "
              "(cloud/prefix_cache.py), so sampling N completions of one prompt prefills it once and a chat's "
@@ -105,6 +110,8 @@ class CloudConfig:
             raise InvalidArgument("--metrics-port must be a port number (0 disables)")
         if self.max_batch_tokens < 1:
             raise InvalidArgument("--max-batch-tokens must be >= 1")
+        if self.batch_wait_ms < 0:
+            raise InvalidArgument("--batch-wait-ms must be >= 0")
         if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
             raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
         if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:

@@ -123,7 +123,7 @@ class TargetModel:
         return PagedKV(self)
 
     @torch.inference_mode()
-    def forward_batch(self, pool: PagedKV, segments: Sequence[Segment]) -> list[np.ndarray]:
+    def forward_batch(self, pool: PagedKV, segments: Sequence[Segment]) -> list[DeviceLogits]:
         """One forward pass over every segment's tokens, each appended to its own KV cache.
 
         Returns, per segment, the logits of its last `keep` tokens ([keep, vocab] float32; HF's
@@ -138,8 +138,8 @@ class TargetModel:
             for segment, start in zip(segments, starts):
                 segment.table.truncate(start)
             raise
-        logits = out.logits[0].float().cpu().numpy()  # [sum of keep, vocab]
-        return np.split(logits, np.cumsum([s.keep for s in segments])[:-1])
+        logits = out.logits[0].float()  # [sum of keep, vocab], still on the model's device
+        return [DeviceLogits(rows) for rows in torch.split(logits, [s.keep for s in segments])]
 
     def free_memory_bytes(self) -> int:
         """Memory still free on the model's device (for the default KV-cache budget)."""
@@ -156,8 +156,30 @@ class TargetModel:
         """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""
         pool = self.new_kv_pool()
         table = pool.new_table()
-        self.forward_batch(pool, [Segment(table, self.tokenize("Hello") or [0], 1)])
+        self.forward_batch(pool, [Segment(table, self.tokenize("Hello") or [0], 1)])[0].argmax()
         table.release()
+
+
+class DeviceLogits:
+    """One segment's logits where the model left them ([rows, vocab] float32 on its device).
+
+    Greedy verification needs only each row's argmax, so only those ids cross to the host (on
+    a GPU the device is not left idle while the whole block's logits are copied); sampling
+    takes the rows to the host once, where the keyed randomness runs bit-identically in numpy.
+    torch.argmax, like numpy's, returns the first of tied maxima.
+    """
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+        self._host: np.ndarray | None = None
+
+    def argmax(self) -> list[int]:
+        return self.rows.argmax(dim=-1).tolist()
+
+    def numpy(self) -> np.ndarray:
+        if self._host is None:
+            self._host = self.rows.cpu().numpy()
+        return self._host
 
 
 @dataclass

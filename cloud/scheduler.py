@@ -59,7 +59,10 @@ class _Job:
 
     def resolve(self, result) -> None:
         if self.emit is not None:
-            self.emit(result)
+            try:
+                self.emit(result)
+            except RuntimeError:  # the caller's event loop is gone (shutdown): nobody is listening
+                pass
         elif self.future is not None and not self.future.done():
             try:
                 if isinstance(result, BaseException):
@@ -87,11 +90,14 @@ class NoMetrics:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch_tokens: int = 256, metrics=None):
-        assert max_batch_tokens >= 1
+    def __init__(self, model, max_batch_tokens: int = 256, metrics=None, batch_wait_s: float = 0.05):
+        assert max_batch_tokens >= 1 and batch_wait_s >= 0
         self.model = model
         self.kv = model.new_kv_pool()
         self.max_batch_tokens = max_batch_tokens
+        self.batch_wait_s = batch_wait_s
+        self._expected: set[VerifierSession] = set()  # Speculate sessions answered by the last pass
+        self._last_step_s = 0.0
         self.metrics = metrics or NoMetrics()
         self.forward_passes = 0
         self.pass_started: float | None = None  # monotonic time the pass in flight began; None between passes
@@ -152,12 +158,35 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             idle = not self._ready and not self._prefilling
-            if not self._take_jobs(block=idle):
+            if not self._take_jobs(block=idle) or not self._gather():
                 break
             batch = self._fill_pass()
             if batch:
                 self._step(batch)
         self._fail_all(ShuttingDown("the server is shutting down"))
+
+    def _gather(self) -> bool:
+        """Waits briefly for the Speculate sessions of the last pass to send their next block.
+
+        Their verdicts went out at the end of that pass; their next blocks come back a round
+        trip (plus drafting) later. Starting the pass without them would run it half full
+        and leave them a whole pass to wait: hybrid sessions would split into two alternating
+        halves. So wait up to batch_wait_s, and never more than a quarter of the last pass's
+        time, while some of them are missing. False once shut down.
+        """
+        deadline = time.monotonic() + min(self.batch_wait_s, self._last_step_s / 4)
+        while self._ready and self._expected - {job.session for _, job in self._ready}:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                job = self._inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            if job is None:
+                return False
+            self._handle(job)
+        return True
 
     def _take_jobs(self, block: bool) -> bool:
         """Handles every job that has arrived (waits for one when idle); False once shut down."""
@@ -180,6 +209,7 @@ class Scheduler:
                 job.resolve(fn(*args))
             elif job.kind == "close":
                 self._forget(job.session)
+                self._expected.discard(job.session)
                 job.session.close()
                 job.resolve(None)
             elif job.kind in ("start", "generate"):
@@ -256,7 +286,8 @@ class Scheduler:
             return
         self.pass_started = None
         self.forward_passes += 1
-        self.metrics.step(len(batch), sum(len(w.token_ids) for w, _ in batch), time.monotonic() - started)
+        self._last_step_s = time.monotonic() - started
+        self.metrics.step(len(batch), sum(len(w.token_ids) for w, _ in batch), self._last_step_s)
         for (work, job), rows in zip(batch, logits):
             work.session.forward_passes += 1
             try:
@@ -266,6 +297,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001
                 self._forget(job.session)
                 job.resolve(exc)
+        self._expected = {job.session for _, job in batch if job.kind == "verify" and not job.session.finished}
 
     def _fail_all(self, exc: Exception) -> None:
         for _, job in self._ready:

@@ -114,7 +114,7 @@ async def start_server(config: CloudConfig, model, security=None) -> RunningServ
     """
     auth, credentials = security or load_security(config)
     metrics = CloudMetrics()
-    worker = Scheduler(model, config.max_batch_tokens, metrics)
+    worker = Scheduler(model, config.max_batch_tokens, metrics, config.batch_wait_ms / 1000)
     registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token,
                                BLOCK_SIZE)
     metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, registry.kv_budget_bytes)

@@ -36,6 +36,23 @@ from common.wire import (
 )
 
 
+class HostLogits:
+    """Logits already in host memory ([rows, vocab] float32), e.g. a prefix-cache snapshot's.
+
+    Same interface as cloud.model.DeviceLogits, which a forward pass returns: argmax() gives
+    each row's greedy token, numpy() the rows themselves.
+    """
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def argmax(self) -> list[int]:
+        return [sampling.greedy(row) for row in self.rows]
+
+    def numpy(self) -> np.ndarray:
+        return self.rows
+
+
 class TokenChooser:
     """The target's decision rule at one position, shared by Speculate and Generate."""
 
@@ -52,20 +69,27 @@ class TokenChooser:
             return sampling.greedy(logits)
         return sampling.sample_keyed(self.probs(logits), self.params.seed, sampling.STREAM_TARGET, position)
 
+    def choose_first(self, logits, position: int) -> int:
+        """The target's token from the first row of `logits` (DeviceLogits or HostLogits).
+        Greedy: only the argmax id leaves the device."""
+        if self.params.greedy:
+            return logits.argmax()[0]
+        return self.choose(logits.numpy()[0], position)
+
 
 @dataclass
 class Work:
     """What a session needs from the next forward pass.
 
     token_ids are appended to the session's KV cache; `finish` receives the logits of the last
-    `keep` of them ([keep, vocab]) and returns the session's answer (None while a prefill is
+    `keep` of them (cloud.model.DeviceLogits, [keep, vocab]) and returns the session's answer (None while a prefill is
     only partly done).
     """
 
     session: VerifierSession
     token_ids: list[int]
     keep: int
-    finish: Callable[[np.ndarray], object]
+    finish: Callable[[object], object]
     drafted: int = 0  # draft tokens verified by this pass (for the spec-decode metrics)
 
 
@@ -165,7 +189,7 @@ class VerifierSession:
         if snapshot is not None:
             self.table = snapshot.kv.fork()
             self.prefilled = len(self.tokens)
-            return self._started(snapshot.logits[None])
+            return self._started(HostLogits(snapshot.logits[None]))
         self.table = self._reuse_prefix() or self.kv.new_table()
         return None
 
@@ -206,13 +230,13 @@ class VerifierSession:
             return Work(self, chunk, 0, lambda logits: None)
         return Work(self, chunk, 1, self._prefilled)
 
-    def _prefilled(self, logits: np.ndarray) -> SessionStarted:
-        self._store_snapshot(logits[0])
+    def _prefilled(self, logits) -> SessionStarted:
+        self._store_snapshot(logits)
         return self._started(logits)
 
-    def _started(self, logits: np.ndarray) -> SessionStarted:
+    def _started(self, logits) -> SessionStarted:
         position = len(self.tokens)
-        first = self.chooser.choose(logits[0], position)
+        first = self.chooser.choose_first(logits, position)
         accepted = self._commit([first])
         token = accepted[0] if accepted else None
         return SessionStarted(position, token, self.finished, self.forward_passes)
@@ -245,9 +269,9 @@ class VerifierSession:
         drafts = drafts[: max(0, min(budget, room) - 1)]
         dists = block.draft_dists[overlap - 1 : overlap - 1 + len(drafts)] if sparse else []
 
-        def finish(logits: np.ndarray) -> Verdict:
+        def finish(logits) -> Verdict:
             if not drafts and self._shared_prefix:
-                self._store_snapshot(logits[0])
+                self._store_snapshot(logits)
             self._shared_prefix = False
             return self._judge(block.start_position, logits, drafts, dists, sparse)
 
@@ -257,18 +281,18 @@ class VerifierSession:
                 self.table.release()
                 self.table = snapshot.kv.fork()
                 self._shared_prefix = False
-                return self._judge(block.start_position, snapshot.logits[None], drafts, dists, sparse)
+                return self._judge(block.start_position, HostLogits(snapshot.logits[None]), drafts, dists, sparse)
         return Work(self, [self.tokens[-1], *drafts], len(drafts) + 1, finish, drafted=len(drafts))
 
     def decode_work(self) -> Verdict | Work:
         """One plain decoding step (a block of just the pending token), for Generate."""
         return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1]]))
 
-    def _judge(self, start_position: int, logits: np.ndarray, drafts: list[int], dists, sparse: bool) -> Verdict:
+    def _judge(self, start_position: int, logits, drafts: list[int], dists, sparse: bool) -> Verdict:
         """The verdict on `drafts` from the target's logits at and after them ([len(drafts) + 1, vocab])."""
         first_position = len(self.tokens)
         if sparse:
-            accepted, next_token = self._rejection_sample(logits, drafts, dists, first_position)
+            accepted, next_token = self._rejection_sample(logits.numpy(), drafts, dists, first_position)
         else:
             accepted, next_token = self._match_targets(logits, drafts, first_position)
         self.table.truncate(len(self.tokens) + accepted)
@@ -277,9 +301,15 @@ class VerifierSession:
         next_out = committed[accepted] if len(committed) > accepted else None
         return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
 
-    def _match_targets(self, logits: np.ndarray, drafts: list[int], first_position: int) -> tuple[int, int]:
-        """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab]."""
-        return sampling.match_targets(drafts, lambda i: self.chooser.choose(logits[i], first_position + i))
+    def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
+        """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
+
+        Greedy: only the argmax ids leave the model's device (DeviceLogits.argmax).
+        """
+        if self.chooser.params.greedy:
+            return sampling.match_targets(drafts, logits.argmax().__getitem__)
+        rows = logits.numpy()
+        return sampling.match_targets(drafts, lambda i: self.chooser.choose(rows[i], first_position + i))
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]
@@ -310,14 +340,14 @@ class VerifierSession:
             if x not in d.token_ids or d.weights[d.token_ids.index(x)] == 0:
                 raise InvalidArgument(f"draft token {i} has zero probability under its own distribution")
 
-    def _store_snapshot(self, logits: np.ndarray) -> None:
+    def _store_snapshot(self, logits) -> None:
         """Offers the prefix cache the KV of self.tokens, all of them, and the logits after them.
 
         Called right after a pass fed the last of self.tokens, before anything is committed. The
         snapshot shares this session's blocks; whoever writes into a shared block copies it first.
         """
-        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, logits.nbytes):
-            self.prefix_cache.put(self.tokens, self.table.fork(), logits)
+        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, 4 * self.model.vocab_size):
+            self.prefix_cache.put(self.tokens, self.table.fork(), logits.numpy()[0])
 
     def _commit(self, new_tokens: list[int]) -> list[int]:
         """Appends tokens up to the first stop token or limit; returns those appended."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 
 from common.special_tokens import SpecialTokens
 
@@ -40,12 +39,13 @@ class TargetEngine(Protocol):
     def new_kv_pool(self) -> Any:
         """An empty KV pool (cloud.model.PagedKV for transformers) that sessions' block tables live in."""
 
-    def forward_batch(self, pool: Any, segments: Sequence[Any]) -> list[np.ndarray]:
+    def forward_batch(self, pool: Any, segments: Sequence[Any]) -> list[Any]:
         """One forward pass over every segment's tokens (cloud.model.Segment: a session's block
         table, its new token ids, how many logits to keep), each appended to its own KV cache.
 
-        Returns, per segment, the logits of its last `keep` tokens, [keep, vocab] float32. On
-        failure every table is as before.
+        Returns, per segment, the logits of its last `keep` tokens, [keep, vocab] float32, as an
+        object with argmax() (each row's greedy id, a list) and numpy() (the rows on the host),
+        like cloud.model.DeviceLogits. On failure every table is as before.
         """
 
     def free_memory_bytes(self) -> int:

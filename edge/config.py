@@ -50,6 +50,10 @@ class EdgeConfig:
                                        group=EDGE)
     threads: int = setting(0, "llama.cpp threads; 0 = the CPUs this process may run on", env="THREADS", group=EDGE)
     n_ctx: int = setting(4096, "draft context window (default %(default)s)", group=EDGE)
+    draft_slots: int = setting(
+        2, "hybrid or edge answers that may draft at once, each with its own draft context over the same model "
+           "file (made on first need; more wait their turn). Cloud-only answers need none and always run at "
+           "once (default %(default)s)", env="DRAFT_SLOTS", group=EDGE)
     connect_timeout_s: float = setting(10.0, "seconds to wait for the cloud (default %(default)s)",
                                        flag="--connect-timeout", group=EDGE)
     speculation: SpeculationConfig = settings.group(SpeculationConfig)

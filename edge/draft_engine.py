@@ -43,5 +43,9 @@ class DraftEngine(Protocol):
         """Logits [vocab] for the position after `context`, rolling back whatever of the last
         sequence `context` does not share (exact rollback: a rejection must leave no trace)."""
 
+    def sibling(self) -> DraftEngine:
+        """Another context over the same model, with an empty cache, for a second generation to
+        draft at the same time (EdgeEngine's draft slots)."""
+
     def close(self) -> None:
         """Frees the model; may wait for a call still running in a worker thread."""

@@ -113,17 +113,23 @@ def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
 
 class EdgeEngine:
     def __init__(self, drafter: DraftEngine | None, client: CloudClient | None, config: SpeculationConfig | None = None,
-                 fallback: FallbackConfig | None = None):
+                 fallback: FallbackConfig | None = None, draft_slots: int = 1):
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
 
-        drafter=None: cloud mode only (the thin client)."""
+        drafter=None: cloud mode only (the thin client). draft_slots: hybrid or edge generations
+        that may draft at once. Each beyond the first gets its own context over the same model
+        file (drafter.sibling(), made on first need), so concurrent answers interleave their
+        drafting instead of queueing whole answers.
+        """
         self.drafter = drafter
         self.client = client
         self.config = config or SpeculationConfig()
         self.fallback = fallback or FallbackConfig(enabled=False)
         self.cloud_info: ModelInfo | None = None
         self.cloud = CloudWatch(self._probe, self.fallback)
-        self._draft_lock = asyncio.Lock()  # one hybrid or edge generation at a time drives the draft model
+        self._draft_slots = asyncio.Semaphore(max(1, draft_slots))
+        self._idle_drafters = [drafter]  # draft contexts no generation holds now
+        self._siblings: list = []  # contexts made beyond `drafter` (closed with the engine)
 
     async def open(self) -> None:
         """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
@@ -140,6 +146,23 @@ class EdgeEngine:
 
     async def close(self) -> None:
         await self.cloud.close()
+        for sibling in self._siblings:
+            sibling.close()
+        self._siblings.clear()
+
+    @contextlib.asynccontextmanager
+    async def _draft_context(self):
+        """A draft context of its own for one generation (waits while all slots are taken)."""
+        async with self._draft_slots:
+            if self._idle_drafters:
+                drafter = self._idle_drafters.pop()
+            else:
+                drafter = await asyncio.to_thread(self.drafter.sibling)
+                self._siblings.append(drafter)
+            try:
+                yield drafter
+            finally:
+                self._idle_drafters.append(drafter)
 
     async def _probe(self) -> None:
         await self.connect(self.fallback.timeout_s)
@@ -206,20 +229,20 @@ class EdgeEngine:
         # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
         # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
         # Cloud-only generations need no draft model, so any number of them run at once.
-        drafting = self._draft_lock if mode != Mode.CLOUD else contextlib.nullcontext()
-        async with drafting, contextlib.aclosing(run(request, generation)) as tokens:
+        drafting = self._draft_context() if mode != Mode.CLOUD else contextlib.nullcontext()
+        async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
             async for source, new in tokens:
                 generation.token_ids += new
                 generation.sources += [source] * len(new)
                 yield new
 
-    async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation
+    async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation, drafter
                                ) -> AsyncIterator[Piece]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""
         reason = await self._cloud_unusable()
         if reason is None:
             try:
-                async with contextlib.aclosing(self._hybrid(request, generation)) as pieces:
+                async with contextlib.aclosing(self._hybrid(request, generation, drafter)) as pieces:
                     async for piece in pieces:
                         yield piece
                 return
@@ -228,7 +251,7 @@ class EdgeEngine:
                 if generation.finish_reason:
                     return  # every token had arrived; only the end of the stream was lost
                 reason = str(exc)
-        async with contextlib.aclosing(self._local_continuation(request, generation, reason)) as pieces:
+        async with contextlib.aclosing(self._local_continuation(request, generation, reason, drafter)) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -241,7 +264,7 @@ class EdgeEngine:
                 self.cloud.mark_down(str(exc))
         return None if self.cloud.up else self.cloud.last_error
 
-    async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str
+    async def _local_continuation(self, request: GenerationRequest, generation: Generation, reason: str, drafter
                                   ) -> AsyncIterator[Piece]:
         """Continues the answer on the draft model from the tokens committed so far."""
         done = len(generation.token_ids)
@@ -251,12 +274,12 @@ class EdgeEngine:
             generation.finish_reason = FinishReason.LENGTH
             return
         context = len(request.prompt_token_ids) + done
-        if context >= self.drafter.n_ctx:
+        if context >= drafter.n_ctx:
             raise CloudUnavailable(f"{reason}; the local model cannot take over: the conversation has {context} "
-                                   f"tokens, beyond its context of {self.drafter.n_ctx}")
+                                   f"tokens, beyond its context of {drafter.n_ctx}")
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation)) as pieces:
+        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -264,7 +287,7 @@ class EdgeEngine:
         """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
         return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
+    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
         """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
         window = self._resume_window()
@@ -276,15 +299,15 @@ class EdgeEngine:
                 max_new_tokens=request.max_new_tokens,
                 sampling=request.sampling,
                 stop_token_ids=list(request.stop_token_ids),
-                tokenizer_fingerprint=self.drafter.fingerprint,
-                draft_model_name=self.drafter.name,
+                tokenizer_fingerprint=drafter.fingerprint,
+                draft_model_name=drafter.name,
                 draft_mode=request.draft_mode,
                 resume_token_ids=list(committed),
                 stop_strings=list(request.stop_strings),
             )
             timeout = self.fallback.timeout_s if self.fallback.enabled else None
             stream = self.client.speculate(window.remaining_s())
-            run = SpeculativeRun(self.drafter, stream, session, self._fit(info), generation.stats,
+            run = SpeculativeRun(drafter, stream, session, self._fit(info), generation.stats,
                                  response_timeout_s=timeout)
             run.stop_ids |= set(info.eos_token_ids)
             resuming = bool(generation.served_by)  # an earlier session of this answer started
@@ -323,7 +346,7 @@ class EdgeEngine:
             config = dataclasses.replace(config, draft_top_k=info.max_draft_top_k)
         return config
 
-    async def _cloud(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
+    async def _cloud(self, request: GenerationRequest, generation: Generation, drafter=None) -> AsyncIterator[Piece]:
         """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
@@ -380,18 +403,17 @@ class EdgeEngine:
                 broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
 
-
-    async def _edge(self, request: GenerationRequest, generation: Generation) -> AsyncIterator[Piece]:
-        if len(request.prompt_token_ids) >= self.drafter.n_ctx:
+    async def _edge(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
+        if len(request.prompt_token_ids) >= drafter.n_ctx:
             raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
-                                 f"context of {self.drafter.n_ctx} (--n-ctx): shorten it")
+                                 f"context of {drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
-        stop_ids = set(self.drafter.eos_token_ids) | set(request.stop_token_ids)
-        stop_text = TokenStopScanner(request.stop_strings, self.drafter.token_bytes) if request.stop_strings else None
+        stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
+        stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
         for i in range(request.max_new_tokens):
             try:
-                step = self.drafter.start if i == 0 else self.drafter.next_logits
+                step = drafter.start if i == 0 else drafter.next_logits
                 logits = await asyncio.to_thread(step, context)
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT

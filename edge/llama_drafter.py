@@ -62,6 +62,7 @@ class LlamaDrafter:
         self.name = name
         self.threads = threads
         self.n_ctx = n_ctx
+        self.f32_cache = f32_cache
         self.vocab_size = self._llama.n_vocab()
         self._vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
         self._evaluated: list[int] = []
@@ -73,6 +74,14 @@ class LlamaDrafter:
         # away) leaves its thread running, so the next generation must wait for it here.
         self._lock = threading.Lock()
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
+
+    def sibling(self) -> LlamaDrafter:
+        """Another context over the same model file (mapped, so the weights are shared), for a
+        second generation to draft at the same time; it starts with an empty KV cache."""
+        other = LlamaDrafter(self.path, self.n_ctx, self.threads, self.f32_cache)
+        other.name, other.source = self.name, self.source
+        other.__dict__["tokenizer"] = self.tokenizer  # one tokenizer for both contexts
+        return other
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:

@@ -24,13 +24,14 @@ from edge.speculative import SpeculationConfig
 class LocalServer:
     def __init__(self, drafter, cloud_address: str | None, fallback: FallbackConfig | None = None,
                  speculation: SpeculationConfig | None = None, connect_timeout_s: float = 10.0,
-                 config: ServeConfig | None = None):
+                 config: ServeConfig | None = None, draft_slots: int = 1):
         self.drafter = drafter
         self.cloud_address = cloud_address
         self.fallback = fallback
         self.speculation = speculation or SpeculationConfig(draft_tokens=4)
         self.connect_timeout_s = connect_timeout_s
         self.config = config or ServeConfig(port=0)
+        self.draft_slots = draft_slots
         self.engine: EdgeEngine | None = None
         self.server: OpenAIServer | None = None
         self._loop = LoopThread("tandem-serve-test")
@@ -54,7 +55,7 @@ class LocalServer:
     async def _start(self) -> None:
         client = CloudClient(self.cloud_address, connect_timeout_s=self.connect_timeout_s) \
             if self.cloud_address else None
-        self.engine = EdgeEngine(self.drafter, client, self.speculation, self.fallback)
+        self.engine = EdgeEngine(self.drafter, client, self.speculation, self.fallback, self.draft_slots)
         await self.engine.open()
         self.server = OpenAIServer(AsyncTandem.from_engine(self.engine), self.config)
         await self.server.start()

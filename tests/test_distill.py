@@ -174,7 +174,8 @@ def test_bad_input_is_refused_before_anything_is_written(case, tiny_models, prom
 
 
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a run that hangs can be made to print every thread's stack (SIGABRT).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([sys.executable, "-m", "tandem", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
@@ -192,7 +193,12 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tiny_models, prom
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    assert process.wait(60) == 130
+    try:
+        assert process.wait(60) == 130
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # where it hangs, for the failure message
+        process.wait(30)
+        raise AssertionError(f"no exit within 60 s of SIGINT:\n{process.stdout.read()[-6000:]}") from None
     checkpointed = len(_losses(interrupted))
     total = checkpointed + 3
     resumed = _run(distill_args(tiny_models.target_dir, interrupted, prompts_file, *common, "--resume",

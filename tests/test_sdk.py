@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from conftest import hf_greedy
 
 from common.detok import IncrementalDetokenizer
@@ -90,3 +91,54 @@ def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_facto
         assert completion.token_ids == hf_greedy(tiny_target, drafter.tokenize(prompt), 48)
     assert most_live[0] == len(prompts)  # all four streams were open at the cloud at once
     assert cloud.running.worker.forward_passes < sum(c.stats["cloud_forward_passes"] for c in completions)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_factory, tiny_target, tiny_drafter,
+                                                                         slots):
+    """Each draft slot is a context of its own: two slots, two answers drafting at once; one, they take turns."""
+    import threading
+    import time
+
+    from edge.client import CloudClient
+    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+
+    cloud = cloud_factory()
+    drafter = tiny_drafter("noisy")
+    prompts = [drafter.tokenize(p) for p in ("The weather today", "Once upon a time")]
+    most_live, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            most_live[0] = max(most_live[0], len(cloud.running.registry))
+            time.sleep(0.0005)
+
+    async def main():
+        client = CloudClient(cloud.address)
+        engine = EdgeEngine(drafter, client, draft_slots=slots)
+        try:
+            await engine.connect()
+
+            async def one(prompt):
+                generation = Generation(Mode.HYBRID)
+                async for _ in engine.generate(GenerationRequest(prompt, 40), Mode.HYBRID, generation):
+                    pass
+                return generation
+
+            await asyncio.gather(*(one(p) for p in prompts))  # the second context is made on first need
+            most_live[0] = 0
+            return await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            await engine.close()
+            await client.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        generations = asyncio.run(main())
+    finally:
+        done.set()
+        watcher.join()
+    for prompt, generation in zip(prompts, generations):
+        assert generation.token_ids == hf_greedy(tiny_target, prompt, 40)
+    assert most_live[0] == slots
