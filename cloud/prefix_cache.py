@@ -36,6 +36,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A cached sequence's KV; with the logits after it for a snapshot, without for a prefix entry."""
+
     kv: object  # a BlockTable of the KV of the sequence (never written once stored; released on eviction)
     logits: np.ndarray | None  # [vocab] the logits at the sequence's last position; None: a prefix entry
     nbytes: int
@@ -61,6 +63,10 @@ class PrefixCache:
     def snapshots(self) -> int:
         """Entries with logits (the rest are prefix entries)."""
         return sum(entry.logits is not None for entry in self._entries.values())
+
+    def tables(self) -> list[object]:
+        """Every entry's KV block table (to check that only the cache holds blocks)."""
+        return [entry.kv for entry in self._entries.values()]
 
     def get(self, tokens: Sequence[int]) -> Snapshot | None:
         """The snapshot of exactly `tokens` (with its logits), if one is cached."""

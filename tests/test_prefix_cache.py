@@ -235,7 +235,7 @@ def test_evicting_histories_releases_their_blocks(f64_target):
             for _ in range(6):
                 prompt = [rng.randrange(model.vocab_size) for _ in range(rng.randrange(20, 45))]
                 await generate_turn(scheduler, chat_session(model, scheduler, cache, prompt, 10))
-                held = {block for entry in cache._entries.values() for block in entry.kv.blocks}
+                held = {block for table in cache.tables() for block in table.blocks}
                 assert allocator.used == len(held)  # only the cache holds blocks between chats
                 assert cache.bytes <= cache.max_bytes and len(cache) <= 2  # older chats were evicted
             await scheduler.run(cache.clear)
