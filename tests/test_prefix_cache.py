@@ -244,3 +244,53 @@ def test_evicting_histories_releases_their_blocks(f64_target):
         assert allocator.used == 0
     finally:
         scheduler.shutdown()
+
+
+class FailingPass:
+    """The f64 target whose `fail_at`-th forward pass breaks inside the model, after the pass has
+    made room for its tokens in the block tables but before their keys and values are written
+    (a device error, say): the pool it is given has no layers to read or write."""
+
+    class _NoLayers:
+        def __init__(self, pool):
+            self._pool = pool
+
+        def __getattr__(self, name):
+            if name in ("keys", "values"):
+                raise RuntimeError("the device went away")
+            return getattr(self._pool, name)
+
+    def __init__(self, target, fail_at: int):
+        self._target, self.fail_at, self.passes = target, fail_at, 0
+
+    def forward_batch(self, pool, segments):
+        self.passes += 1
+        return self._target.forward_batch(self._NoLayers(pool) if self.passes == self.fail_at else pool, segments)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+def test_a_session_whose_pass_failed_leaves_no_history_to_reuse(f64_target):
+    """A failed pass rolls its tables back (TargetModel.forward_batch), so the history a broken session
+    leaves holds only KV that was written, and a next turn never starts from keys nobody computed."""
+    rng = random.Random(11)
+    model = FailingPass(f64_target, fail_at=2)  # the prompt's prefill works, the first decoding step fails
+    cache = PrefixCache(64 << 20, f64_target.kv_bytes_per_token)
+    scheduler = Scheduler(model, max_batch_tokens=64)
+    prompt = [rng.randrange(f64_target.vocab_size) for _ in range(37)]
+    try:
+        async def broken_then_next_turn():
+            session = chat_session(model, scheduler, cache, prompt, 8)
+            with pytest.raises(RuntimeError, match="device went away"):
+                await generate_turn(scheduler, session)
+            first = session.tokens[len(prompt)]  # committed by the prefill; its KV write failed
+            following = [*prompt, first, *(rng.randrange(f64_target.vocab_size) for _ in range(5))]
+            nxt = chat_session(model, scheduler, cache, following, 8)
+            return following, await generate_turn(scheduler, nxt), nxt.reused_tokens
+
+        following, answer, reused = asyncio.run(broken_then_next_turn())
+        assert reused == len(prompt)  # the prompt's own snapshot (written by a pass that worked), no more
+        assert answer == hf_greedy(f64_target, following, 8)
+    finally:
+        scheduler.shutdown()
