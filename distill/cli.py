@@ -229,7 +229,7 @@ def _distill(args, config: TrainConfig, quants: list[str], prompts: list[str], h
     report = {
         "command": "tandem " + " ".join(sys.argv[1:]),
         "target": teacher.name, "student": {"layers_kept": kept, "from": args.student},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("run",)},
+        "settings": {k: v for k, v in vars(args).items() if not callable(v)},  # the flags, not the dispatch hooks
         "training": training, "heldout_prompts": heldout, "draft_tokens": args.draft_tokens,
         "eval_tokens": args.eval_tokens, "target_ms_per_token_one_thread": round(target_s * 1e3, 2),
         "drafts": as_dicts(figures),
