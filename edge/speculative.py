@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
 from common.wire import DraftBlock, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
+from edge.background import at_lowest_priority
 from edge.client import SpeculateStream
 from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
@@ -183,7 +184,9 @@ class SpeculativeRun:
             opened_at = time.perf_counter()
             await self._timed(self.stream.open(self.request), "connection")
             if not self.config.defer_draft_prefill:
-                self._prefill = asyncio.create_task(self._prefill_draft())
+                # Alongside the cloud's prefill, at the lowest priority: on a one-core edge it must
+                # not slow the edge's own handling of the first token (edge/background.py).
+                self._prefill = asyncio.create_task(self._prefill_draft(at_lowest_priority))
             started = await self._next_response("started")
             # The acknowledgement times the round trip; `started` also waited for the prefill.
             self.lengths.observe_round_trip((self._first_reply_at or self._arrived_at) - opened_at)
@@ -193,10 +196,13 @@ class SpeculativeRun:
                 yield Source.CLOUD, first
             if self._prefill is None:
                 self._prefill = asyncio.create_task(self._prefill_draft())
-                # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
-                # generating alone (as it does for good when the prompt is beyond the draft's context).
             else:
-                await self._prefill  # it ran alongside the cloud's prefill: mostly done by now
+                # It ran alongside the cloud's prefill, so it is mostly done by now: waiting up to a
+                # round trip more costs less than a block without drafts. A long prompt can take the
+                # draft far longer than the cloud, though; then go on without it.
+                await asyncio.wait({self._prefill}, timeout=self.lengths.round_trip_s or 0.05)
+            # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
+            # generating alone (as it does for good when the prompt is beyond the draft's context).
             while not self.finish:
                 for piece in await self._step():
                     yield piece
@@ -283,12 +289,12 @@ class SpeculativeRun:
             and self.tail[-1] not in self.stop_ids
         )
 
-    async def _prefill_draft(self) -> None:
+    async def _prefill_draft(self, in_thread=asyncio.to_thread) -> None:
         try:
             # Only sparse q makes the output depend on the draft's numbers; otherwise a prefix
             # shared with the last sequence (a chat's earlier turns) need not be evaluated again.
-            await asyncio.to_thread(self.drafter.start, list(self.request.prompt_token_ids)
-                                    + list(self.request.resume_token_ids), not self.policy.sparse)
+            await in_thread(self.drafter.start, list(self.request.prompt_token_ids)
+                            + list(self.request.resume_token_ids), not self.policy.sparse)
         except ContextFull:
             self._disable_drafting(at=0)
         self._draft_ready = True
