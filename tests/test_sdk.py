@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 
 import pytest
 from conftest import hf_greedy
@@ -10,6 +13,25 @@ from conftest import hf_greedy
 from common.detok import IncrementalDetokenizer
 from edge import AsyncTandem, Tandem
 from edge.config import EdgeConfig
+
+
+@contextlib.contextmanager
+def most_live_sessions(cloud):
+    """Yields a one-item list: the most sessions the cloud held at once while inside (resettable)."""
+    most_live, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            most_live[0] = max(most_live[0], len(cloud.running.registry))
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield most_live
+    finally:
+        done.set()
+        watcher.join()
 
 
 def sdk_config(tiny_cloud, tiny_models):
@@ -62,30 +84,16 @@ def test_detokenizer_flushes_an_incomplete_tail():
 def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_factory, tiny_models, tiny_target,
                                                                      tiny_drafter):
     """Cloud-only answers need no draft model, so they do not queue behind one another."""
-    import threading
-    import time
-
     cloud = cloud_factory()
     prompts = ["The weather today", "import numpy as np", "Once upon a time", "def main():"]
-    most_live, done = [0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            most_live[0] = max(most_live[0], len(cloud.running.registry))
-            time.sleep(0.0005)
 
     async def main():
         config = EdgeConfig(cloud=cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
         async with AsyncTandem(config=config, mode="cloud") as tandem:
             return await asyncio.gather(*(tandem.complete(p, max_tokens=48) for p in prompts))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with most_live_sessions(cloud) as most_live:
         completions = asyncio.run(main())
-    finally:
-        done.set()
-        watcher.join()
     drafter = tiny_drafter("noisy")
     for prompt, completion in zip(prompts, completions):
         assert completion.token_ids == hf_greedy(tiny_target, drafter.tokenize(prompt), 48)
@@ -97,21 +105,12 @@ def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_facto
 def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_factory, tiny_target, tiny_drafter,
                                                                          slots):
     """Each draft slot is a context of its own: two slots, two answers drafting at once; one, they take turns."""
-    import threading
-    import time
-
     from edge.client import CloudClient
     from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 
     cloud = cloud_factory()
     drafter = tiny_drafter("noisy")
     prompts = [drafter.tokenize(p) for p in ("The weather today", "Once upon a time")]
-    most_live, done = [0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            most_live[0] = max(most_live[0], len(cloud.running.registry))
-            time.sleep(0.0005)
 
     async def main():
         client = CloudClient(cloud.address)
@@ -132,13 +131,8 @@ def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_
             await engine.close()
             await client.close()
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with most_live_sessions(cloud) as most_live:
         generations = asyncio.run(main())
-    finally:
-        done.set()
-        watcher.join()
     for prompt, generation in zip(prompts, generations):
         assert generation.token_ids == hf_greedy(tiny_target, prompt, 40)
     assert most_live[0] == slots
