@@ -173,10 +173,17 @@ def test_bad_input_is_refused_before_anything_is_written(case, tiny_models, prom
 # -- interrupt and resume; data parallel ----------------------------------------------------------
 
 
+# `tandem ARGS` as a terminal's Ctrl-C reaches it. A shell starts background jobs (a CI script's
+# `make test &`, say) with SIGINT ignored, every child inherits that, and Python then never
+# raises KeyboardInterrupt: the interrupted run would go on training.
+TANDEM_INTERRUPTIBLE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "from tandem.cli import main; sys.exit(main())")
+
+
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
     # PYTHONFAULTHANDLER: a run that hangs can be made to print every thread's stack (SIGABRT).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tandem", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", TANDEM_INTERRUPTIBLE, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
