@@ -46,6 +46,9 @@ ACCEPTANCE_DECAY = 0.9  # per verdict: evidence older than ~10 verdicts fades ou
 EMA_WEIGHT = 0.2  # of the newest sample in the draft-time and round-trip averages
 DRAFT_TIME_PRIOR_S = 0.015  # used until the first draft is timed
 ROUND_TRIP_PRIOR_S = 0.1  # used until the first round trip is timed
+# What a verdict costs beyond the link's own round trip (the cloud's forward pass over a block),
+# until the first verdict measures it: ~0.12 s for the default target on one CPU core.
+PASS_TIME_PRIOR_S = 0.1
 ALPHA_BOUNDS = (0.01, 0.995)  # keeps E(k) finite and lets a perfect streak still end
 
 
@@ -90,10 +93,16 @@ class DraftLengthPolicy:
         if seconds is not None:
             self.draft_time_s = _ema(self.draft_time_s, seconds)
 
-    def observe_round_trip(self, seconds: float) -> None:
-        """A request was answered `seconds` after it was sent (the session's open, say)."""
-        self.round_trip_s = _ema(self.round_trip_s, seconds)
-        self._update()
+    def observe_link(self, seconds: float) -> None:
+        """The link's own round trip (the cloud acknowledged the session `seconds` after it was sent).
+
+        A verdict takes that and a forward pass, so until the first verdict is timed the round
+        trip is taken as seconds + PASS_TIME_PRIOR_S. Taking the acknowledgement alone as the
+        round trip made the first blocks of every answer too short (more passes and bytes).
+        """
+        if self.round_trip_s is None:
+            self.round_trip_s = seconds + PASS_TIME_PRIOR_S
+            self._update()
 
     def observe_verdict(self, drafted: int, accepted: int, seconds: float | None = None) -> None:
         """The cloud accepted `accepted` of `drafted` drafts, `seconds` after the block was sent."""

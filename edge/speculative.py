@@ -188,8 +188,8 @@ class SpeculativeRun:
                 # not slow the edge's own handling of the first token (edge/background.py).
                 self._prefill = asyncio.create_task(self._prefill_draft(at_lowest_priority))
             started = await self._next_response("started")
-            # The acknowledgement times the round trip; `started` also waited for the prefill.
-            self.lengths.observe_round_trip((self._first_reply_at or self._arrived_at) - opened_at)
+            # The acknowledgement (the first reply) times the link; `started` also waited for the prefill.
+            self.lengths.observe_link((self._first_reply_at or self._arrived_at) - opened_at)
             self.stats.policy = self.lengths.snapshot()
             first = self._apply_started(started)
             if first:

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from common.errors import InvalidArgument
-from edge.draft_length import DraftLengthPolicy, best_block_length, expected_tokens
+from edge.draft_length import (DRAFT_TIME_PRIOR_S, EMA_WEIGHT, PASS_TIME_PRIOR_S, DraftLengthPolicy,
+                               best_block_length, expected_tokens)
 
 
 def feed(policy: DraftLengthPolicy, alpha: float, verdicts: int, draft_s: float, round_trip_s: float,
@@ -121,3 +122,18 @@ def test_fixed_lengths_adapt_only_the_depth():
         policy.observe_verdict(8, 1, 0.3)  # poor acceptance, long round trips
     assert policy.block_tokens == 8
     assert policy.depth > 1
+
+
+def test_the_link_s_round_trip_plus_a_pass_stands_in_until_a_verdict_is_timed():
+    """The acknowledgement times only the link; a verdict also waits for a forward pass."""
+    policy = DraftLengthPolicy(max_tokens=32, max_in_flight=1)
+    policy.observe_link(0.02)
+    assert policy.round_trip_s == pytest.approx(0.02 + PASS_TIME_PRIOR_S)
+    assert policy.block_tokens == best_block_length(policy.acceptance, DRAFT_TIME_PRIOR_S, 0.02 + PASS_TIME_PRIOR_S,
+                                                    1, 32)
+    assert policy.block_tokens > best_block_length(policy.acceptance, DRAFT_TIME_PRIOR_S, 0.02, 1, 32)
+    feed(policy, 0.9, verdicts=1, draft_s=0.012, round_trip_s=0.3)
+    measured = (1 - EMA_WEIGHT) * (0.02 + PASS_TIME_PRIOR_S) + EMA_WEIGHT * 0.3
+    assert policy.round_trip_s == pytest.approx(measured)
+    policy.observe_link(0.5)  # only the first estimate comes from the link
+    assert policy.round_trip_s == pytest.approx(measured)
