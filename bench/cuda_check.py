@@ -66,17 +66,14 @@ def main() -> int:
 async def run_generation(address: str, drafter, prompt_ids: list[int], max_new_tokens: int, **speculation):
     """One greedy hybrid generation through a real EdgeEngine and CloudClient."""
     from edge.client import CloudClient
-    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+    from edge.engine import EdgeEngine, GenerationRequest, Mode
     from edge.speculative import SpeculationConfig
 
     client = CloudClient(address)
     try:
         engine = EdgeEngine(drafter, client, SpeculationConfig(**speculation))
         await engine.connect()
-        generation = Generation(Mode.HYBRID)
-        async for _ in engine.generate(GenerationRequest(prompt_ids, max_new_tokens), Mode.HYBRID, generation):
-            pass
-        return generation
+        return await engine.generate_to_end(GenerationRequest(prompt_ids, max_new_tokens), Mode.HYBRID)
     finally:
         await client.close()
 

@@ -21,7 +21,7 @@ import time
 from cloud.embedded import start_on_loopback
 from common.wire import DraftMode, SamplingParams
 from edge.config import EdgeConfig
-from edge.engine import Generation, GenerationRequest, Mode
+from edge.engine import GenerationRequest, Mode
 from edge.runtime import open_engine
 from edge.speculative import SpeculationConfig
 
@@ -65,9 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict]:
                     engine.config = SpeculationConfig(draft_tokens=args.draft_tokens, draft_top_k=top_k or 8)
                     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, seed)
                     request = GenerationRequest(prompt, args.max_tokens, sampling, draft_mode=draft_mode)
-                    generation = Generation(Mode.HYBRID)
-                    async for _ in engine.generate(request, Mode.HYBRID, generation):
-                        pass
+                    generation = await engine.generate_to_end(request, Mode.HYBRID)
                     s, total = generation.stats, totals[name]
                     total["runs"] += 1
                     for key in ("tokens", "rounds", "drafted", "accepted", "bytes_sent", "bytes_received"):

@@ -28,7 +28,7 @@ from cloud.embedded import EmbeddedCloud  # noqa: E402
 from cloud.server import load_model  # noqa: E402
 from common.channel import ChannelSecurity  # noqa: E402
 from edge.client import CloudClient  # noqa: E402
-from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode  # noqa: E402
+from edge.engine import EdgeEngine, GenerationRequest, Mode  # noqa: E402
 from edge.llama_drafter import LlamaDrafter  # noqa: E402
 
 PROMPT = "<|im_start|>user\nExplain in three sentences why the sky is blue.<|im_end|>\n<|im_start|>assistant\n"
@@ -51,10 +51,7 @@ async def one_generation(address: str, security: ChannelSecurity, drafter, promp
     try:
         engine = EdgeEngine(drafter, client)
         await engine.connect()
-        generation = Generation(Mode.HYBRID)
-        async for _ in engine.generate(GenerationRequest(prompt, max_tokens), Mode.HYBRID, generation):
-            pass
-        return generation
+        return await engine.generate_to_end(GenerationRequest(prompt, max_tokens), Mode.HYBRID)
     finally:
         await client.close()
 

@@ -236,6 +236,13 @@ class EdgeEngine:
                 generation.sources += [source] * len(new)
                 yield new
 
+    async def generate_to_end(self, request: GenerationRequest, mode: Mode) -> Generation:
+        """The whole generation at once: its ids, sources, finish and stats (see generate)."""
+        generation = Generation(mode)
+        async for _ in self.generate(request, mode, generation):
+            pass
+        return generation
+
     async def _hybrid_or_local(self, request: GenerationRequest, generation: Generation, drafter
                                ) -> AsyncIterator[Piece]:
         """Hybrid while the cloud answers in time; the local model alone from the first failure."""

@@ -109,15 +109,12 @@ def cloud_factory(tiny_target):
 
 async def generate_ids(client, drafter, prompt_ids: list[int], max_new_tokens: int, mode: str = "hybrid"):
     """One generation through a real EdgeEngine over `client` (closed afterwards); returns the Generation."""
-    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+    from edge.engine import EdgeEngine, GenerationRequest, Mode
 
     try:
         engine = EdgeEngine(drafter, client)
         await engine.connect()
-        generation = Generation(Mode(mode))
-        async for _ in engine.generate(GenerationRequest(prompt_ids, max_new_tokens), Mode(mode), generation):
-            pass
-        return generation
+        return await engine.generate_to_end(GenerationRequest(prompt_ids, max_new_tokens), Mode(mode))
     finally:
         await client.close()
 

@@ -99,10 +99,7 @@ def test_cloud_killed_mid_stream_down_and_restarted(tiny_models, tiny_target, ti
 
 
 async def collect(engine, prompt, mode="hybrid", max_new_tokens=24):
-    generation = Generation(Mode(mode))
-    async for _ in engine.generate(GenerationRequest(prompt, max_new_tokens), Mode(mode), generation):
-        pass
-    return generation.token_ids
+    return (await engine.generate_to_end(GenerationRequest(prompt, max_new_tokens), Mode(mode))).token_ids
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "cloud"])

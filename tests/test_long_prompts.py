@@ -22,7 +22,7 @@ from common.errors import CloudUnavailable, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.client import CloudClient
-from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.engine import EdgeEngine, GenerationRequest, Mode
 from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
 
@@ -60,10 +60,8 @@ async def run_engine(address, drafter, prompt, max_new_tokens, *, fallback=None,
         engine = EdgeEngine(drafter, client, speculation, fallback)
         if client is not None:
             await engine.open() if fallback else await engine.connect()
-        generation = Generation(Mode(mode))
         started = time.monotonic()
-        async for _ in engine.generate(GenerationRequest(prompt, max_new_tokens), Mode(mode), generation):
-            pass
+        generation = await engine.generate_to_end(GenerationRequest(prompt, max_new_tokens), Mode(mode))
         return generation, time.monotonic() - started
     finally:
         if client is not None:
@@ -154,10 +152,8 @@ def test_a_silent_cloud_still_falls_back_in_time(cloud_factory, tiny_cloud, tiny
             await engine.open()
             if fault == "stuck-model":
                 cloud.running.worker.submit(stuck.wait, 60)
-            generation = Generation(Mode.HYBRID)
             started = time.monotonic()
-            async for _ in engine.generate(GenerationRequest(prompt, 6), Mode.HYBRID, generation):
-                pass
+            generation = await engine.generate_to_end(GenerationRequest(prompt, 6), Mode.HYBRID)
             seconds = time.monotonic() - started
             await engine.close()
             await client.close()

@@ -41,10 +41,7 @@ async def run_concurrently(address, drafters, prompts, mode, max_new_tokens=24) 
         try:
             engine = EdgeEngine(drafter, client)
             await engine.connect()
-            generation = Generation(mode)
-            async for _ in engine.generate(GenerationRequest(drafter.tokenize(prompt), max_new_tokens), mode, generation):
-                pass
-            return generation
+            return await engine.generate_to_end(GenerationRequest(drafter.tokenize(prompt), max_new_tokens), mode)
         finally:
             await client.close()
 

@@ -254,9 +254,7 @@ def test_sessions_spread_over_both_replicas(request, replicas, tiny_drafter, bal
             await engine.open()
             served = collections.Counter()
             for _ in range(100):
-                generation = Generation(Mode.HYBRID)
-                async for _ in engine.generate(GenerationRequest(prompt, 2), Mode.HYBRID, generation):
-                    pass
+                generation = await engine.generate_to_end(GenerationRequest(prompt, 2), Mode.HYBRID)
                 served[generation.replica] += 1
             return served
         finally:
@@ -298,11 +296,8 @@ def test_rolling_restart_under_load(haproxy, replicas, tiny_models, tiny_target)
         async def keep_answering(engine: EdgeEngine, k: int):
             await engine.open()
             while not done.is_set():
-                generation = Generation(Mode.HYBRID)
                 p = k % len(prompts)
-                async for _ in engine.generate(GenerationRequest(prompt_ids[p], ANSWER), Mode.HYBRID, generation):
-                    pass
-                answers.append((p, generation))
+                answers.append((p, await engine.generate_to_end(GenerationRequest(prompt_ids[p], ANSWER), Mode.HYBRID)))
                 k += 1
 
         try:

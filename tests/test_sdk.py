@@ -106,7 +106,7 @@ def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_
                                                                          slots):
     """Each draft slot is a context of its own: two slots, two answers drafting at once; one, they take turns."""
     from edge.client import CloudClient
-    from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+    from edge.engine import EdgeEngine, GenerationRequest, Mode
 
     cloud = cloud_factory()
     drafter = tiny_drafter("noisy")
@@ -119,10 +119,7 @@ def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_
             await engine.connect()
 
             async def one(prompt):
-                generation = Generation(Mode.HYBRID)
-                async for _ in engine.generate(GenerationRequest(prompt, 40), Mode.HYBRID, generation):
-                    pass
-                return generation
+                return await engine.generate_to_end(GenerationRequest(prompt, 40), Mode.HYBRID)
 
             await asyncio.gather(*(one(p) for p in prompts))  # the second context is made on first need
             most_live[0] = 0

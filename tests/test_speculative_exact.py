@@ -14,7 +14,7 @@ from conftest import hf_greedy
 
 from common.wire import FinishReason
 from edge.client import CloudClient
-from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.engine import EdgeEngine, GenerationRequest, Mode
 from edge.speculative import SpeculationConfig
 
 PROMPTS = [
@@ -30,10 +30,7 @@ async def run_generation(address, drafter, prompt_ids, mode=Mode.HYBRID, max_new
     try:
         engine = EdgeEngine(drafter, client, SpeculationConfig(**config))
         await engine.connect()
-        generation = Generation(mode)
-        async for _ in engine.generate(GenerationRequest(prompt_ids, max_new_tokens), mode, generation):
-            pass
-        return generation
+        return await engine.generate_to_end(GenerationRequest(prompt_ids, max_new_tokens), mode)
     finally:
         await client.close()
 
