@@ -200,7 +200,7 @@ class SpeculativeRun:
                 # It ran alongside the cloud's prefill, so it is mostly done by now: waiting up to a
                 # round trip more costs less than a block without drafts. A long prompt can take the
                 # draft far longer than the cloud, though; then go on without it.
-                await asyncio.wait({self._prefill}, timeout=self.lengths.round_trip_s or 0.05)
+                await asyncio.wait({self._prefill}, timeout=self.lengths.round_trip_s)  # set by observe_link above
             # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
             # generating alone (as it does for good when the prompt is beyond the draft's context).
             while not self.finish:
