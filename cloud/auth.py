@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from cloud.handlers import same_kind
+from cloud.handler_wrapping import same_kind
 from common.errors import InvalidArgument
 from common.settings import read_config_file, read_tokens
 

@@ -9,7 +9,7 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError
 
-from cloud.handlers import same_kind
+from cloud.handler_wrapping import same_kind
 from common.errors import InvalidArgument, TandemError
 
 log = logging.getLogger(__name__)

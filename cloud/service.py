@@ -1,45 +1,40 @@
 """The Tandem gRPC servicer: translates messages and calls domain code, nothing more.
 
-Model work goes to the Scheduler (cloud/scheduler.py), which batches all sessions; errors are raised as common.errors exceptions and
+Each RPC decodes its request, opens a session (`_live_session`: admission, freeing), hands the
+model work to the Scheduler (cloud/scheduler.py, which batches all sessions) and encodes the
+answers. The machinery lives beside it: cloud/call_stream.py (idle timeout, a read cut short
+by a drain), cloud/progress.py (heartbeats while the model works), cloud/generate_call.py
+(Generate's request and step messages). Errors are raised as common.errors exceptions and
 become statuses in cloud/errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from cloud import generate_call
+from cloud.call_stream import DRAIN, CallStream
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
+from cloud.progress import progress_of, with_progress
 from cloud.registry import SessionRegistry
-from cloud.session import VerifierSession
 from cloud.scheduler import Scheduler
-from cloud.streams import CallStream
+from cloud.session import VerifierSession
 from cloud.target_engine import TargetEngine
-from common.detok import IncrementalDetokenizer
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
+from common.wire import DraftBlock, GenerateRequest, ModelInfo, SessionOpen
 
 if TYPE_CHECKING:
     from cloud.metrics import CloudMetrics
 
 log = logging.getLogger(__name__)
-
-_DRAIN = object()  # what _next_request returns once the replica drains
-
-# While the model works towards a session's next answer, the edge hears from the cloud at least
-# this often (well below the edge's default fallback timeout of 2 s).
-PROGRESS_INTERVAL_S = 0.5
-
-
-async def _prepend(first, rest):
-    yield first
-    async for item in rest:
-        yield item
 
 
 class TandemService(pb_grpc.TandemServicer):
@@ -60,18 +55,48 @@ class TandemService(pb_grpc.TandemServicer):
         """Refuses new sessions and tells the live ones to resume on another replica."""
         self.draining.set()
 
-    def _admit(self) -> None:
-        if self.draining.is_set():
-            raise Draining(f"replica {self.replica} is draining (shutting down); retry on another replica")
+    async def Info(self, request, context):
+        return self.info().to_pb()
 
-    def _admitted(self, rpc: str, request: SessionOpen) -> None:
-        if self.metrics is not None and request.resume_token_ids:
-            self.metrics.resumed_sessions.labels(rpc=rpc).inc()
+    async def Speculate(self, request_iterator, context):
+        stream = CallStream(context, self.idle_timeout_s, self.draining)  # not the request iterator: idle timeout
+        request = await stream.read()
+        if request is None:
+            return
+        if request.WhichOneof("kind") != "open":
+            raise InvalidArgument("the first message of a Speculate stream must be `open`")
+        async with self._live_session("Speculate", SessionOpen.from_pb(request.open)) as session:
+            report = lambda progress: stream.write(pb.SpeculateResponse(progress=progress))  # noqa: E731
+            await report(progress_of(session))  # the acknowledgement, before any model work
+            started = await with_progress(self.scheduler.start(session), self.scheduler, session, report)
+            started = dataclasses.replace(started, replica=self.replica)
+            await stream.write(pb.SpeculateResponse(started=started.to_pb()))
+            while (request := await stream.next_or_drain()) is not None:
+                if request is DRAIN:
+                    await stream.write(pb.SpeculateResponse(drain=self._drain_notice()))
+                    return
+                if request.WhichOneof("kind") != "draft":
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
+                verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
+                verdict = await with_progress(verify, self.scheduler, session, report)
+                await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
 
-    def _drain_notice(self) -> pb.DrainNotice:
-        if self.metrics is not None:
-            self.metrics.drain_notices.inc()
-        return pb.DrainNotice(replica=self.replica, reason="replica shutting down")
+    async def Generate(self, message, context):
+        stream = CallStream(context, self.idle_timeout_s, self.draining)
+        self._refuse_if_draining()
+        request = GenerateRequest.from_pb(message)
+        session_open = await generate_call.session_open(request, self.model, self.scheduler)
+        async with self._live_session("Generate", session_open) as session:
+            messages = generate_call.StepMessages(self.model, request.return_text, self.replica)
+            report = lambda progress: stream.write(pb.GenerateResponse(progress=progress))  # noqa: E731
+            steps = self.scheduler.generate(session)
+            await report(progress_of(session))  # the acknowledgement, before any model work
+            first = await with_progress(anext(steps), self.scheduler, session, report)
+            async for step in _prepend(first, steps):
+                await stream.write(messages.step(step, session.forward_passes).to_pb())
+                if not step.finish_reason and self.draining.is_set():
+                    await stream.write(pb.GenerateResponse(position=step.position + 1, drain=self._drain_notice()))
+                    return
 
     def info(self) -> ModelInfo:
         m, lim = self.model, self.limits
@@ -92,133 +117,37 @@ class TandemService(pb_grpc.TandemServicer):
             special_tokens=m.special,
         )
 
-    async def Info(self, request, context):
-        return self.info().to_pb()
+    @contextlib.asynccontextmanager
+    async def _live_session(self, rpc: str, request: SessionOpen) -> AsyncIterator[VerifierSession]:
+        """A session admitted (not while draining; within the registry's limits), freed on the way out.
 
-    async def Speculate(self, request_iterator, context):
-        # Reads and writes go through CallStream (idle timeout), not the request iterator.
-        stream = CallStream(context, self.idle_timeout_s)
-        request = await stream.read()
-        if request is None:
-            return
-        if request.WhichOneof("kind") != "open":
-            raise InvalidArgument("the first message of a Speculate stream must be `open`")
-        self._admit()
-        session = self._session(SessionOpen.from_pb(request.open))
+        Freeing waits for the step in flight (a cancelled call does not stop the model thread),
+        then drops the reservation, and runs even if the call is cancelled again.
+        """
+        self._refuse_if_draining()
+        session = VerifierSession(self.model, request, self.limits, self.prefix_cache, self.scheduler.kv)
         session_id = self.registry.add(session)
-        self._admitted("Speculate", session.request)
+        if self.metrics is not None and request.resume_token_ids:
+            self.metrics.resumed_sessions.labels(rpc=rpc).inc()
         try:
-            report = lambda progress: stream.write(pb.SpeculateResponse(progress=progress))  # noqa: E731
-            await report(self._progress(session))  # the acknowledgement, before any model work
-            started = await self._with_progress(self.scheduler.start(session), session, report)
-            started = dataclasses.replace(started, replica=self.replica)
-            await stream.write(pb.SpeculateResponse(started=started.to_pb()))
-            while (request := await self._next_request(stream)) is not None:
-                if request is _DRAIN:
-                    await stream.write(pb.SpeculateResponse(drain=self._drain_notice()))
-                    return
-                if request.WhichOneof("kind") != "draft":
-                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
-                verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
-                verdict = await self._with_progress(verify, session, report)
-                await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
+            yield session
         finally:
-            await self._release(session_id, session)
+            try:
+                await self.scheduler.close(session)
+            finally:
+                self.registry.remove(session_id)
 
-    async def _next_request(self, stream: CallStream):
-        """The next request (None once the client half-closed), or _DRAIN as soon as the replica drains."""
+    def _refuse_if_draining(self) -> None:
         if self.draining.is_set():
-            return _DRAIN
-        read = asyncio.ensure_future(stream.read())
-        drain = asyncio.ensure_future(self.draining.wait())
-        try:
-            await asyncio.wait((read, drain), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            drain.cancel()
-            if not read.done():
-                read.cancel()
-        return read.result() if read.done() and not read.cancelled() else _DRAIN
+            raise Draining(f"replica {self.replica} is draining (shutting down); retry on another replica")
 
-    async def Generate(self, message, context):
-        stream = CallStream(context, self.idle_timeout_s)
-        self._admit()
-        request = GenerateRequest.from_pb(message)
-        prompt = request.prompt_token_ids
-        if request.prompt_text and prompt:
-            raise InvalidArgument("give prompt_token_ids or prompt_text, not both")
-        if request.prompt_text and request.resume_token_ids:
-            raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
-        if request.prompt_text:
-            prompt = await self.scheduler.run(self.model.encode, request.prompt_text)
-        open_request = SessionOpen(
-            prompt_token_ids=prompt,
-            max_new_tokens=request.max_new_tokens,
-            sampling=request.sampling,
-            stop_token_ids=request.stop_token_ids,
-            tokenizer_fingerprint=self.model.fingerprint,
-            draft_model_name="(cloud-only)",
-            draft_mode=DraftMode.TOKEN_IDS,
-            stop_strings=request.stop_strings,
-            resume_token_ids=request.resume_token_ids,
-        )
-        session = self._session(open_request)
-        detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
-        session_id = self.registry.add(session)
-        self._admitted("Generate", open_request)
-        try:
-            replica = self.replica
-            report = lambda progress: stream.write(pb.GenerateResponse(progress=progress))  # noqa: E731
-            steps = self.scheduler.generate(session)
-            await report(self._progress(session))  # the acknowledgement, before any model work
-            first = await self._with_progress(anext(steps), session, report)
-            async for step in _prepend(first, steps):
-                token, finish = step.token_id, step.finish_reason
-                text = detok.push([token]) if detok and token is not None else ""
-                if detok and finish:
-                    text += detok.flush()
-                await stream.write(GenerateStep(step.position, token, finish, text, replica=replica,
-                                                forward_passes=session.forward_passes if finish else 0).to_pb())
-                replica = ""  # on the first message only
-                if not finish and self.draining.is_set():
-                    await stream.write(pb.GenerateResponse(position=step.position + 1, drain=self._drain_notice()))
-                    return
-        finally:
-            await self._release(session_id, session)
+    def _drain_notice(self) -> pb.DrainNotice:
+        if self.metrics is not None:
+            self.metrics.drain_notices.inc()
+        return pb.DrainNotice(replica=self.replica, reason="replica shutting down")
 
-    async def _with_progress(self, answer, session: VerifierSession, report):
-        """Awaits `answer` (a first token or a verdict), reporting progress while the model works.
 
-        `report(pb.Progress)` sends a progress message every PROGRESS_INTERVAL_S while the
-        scheduler is running forward passes (one in flight, or one finished since the last
-        message), however slow each pass: a slow cloud is never silent. Nothing is sent while
-        the model thread does not move, so a cloud whose model is stuck falls silent and the
-        edge moves on.
-        """
-        task = asyncio.ensure_future(answer)
-        passes = self.scheduler.forward_passes
-        try:
-            while not (await asyncio.wait({task}, timeout=PROGRESS_INTERVAL_S))[0]:
-                if self.scheduler.pass_started is not None or self.scheduler.forward_passes != passes:
-                    passes = self.scheduler.forward_passes
-                    await report(self._progress(session))
-            return task.result()
-        finally:
-            task.cancel()
-
-    @staticmethod
-    def _progress(session: VerifierSession) -> pb.Progress:
-        return pb.Progress(prefilled_tokens=session.prefilled, prefill_tokens=session.prefill_length)
-
-    def _session(self, request: SessionOpen) -> VerifierSession:
-        return VerifierSession(self.model, request, self.limits, self.prefix_cache, self.scheduler.kv)
-
-    async def _release(self, session_id: int, session: VerifierSession) -> None:
-        """Frees the session's KV cache, then its reservation.
-
-        The close waits for the step in flight (a cancelled call does not stop the model
-        thread), and runs even if this call is cancelled again.
-        """
-        try:
-            await self.scheduler.close(session)
-        finally:
-            self.registry.remove(session_id)
+async def _prepend(first, rest):
+    yield first
+    async for item in rest:
+        yield item

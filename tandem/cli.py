@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from bench import cli as bench_cli
     from cloud import cli as cloud_cli
-    from cloud import probe
+    from cloud import health_probe
     from distill import cli as distill_cli
     from edge import chat as chat_cli
     from edge import cli as edge_cli
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_cli.add_parser(subparsers)
     serve_cli.add_parser(subparsers)
     chat_cli.add_parser(subparsers)
-    probe.add_parser(subparsers)
+    health_probe.add_parser(subparsers)
     bench_cli.add_parser(subparsers)
     distill_cli.add_parser(subparsers)
     return parser

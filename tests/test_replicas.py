@@ -229,7 +229,7 @@ def test_replica_killed_mid_answer_client_side_round_robin(replicas, tiny_target
 
 def test_the_replica_that_took_over_counts_resumed_sessions(replicas):
     """After the kills above, the surviving replicas' /metrics count the sessions they resumed."""
-    from cloud.probe import metric_sum
+    from cloud.health_probe import metric_sum
 
     resumed = 0.0
     for port in replicas.metrics_ports:

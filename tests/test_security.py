@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cloud.auth import TokenAuthInterceptor, load_tokens
-from cloud.probe import check
+from cloud.health_probe import check
 from common.channel import ChannelSecurity
 from common.errors import CloudUnavailable, InvalidArgument, Unauthenticated
 from edge.cli import add_parser

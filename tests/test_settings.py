@@ -89,7 +89,7 @@ def test_a_bad_variable_is_a_clear_error(monkeypatch):
 
 
 def test_edge_and_health_share_the_connection_flags():
-    from cloud import probe
+    from cloud import health_probe
     from edge import cli
 
     def flags(add_parser):
@@ -99,4 +99,4 @@ def test_edge_and_health_share_the_connection_flags():
         return {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
 
     shared = {s.flag_for(f.name) for f, s, _ in declared(ChannelSettings)}
-    assert shared <= flags(probe.add_parser) and shared <= flags(cli.add_parser)
+    assert shared <= flags(health_probe.add_parser) and shared <= flags(cli.add_parser)
