@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from cloud.limits import LIMITS, SessionLimits
 from common import settings
-from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_range
-from common.checks import check_readable_file
+from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_readable_file
 from common.errors import InvalidArgument
 from common.settings import setting
 
@@ -29,9 +28,9 @@ class CloudConfig:
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N (default %(default)s)", env="DEVICE")
     dtype: str = setting("auto", "weights dtype; auto = float32 on CPU, bfloat16 on CUDA", env="DTYPE",
                          choices=("auto", "float32", "bfloat16", "float16", "float64"))
-    threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS")
+    threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS", low=0)
     metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
-                                   "0 disables (default %(default)s)", env="METRICS_PORT")
+                                   "0 disables (default %(default)s)", env="METRICS_PORT", low=0, high=65535)
     replica_name: str = setting("", "name this replica gives clients in Info, SessionStarted and drain notices "
                                     "(default: HOSTNAME:PORT; a Kubernetes pod's hostname is its name)",
                                 env="REPLICA_NAME", group=REPLICAS)
@@ -39,7 +38,7 @@ class CloudConfig:
         30.0, "on SIGTERM: health turns NOT_SERVING, new sessions get UNAVAILABLE, live sessions are told to "
               "resume elsewhere; exit once they are gone or after this many seconds (default %(default)s; keep "
               "Kubernetes' terminationGracePeriodSeconds above it)", flag="--drain-timeout", env="DRAIN_TIMEOUT",
-        group=REPLICAS)
+        group=REPLICAS, low=0)
     # Trust: TLS (with a client CA: mutual TLS) and bearer tokens. None = off.
     tls_cert: str | None = setting(None, "serve TLS with this PEM certificate chain (needs --tls-key)",
                                    env="TLS_CERT", metavar="FILE", group=SECURITY)
@@ -53,47 +52,49 @@ class CloudConfig:
         group=SECURITY)
     # Robustness limits.
     max_sessions: int = setting(64, "concurrent sessions before RESOURCE_EXHAUSTED (default %(default)s)",
-                                env="MAX_SESSIONS", group=LIMITS)
+                                env="MAX_SESSIONS", group=LIMITS, low=1)
     max_kv_mib: int = setting(
         0, "KV-cache memory all sessions together may reserve, in MiB; a session reserves its worst case "
            "(prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. 0 = half the memory free on "
-           "the model's device after loading", env="MAX_KV_MIB", group=LIMITS)
+           "the model's device after loading", env="MAX_KV_MIB", group=LIMITS, low=0)
     max_batch_tokens: int = setting(
         256, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
              "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
-             "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS)
+             "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS,
+        low=1)
     batch_wait_ms: float = setting(
         50.0, "a pass waits up to this long (and at most a quarter of the last pass's time) for the hybrid "
               "sessions the last pass answered to send their next block, so they share passes instead of "
               "splitting into alternating halves; 0 never waits (default %(default)s)", env="BATCH_WAIT_MS",
-        group=LIMITS)
+        group=LIMITS, low=0)
     prefix_cache_mb: int = setting(
         256, "memory for KV snapshots of repeated prompts and of finished sessions' histories "
              "(cloud/prefix_cache.py), so sampling N completions of one prompt prefills it once and a chat's "
              "next turn prefills only what is new; 0 disables (default %(default)s)", env="PREFIX_CACHE_MB",
-        group=LIMITS)
+        group=LIMITS, low=0)
     limits: SessionLimits = settings.group(SessionLimits)
     # A max-size prompt (8192 ids) is ~40 KB on the wire.
     max_message_bytes: int = setting(1 << 20, "largest gRPC message either way (default %(default)s)",
-                                     env="MAX_MESSAGE_BYTES", group=LIMITS)
+                                     env="MAX_MESSAGE_BYTES", group=LIMITS, low=1024)
     idle_timeout_s: float = setting(
         30.0, "seconds a stream may neither send nor accept a message before it ends with DEADLINE_EXCEEDED "
               "and its session is freed; 0 = never (default %(default)s)", flag="--idle-timeout",
-        env="IDLE_TIMEOUT", group=LIMITS)
+        env="IDLE_TIMEOUT", group=LIMITS, low=0)
     keepalive_s: float = setting(10.0, "seconds of silence before pinging an edge (default %(default)s)",
-                                 flag="--keepalive", env="KEEPALIVE", group=LIMITS)
+                                 flag="--keepalive", env="KEEPALIVE", group=LIMITS, low=0, low_open=True)
     keepalive_timeout_s: float = setting(
         5.0, "seconds to wait for a ping's ack before dropping the connection and freeing its sessions "
-             "(default %(default)s)", flag="--keepalive-timeout", env="KEEPALIVE_TIMEOUT", group=LIMITS)
+             "(default %(default)s)", flag="--keepalive-timeout", env="KEEPALIVE_TIMEOUT", group=LIMITS,
+        low=0, low_open=True)
     min_client_ping_interval_s: float = 1.0  # edges may ping this often while idle (else GOAWAY)
     grace_s: float = 5.0  # after the drain: calls still open get this long, then are cancelled
 
     def validate(self) -> None:
+        """Every declared range (settings.check_ranges, as edge/config.py's checks), then what a range cannot say."""
+        settings.check_ranges(self)
         check_port(self.port)
         if self.model is not None:
             check_model_path(self.model, "--model")
-        check_range(self.threads, "--threads", 0)
-        check_range(self.prefix_cache_mb, "--prefix-cache-mb", 0)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -104,18 +105,6 @@ class CloudConfig:
             check_pem_certificate(self.tls_client_ca, "--tls-client-ca")
         if self.auth_tokens_file:
             check_readable_file(self.auth_tokens_file, "--auth-tokens-file")
-        if self.drain_timeout_s < 0:
-            raise InvalidArgument("--drain-timeout must be >= 0")
-        if not 0 <= self.metrics_port <= 65535:
-            raise InvalidArgument("--metrics-port must be a port number (0 disables)")
-        if self.max_batch_tokens < 1:
-            raise InvalidArgument("--max-batch-tokens must be >= 1")
-        if self.batch_wait_ms < 0:
-            raise InvalidArgument("--batch-wait-ms must be >= 0")
-        if self.max_sessions < 1 or self.max_message_bytes < 1024 or self.max_kv_mib < 0:
-            raise InvalidArgument("--max-sessions must be >= 1, --max-message-bytes >= 1024, --max-kv-mib >= 0")
-        if self.idle_timeout_s < 0 or self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:
-            raise InvalidArgument("--idle-timeout must be >= 0; --keepalive and --keepalive-timeout > 0")
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,9 +112,6 @@ class CloudConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CloudConfig:
-        try:
-            config = settings.from_args(cls, args)
-        except ValueError as exc:  # SessionLimits' own checks
-            raise InvalidArgument(f"bad limit: {exc}") from None
+        config = settings.from_args(cls, args)  # SessionLimits checks its own ranges
         config.validate()
         return config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import settings
+from common.checks import check_range
 from common.settings import setting
 
 LIMITS = "limits (beyond them: INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED)"
@@ -12,27 +14,24 @@ LIMITS = "limits (beyond them: INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_
 @dataclass(frozen=True)
 class SessionLimits:
     max_prompt_tokens: int = setting(8192, "longest prompt accepted (default %(default)s)",
-                                     env="MAX_PROMPT_TOKENS", group=LIMITS)
+                                     env="MAX_PROMPT_TOKENS", group=LIMITS, low=1)
     max_draft_tokens: int = setting(64, "largest draft block accepted, its anchor included (default %(default)s)",
-                                    env="MAX_DRAFT_TOKENS", group=LIMITS)
+                                    env="MAX_DRAFT_TOKENS", group=LIMITS, low=1)
     max_new_tokens: int = setting(4096, "most tokens one session may generate (default %(default)s)",
-                                  env="MAX_NEW_TOKENS", group=LIMITS)
+                                  env="MAX_NEW_TOKENS", group=LIMITS, low=1)
     max_draft_top_k: int = 64
     max_stop_strings: int = 16
     max_stop_string_bytes: int = 256
     max_stop_tokens: int = setting(64, "most stop token ids in one request (default %(default)s)",
-                                   env="MAX_STOP_TOKENS", group=LIMITS)
+                                   env="MAX_STOP_TOKENS", group=LIMITS, low=1)
     # Below the model's own context, it bounds each session's KV cache.
     max_context_tokens: int = setting(0, "longest sequence (prompt + generated) a session may reach; "
-                                         "0 = the model's context", env="MAX_CONTEXT_TOKENS", group=LIMITS)
+                                         "0 = the model's context", env="MAX_CONTEXT_TOKENS", group=LIMITS, low=0)
 
     def __post_init__(self) -> None:
-        for name in ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k",
-                     "max_stop_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_context_tokens < 0:
-            raise ValueError("max_context_tokens must be >= 0 (0: the model's context)")
+        settings.check_ranges(self)
+        for name in ("max_draft_top_k", "max_stop_strings", "max_stop_string_bytes"):  # not flags
+            check_range(getattr(self, name), name, 1)
 
     def context_for(self, model_max_context: int) -> int:
         """The longest sequence a session of a model with this native context may reach."""

@@ -2,7 +2,9 @@
 
 A configuration is a dataclass whose fields are declared with `setting(...)` (or `group(...)`
 for a nested configuration); `add_arguments` generates the command-line flags from those
-declarations and `from_args` builds the dataclass back from the parsed flags. A flag's default
+declarations and `from_args` builds the dataclass back from the parsed flags. A numeric
+setting may declare its range (`low`, `high`, `low_open`); `check_ranges` checks them all with
+common.checks.check_range, so a bad value is refused the same way wherever it is declared. A flag's default
 is its TANDEM_* environment variable when that is set, else the field's default.
 
 Why a small table of our own rather than pydantic-settings (which llama-cpp-python's server
@@ -22,6 +24,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.checks import check_range
 from common.errors import InvalidArgument
 
 ENV_PREFIX = "TANDEM_"
@@ -40,6 +43,9 @@ class Setting:
     dest: str | None = None  # the argparse attribute; default: the flag's name ("--no-x" -> x)
     negatable: bool = False  # a bool with --x / --no-x (argparse.BooleanOptionalAction)
     group: str | None = None  # the --help section; None: the configuration's own
+    low: float | None = None  # the range check_ranges enforces; None: unbounded on that side
+    high: float | None = None
+    low_open: bool = False  # low itself is out of range
 
     def flag_for(self, field_name: str) -> str:
         return self.flag or "--" + field_name.replace("_", "-")
@@ -165,3 +171,16 @@ def read_tokens(path: str | Path, what: str) -> list[str]:
     text = read_config_file(path, what).decode("utf-8", errors="strict")
     tokens = [line.strip() for line in text.splitlines()]
     return [t for t in tokens if t and not t.startswith("#")]
+
+
+def check_ranges(config: Any) -> None:
+    """Refuses (InvalidArgument, naming the flag) any setting of `config` outside its declared
+    range; nested configurations included."""
+    for f in dataclasses.fields(config):
+        if "settings_group" in f.metadata:
+            check_ranges(getattr(config, f.name))
+            continue
+        declared: Setting | None = f.metadata.get("setting")
+        if declared is not None and (declared.low is not None or declared.high is not None):
+            check_range(getattr(config, f.name), declared.flag_for(f.name), declared.low, declared.high,
+                        declared.low_open)

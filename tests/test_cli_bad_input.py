@@ -72,7 +72,7 @@ CASES = [
     ("cloud --auth-tokens-file /nonexistent", "no such file"),
     ("cloud --auth-tokens-file {empty_tokens}", "holds no token"),
     ("cloud --max-sessions 0", "--max-sessions must be >= 1"),
-    ("cloud --max-prompt-tokens 0", "max_prompt_tokens must be >= 1"),
+    ("cloud --max-prompt-tokens 0", "--max-prompt-tokens must be >= 1"),
     ("serve --port {busy}", "cannot listen on 127.0.0.1:{busy}"),
     ("serve --port -1", "is not a port"),
     ("serve --default-max-tokens 0", "--default-max-tokens must be >= 1"),
