@@ -133,7 +133,8 @@ class Scheduler:
         """Prefills, then decodes every step until the session finishes; yields each token."""
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(_Job(JobKind.GENERATE, session, emit=lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item)))
+        emit = lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item)  # noqa: E731
+        self._inbox.put(_Job(JobKind.GENERATE, session, emit=emit))
         while True:
             item = await tokens.get()
             if isinstance(item, BaseException):

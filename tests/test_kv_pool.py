@@ -182,6 +182,6 @@ def test_a_prefix_cache_filling_the_pool_is_evicted_for_a_session_never_an_out_o
                 return filled, evicted, prompt, max_new, await generate(stub, prompt, max_new, GREEDY, stop_ids=[])
 
         filled, evicted, prompt, max_new, answer = asyncio.run(run())
-        assert filled >= 48 and evicted == 0 and pool.capacity == 64  # the cache held most of the pool, and nothing had asked for it
+        assert filled >= 48 and evicted == 0 and pool.capacity == 64  # the cache held most of the pool, unasked
         assert answer == continuation(prompt, max_new, GREEDY)
         assert cache.evictions > 0 and len(answer) == max_new  # it gave its blocks back; the session had all it needed
