@@ -22,7 +22,7 @@ from common.detok import IncrementalDetokenizer
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
+from common.wire import DraftBlock, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
 
 if TYPE_CHECKING:
     from cloud.metrics import CloudMetrics
@@ -150,17 +150,8 @@ class TandemService(pb_grpc.TandemServicer):
             raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
         if request.prompt_text:
             prompt = await self.scheduler.run(self.model.encode, request.prompt_text)
-        open_request = SessionOpen(
-            prompt_token_ids=prompt,
-            max_new_tokens=request.max_new_tokens,
-            sampling=request.sampling,
-            stop_token_ids=request.stop_token_ids,
-            tokenizer_fingerprint=self.model.fingerprint,
-            draft_model_name="(cloud-only)",
-            draft_mode=DraftMode.TOKEN_IDS,
-            stop_strings=request.stop_strings,
-            resume_token_ids=request.resume_token_ids,
-        )
+        open_request = request.session_open(tokenizer_fingerprint=self.model.fingerprint,
+                                            draft_model_name="(cloud-only)", prompt_token_ids=prompt)
         session = self._session(open_request)
         detok = IncrementalDetokenizer(self.model.token_bytes) if request.return_text else None
         session_id = self.registry.add(session)

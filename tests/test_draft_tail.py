@@ -5,7 +5,7 @@ test_pipelined_relay.py) prove the wiring; these prove the rules."""
 import pytest
 
 from common.errors import ProtocolError
-from common.wire import DraftBlock, FinishReason, Verdict
+from common.wire import DraftBlock, Verdict
 from edge.draft_tail import DraftTail
 
 PROMPT = [1, 2, 3]
