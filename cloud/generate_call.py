@@ -8,7 +8,7 @@ from cloud.scheduler import Scheduler, Token
 from cloud.target_engine import TargetEngine
 from common.detok import IncrementalDetokenizer
 from common.errors import InvalidArgument
-from common.wire import DraftMode, GenerateRequest, GenerateStep, SessionOpen
+from common.wire import GenerateRequest, GenerateStep, SessionOpen
 
 
 async def session_open(request: GenerateRequest, model: TargetEngine, scheduler: Scheduler) -> SessionOpen:
@@ -21,17 +21,8 @@ async def session_open(request: GenerateRequest, model: TargetEngine, scheduler:
         raise InvalidArgument("resume_token_ids needs prompt_token_ids (the tokens follow them)")
     if request.prompt_text:
         prompt = await scheduler.run(model.encode, request.prompt_text)
-    return SessionOpen(
-        prompt_token_ids=prompt,
-        max_new_tokens=request.max_new_tokens,
-        sampling=request.sampling,
-        stop_token_ids=request.stop_token_ids,
-        tokenizer_fingerprint=model.fingerprint,
-        draft_model_name="(cloud-only)",
-        draft_mode=DraftMode.TOKEN_IDS,
-        stop_strings=request.stop_strings,
-        resume_token_ids=request.resume_token_ids,
-    )
+    return request.session_open(tokenizer_fingerprint=model.fingerprint, draft_model_name="(cloud-only)",
+                                prompt_token_ids=prompt)
 
 
 class StepMessages:

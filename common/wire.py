@@ -240,6 +240,24 @@ class GenerateRequest:
             resume_token_ids=self.resume_token_ids,
         )
 
+    def session_open(self, *, tokenizer_fingerprint: str, draft_model_name: str,
+                     draft_mode: DraftMode = DraftMode.TOKEN_IDS, prompt_token_ids: list[int] | None = None
+                     ) -> SessionOpen:
+        """The session that answers this request: the one mapping of an answer's fields onto
+        SessionOpen, for the edge's Speculate streams and the cloud's Generate alike.
+        prompt_token_ids: the prompt, when the cloud tokenized prompt_text."""
+        return SessionOpen(
+            prompt_token_ids=list(self.prompt_token_ids if prompt_token_ids is None else prompt_token_ids),
+            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling,
+            stop_token_ids=list(self.stop_token_ids),
+            tokenizer_fingerprint=tokenizer_fingerprint,
+            draft_model_name=draft_model_name,
+            draft_mode=draft_mode,
+            resume_token_ids=list(self.resume_token_ids),
+            stop_strings=list(self.stop_strings),
+        )
+
 
 @dataclass(frozen=True)
 class GenerateStep:

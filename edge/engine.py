@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, InvalidArgument
 from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
-from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams
 from edge.client import CloudClient
 from edge.draft_engine import DraftEngine
 from edge.draft_sampling import ContextFull, DraftPolicy
@@ -36,14 +36,6 @@ from edge.resume import ResumeWindow
 from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
 
 log = logging.getLogger(__name__)
-
-
-def _resumed(stats: GenerationStats, broke_at: float | None) -> None:
-    """A token arrived: adds the gap since the break (if any) to stats.resume_s. Returns the new
-    break time, None: the break is accounted for."""
-    if broke_at is not None:
-        stats.resume_s += time.perf_counter() - broke_at
-    return None
 
 
 class Mode(str, enum.Enum):
@@ -64,6 +56,20 @@ class GenerationRequest:
     # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
     prompt_text: str = ""
     return_text: bool = False
+
+    def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
+        """The request as the cloud takes it, resuming after `resume_token_ids` (see
+        GenerateRequest.session_open for a Speculate session)."""
+        return GenerateRequest(
+            prompt_token_ids=list(self.prompt_token_ids),
+            sampling=self.sampling,
+            max_new_tokens=self.max_new_tokens,
+            stop_token_ids=list(self.stop_token_ids),
+            stop_strings=list(self.stop_strings),
+            prompt_text=self.prompt_text,
+            return_text=self.return_text,
+            resume_token_ids=list(resume_token_ids),
+        )
 
 
 @dataclass
@@ -297,48 +303,20 @@ class EdgeEngine:
     async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
         """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
         info = self.cloud_info or await self.connect()
-        window = self._resume_window()
-        committed: list[int] = []
-        broke_at = None  # perf_counter() of the break the next session resumes
-        while True:
-            session = SessionOpen(
-                prompt_token_ids=list(request.prompt_token_ids),
-                max_new_tokens=request.max_new_tokens,
-                sampling=request.sampling,
-                stop_token_ids=list(request.stop_token_ids),
-                tokenizer_fingerprint=drafter.fingerprint,
-                draft_model_name=drafter.name,
-                draft_mode=request.draft_mode,
-                resume_token_ids=list(committed),
-                stop_strings=list(request.stop_strings),
-            )
-            timeout = self.fallback.timeout_s if self.fallback.enabled else None
-            stream = self.client.speculate(window.remaining_s())
-            run = SpeculativeRun(drafter, stream, session, self._fit(info), generation.stats,
+        config = self._fit(info)
+        timeout = self.fallback.timeout_s if self.fallback.enabled else None
+
+        def speculate(committed: list[int], connect_timeout_s: float | None) -> SpeculativeRun:
+            session = request.to_wire(committed).session_open(
+                tokenizer_fingerprint=drafter.fingerprint, draft_model_name=drafter.name, draft_mode=request.draft_mode)
+            run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
                                  response_timeout_s=timeout)
             run.stop_ids |= set(info.eos_token_ids)
-            resuming = bool(generation.served_by)  # an earlier session of this answer started
-            try:
-                async with contextlib.aclosing(run.tokens()) as pieces:
-                    async for source, new in pieces:
-                        window.progressed()
-                        broke_at = _resumed(generation.stats, broke_at)
-                        generation.served(run.replica, len(committed))
-                        committed += new
-                        yield source, new
-                return
-            except CloudUnavailable as exc:
-                if run.finish:
-                    return  # every token had arrived; only the end of the stream was lost
-                log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
-                broke_at = broke_at or time.perf_counter()
-                await window.pause_or_raise(exc, len(committed))
-            finally:
-                if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
-                    generation.finish_reason = run.finish
-                if run.replica is not None:
-                    generation.served(run.replica, len(committed))
-                    generation.stats.resumes += resuming
+            return run
+
+        async with contextlib.aclosing(self._resuming(speculate, generation)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     def _fit(self, info: ModelInfo) -> SpeculationConfig:
         """The speculation config within the cloud's limits.
@@ -357,58 +335,53 @@ class EdgeEngine:
         """Generate streams; a broken one resumes from the tokens received, as in _hybrid."""
         if self.client is None:
             raise FailedPrecondition("cloud mode needs a cloud address")
-        stats = generation.stats
+
+        def generate(committed: list[int], connect_timeout_s: float | None) -> _GenerateRun:
+            return _GenerateRun(self.client.generate(request.to_wire(committed), connect_timeout_s), generation)
+
         # A thin client's answer (the cloud tokenizes and renders it) cannot be resumed: no ids to resume from.
         resumable = bool(request.prompt_token_ids) and not request.return_text
+        async with contextlib.aclosing(self._resuming(generate, generation, resumable)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def _resuming(self, open_stream, generation: Generation, resumable: bool = True) -> AsyncIterator[Piece]:
+        """The answer over one stream after another: `open_stream(committed, connect_timeout_s)`
+        opens a stream (a SpeculativeRun or a _GenerateRun) that continues after `committed`;
+        a stream that breaks before the finish is reopened within the resume window."""
+        stats = generation.stats
         window = self._resume_window()
         committed: list[int] = []
-        broke_at = None
+        broke_at = None  # perf_counter() of the break the next stream resumes
         while True:
-            stream = self.client.generate(GenerateRequest(
-                prompt_token_ids=list(request.prompt_token_ids),
-                sampling=request.sampling,
-                max_new_tokens=request.max_new_tokens,
-                stop_token_ids=list(request.stop_token_ids),
-                stop_strings=list(request.stop_strings),
-                prompt_text=request.prompt_text,
-                return_text=request.return_text,
-                resume_token_ids=list(committed),
-            ), window.remaining_s())
-            stats.bytes_sent += stream.bytes_sent
-            received_before, passes_before = stats.bytes_received, stats.cloud_forward_passes
-            resuming, started = bool(generation.served_by), False
+            run = open_stream(list(committed), window.remaining_s())
+            resuming = bool(generation.served_by)  # an earlier stream of this answer started
             try:
-                async for step in stream:
-                    stats.bytes_received = received_before + stream.bytes_received
-                    if step.progress is not None:
-                        stats.prefill_progress += 1  # the cloud is at work (the silence timeout restarted)
-                        continue
-                    if not started:
-                        started = True
-                        generation.served(step.replica, len(committed))
-                        stats.resumes += resuming
-                    window.progressed()
-                    broke_at = _resumed(stats, broke_at)
-                    new = [step.token_id] if step.token_id is not None else []
-                    stats.rounds += len(new)
-                    if step.finish_reason:
-                        stats.cloud_forward_passes = passes_before + step.forward_passes
-                    stats.mark_tokens(len(new))
-                    generation.finish_reason = step.finish_reason
-                    generation.text += step.text
-                    if new:
+                async with contextlib.aclosing(run.tokens()) as pieces:
+                    async for source, new in pieces:
+                        window.progressed()
+                        if broke_at is not None:
+                            stats.resume_s += time.perf_counter() - broke_at
+                            broke_at = None
+                        generation.served(run.replica, len(committed))
+                        generation.finish_reason = run.finish
                         committed += new
-                        yield Source.CLOUD, new
+                        yield source, new
                 return
             except CloudUnavailable as exc:
-                stats.bytes_received = received_before + stream.bytes_received
-                if generation.finish_reason:
-                    return
+                if run.finish:
+                    return  # every token had arrived; only the end of the stream was lost
                 if not resumable:
                     raise
                 log.info("stream broke after %d token(s): %s; resuming", len(committed), exc)
                 broke_at = broke_at or time.perf_counter()
                 await window.pause_or_raise(exc, len(committed))
+            finally:
+                if run.finish:  # also when the stream broke after the last token (see _hybrid_or_local)
+                    generation.finish_reason = run.finish
+                if run.replica is not None:  # the stream started: a resume if an earlier one had
+                    generation.served(run.replica, len(committed))
+                    stats.resumes += resuming
 
     async def _edge(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
         if len(request.prompt_token_ids) >= drafter.n_ctx:
@@ -434,3 +407,38 @@ class EdgeEngine:
                 generation.finish_reason = FinishReason.STOP
                 return
         generation.finish_reason = FinishReason.LENGTH
+
+
+class _GenerateRun:
+    """One Generate stream of a cloud-mode answer, read the way a SpeculativeRun is: `tokens()`
+    yields pieces, `replica` is set once the stream started, `finish` once it finished."""
+
+    def __init__(self, stream, generation: Generation):
+        self.stream = stream
+        self.generation = generation
+        self.replica: str | None = None
+        self.finish = FinishReason.NONE
+
+    async def tokens(self) -> AsyncIterator[Piece]:
+        stats = self.generation.stats
+        stats.bytes_sent += self.stream.bytes_sent
+        received_before, passes_before = stats.bytes_received, stats.cloud_forward_passes
+        try:
+            async for step in self.stream:
+                stats.bytes_received = received_before + self.stream.bytes_received
+                if step.progress is not None:
+                    stats.prefill_progress += 1  # the cloud is at work (the silence timeout restarted)
+                    continue
+                if self.replica is None:
+                    self.replica = step.replica  # named on the first step only
+                new = [step.token_id] if step.token_id is not None else []
+                stats.rounds += len(new)
+                if step.finish_reason:
+                    stats.cloud_forward_passes = passes_before + step.forward_passes
+                stats.mark_tokens(len(new))
+                self.finish = step.finish_reason
+                self.generation.text += step.text
+                if new:
+                    yield Source.CLOUD, new
+        finally:
+            stats.bytes_received = received_before + self.stream.bytes_received

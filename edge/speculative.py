@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
-from common.wire import DraftBlock, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
+from common.wire import FinishReason, Progress, SessionOpen, SessionStarted, Verdict
 from edge.background import at_lowest_priority
 from edge.client import SpeculateStream
 from edge.draft_engine import DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
+from edge.draft_tail import DraftTail
 from edge.provenance import Source
 
 
@@ -133,13 +133,6 @@ class GenerationStats:
 _KINDS = {SessionStarted: "started", Verdict: "verdict"}  # what SpeculateStream.read() yields
 
 
-@dataclass
-class _InFlight:
-    block: DraftBlock
-    sent_at: float  # perf_counter() when written to the stream
-    doomed: bool = False  # known stale: sent before a rejection that invalidates it
-
-
 Piece = tuple[Source, list[int]]  # committed token ids, all chosen the same way
 
 
@@ -161,12 +154,8 @@ class SpeculativeRun:
                                          fixed_lengths=self.policy.sparse)
         self.stop_ids = set(request.stop_token_ids)
         self.finish = FinishReason.NONE
-        self.committed = list(request.prompt_token_ids) + list(request.resume_token_ids)
-        self.tail: list[int] = []
-        self.sent_upto = 0  # tail[:sent_upto] is known to the cloud or in flight
-        self.in_flight: deque[_InFlight] = deque()
-        self._tail_epoch = 0  # bumped on every reset, to drop drafts made for an old tail
-        self._dists: list = []  # sparse-q distributions of tail[sent_upto:]
+        # The tail, the blocks in flight and which of them are stale (edge/draft_tail.py).
+        self.book = DraftTail(list(request.prompt_token_ids) + list(request.resume_token_ids))
         self._responses: asyncio.Queue = asyncio.Queue()  # (arrival time, response or error)
         self._arrived_at = 0.0
         self._draft_disabled = False
@@ -243,50 +232,34 @@ class SpeculativeRun:
 
     def _remaining_budget(self) -> int:
         """Tokens still allowed after the tail and the bonus token its last block will bring."""
-        generated_if_all_accepted = len(self.tail) - len(self.request.prompt_token_ids) + 1
+        generated_if_all_accepted = len(self.book.tail) - len(self.request.prompt_token_ids) + 1
         return self.request.max_new_tokens - generated_if_all_accepted
-
-    def _awaiting_bonus(self) -> bool:
-        """Whether the last block sent will bring a bonus token (it is in flight, not stale)."""
-        return bool(self.in_flight) and not self.in_flight[-1].doomed
-
-    def _drafts_start(self) -> int:
-        """Index in the tail of the first token the next block has verified as a draft.
-
-        While a block is awaiting its bonus token, the tail token right after the block is a
-        guess of it: the cloud chooses that token itself, so it is no draft.
-        """
-        return max(self.sent_upto + self._awaiting_bonus(), len(self.committed))
-
-    def _pending_drafts(self) -> int:
-        """Drafts in the tail not yet sent (-1 while the guess of a bonus token is missing)."""
-        return len(self.tail) - self._drafts_start()
 
     def _can_draft(self) -> bool:
         return (
             self._draft_ready
             and not self._draft_disabled
-            and len(self.in_flight) < self.lengths.depth
+            and len(self.book.in_flight) < self.lengths.depth
             and self._remaining_budget() > 0
-            and self._pending_drafts() < self.lengths.block_tokens
-            and not (len(self.tail) > len(self.committed) and self.tail[-1] in self.stop_ids)
+            and self.book.pending_drafts() < self.lengths.block_tokens
+            and not self.book.ends_in(self.stop_ids)
             and not self.lengths.cut_requested
         )
 
     def _should_send(self) -> bool:
-        if len(self.in_flight) >= self.lengths.depth:
+        if len(self.book.in_flight) >= self.lengths.depth:
             return False
-        return self._pending_drafts() > 0 or not self._awaiting_bonus()
+        return self.book.pending_drafts() > 0 or not self.book.awaiting_bonus()
 
     def _can_prefeed(self) -> bool:
         """Whether the draft model could evaluate the tail's last token while a verdict travels."""
         return (
-            bool(self.in_flight)
+            bool(self.book.in_flight)
             and self._draft_ready
             and not self._draft_disabled
-            and self._fed != (self._tail_epoch, len(self.tail))
+            and self._fed != (self.book.epoch, len(self.book.tail))
             and self._remaining_budget() > 0
-            and self.tail[-1] not in self.stop_ids
+            and self.book.tail[-1] not in self.stop_ids
         )
 
     async def _prefill_draft(self, in_thread=asyncio.to_thread) -> None:
@@ -303,7 +276,7 @@ class SpeculativeRun:
         """The sequence outgrew the draft's context: the cloud generates the rest alone."""
         self._draft_disabled = True
         self.stats.drafting = "off-beyond-draft-context"
-        self.stats.drafting_off_at = len(self.committed) - len(self.request.prompt_token_ids) if at is None else at
+        self.stats.drafting_off_at = len(self.book.committed) - len(self.request.prompt_token_ids) if at is None else at
 
     async def _prefeed(self) -> None:
         """Feeds the tail's last token to the draft model, off the critical path.
@@ -311,15 +284,14 @@ class SpeculativeRun:
         After the verdict, the draft then has one token to evaluate (the cloud's next token)
         instead of two.
         """
-        self._fed = (self._tail_epoch, len(self.tail))
+        self._fed = (self.book.epoch, len(self.book.tail))
         try:
-            await asyncio.to_thread(self.drafter.next_logits, list(self.tail))
+            await asyncio.to_thread(self.drafter.next_logits, list(self.book.tail))
         except ContextFull:
             self._disable_drafting()
 
     async def _draft_one(self) -> None:
-        epoch, context = self._tail_epoch, list(self.tail)
-        guess = len(context) < self._drafts_start()
+        epoch, context, guess = self.book.epoch, list(self.book.tail), self.book.next_is_guess()
         began = time.perf_counter()
         try:
             choice = await asyncio.to_thread(self._choose, context, guess)
@@ -327,10 +299,8 @@ class SpeculativeRun:
             self._disable_drafting()
             return
         seconds = time.perf_counter() - began
-        if epoch != self._tail_epoch:
+        if not self.book.append(epoch, choice.token_id, choice.dist):
             return  # a verdict reset the tail while we drafted
-        self.tail.append(choice.token_id)
-        self._dists.append(choice.dist)
         if not guess:
             self.lengths.observe_draft(choice.confidence, seconds)
 
@@ -338,77 +308,44 @@ class SpeculativeRun:
         return self.policy.choose(self.drafter.next_logits(context), len(context), guess)
 
     async def _send_block(self) -> None:
-        start = self.sent_upto - 1  # the anchor: the last token the cloud knows or will know
-        block = DraftBlock(
-            start_position=start,
-            token_ids=self.tail[start:],
-            draft_dists=list(self._dists) if self.policy.sparse else [],
-        )
-        self._dists = []
-        self.sent_upto = len(self.tail)
-        self.in_flight.append(_InFlight(block, time.perf_counter()))
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.in_flight))
+        block = self.book.cut_block(time.perf_counter(), with_dists=self.policy.sparse)
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.book.in_flight))
         self.lengths.start_block()
         await self._timed(self.stream.send(block), "room to send")
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
-        if started.position != len(self.committed):
-            raise ProtocolError(f"cloud started at position {started.position}, expected {len(self.committed)}")
+        new = self.book.start(started.position, started.token_id)
+        self.lengths.start_block()
         self.stats.rounds += 1
         self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
         self.replica = started.replica
-        new = [started.token_id] if started.token_id is not None else []
-        self.committed += new
         self.finish = started.finish_reason
-        self._reset_tail()
         self.stats.mark_tokens(len(new))
         return new
 
     def _apply_verdict(self, verdict: Verdict) -> list[Piece]:
-        if not self.in_flight:
-            raise ProtocolError("a verdict arrived for no block in flight")
-        sent = self.in_flight.popleft()
-        block = sent.block
-        if verdict.start_position != block.start_position or verdict.stale != sent.doomed:
-            raise ProtocolError(
-                f"verdict for position {verdict.start_position} (stale={verdict.stale}) does not match the "
-                f"block in flight at {block.start_position} (stale expected: {sent.doomed})"
-            )
+        judged = self.book.judge(verdict)
         self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
                                               self._passes_before + verdict.forward_passes)
-        if verdict.stale:
-            self.stats.stale_drafted += len(block.token_ids) - 1
+        if judged.stale:
+            self.stats.stale_drafted += judged.stale_drafts
             return []
-        overlap = len(self.committed) - block.start_position
-        drafts = block.token_ids[overlap:]
-        if verdict.accepted_count > len(drafts):
-            raise ProtocolError(f"cloud accepted {verdict.accepted_count} of {len(drafts)} drafts")
-        accepted = drafts[: verdict.accepted_count]
-        chosen = [] if verdict.next_token is None else [verdict.next_token]
-        new = accepted + chosen
-        self.committed += new
+        drafted, accepted = len(judged.drafts), len(judged.accepted)
+        round_trip_s = self._arrived_at - judged.sent_at
         self.stats.rounds += 1
-        self.stats.drafted += len(drafts)
-        self.stats.accepted += verdict.accepted_count
-        self.stats.verified_blocks.append((len(drafts), verdict.accepted_count))
-        self.stats.round_trips_s.append(self._arrived_at - sent.sent_at)
-        self.stats.mark_tokens(len(new))
+        self.stats.drafted += drafted
+        self.stats.accepted += accepted
+        self.stats.verified_blocks.append((drafted, accepted))
+        self.stats.round_trips_s.append(round_trip_s)
+        self.stats.mark_tokens(len(judged.committed))
         if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
-            self.lengths.observe_verdict(len(drafts), verdict.accepted_count, self._arrived_at - sent.sent_at)
+            self.lengths.observe_verdict(drafted, accepted, round_trip_s)
             self.stats.policy = self.lengths.snapshot()  # live: a chat page shows the round trip
         self.finish = verdict.finish_reason
-        if self.tail[: len(self.committed)] != self.committed:
-            for later in self.in_flight:
-                later.doomed = True
-            self._reset_tail()
-        return [(source, ids) for source, ids in ((Source.ACCEPTED, accepted), (Source.CLOUD, chosen)) if ids]
-
-    def _reset_tail(self) -> None:
-        self.tail = list(self.committed)
-        self.sent_upto = len(self.tail)
-        self._dists = []
-        self._tail_epoch += 1
-        self.lengths.start_block()
+        if judged.reset:
+            self.lengths.start_block()
+        pieces = ((Source.ACCEPTED, judged.accepted), (Source.CLOUD, judged.chosen))
+        return [(source, ids) for source, ids in pieces if ids]
 
     async def _read_all(self) -> None:
         try:
