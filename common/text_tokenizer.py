@@ -1,27 +1,82 @@
-"""The text side of a model: a transformers tokenizer, as both cloud and edge read it.
+"""The text side of a model: a tokenizer, as both cloud and edge read it.
 
 The target's tokenizer is the single source of truth for how text becomes ids. The cloud
-wraps its target's tokenizer in this class; the edge wraps the same kind of tokenizer (a
-transformers tokenizer loaded from the draft's directory, or converted from its GGUF as the
-cloud converts a GGUF target), so both sides compute rules, end ids, templates and fingerprints
-with one piece of code. The tokenizer object is passed in: this module imports no engine.
+wraps its target's transformers tokenizer in this class; the edge wraps the same tokenizer
+read from plain files with the `tokenizers` library alone (`TextTokenizer.from_file`: the Rust
+pipeline inside transformers' tokenizers, without transformers and torch), so both sides compute
+rules, end ids, templates and fingerprints with one piece of code. The tokenizer object is
+passed in (or, for files, `tokenizers` is imported on first use): this module imports no engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from common.chat_templates import builtin_chat_template
 from common.fingerprint import PROBE_TEXT, tokenizer_fingerprint
 from common.special_tokens import SpecialTokens, detect_rules, end_of_generation_ids
 
+SPEC_FILE = "tandem_tokenizer.json"
+"""The file beside a tokenizer.json that holds its TokenizerSpec."""
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a tokenizer.json does not say and a TextTokenizer needs: the BOS and EOS tokens (as
+    transformers names them), the chat template, and more EOS ids the model declares.
+
+    The post-processor in tokenizer.json already says which of them the default encoding adds.
+    """
+
+    bos_token: str | None = None
+    bos_token_id: int | None = None
+    eos_token: str | None = None
+    eos_token_id: int | None = None
+    chat_template: str | None = None
+    extra_eos_ids: tuple[int, ...] = ()
+    split_special_tokens: bool = False  # transformers' flag: special tokens written in text stay text
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenizerSpec:
+        fields = json.loads(text)
+        return cls(**{**fields, "extra_eos_ids": tuple(fields.get("extra_eos_ids", ()))})
+
+
+class _FileTokenizer:
+    """A `tokenizers.Tokenizer` with its spec, called the way TextTokenizer calls a transformers
+    tokenizer (these are the calls transformers' fast tokenizers forward to the same Rust object)."""
+
+    def __init__(self, backend, spec: TokenizerSpec):
+        self.backend_tokenizer = backend
+        backend.encode_special_tokens = spec.split_special_tokens
+        self.bos_token, self.bos_token_id = spec.bos_token, spec.bos_token_id
+        self.eos_token, self.eos_token_id = spec.eos_token, spec.eos_token_id
+        self.chat_template = spec.chat_template
+        self.added_tokens_decoder = backend.get_added_tokens_decoder()
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
+        return [self.backend_tokenizer.id_to_token(int(i)) for i in ids]
+
 
 class TextTokenizer:
     def __init__(self, tokenizer, extra_eos_ids: Sequence[int] = ()):
-        """tokenizer: a transformers tokenizer; extra_eos_ids: more EOS ids the model declares
-        (its generation config's eos_token_id)."""
+        """tokenizer: a transformers tokenizer (or the file-backed stand-in from_file makes);
+        extra_eos_ids: more EOS ids the model declares (its generation config's eos_token_id)."""
         self.hf = tokenizer
         self.special = detect_rules(
             lambda text, add: tokenizer(text, add_special_tokens=add)["input_ids"],
@@ -33,6 +88,18 @@ class TextTokenizer:
         self.end_ids = end_of_generation_ids(declared, self.special_tokens)
         self.chat_template = (getattr(tokenizer, "chat_template", None)
                               or builtin_chat_template(self.special_tokens.values()))
+
+    @classmethod
+    def from_file(cls, tokenizer_json: str | Path, spec: TokenizerSpec | None = None) -> TextTokenizer:
+        """A tokenizer from a tokenizer.json (any family) with `tokenizers` alone; `spec` defaults
+        to the SPEC_FILE beside it (edge/tokenizer_conversion.py writes both), else to none."""
+        from tokenizers import Tokenizer  # the edge extra; the thin client never tokenizes
+
+        tokenizer_json = Path(tokenizer_json)
+        if spec is None:
+            spec_file = tokenizer_json.with_name(SPEC_FILE)
+            spec = TokenizerSpec.from_json(spec_file.read_text()) if spec_file.is_file() else TokenizerSpec()
+        return cls(_FileTokenizer(Tokenizer.from_file(str(tokenizer_json)), spec), spec.extra_eos_ids)
 
     def __len__(self) -> int:
         return len(self.hf)

@@ -5,7 +5,7 @@ chat template and, for byte-level BPE, the name of one of llama.cpp's built-in p
 (`tokenizer.ggml.pre`: the regex set that splits text before merging).
 
 What the hybrid needs from the GGUF is its vocabulary: the same ids for the same pieces as the
-target's tokenizer. Prompts are tokenized by transformers on the edge (edge/tokenizer.py) and
+target's tokenizer. Prompts are tokenized by transformers' pipeline on the edge (edge/tokenizer.py) and
 fed to llama.cpp as ids, so llama.cpp's own text -> ids may differ without harm. Still, the GGUF
 should tokenize well for llama.cpp's other users:
 
@@ -139,9 +139,9 @@ def _hf_tokenizer(model_dir: Path):
                 "its scores, or not BPE at all; add tokenizer.model, or convert it with llama.cpp's "
                 "convert_hf_to_gguf.py"
             )
-    from transformers import AutoTokenizer
+    from edge.tokenizer_conversion import transformers_tokenizer  # the one edge module with transformers
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return transformers_tokenizer(model_dir)
 
 
 def sentencepiece_vocab(model_dir: Path, tokenizer, n_vocab: int) -> GgufVocab:

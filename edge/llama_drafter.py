@@ -6,7 +6,7 @@ rejected), rolls back to the common prefix by truncating the cache (no state rel
 evaluates only the new tokens.
 
 Text never goes through llama.cpp's tokenizer: prompts are tokenized by the draft's
-transformers tokenizer (edge/tokenizer.py, the same kind the target uses), and the ids are fed
+tokenizer as transformers builds it (edge/tokenizer.py, the same kind the target uses), and the ids are fed
 to llama.cpp. Its vocabulary is the GGUF's, so the ids mean the same tokens.
 """
 
@@ -85,7 +85,7 @@ class LlamaDrafter:
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
-        """The transformers tokenizer of the draft's files (loaded on first use)."""
+        """The tokenizer of the draft's files (loaded on first use; edge/tokenizer.py)."""
         from edge.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(self.source)

@@ -24,11 +24,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-try:
+if TYPE_CHECKING:  # aiohttp (~0.15 s) is imported where a server starts, not by `tandem --help`
     from aiohttp import web
-except ImportError:  # the thin client: run() says which extra `tandem serve` needs
-    web = None
 
 from common import settings
 from common.checks import check_port_free, check_range
@@ -114,6 +113,7 @@ class OpenAIServer:
         self.guard = HttpGuard(self.config.host, self.config.api_key)
 
     def app(self) -> web.Application:
+        from aiohttp import web
         app = web.Application(middlewares=[self.guard.middleware, web.middleware(_errors_as_json)],
                               client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/", self.page)
@@ -128,6 +128,7 @@ class OpenAIServer:
 
     async def start(self) -> int:
         """Binds and serves; returns the port. A client that hangs up cancels its handler."""
+        from aiohttp import web
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=2.0,
                                     access_log=None)
         await self.runner.setup()
@@ -143,14 +144,17 @@ class OpenAIServer:
 
     async def page(self, request: web.Request) -> web.FileResponse:
         """The chat page (edge/web/): streams from /v1/chat/completions like any other client."""
+        from aiohttp import web
         return web.FileResponse(WEB_DIR / "index.html", headers={
             "Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
     async def models(self, request: web.Request) -> web.Response:
+        from aiohttp import web
         return web.json_response({"object": "list", "data": [self._model_card()]})
 
     async def model(self, request: web.Request) -> web.Response:
+        from aiohttp import web
         if request.match_info["model"] != self.config.model_name:
             raise ApiError(404, f"no model {request.match_info['model']!r}; this server serves "
                                 f"{self.config.model_name!r}", "model", code="model_not_found")
@@ -164,6 +168,7 @@ class OpenAIServer:
 
     async def health(self, request: web.Request) -> web.Response:
         """200 while the endpoint can answer, which it can while the cloud is down (degraded)."""
+        from aiohttp import web
         engine = self.tandem.engine
         return web.json_response({
             "status": "ok", "model": self.config.model_name, "mode": self.tandem.mode.value,
@@ -173,6 +178,7 @@ class OpenAIServer:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """Prometheus metrics (edge/metrics.py)."""
+        from aiohttp import web
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -223,6 +229,7 @@ class OpenAIServer:
 
     async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
                        generation: Generation) -> web.Response:
+        from aiohttp import web
         text = "".join([delta.text async for delta in deltas])
         return web.json_response(builder.response(completion_of(text, generation)),
                                  headers=_fallback_headers(generation))
@@ -230,6 +237,7 @@ class OpenAIServer:
     async def _stream(self, request: web.Request, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
                       generation: Generation) -> tuple[web.StreamResponse, bool]:
         """The answer as Server-Sent Events; False if it broke off with an error event."""
+        from aiohttp import web
         # The first token comes before the headers, so a request the cloud refuses gets a plain
         # HTTP error, and the degraded header tells whether the answer started locally.
         delta = await anext(deltas, None)
@@ -284,6 +292,7 @@ def _api_error(exc: TandemError) -> ApiError:
 
 async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     """Every error answers in OpenAI's shape: {"error": {message, type, param, code}}."""
+    from aiohttp import web
     try:
         return await handler(request)
     except ApiError as exc:

@@ -1,57 +1,65 @@
-"""The edge's tokenizer: the same kind as the target's (transformers), made from the draft's files.
+"""The edge's tokenizer: the target's kind (transformers' pipeline), read with `tokenizers` alone.
 
 llama.cpp and transformers do not always turn text into the same ids (SentencePiece's
 prefix space after special tokens, for one), and the target's ids are the ones that count.
-So the edge never tokenizes prompts with llama.cpp: it loads a transformers tokenizer from
-the draft, tokenizes once, and feeds the ids to llama.cpp. For a Hugging Face directory that
-is the directory's own tokenizer; for a GGUF it is transformers' conversion of the GGUF's
-tokenizer, exactly as the cloud converts a GGUF target (cloud/model.py), cached by the
-content of the GGUF's `tokenizer.*` keys (every GGUF with the same tokenizer shares one copy).
+So the edge never tokenizes prompts with llama.cpp: it tokenizes with the pipeline transformers
+builds for the draft (for a Hugging Face directory, from the directory's files; for a GGUF, from
+its `tokenizer.*` keys, exactly as the cloud converts a GGUF target), and feeds the ids to
+llama.cpp. transformers builds it once per draft (edge/tokenizer_conversion.py, the one edge
+module that imports it); the result is cached as a tokenizer.json and its spec, keyed by the
+content of the draft's tokenizer files (every draft with the same tokenizer shares one copy),
+and every later start reads it with the `tokenizers` library in milliseconds, without torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import mmap
 import struct
-import time
 from pathlib import Path
 
 from common.model_paths import model_cache_root, publish_dir
-from common.special_tokens import id_list
-from common.text_tokenizer import TextTokenizer
-
-log = logging.getLogger(__name__)
+from common.text_tokenizer import SPEC_FILE, TextTokenizer
 
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 """GGUF value types with a fixed size (uint8 ... float64); 8 is a string, 9 an array."""
 _STRING, _ARRAY = 8, 9
 
+CACHE_FORMAT = b"tandem-tokenizer-files-1"
+"""Part of every cache key: a new layout of the cached files gets new folders."""
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
+                   "generation_config.json")
+"""The files of a Hugging Face directory that can change how transformers tokenizes."""
+
 
 def load_tokenizer(draft: str | Path) -> TextTokenizer:
-    """The transformers tokenizer of a draft model: an HF directory, or a GGUF file."""
-    from transformers import AutoTokenizer
-
-    path = Path(draft)
-    source = path if path.is_dir() else gguf_tokenizer_dir(path)
-    return TextTokenizer(AutoTokenizer.from_pretrained(source), _declared_eos_ids(source))
+    """The tokenizer of a draft model (an HF directory, or a GGUF file), as transformers builds it."""
+    return TextTokenizer.from_file(tokenizer_files(Path(draft)) / "tokenizer.json")
 
 
-def gguf_tokenizer_dir(gguf: Path) -> Path:
-    """A transformers tokenizer directory converted once from a GGUF's tokenizer and cached."""
-    target = model_cache_root() / "tokenizers" / tokenizer_digest(gguf)[:24]
-    if (target / "tokenizer_config.json").is_file():
+def tokenizer_files(draft: Path) -> Path:
+    """The cached folder with the draft's tokenizer.json and spec, converted on first use."""
+    digest = hashlib.sha256(CACHE_FORMAT)
+    digest.update(directory_digest(draft).encode() if draft.is_dir() else tokenizer_digest(draft).encode())
+    target = model_cache_root() / "tokenizers" / digest.hexdigest()[:24]
+    if (target / SPEC_FILE).is_file():
         return target
-    from transformers import AutoTokenizer
+    from edge.tokenizer_conversion import write_tokenizer_files  # transformers: this one time only
 
-    log.info("first use of %s's tokenizer: converting it for transformers (one-time)...", gguf.name)
-    started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    publish_dir(target, tokenizer.save_pretrained)
-    log.info("cached the tokenizer in %s (%.1fs)", target, time.monotonic() - started)
-    return target
+    return publish_dir(target, lambda folder: write_tokenizer_files(draft, folder))
+
+
+def directory_digest(model_dir: Path) -> str:
+    """SHA-256 of the names and contents of a directory's TOKENIZER_FILES."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(b"%s\x00%d\x00" % (name.encode(), path.stat().st_size))
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def tokenizer_digest(gguf: Path) -> str:
@@ -96,10 +104,3 @@ def _skip_value(data, offset: int, value_type: int) -> int:
         offset = _skip_value(data, offset, item_type)
     return offset
 
-
-def _declared_eos_ids(model_dir: Path) -> list[int]:
-    """The EOS ids in a model directory's generation_config.json, if it has one."""
-    config = model_dir / "generation_config.json"
-    if not config.is_file():
-        return []
-    return id_list(json.loads(config.read_text()).get("eos_token_id"))
