@@ -310,10 +310,10 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def run(args) -> int:
     """The load benchmark (bench/cli.py hands over when --sessions is given)."""
-    from bench.cli import _cpus
+    from bench.pin import disjoint_cpus
     from bench.processes import CloudProcess, ProcessError
 
-    cloud_cpus, edge_cpus = _cpus(args)
+    cloud_cpus, edge_cpus = disjoint_cpus(args.cloud_cpus, args.edge_cpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
@@ -330,8 +330,9 @@ def run(args) -> int:
             print(f"load  {label:<40} {row['tokens_per_s']:7.1f} tokens/s, p99 {row['gap_p99_ms']:.0f} ms, "
                   f"{row['sessions_per_pass']:.1f} sessions/pass  elapsed {elapsed:5.0f}s", file=sys.stderr, flush=True)
 
+    metrics_port = _free_port()
     extra = ["--max-sessions", str(max(args.session_counts) + 8), "--max-batch-tokens", str(args.max_batch_tokens),
-             "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--metrics-port", str(_free_port())]
+             "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--metrics-port", str(metrics_port)]
     if args.dtype:
         extra += ["--dtype", args.dtype]
     try:
@@ -341,7 +342,7 @@ def run(args) -> int:
         return 2
     try:
         os.sched_setaffinity(0, edge_cpus)
-        result = asyncio.run(_bench(args, f"{cloud.address[0]}:{cloud.address[1]}", int(extra[-1]), progress))
+        result = asyncio.run(_bench(args, f"{cloud.address[0]}:{cloud.address[1]}", metrics_port, progress))
         cloud_cpus_seen, torch_threads = cloud.cpus, cloud.torch_threads
     finally:
         cloud.stop()
