@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.config import LOAD, BenchConfig, LoadConfig
 from bench.pin import disjoint_cpus
 from bench.prompts import PROMPTS
+from bench.stamp import header, provenance
 from common.checks import check_model_path
 from common.errors import InvalidArgument
 from common import settings
@@ -107,16 +108,18 @@ def _run(args: argparse.Namespace) -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "wall_s": round(time.monotonic() - started, 1),
         }
+        stamp = provenance(cloud.dtype, cloud.torch_threads, worker.info["draft_threads"], load_start)
     finally:
         for part in (worker, relay, cloud):
             if part is not None:
                 part.stop()
     if lengths:
-        return _report_ttft(args, records, machine, load_start)
+        return _report_ttft(args, records, machine, load_start, stamp)
     summary = report.summarize(records)
     target_rows = report.targets(summary, records)
     result = {
         "command": "tandem " + " ".join(sys.argv[1:]),
+        "provenance": stamp,
         "settings": {"rtt_ms": plan.rtts_ms, "max_tokens": plan.max_tokens, "prompts": plan.prompts,
                      "modes": plan.modes, "jitter_ms": plan.jitter_ms, "bandwidth_mbps": plan.bandwidth_mbps,
                      "edge_flags": edge_args, "model": args.model, "draft_model": args.draft_model},
@@ -129,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         result["resume"] = {"rtt_ms": args.resume_rtt_ms, "break_after": args.resume_after,
                             **resume.summarize(resume_records), "runs": resume_records}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(header("tandem bench", stamp))
     print(report.table(summary, target_rows))
     if resume_records:
         print(resume.table(result["resume"], args.resume_rtt_ms, args.resume_after))
@@ -143,14 +147,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start) -> int:
+def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start, stamp: dict) -> int:
     from bench import report
 
     rows = report.ttft_by_length(records)
     target_rows = report.ttft_targets(rows)
     out = Path(args.out) / "ttft.json"
-    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "machine": machine,
+    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "provenance": stamp, "machine": machine,
                                "ttft_by_prompt_tokens": rows, "targets": target_rows, "runs": records}, indent=1))
+    print(header("tandem bench (time to first token)", stamp))
     print(report.ttft_table(rows, target_rows))
     print(f"\nwrote {out} in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
           f"{machine['load_average_end'][0]:.2f} at the end")
