@@ -18,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench.pin import parse_cpus
+from bench.config import LOAD, BenchConfig, LoadConfig
+from bench.pin import disjoint_cpus
+from bench.prompts import PROMPTS
+from bench.stamp import header, provenance
 from common.checks import check_model_path
 from common.errors import InvalidArgument
-from bench.prompts import PROMPTS
 from common import settings
 from common.extras import require_extra
 from edge.config import speculation_flags, speculation_from_args
@@ -38,42 +40,9 @@ def add_parser(subparsers) -> None:
                     "Prints a table; writes bench.json, tokens_per_s.png and tokens_per_round.png to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rtt-ms", default="0,20,50,100", help="round-trip times to emulate, comma-separated")
-    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per generation")
-    parser.add_argument("--prompts", type=int, default=4, help=f"how many built-in prompts (1-{len(PROMPTS)})")
-    parser.add_argument("--modes", default="hybrid,cloud,edge", help="modes to run, comma-separated")
-    parser.add_argument("--out", default="bench-results", help="output directory")
-    parser.add_argument("--cloud-cpus", default="0", help="CPUs of the cloud process, e.g. 0 or 0-3")
-    parser.add_argument("--edge-cpus", default="1", help="CPUs of the edge process (disjoint from the cloud's)")
-    parser.add_argument("--jitter-ms", type=float, default=0.0, help="one-way jitter, uniform +/- this")
-    parser.add_argument("--bandwidth-mbps", type=float, default=None, help="link capacity each way (default: none)")
-    parser.add_argument("--ttft-prompt-tokens", default=None, metavar="N,N,...",
-                        help="instead of the throughput runs, measure time to first token of cloud-only and "
-                             "hybrid back to back on raw prompts of exactly these many tokens (e.g. 100,1000,3000), "
-                             "at each --rtt-ms; writes ttft.json and prints hybrid / cloud-only per length")
-    parser.add_argument("--ttft-repeats", type=int, default=3,
-                        help="pairs of runs per prompt length and RTT with --ttft-prompt-tokens")
-    parser.add_argument("--model", default=None, help="target model of the cloud (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--draft-model", default=None, help="draft GGUF of the edge (default: SmolLM2 Q4_1)")
-    parser.add_argument("--resume-after", type=int, default=32,
-                        help="also measure one resume: each prompt's hybrid answer with its connection reset "
-                             "after this many tokens, paired with the same answer unbroken; 0 skips it")
-    parser.add_argument("--resume-rtt-ms", type=float, default=20.0, help="round-trip time of the resume measurement")
+    settings.add_arguments(parser, BenchConfig)
     settings.add_arguments(parser, SpeculationConfig)
-    g = parser.add_argument_group("load benchmark (with --sessions: many concurrent sessions, one cloud)")
-    g.add_argument("--sessions", default=None, metavar="N,N,...",
-                   help="run the load benchmark at these concurrent session counts, e.g. 1,4,16 (modes: "
-                        "the hybrid and cloud ones of --modes); writes load.json and load.png")
-    g.add_argument("--corrupt-rate", type=float, default=0.1,
-                   help="hybrid load: the load drafter proposes the target's own continuation with each "
-                        "token corrupted at this rate (acceptance about 1 - rate)")
-    g.add_argument("--load-draft-tokens", type=int, default=8, help="hybrid load: drafts per block")
-    g.add_argument("--max-batch-tokens", type=int, default=256, help="the cloud's --max-batch-tokens")
-    g.add_argument("--batch-wait-ms", type=float, default=50.0, help="the cloud's --batch-wait-ms")
-    g.add_argument("--long-prompt-tokens", type=int, default=2000,
-                   help="then rerun the largest hybrid load minus one while a prompt this long joins "
-                        "(0: skip)")
-    g.add_argument("--dtype", default=None, help="the cloud's --dtype (default: its own default)")
+    settings.add_arguments(parser, LoadConfig, title=LOAD)
     parser.set_defaults(run=run)
 
 
@@ -102,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
     plan = _plan(args)
     lengths = _ttft_lengths(args)
-    cloud_cpus, edge_cpus = _cpus(args)
+    cloud_cpus, edge_cpus = disjoint_cpus(args.cloud_cpus, args.edge_cpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     edge_args = speculation_flags(speculation_from_args(args))
@@ -139,16 +108,18 @@ def _run(args: argparse.Namespace) -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "wall_s": round(time.monotonic() - started, 1),
         }
+        stamp = provenance(cloud.dtype, cloud.torch_threads, worker.info["draft_threads"], load_start)
     finally:
         for part in (worker, relay, cloud):
             if part is not None:
                 part.stop()
     if lengths:
-        return _report_ttft(args, records, machine, load_start)
+        return _report_ttft(args, records, machine, load_start, stamp)
     summary = report.summarize(records)
     target_rows = report.targets(summary, records)
     result = {
         "command": "tandem " + " ".join(sys.argv[1:]),
+        "provenance": stamp,
         "settings": {"rtt_ms": plan.rtts_ms, "max_tokens": plan.max_tokens, "prompts": plan.prompts,
                      "modes": plan.modes, "jitter_ms": plan.jitter_ms, "bandwidth_mbps": plan.bandwidth_mbps,
                      "edge_flags": edge_args, "model": args.model, "draft_model": args.draft_model},
@@ -161,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         result["resume"] = {"rtt_ms": args.resume_rtt_ms, "break_after": args.resume_after,
                             **resume.summarize(resume_records), "runs": resume_records}
     (out / "bench.json").write_text(json.dumps(result, indent=1))
+    print(header("tandem bench", stamp))
     print(report.table(summary, target_rows))
     if resume_records:
         print(resume.table(result["resume"], args.resume_rtt_ms, args.resume_after))
@@ -175,14 +147,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start) -> int:
+def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start, stamp: dict) -> int:
     from bench import report
 
     rows = report.ttft_by_length(records)
     target_rows = report.ttft_targets(rows)
     out = Path(args.out) / "ttft.json"
-    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "machine": machine,
+    out.write_text(json.dumps({"command": "tandem " + " ".join(sys.argv[1:]), "provenance": stamp, "machine": machine,
                                "ttft_by_prompt_tokens": rows, "targets": target_rows, "runs": records}, indent=1))
+    print(header("tandem bench (time to first token)", stamp))
     print(report.ttft_table(rows, target_rows))
     print(f"\nwrote {out} in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
           f"{machine['load_average_end'][0]:.2f} at the end")
@@ -240,17 +213,3 @@ def _load_plan(args: argparse.Namespace) -> None:
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
         raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
 
-
-def _cpus(args: argparse.Namespace) -> tuple[set[int], set[int]]:
-    try:
-        cloud, edge = parse_cpus(args.cloud_cpus), parse_cpus(args.edge_cpus)
-    except ValueError as exc:
-        raise InvalidArgument(f"{exc}") from None
-    available = os.sched_getaffinity(0)
-    if cloud & edge:
-        raise InvalidArgument(f"--cloud-cpus and --edge-cpus overlap ({sorted(cloud & edge)}); "
-                         "the two sides emulate two machines")
-    if not (cloud | edge) <= available:
-        raise InvalidArgument(f"CPUs {sorted((cloud | edge) - available)} are not available "
-                         f"(this process may use {sorted(available)})")
-    return cloud, edge

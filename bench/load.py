@@ -26,6 +26,7 @@ import random
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,18 @@ class SessionRecord:
 class Load:
     stub: pb_grpc.TandemStub
     prompts: list[list[int]]
-    references: list[list[int]]
+    references: list[list[int]]  # each prompt's cloud-only output alone: every output is compared with it
     max_tokens: int
     draft_tokens: int
     corrupt_rate: float
     vocab_size: int
     fingerprint: str
+    drafts: list[list[int]] = field(default_factory=list)  # the load drafter's continuations (drafter_references)
+    cloud_cpu_seconds: Callable[[], float] = lambda: 0.0  # CPU time the cloud process has used so far
     verdicts: int = 0  # verdicts received so far, all sessions
+
+    def __post_init__(self):
+        self.drafts = self.drafts or [list(r) for r in self.references]
 
 
 async def _answer(call) -> pb.SpeculateResponse:
@@ -89,7 +95,7 @@ async def cloud_session(load: Load, prompt: int) -> SessionRecord:
 async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     """Lock-step speculation with the load drafter: blocks of draft_tokens, verdict, repeat."""
     record = SessionRecord(prompt, started_s=time.monotonic())
-    prompt_ids, reference = load.prompts[prompt], load.references[prompt]
+    prompt_ids, reference = load.prompts[prompt], load.drafts[prompt]
     rng = random.Random(seed)
     call = load.stub.Speculate()
     await call.write(pb.SpeculateRequest(open=pb.SessionOpen(
@@ -141,6 +147,7 @@ def scrape(port: int) -> dict[str, float]:
 async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, joiner: list[int] | None = None) -> dict:
     """`sessions` concurrent sessions of `mode` (prompts round-robin); one row of the report."""
     before, verdicts_before = scrape(metrics_port), load.verdicts
+    cpu_before = time.process_time(), load.cloud_cpu_seconds()
     started = time.monotonic()
     tasks = [asyncio.ensure_future(hybrid_session(load, i % len(load.prompts), seed=i) if mode == "hybrid"
                                    else cloud_session(load, i % len(load.prompts))) for i in range(sessions)]
@@ -154,6 +161,7 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
     records = await asyncio.gather(*tasks)
     wall = max(r.ended_s for r in records) - started
     join_record = await joined if joined is not None else None
+    client_cpu, cloud_cpu = time.process_time() - cpu_before[0], load.cloud_cpu_seconds() - cpu_before[1]
     if joiner is not None:
         load.prompts.pop()
         load.references.pop()
@@ -162,13 +170,24 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
     session_passes = after["tandem_batch_sessions_sum"] - before["tandem_batch_sessions_sum"]
     tokens = sum(len(r.token_ids) for r in records)
     gaps = [g for r in records for g in r.gaps_s]
+    compared = [compare(r.token_ids, load.references[r.prompt]) for r in records]
+    first = [c["first_difference"] for c in compared if c["first_difference"] is not None]
     row = {
         "mode": mode, "sessions": sessions, "tokens": tokens, "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 2),
         "gap_p50_ms": round(1000 * percentile(gaps, 50), 1), "gap_p99_ms": round(1000 * percentile(gaps, 99), 1),
         "cloud_forward_passes": int(passes), "sessions_per_pass": round(session_passes / passes, 2) if passes else 0,
-        "identical_to_alone": sum(r.token_ids == load.references[r.prompt][: len(r.token_ids)]
-                                  and len(r.token_ids) == len(load.references[r.prompt]) for r in records),
+        "identical_to_alone": sum(c["first_difference"] is None for c in compared),
+        # How far outputs stray from the same prompt's cloud-only output alone (at bfloat16 they
+        # can, see compare()): the earliest differing position over the sessions (None: all
+        # identical), and the share of the references' positions that hold the same token.
+        "first_difference": min(first, default=None),
+        "identical_token_share": round(sum(c["same"] for c in compared)
+                                       / max(1, sum(c["length"] for c in compared)), 4),
+        "first_differences": [c["first_difference"] for c in compared],
+        # Busy share of each side's CPU over the row: the client near 1.0 means the one process
+        # driving every session, not the cloud, set the pace.
+        "client_cpu_share": round(client_cpu / wall, 2), "cloud_cpu_share": round(cloud_cpu / wall, 2),
     }
     if mode == "hybrid":
         drafted = sum(r.drafted for r in records)
@@ -180,6 +199,21 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
     return row
 
 
+def compare(output: list[int], reference: list[int]) -> dict:
+    """Where `output` first differs from `reference` (None: identical) and how many positions agree.
+
+    At bfloat16 a block of tokens verified in one pass and the same tokens decoded one at a
+    time round differently, as do rows batched with other sessions, so an argmax can flip and
+    the continuation then goes its own way; at float32 the outputs are identical.
+    """
+    length = max(len(output), len(reference))
+    same = sum(a == b for a, b in zip(output, reference))
+    first = next((i for i, (a, b) in enumerate(zip(output, reference)) if a != b), None)
+    if first is None and len(output) != len(reference):
+        first = min(len(output), len(reference))
+    return {"first_difference": first, "same": same, "length": length}
+
+
 async def references(stub, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     """Each prompt's greedy output, cloud-only and alone."""
     out = []
@@ -188,6 +222,31 @@ async def references(stub, prompts: list[list[int]], max_tokens: int) -> list[li
                                      sampling=pb.SamplingParams(temperature=0.0))
         out.append([r.token_id async for r in stub.Generate(request) if r.HasField("token_id")])
     return out
+
+
+async def drafter_references(load: Load, most_rounds: int = 4) -> list[int]:
+    """Makes load.drafts what verification in blocks computes; returns the rounds each prompt took.
+
+    The cloud-only output decodes one token at a time. At bfloat16, verifying a block rounds
+    differently, so once an argmax flips the hybrid answer continues elsewhere and every draft
+    taken from the cloud-only output is rejected: acceptance would collapse for a numerical
+    reason, not the drafter's. So each prompt runs alone as a hybrid session with no corruption;
+    its output (the verifier's own tokens) becomes the drafts, until the drafts are all accepted
+    (a round whose output equals its drafts) or most_rounds. At float32 the first round agrees.
+    """
+    rate, load.corrupt_rate = load.corrupt_rate, 0.0
+    rounds = []
+    try:
+        for prompt in range(len(load.prompts)):
+            for n in range(1, most_rounds + 1):
+                output = (await hybrid_session(load, prompt, seed=0)).token_ids
+                if output == load.drafts[prompt]:
+                    break
+                load.drafts[prompt] = output
+            rounds.append(n)
+    finally:
+        load.corrupt_rate = rate
+    return rounds
 
 
 def tokenized_prompts(draft_model: str | None, info: pb.InfoResponse, count: int, long_tokens: int):
@@ -207,7 +266,7 @@ def tokenized_prompts(draft_model: str | None, info: pb.InfoResponse, count: int
     return [tokenizer.encode_rendered_chat(text, rules) for text in texts], long
 
 
-async def _bench(args, address: str, metrics_port: int, progress) -> dict:
+async def _bench(args, address: str, metrics_port: int, progress, cloud_cpu_seconds) -> dict:
     channel = grpc.aio.insecure_channel(address)
     try:
         stub = pb_grpc.TandemStub(channel)
@@ -215,7 +274,8 @@ async def _bench(args, address: str, metrics_port: int, progress) -> dict:
         prompts, long = tokenized_prompts(args.draft_model, info, args.prompts, args.long_prompt_tokens)
         refs = await references(stub, prompts, args.max_tokens)
         load = Load(stub, prompts, refs, args.max_tokens, args.load_draft_tokens, args.corrupt_rate,
-                    info.vocab_size, info.tokenizer_fingerprint)
+                    info.vocab_size, info.tokenizer_fingerprint, cloud_cpu_seconds=cloud_cpu_seconds)
+        drafter_rounds = await drafter_references(load) if "hybrid" in args.load_modes else []
         rows = []
         for mode in args.load_modes:
             for n in args.session_counts:
@@ -229,7 +289,10 @@ async def _bench(args, address: str, metrics_port: int, progress) -> dict:
                 progress(label)
                 rows.append(await run_load(load, "hybrid", n, metrics_port, joiner) | {"join_run": True})
                 progress(label, rows[-1])
-        return {"rows": rows, "references": refs, "prompt_tokens": [len(p) for p in prompts]}
+        drafter = {"rounds": drafter_rounds, "differs_from_cloud_only": [
+            compare(d, r)["first_difference"] for d, r in zip(load.drafts, refs)]}
+        return {"rows": rows, "references": refs, "prompt_tokens": [len(p) for p in prompts],
+                "drafter_reference": drafter}
     finally:
         await channel.close()
 
@@ -265,7 +328,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict], targets: list[dict]) -> str:
     head = (f"{'mode':<7} {'sessions':>8} {'tokens/s':>9} {'x one':>6} {'gap p50':>8} {'gap p99':>8} "
-            f"{'passes':>7} {'sess/pass':>9} {'accept':>6} {'same':>6}")
+            f"{'passes':>7} {'sess/pass':>9} {'accept':>6} {'same':>6} {'1st diff':>8} {'tok same':>8}")
     lines = [head, "-" * len(head)]
     one = {r["mode"]: r["tokens_per_s"] for r in rows if r["sessions"] == 1 and not r.get("join_run")}
     for r in rows:
@@ -274,7 +337,11 @@ def table(rows: list[dict], targets: list[dict]) -> str:
         lines.append(f"{label:<7} {r['sessions']:>8} {r['tokens_per_s']:>9.1f} {ratio:>6.2f} "
                      f"{r['gap_p50_ms']:>6.0f}ms {r['gap_p99_ms']:>6.0f}ms {r['cloud_forward_passes']:>7} "
                      f"{r['sessions_per_pass']:>9.2f} {r.get('acceptance', float('nan')):>6.2f} "
-                     f"{r['identical_to_alone']:>3}/{r['sessions']:<2}")
+                     f"{r['identical_to_alone']:>3}/{r['sessions']:<2} "
+                     f"{'-' if r.get('first_difference') is None else r['first_difference']:>8} "
+                     f"{r.get('identical_token_share', float('nan')):>8.1%}")
+    lines.append("same: outputs identical to the prompt's cloud-only output alone; 1st diff: the earliest "
+                 "position where one differs (-: none); tok same: share of positions with the same token")
     lines.append("\ntargets:")
     for t in targets:
         state = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
@@ -310,10 +377,11 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def run(args) -> int:
     """The load benchmark (bench/cli.py hands over when --sessions is given)."""
-    from bench.cli import _cpus
+    from bench.pin import disjoint_cpus
     from bench.processes import CloudProcess, ProcessError
+    from bench.stamp import header, provenance
 
-    cloud_cpus, edge_cpus = _cpus(args)
+    cloud_cpus, edge_cpus = disjoint_cpus(args.cloud_cpus, args.edge_cpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
@@ -330,8 +398,9 @@ def run(args) -> int:
             print(f"load  {label:<40} {row['tokens_per_s']:7.1f} tokens/s, p99 {row['gap_p99_ms']:.0f} ms, "
                   f"{row['sessions_per_pass']:.1f} sessions/pass  elapsed {elapsed:5.0f}s", file=sys.stderr, flush=True)
 
+    metrics_port = _free_port()
     extra = ["--max-sessions", str(max(args.session_counts) + 8), "--max-batch-tokens", str(args.max_batch_tokens),
-             "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--metrics-port", str(_free_port())]
+             "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--metrics-port", str(metrics_port)]
     if args.dtype:
         extra += ["--dtype", args.dtype]
     try:
@@ -341,26 +410,36 @@ def run(args) -> int:
         return 2
     try:
         os.sched_setaffinity(0, edge_cpus)
-        result = asyncio.run(_bench(args, f"{cloud.address[0]}:{cloud.address[1]}", int(extra[-1]), progress))
-        cloud_cpus_seen, torch_threads = cloud.cpus, cloud.torch_threads
+        result = asyncio.run(_bench(args, f"{cloud.address[0]}:{cloud.address[1]}", metrics_port, progress,
+                                     cloud.cpu_seconds))
+        cloud_cpus_seen, torch_threads, dtype = cloud.cpus, cloud.torch_threads, cloud.dtype
     finally:
         cloud.stop()
     targets = ratios(result["rows"])
+    stamp = provenance(dtype, torch_threads, None, load_start)
     report = {
         "command": "tandem " + " ".join(sys.argv[1:]),
+        "provenance": stamp,
         "settings": {"sessions": args.session_counts, "modes": args.load_modes, "max_tokens": args.max_tokens,
                      "draft_tokens": args.load_draft_tokens, "corrupt_rate": args.corrupt_rate,
                      "max_batch_tokens": args.max_batch_tokens, "batch_wait_ms": args.batch_wait_ms,
                      "long_prompt_tokens": args.long_prompt_tokens,
-                     "model": args.model, "dtype": args.dtype or "auto"},
+                     "model": args.model, "dtype": args.dtype or "auto", "cloud_dtype": dtype},
         "machine": {"cpu_count": os.cpu_count(), "cloud_cpus": cloud_cpus_seen, "cloud_torch_threads": torch_threads,
                     "client_cpus": sorted(edge_cpus), "load_average_start": load_start,
-                    "load_average_end": os.getloadavg(), "wall_s": round(time.monotonic() - started, 1)},
+                    "load_average_end": stamp["load_average_end"], "wall_s": round(time.monotonic() - started, 1)},
         "targets": targets,
         **result,
     }
     (out / "load.json").write_text(json.dumps(report, indent=1))
+    print(header("tandem bench (load)", stamp))
     print(table(result["rows"], targets))
+    drafter = result["drafter_reference"]
+    if drafter["rounds"]:
+        moved = [d for d in drafter["differs_from_cloud_only"] if d is not None]
+        print(f"load drafter: drafts are each prompt's hybrid output alone (verified in blocks; rounds to agree "
+              f"{drafter['rounds']}); {len(moved)} of {len(drafter['rounds'])} differ from the cloud-only output"
+              + (f", first at positions {moved}" if moved else ""))
     try:
         path = plot(result["rows"], out / "load.png")
     except ImportError:

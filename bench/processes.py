@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 
 READY_LINE = re.compile(r"tandem cloud ready: .* listening on (?P<host>[^\s:]+):(?P<port>\d+)")
-TORCH_THREADS = re.compile(r"loaded target .*?(?P<threads>\d+) torch threads")
+# cloud/model.py logs "loaded target NAME (DEVICE, torch.DTYPE, N torch threads) in S s".
+LOADED = re.compile(r"loaded target .*\((?P<device>[^(),]+), (torch\.)?(?P<dtype>\w+), (?P<threads>\d+) torch threads\)")
 
 
 class ProcessError(RuntimeError):
@@ -91,8 +92,19 @@ class CloudProcess(_Process):
     @property
     def torch_threads(self) -> int | None:
         """The thread count the cloud gave torch, from its log (None if it did not say)."""
-        match = TORCH_THREADS.search(self.log_path.read_text(errors="replace"))
+        match = LOADED.search(self.log_path.read_text(errors="replace"))
         return int(match["threads"]) if match else None
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype the cloud loaded its weights in (e.g. float32), from its log."""
+        match = LOADED.search(self.log_path.read_text(errors="replace"))
+        return match["dtype"] if match else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the cloud process has used so far (user + system)."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class EdgeWorker(_Process):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,18 +163,32 @@ def test_bench_measures_one_resume(bench_run):
     assert "One resume at 20 ms RTT" in done.stdout
 
 
+def readme_load_flags() -> set[str]:
+    """Every flag the README shows for `tandem bench --sessions`: the lines that run it and the
+    "Load benchmark" section's text up to its first example."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if "tandem bench --sessions" in line]
+    intro = readme.split("### Load benchmark", 1)[1].split("```", 1)[0]
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", "\n".join(commands) + intro))
+
+
 @pytest.fixture(scope="module")
 def load_run(tiny_models, tmp_path_factory):
+    """The load benchmark with every flag the README shows for it (so none of them can crash it)."""
     available = sorted(os.sched_getaffinity(0))
     if len(available) < 2:
         pytest.skip("the load benchmark pins the cloud and the sessions to different CPUs")
     out = tmp_path_factory.mktemp("load")
-    command = [
-        sys.executable, "-m", "tandem", "bench", "--sessions", "1,3", "--max-tokens", str(MAX_TOKENS),
-        "--prompts", "2", "--long-prompt-tokens", "60", "--corrupt-rate", "0.3", "--out", str(out),
-        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
-        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]),
-    ]
+    flags = {
+        "--sessions": "1,3", "--modes": "cloud,hybrid", "--max-tokens": str(MAX_TOKENS), "--prompts": "2",
+        "--long-prompt-tokens": "60", "--corrupt-rate": "0.3", "--load-draft-tokens": "6",
+        "--max-batch-tokens": "256", "--batch-wait-ms": "20", "--dtype": "float32", "--out": str(out),
+        "--model": str(tiny_models.target_dir), "--draft-model": str(tiny_models.drafts["noisy"]),
+        "--cloud-cpus": str(available[0]), "--edge-cpus": str(available[1]),
+    }
+    missing = readme_load_flags() - set(flags)
+    assert not missing, f"the README shows {sorted(missing)} for tandem bench --sessions: add them here"
+    command = [sys.executable, "-m", "tandem", "bench", *(x for pair in flags.items() for x in pair)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done, json.loads((out / "load.json").read_text())
@@ -198,3 +214,50 @@ def test_load_bench_outputs_are_the_targets_and_passes_are_shared(load_run):
     assert len(joined) == 1 and joined[0]["long_prompt_tokens"] == 60
     assert {t["figure"].split(",")[0] for t in result["targets"]} >= {"cloud-only aggregate tokens/s"}
     assert len(result["machine"]["cloud_cpus"]) == 1 and result["machine"]["load_average_start"]
+
+
+def test_load_bench_reports_how_far_outputs_stray(load_run):
+    """first_difference and identical_token_share agree with the outputs and the references."""
+    from bench.load import compare
+
+    _, done, result = load_run
+    for row in result["rows"]:
+        prompts = [i % 2 for i in range(row["sessions"])]
+        compared = [compare(o, result["references"][p]) for o, p in zip(row["outputs"], prompts)]
+        assert row["first_differences"] == [c["first_difference"] for c in compared]
+        assert row["identical_to_alone"] == row["first_differences"].count(None)
+        assert (row["first_difference"] is None) == (row["identical_token_share"] == 1.0)
+    # At float32 the load drafter's drafts (hybrid alone, verified in blocks) are the cloud-only output.
+    assert result["drafter_reference"] == {"rounds": [1, 1], "differs_from_cloud_only": [None, None]}
+    assert "1st diff" in done.stdout and "tok same" in done.stdout
+
+
+def test_compare_finds_the_first_difference_and_the_share():
+    from bench.load import compare
+
+    assert compare([1, 2, 3], [1, 2, 3]) == {"first_difference": None, "same": 3, "length": 3}
+    assert compare([1, 9, 3], [1, 2, 3]) == {"first_difference": 1, "same": 2, "length": 3}
+    assert compare([1, 2], [1, 2, 3]) == {"first_difference": 2, "same": 2, "length": 3}
+    assert compare([], [4]) == {"first_difference": 0, "same": 0, "length": 1}
+
+
+def test_every_bench_output_names_what_produced_it(load_run, bench_run):
+    """Commit, dtype, torch and llama.cpp threads, load average before and after: in the JSON and the table."""
+    for (_, done, result), llama_threads in ((load_run, None), (bench_run, 1)):
+        stamp = result["provenance"]
+        assert re.fullmatch(r"[0-9a-f]{7,}(-dirty)?", stamp["commit"])
+        assert stamp["dtype"] == "float32" and stamp["cloud_torch_threads"] == 1
+        assert stamp["edge_llama_cpp_threads"] == llama_threads
+        assert len(stamp["load_average_start"]) == len(stamp["load_average_end"]) == 3
+        header = next(line for line in done.stdout.splitlines() if line.startswith("tandem bench"))
+        assert f"commit {stamp['commit']}" in header and "dtype float32" in header
+        assert "torch threads 1" in header and "llama.cpp threads" in header and "load average" in header
+
+
+def test_bench_cli_and_load_import_no_cycle():
+    """bench.load does not import bench.cli (the CPU checks live in bench.pin)."""
+    import ast
+
+    source = (Path(__file__).resolve().parent.parent / "bench" / "load.py").read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    assert "bench.cli" not in imported

@@ -1,0 +1,63 @@
+"""`tandem bench`'s flags, declared once (common/settings.py) as cloud/config.py and edge/config.py do.
+
+BenchConfig is the two-process benchmark over emulated links; LoadConfig the load benchmark's
+own flags (`--sessions`: many concurrent sessions against one cloud). The flag names and
+defaults are the ones the README documents; argparse dests are the field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from bench.prompts import PROMPTS
+from cloud.config import CloudConfig
+from common.settings import setting
+
+LOAD = "load benchmark (with --sessions: many concurrent sessions, one cloud)"
+
+
+def _cloud_choices(name: str) -> tuple:
+    """The choices `tandem cloud` declares for one of its settings (so a bad value fails at parse time)."""
+    return next(f.metadata["setting"].choices for f in dataclasses.fields(CloudConfig) if f.name == name)
+
+
+@dataclass
+class BenchConfig:
+    rtt_ms: str = setting("0,20,50,100", "round-trip times to emulate, comma-separated")
+    max_tokens: int = setting(128, "new tokens per generation")
+    prompts: int = setting(4, f"how many built-in prompts (1-{len(PROMPTS)})")
+    modes: str = setting("hybrid,cloud,edge", "modes to run, comma-separated")
+    out: str = setting("bench-results", "output directory")
+    cloud_cpus: str = setting("0", "CPUs of the cloud process, e.g. 0 or 0-3")
+    edge_cpus: str = setting("1", "CPUs of the edge process (disjoint from the cloud's)")
+    jitter_ms: float = setting(0.0, "one-way jitter, uniform +/- this")
+    bandwidth_mbps: float | None = setting(None, "link capacity each way (default: none)", type=float)
+    ttft_prompt_tokens: str | None = setting(
+        None, "instead of the throughput runs, measure time to first token of cloud-only and hybrid back to back "
+              "on raw prompts of exactly these many tokens (e.g. 100,1000,3000), at each --rtt-ms; writes "
+              "ttft.json and prints hybrid / cloud-only per length", metavar="N,N,...")
+    ttft_repeats: int = setting(3, "pairs of runs per prompt length and RTT with --ttft-prompt-tokens")
+    model: str | None = setting(None, "target model of the cloud (default: SmolLM2-135M-Instruct)")
+    draft_model: str | None = setting(None, "draft GGUF of the edge (default: SmolLM2 Q4_1)")
+    resume_after: int = setting(32, "also measure one resume: each prompt's hybrid answer with its connection "
+                                    "reset after this many tokens, paired with the same answer unbroken; 0 skips it")
+    resume_rtt_ms: float = setting(20.0, "round-trip time of the resume measurement")
+
+
+@dataclass
+class LoadConfig:
+    sessions: str | None = setting(
+        None, "run the load benchmark at these concurrent session counts, e.g. 1,4,16 (modes: the hybrid and "
+              "cloud ones of --modes); writes load.json and load.png", metavar="N,N,...")
+    corrupt_rate: float = setting(0.1, "hybrid load: the load drafter proposes the target's own continuation "
+                                       "with each token corrupted at this rate (acceptance about 1 - rate)")
+    load_draft_tokens: int = setting(8, "hybrid load: drafts per block")
+    max_batch_tokens: int = setting(256, "the cloud's --max-batch-tokens")
+    batch_wait_ms: float = setting(50.0, "the cloud's --batch-wait-ms")
+    long_prompt_tokens: int = setting(2000, "then rerun the largest hybrid load minus one while a prompt this "
+                                            "long joins (0: skip)")
+    dtype: str | None = setting(None, "the cloud's --dtype (default: its own default, or $TANDEM_DTYPE); "
+                                      "at bfloat16 hybrid and cloud-only outputs may differ (see README: "
+                                      "Load benchmark), float32 keeps them identical",
+                                choices=_cloud_choices("dtype"))
