@@ -240,7 +240,7 @@ def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud,
 
     from common.errors import ContextTooLong
     from edge.config import EdgeConfig
-    from edge.sdk import Tandem
+    from edge.sdk import TandemClient
 
     drafter = tiny_drafter("noisy")
     text = " ".join(["a small red box"] * 40)
@@ -265,13 +265,13 @@ def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud,
 
     config = EdgeConfig(cloud=small_context_cloud.address, draft_model=str(tiny_models.drafts["noisy"]),
                         threads=1, n_ctx=512)
-    with Tandem(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
+    with TandemClient(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
         tandem.complete(text, max_tokens=4)
 
 
 def test_tandem_chat_trims_the_oldest_turns_to_fit(cloud_factory, tiny_drafter, capsys):
     from edge.chat import ChatSession
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandemClient
 
     cloud = cloud_factory(limits=SessionLimits(max_context_tokens=160))
     drafter = tiny_drafter("noisy")
@@ -281,7 +281,7 @@ def test_tandem_chat_trims_the_oldest_turns_to_fit(cloud_factory, tiny_drafter, 
         try:
             engine = EdgeEngine(drafter, client)
             await engine.connect()
-            session = ChatSession(AsyncTandem.from_engine(engine), "Be brief.", {"max_tokens": 16})
+            session = ChatSession(AsyncTandemClient.from_engine(engine), "Be brief.", {"max_tokens": 16})
             turns = [(f"question number {i} about boxes", f"answer number {i} about red boxes") for i in range(12)]
             for question, answer in turns:
                 session.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

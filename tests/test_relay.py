@@ -1,4 +1,4 @@
-"""Tests for the link emulator (common.relay), using plain sockets on 127.0.0.1."""
+"""Tests for the link emulator (bench.relay), using plain sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from common.relay import LinkConfig, LinkRelay, RelayThread
+from bench.relay import LinkConfig, LinkRelay, RelayThread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 10.0
@@ -315,7 +315,7 @@ def test_invalid_config_rejected():
 
 def test_cli_relays_and_reports_counts(echo_server):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "common.relay", "--target", f"127.0.0.1:{echo_server[1]}",
+        [sys.executable, "-m", "bench.relay", "--target", f"127.0.0.1:{echo_server[1]}",
          "--delay-ms", "5"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -11,7 +11,7 @@ import pytest
 from conftest import hf_greedy
 
 from common.detok import IncrementalDetokenizer
-from edge import AsyncTandem, Tandem
+from edge import AsyncTandemClient, TandemClient
 from edge.config import EdgeConfig
 
 
@@ -40,7 +40,7 @@ def sdk_config(tiny_cloud, tiny_models):
 
 def test_sync_sdk_streams_the_target_output(tiny_cloud, tiny_models, tiny_target, tiny_drafter):
     prompt = "The weather today"
-    with Tandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+    with TandemClient(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
         deltas = list(tandem.stream(prompt, max_tokens=20))
         completion = tandem.complete(prompt, max_tokens=20)
     drafter = tiny_drafter("noisy")
@@ -54,7 +54,7 @@ def test_async_sdk_matches_sync(tiny_cloud, tiny_models, tiny_target, tiny_draft
     prompt = "import numpy as np"
 
     async def main():
-        async with AsyncTandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+        async with AsyncTandemClient(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
             return [delta async for delta in tandem.stream(prompt, max_tokens=15)], \
                 await tandem.complete(prompt, max_tokens=15)
 
@@ -89,7 +89,7 @@ def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_facto
 
     async def main():
         config = EdgeConfig(cloud=cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
-        async with AsyncTandem(config=config, mode="cloud") as tandem:
+        async with AsyncTandemClient(config=config, mode="cloud") as tandem:
             return await asyncio.gather(*(tandem.complete(p, max_tokens=48) for p in prompts))
 
     with most_live_sessions(cloud) as most_live:
