@@ -133,3 +133,14 @@ def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_
     for prompt, generation in zip(prompts, generations):
         assert generation.token_ids == hf_greedy(tiny_target, prompt, 40)
     assert most_live[0] == slots
+    assert most_live[0] == slots
+
+
+def test_the_tandem_package_exports_what_its_sdk_re_exports():
+    import tandem
+    import tandem.sdk
+
+    assert sorted(tandem.__all__) == sorted(tandem.sdk.__all__)
+    for name in tandem.sdk.__all__:
+        assert getattr(tandem, name) is getattr(tandem.sdk, name)
+    assert issubclass(tandem.Tandem, TandemClient) and issubclass(tandem.AsyncTandem, AsyncTandemClient)
