@@ -152,22 +152,26 @@ def test_a_silent_cloud_still_falls_back_in_time(cloud_factory, tiny_cloud, tiny
             await engine.open()
             if fault == "stuck-model":
                 cloud.running.worker.submit(stuck.wait, 60)
-            started = time.monotonic()
             generation = await engine.generate_to_end(GenerationRequest(prompt, 6), Mode.HYBRID)
-            seconds = time.monotonic() - started
             await engine.close()
             await client.close()
-            return generation, seconds
+            return generation
         finally:
             stuck.set()
             if fault == "silent-server":
                 await server.stop(0)
 
-    generation, seconds = asyncio.run(scenario())
+    generation = asyncio.run(scenario())
     assert generation.degraded and generation.answered_by == "local"
     assert "within 1s" in generation.fallback_reason
     assert len(generation.token_ids) == 6
-    assert timeout_s <= seconds < timeout_s + 3, seconds
+    # The first (local) token comes after the silence timeout, then the resume window (as long
+    # again) in which a reopened stream waits out its own silence timeout: by design under
+    # 3 timeouts (about 2 measured); the local prefill of a 4-token prompt after it takes
+    # milliseconds, so the bound keeps a margin of about a second on a loaded 2-core machine.
+    # A cloud waited for (a sleep of an hour, a model stuck for a minute) fails it.
+    ttft = generation.stats.ttft_s
+    assert timeout_s <= ttft < 3 * timeout_s, ttft
 
 
 def test_a_prompt_beyond_the_drafts_context_is_answered_by_the_cloud_exactly(tiny_models, tiny_cloud, tiny_target):
