@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
 from common.wire import FinishReason, Progress, SessionOpen, SessionStarted, Verdict
-from edge.low_priority import at_lowest_priority
 from edge.client import SpeculateStream
 from edge.draft_engine import ContextFull, DraftEngine
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import DraftPolicy
 from edge.draft_tail import DraftTail
+from edge.low_priority import at_lowest_priority
 from edge.provenance import Source
 
 
