@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     from bench import report, resume, runner
     from bench.h2frames import FrameTally
     from bench.processes import CloudProcess, EdgeWorker
-    from common.relay import RelayThread
+    from bench.relay import RelayThread
 
     plan = _plan(args)
     lengths = _ttft_lengths(args)

@@ -23,12 +23,12 @@ from bench.pin import parse_cpus
 from bench.processes import CloudProcess
 from edge.config import EdgeConfig
 from edge.fallback import FallbackConfig
-from edge.sdk import AsyncTandem
+from edge.sdk import AsyncTandemClient
 
 QUESTIONS = ["Give me three tips for writing clear code.", "Describe the water cycle in detail."]
 
 
-async def timed(tandem: AsyncTandem, questions: list[str], max_tokens: int) -> tuple[float, list[int]]:
+async def timed(tandem: AsyncTandemClient, questions: list[str], max_tokens: int) -> tuple[float, list[int]]:
     started = time.monotonic()
     answers = await asyncio.gather(*(tandem.complete(q, max_tokens=max_tokens, chat=True) for q in questions))
     return time.monotonic() - started, [len(a.token_ids) for a in answers]
@@ -36,7 +36,7 @@ async def timed(tandem: AsyncTandem, questions: list[str], max_tokens: int) -> t
 
 async def measure(address: str, slots: int, max_tokens: int) -> dict:
     config = EdgeConfig(cloud=address, draft_slots=slots, fallback=FallbackConfig(enabled=False))
-    async with AsyncTandem(config=config) as tandem:
+    async with AsyncTandemClient(config=config) as tandem:
         await timed(tandem, QUESTIONS, 8)  # warm up: both draft contexts exist, caches are hot
         alone = [await timed(tandem, [q], max_tokens) for q in QUESTIONS]
         together, tokens = await timed(tandem, QUESTIONS, max_tokens)

@@ -19,7 +19,7 @@ import asyncio
 import grpc
 
 from bench.h2frames import FrameTally
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 
 EXCHANGES = 200
 OPTION_SETS = {

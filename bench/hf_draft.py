@@ -30,11 +30,11 @@ PROMPTS = [
 
 async def run(draft, draft_dtype: str, address: str, mode: str, max_tokens: int) -> list[dict]:
     from edge.config import EdgeConfig
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandemClient
 
     config = EdgeConfig(cloud=address, draft_model=draft, draft_dtype=draft_dtype)
     results = []
-    async with AsyncTandem(config=config, mode=mode) as tandem:
+    async with AsyncTandemClient(config=config, mode=mode) as tandem:
         for prompt in PROMPTS:
             completion = await tandem.complete(prompt, max_tokens=max_tokens, chat=True)
             results.append({"ids": completion.token_ids, **completion.stats})

@@ -13,7 +13,7 @@ import statistics
 import time
 
 from bench.processes import EdgeWorker
-from common.relay import RelayThread
+from bench.relay import RelayThread
 
 SETTLE_S = 0.05
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.h2frames import FrameTally
 from bench.processes import EdgeWorker
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 
 SETTLE_S = 0.05  # after the last token, for trailing frames (trailers, window updates) to land
 

@@ -22,7 +22,7 @@ from cloud.embedded import start_on_loopback
 from common.wire import DraftMode, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import GenerationRequest, Mode
-from edge.runtime import open_engine
+from edge.open_engine import open_engine
 from edge.speculative import SpeculationConfig
 
 PROMPTS = [

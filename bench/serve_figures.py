@@ -29,7 +29,7 @@ import urllib.request
 
 import openai
 
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 
 MESSAGES = [{"role": "user", "content": "Explain in a paragraph why the sky is blue."}]
 
@@ -66,11 +66,11 @@ def health(base_url: str) -> dict:
 def sdk_answers(cloud: str, draft: str | None, max_tokens: int, repeats: int) -> list[float]:
     from edge.config import EdgeConfig
     from edge.engine import Generation
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandemClient
 
     async def run() -> list[float]:
         rates = []
-        async with AsyncTandem(config=EdgeConfig(cloud=cloud, draft_model=draft)) as tandem:
+        async with AsyncTandemClient(config=EdgeConfig(cloud=cloud, draft_model=draft)) as tandem:
             prompt = tandem.encode_chat(MESSAGES)
             for _ in range(repeats + 1):  # the first is a warm-up
                 generation, started = Generation(tandem.mode), time.perf_counter()

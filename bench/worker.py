@@ -42,7 +42,7 @@ class Breakable:
     """An engine on the worker's draft model whose connection runs through a local relay it can reset."""
 
     def __init__(self, engine, address: str):
-        from common.relay import RelayThread
+        from bench.relay import RelayThread
         from edge.client import CloudClient
         from edge.engine import EdgeEngine
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common import settings
 from common.checks import check_range
 from common.settings import setting
+from common.stop import MAX_STOP_STRINGS
 
 LIMITS = "limits (beyond them: INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED)"
 
@@ -20,7 +21,7 @@ class SessionLimits:
     max_new_tokens: int = setting(4096, "most tokens one session may generate (default %(default)s)",
                                   env="MAX_NEW_TOKENS", group=LIMITS, low=1)
     max_draft_top_k: int = 64
-    max_stop_strings: int = 16
+    max_stop_strings: int = MAX_STOP_STRINGS
     max_stop_string_bytes: int = 256
     max_stop_tokens: int = setting(64, "most stop token ids in one request (default %(default)s)",
                                    env="MAX_STOP_TOKENS", group=LIMITS, low=1)

@@ -23,10 +23,6 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def has_extra(extra: str) -> bool:
-    return all(installed(module) for module in EXTRAS[extra])
-
-
 def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
     """Raises a clear error when `what` cannot run without the `extra` (or just `modules` of it)."""
     missing = [m for m in (modules or EXTRAS[extra]) if not installed(m)]

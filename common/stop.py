@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 
 from common.detok import IncrementalDetokenizer
 
+MAX_STOP_STRINGS = 16  # most stop strings in one request: the cloud's limit and the edge's API's
+
 
 class StopScanner:
     def __init__(self, stops: Iterable[str] = ()):

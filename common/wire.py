@@ -123,10 +123,6 @@ class DraftBlock:
     token_ids: list[int]
     draft_dists: list[SparseDist] = field(default_factory=list)
 
-    @property
-    def end_position(self) -> int:
-        return self.start_position + len(self.token_ids)
-
     @classmethod
     def from_pb(cls, m: pb.DraftBlock) -> DraftBlock:
         return cls(

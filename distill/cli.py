@@ -17,8 +17,7 @@ from pathlib import Path
 
 from common.errors import InvalidArgument
 from distill.config import DIVERGENCES, WEIGHT_TYPES, TrainConfig
-
-DRAFT_TOKENS = 32  # the edge's default block length (edge/speculative.py, SpeculationConfig)
+from edge.speculative import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:
@@ -74,7 +73,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--quant", default="q4_k_m",
                    help=f"weights of DIR/draft.gguf: one of {', '.join(WEIGHT_TYPES)}; more, comma-separated, "
                         "are written as DIR/draft-TYPE.gguf and reported too")
-    g.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,
+    g.add_argument("--draft-tokens", type=int, default=SpeculationConfig().draft_tokens,
                    help="block length for the report's mean accepted length (the edge's default)")
     g.add_argument("--eval-tokens", type=int, default=64, help="target tokens per held-out prompt in the report")
     g.add_argument("--no-export", dest="export", action="store_false",

@@ -1,8 +1,9 @@
-"""The edge runtime. `from edge import Tandem` for the SDK (imported lazily: engines are heavy)."""
+"""The edge runtime. `from edge import TandemClient` for the SDK as a client of a cloud you name
+(`tandem.Tandem` adds a cloud of its own; imported lazily: engines are heavy)."""
 
 
 def __getattr__(name):
-    if name in ("Tandem", "AsyncTandem", "Completion"):
+    if name in ("TandemClient", "AsyncTandemClient", "Completion"):
         from edge import sdk
 
         return getattr(sdk, name)

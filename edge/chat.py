@@ -134,12 +134,12 @@ def stats_line(generation: Generation, prompt_tokens: int) -> str:
 
 
 async def _chat(args: argparse.Namespace) -> int:
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandemClient
 
     require_extra("edge", "tandem chat")
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed)
-    async with AsyncTandem(config=EdgeConfig.from_args(args)) as tandem:
+    async with AsyncTandemClient(config=EdgeConfig.from_args(args)) as tandem:
         session = ChatSession(tandem, args.system, options)
         cloud = tandem.cloud_status
         print(f"tandem chat: draft {tandem.engine.drafter.name}, cloud {cloud.get('address', '-')} "

@@ -57,14 +57,14 @@ def run(args: argparse.Namespace) -> int:
 async def _generate(args: argparse.Namespace) -> int:
     from edge.chat import notice
     from edge.engine import Generation, Mode
-    from edge.sdk import AsyncTandem, served_by_of
+    from edge.sdk import AsyncTandemClient, served_by_of
     from edge.speculative import GenerationStats
 
     if args.mode != "cloud":
         require_extra("edge", f"tandem generate --mode {args.mode} (the local draft model)", ("llama_cpp",))
     if args.cloud is None and args.mode != "edge":
         require_extra("cloud", "tandem generate without --cloud (it starts a cloud in this process)")
-    tandem = AsyncTandem(config=EdgeConfig.from_args(args), mode=args.mode)
+    tandem = AsyncTandemClient(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)
     choices, stats = [], []

@@ -2,8 +2,8 @@
 
 A new draft runtime is one module implementing DraftEngine (as edge/llama_drafter.py does for
 llama.cpp) plus its tests; the loop (edge/speculative.py), the engine (edge/engine.py) and the
-SDK only use what is declared here. An engine raises edge.draft_sampling.ContextFull when a
-context no longer fits its window.
+SDK only use what is declared here. An engine raises ContextFull (below) when a context no
+longer fits its window.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from common.text_tokenizer import TextTokenizer
+
+
+class ContextFull(Exception):
+    """The context no longer fits the draft model's window. Draft engines raise it; the loop and
+    the engine catch it (the cloud then generates alone) without importing any engine."""
 
 
 @runtime_checkable

@@ -24,14 +24,6 @@ from common import sampling
 from common.wire import DraftMode, SamplingParams, SparseDist
 
 
-class ContextFull(Exception):
-    """The context no longer fits the draft model's window (raised by edge/llama_drafter.py).
-
-    Defined here, beside the drafting policy, so the loop and the engine can catch it without
-    importing llama.cpp.
-    """
-
-
 @dataclass(frozen=True)
 class DraftChoice:
     token_id: int

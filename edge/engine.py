@@ -28,8 +28,8 @@ from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams
 from edge.client import CloudClient
-from edge.draft_engine import DraftEngine
-from edge.draft_sampling import ContextFull, DraftPolicy
+from edge.draft_engine import ContextFull, DraftEngine
+from edge.draft_sampling import DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
 from edge.resume import ResumeWindow

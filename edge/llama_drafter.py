@@ -29,7 +29,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from common.model_paths import default_gguf_path
 from common.text_tokenizer import TextTokenizer
-from edge.draft_sampling import ContextFull
+from edge.draft_engine import ContextFull
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from common.stop import MAX_STOP_STRINGS
 from edge.sdk import Completion
 
-MAX_STOP_STRINGS = 16
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -60,7 +60,7 @@ class Params:
     return_token_ids: bool
 
     def generate_options(self) -> dict:
-        """Keyword arguments for AsyncTandem.deltas (edge.sdk.GenerateOptions)."""
+        """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                     top_k=self.top_k, seed=self.seed, stop=self.stop)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable
@@ -28,6 +29,9 @@ class ResumeWindow:
     window_s: float  # give up once no attempt succeeded for this long after a break
     first_delay_s: float = 0.05  # pause before the first reopen (a dead replica is often noticed at once)
     max_delay_s: float = 0.5
+    # The clock and the pause (injected by tests, which then need no real time).
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    sleep: Callable[[float], Awaitable] = field(default=asyncio.sleep, repr=False)
     _deadline: float | None = field(default=None, repr=False)
     _delay: float = field(default=0.0, repr=False)
 
@@ -35,7 +39,7 @@ class ResumeWindow:
         """Time left to find a replica (None before any break: the connect timeout applies)."""
         if self._deadline is None:
             return None
-        return max(0.01, self._deadline - time.monotonic())
+        return max(0.01, self._deadline - self.clock())
 
     def progressed(self) -> None:
         """A replica answered: the next break gets a whole window again."""
@@ -47,7 +51,7 @@ class ResumeWindow:
         `tokens` were committed before the break. A channel that found no replica at all within
         its connect timeout has already waited long enough: no further attempt.
         """
-        now = time.monotonic()
+        now = self.clock()
         if self._deadline is None:
             self._deadline, self._delay = now + self.window_s, self.first_delay_s
         if isinstance(error, NoConnection) or now + self._delay > self._deadline:
@@ -55,5 +59,5 @@ class ResumeWindow:
                 raise CloudUnavailable(f"cloud unavailable: the answer broke after {tokens} token(s) and no "
                                        f"replica took it over ({error})") from error
             raise error
-        await asyncio.sleep(self._delay)
+        await self.sleep(self._delay)
         self._delay = min(2 * self._delay, self.max_delay_s)

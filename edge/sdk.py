@@ -1,10 +1,12 @@
-"""The Python SDK: stream text from the hybrid runtime in three lines.
+"""The Python SDK as a client of a cloud you name: stream text from the hybrid runtime in three lines.
 
-    from edge import Tandem
-    tandem = Tandem("cloud.example.com:50051")      # tandem.Tandem() also starts a local cloud
+    from edge import TandemClient
+    tandem = TandemClient("cloud.example.com:50051")
     for text in tandem.stream("Write a haiku about the sea"): print(text, end="", flush=True)
 
-AsyncTandem is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
+`tandem.Tandem` (tandem/sdk.py) is the same SDK that also starts a cloud of its own on loopback
+when given no address; edge/ cannot import cloud/, so this one never does (and it is the one
+the thin client has). AsyncTandemClient is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
 GenerateOptions fields, e.g. `tandem.complete(prompt, temperature=0.7, top_p=0.9, seed=7,
 stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
 
@@ -83,7 +85,7 @@ class GenerateOptions:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class AsyncTandem:
+class AsyncTandemClient:
     def __init__(self, cloud: str | None = None, *, draft_model: str | None = None, mode: str = "hybrid",
                  fallback: bool | None = None, config: EdgeConfig | None = None):
         """fallback: answer locally while the cloud is unreachable (default on; see EdgeConfig)."""
@@ -96,15 +98,15 @@ class AsyncTandem:
         self.engine: EdgeEngine | None = None
 
     @classmethod
-    def from_engine(cls, engine: EdgeEngine, mode: str = "hybrid") -> AsyncTandem:
+    def from_engine(cls, engine: EdgeEngine, mode: str = "hybrid") -> AsyncTandemClient:
         """Wraps an engine the caller built and owns (close() leaves it open)."""
         tandem = cls(mode=mode)
         tandem.engine = engine
         return tandem
 
-    async def start(self) -> AsyncTandem:
+    async def start(self) -> AsyncTandemClient:
         if self.engine is None:
-            from edge.runtime import open_engine
+            from edge.open_engine import open_engine
 
             self._engine_cm = open_engine(self.config, self.mode)
             self.engine = await self._engine_cm.__aenter__()
@@ -115,7 +117,7 @@ class AsyncTandem:
             cm, self._engine_cm, self.engine = self._engine_cm, None, None
             await cm.__aexit__(None, None, None)
 
-    async def __aenter__(self) -> AsyncTandem:
+    async def __aenter__(self) -> AsyncTandemClient:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -251,11 +253,11 @@ def served_by_of(generation: Generation) -> list[dict]:
     return [{"from_token": start, "replica": replica} for start, replica in generation.served_by]
 
 
-class Tandem:
-    """Synchronous SDK: runs an AsyncTandem on a private event loop thread."""
+class TandemClient:
+    """Synchronous SDK: runs an AsyncTandemClient on a private event loop thread."""
 
     def __init__(self, cloud: str | None = None, **kwargs):
-        self._async = AsyncTandem(cloud, **kwargs)
+        self._async = AsyncTandemClient(cloud, **kwargs)
         self._loop = LoopThread("tandem-sdk").start()
 
     def _run(self, coroutine):
@@ -283,7 +285,7 @@ class Tandem:
             self._run(self._async.close())
             self._loop.stop()
 
-    def __enter__(self) -> Tandem:
+    def __enter__(self) -> TandemClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -38,7 +38,7 @@ from edge.config import EdgeConfig
 from edge.engine import Generation
 from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion, progress
 from edge.provenance import runs
-from edge.sdk import AsyncTandem, Delta, completion_of
+from edge.sdk import AsyncTandemClient, Delta, completion_of
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RequestCounts:
 
 
 class OpenAIServer:
-    def __init__(self, tandem: AsyncTandem, config: ServeConfig | None = None):
+    def __init__(self, tandem: AsyncTandemClient, config: ServeConfig | None = None):
         self.tandem = tandem
         self.config = config or ServeConfig()
         self.counts = RequestCounts()
@@ -336,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: ServeConfig, edge: EdgeConfig, mode: str) -> None:
-    async with AsyncTandem(config=edge, mode=mode) as tandem:
+    async with AsyncTandemClient(config=edge, mode=mode) as tandem:
         server = OpenAIServer(tandem, config)
         port = await server.start()
         stop = asyncio.Event()

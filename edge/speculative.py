@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
 from common.wire import FinishReason, Progress, SessionOpen, SessionStarted, Verdict
-from edge.background import at_lowest_priority
 from edge.client import SpeculateStream
-from edge.draft_engine import DraftEngine
+from edge.draft_engine import ContextFull, DraftEngine
 from edge.draft_length import DraftLengthPolicy
-from edge.draft_sampling import ContextFull, DraftPolicy
+from edge.draft_sampling import DraftPolicy
 from edge.draft_tail import DraftTail
+from edge.low_priority import at_lowest_priority
 from edge.provenance import Source
 
 
@@ -174,7 +174,7 @@ class SpeculativeRun:
             await self._timed(self.stream.open(self.request), "connection")
             if not self.config.defer_draft_prefill:
                 # Alongside the cloud's prefill, at the lowest priority: on a one-core edge it must
-                # not slow the edge's own handling of the first token (edge/background.py).
+                # not slow the edge's own handling of the first token (edge/low_priority.py).
                 self._prefill = asyncio.create_task(self._prefill_draft(at_lowest_priority))
             started = await self._next_response("started")
             # The acknowledgement (the first reply) times the link; `started` also waited for the prefill.

@@ -2,9 +2,11 @@
 
     from tandem import Tandem
     tandem = Tandem()                                   # an embedded cloud in this process
-    tandem = Tandem("cloud.example.com:50051")          # or a remote one (as edge.Tandem)
+    tandem = Tandem("cloud.example.com:50051")          # or a remote one (as edge.TandemClient)
 
-Everything else is edge.sdk's (see there); these classes only supply the local cloud.
+Everything else is edge.sdk's (TandemClient, AsyncTandemClient: see there); these classes only
+supply the local cloud. Completion and Delta are re-exported, so `from tandem import Tandem,
+Completion, Delta` is all an application needs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import dataclasses
 
 from edge import sdk
 from edge.config import EdgeConfig
-from edge.sdk import Completion, Delta  # noqa: F401  (re-exported)
+from edge.sdk import Completion, Delta
+
+__all__ = ["AsyncTandem", "Completion", "Delta", "Tandem"]
 
 
 def start_on_loopback(model: str | None):
@@ -29,13 +33,13 @@ def _with_local_cloud(cloud: str | None, draft_model: str | None, config: EdgeCo
     return config
 
 
-class AsyncTandem(sdk.AsyncTandem):
+class AsyncTandem(sdk.AsyncTandemClient):
     def __init__(self, cloud: str | None = None, *, draft_model: str | None = None,
                  config: EdgeConfig | None = None, **kwargs):
         super().__init__(config=_with_local_cloud(cloud, draft_model, config), **kwargs)
 
 
-class Tandem(sdk.Tandem):
+class Tandem(sdk.TandemClient):
     def __init__(self, cloud: str | None = None, *, draft_model: str | None = None,
                  config: EdgeConfig | None = None, **kwargs):
         super().__init__(config=_with_local_cloud(cloud, draft_model, config), **kwargs)

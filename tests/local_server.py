@@ -17,7 +17,7 @@ from edge.client import CloudClient
 from edge.engine import EdgeEngine
 from edge.fallback import FallbackConfig
 from edge.serve import OpenAIServer, ServeConfig
-from edge.sdk import AsyncTandem
+from edge.sdk import AsyncTandemClient
 from edge.speculative import SpeculationConfig
 
 
@@ -57,7 +57,7 @@ class LocalServer:
             if self.cloud_address else None
         self.engine = EdgeEngine(self.drafter, client, self.speculation, self.fallback, self.draft_slots)
         await self.engine.open()
-        self.server = OpenAIServer(AsyncTandem.from_engine(self.engine), self.config)
+        self.server = OpenAIServer(AsyncTandemClient.from_engine(self.engine), self.config)
         await self.server.start()
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ from local_server import LocalServer
 from selenium.webdriver.common.by import By
 
 from bench.tiny_models import build_scripted_target, hf_to_gguf, smollm2_tokenizer_dir
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 from edge.chat_template import render_chat
 from edge.fallback import FallbackConfig
 from edge.provenance import Source

@@ -23,10 +23,10 @@ def tandem(*args, timeout=180):
                           timeout=timeout, env=env)
 
 
-def start_cloud(model_dir):
+def start_cloud(model_dir, *flags):
     """`tandem cloud --port 0`; returns (process, address) once it logs its ready line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "cloud", "--port", "0", "--model", str(model_dir), "--threads", "1"],
+        [sys.executable, "-m", "tandem", "cloud", "--port", "0", "--model", str(model_dir), "--threads", "1", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = process.stdout.readline()
@@ -36,7 +36,8 @@ def start_cloud(model_dir):
 
 
 def test_cloud_serves_then_stops_gracefully_on_sigterm(tiny_models, tiny_target, tiny_drafter):
-    process, address = start_cloud(tiny_models.target_dir)
+    drain_timeout_s = 120
+    process, address = start_cloud(tiny_models.target_dir, "--drain-timeout", str(drain_timeout_s))
     try:
         drafter = tiny_drafter("noisy")
         prompt = "Once upon a time"
@@ -48,8 +49,11 @@ def test_cloud_serves_then_stops_gracefully_on_sigterm(tiny_models, tiny_target,
     finally:
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-        assert time.monotonic() - started < 15
+        assert process.wait(timeout=drain_timeout_s + 30) == 0
+        # No session is live, so the drain ends at once: the process exits well before the drain
+        # timeout. A quarter of it is the margin a loaded 2-core machine keeps for tearing down
+        # gRPC and torch (a second or two idle).
+        assert time.monotonic() - started < drain_timeout_s / 4
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "cloud", "edge"])

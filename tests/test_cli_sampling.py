@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from edge import AsyncTandem
+from edge import AsyncTandemClient
 from edge.config import EdgeConfig
 
 PROMPT = "Once upon a time"
@@ -41,7 +41,7 @@ def test_n_sampled_completions_in_one_json_object(tiny_cloud, tiny_models):
     config = EdgeConfig(cloud=tiny_cloud.address, draft_model=draft, threads=1)
 
     async def sdk():
-        async with AsyncTandem(config=config) as sdk_tandem:
+        async with AsyncTandemClient(config=config) as sdk_tandem:
             return await sdk_tandem.complete_n(PROMPT, 3, max_tokens=12, temperature=1.5, top_k=40, top_p=0.95,
                                                seed=5, stop=["ing", "\n"])
 

@@ -147,10 +147,10 @@ def test_cli_hybrid_with_a_directory_draft_equals_target_greedy(tiny_models, tin
 
 
 def test_sdk_accepts_a_directory_draft(tiny_models, tiny_target, tiny_cloud):
-    from edge import Tandem
+    from edge import TandemClient
 
     prompt = "def add(a, b):"
-    with Tandem(tiny_cloud.address, draft_model=str(tiny_models.target_dir)) as tandem:
+    with TandemClient(tiny_cloud.address, draft_model=str(tiny_models.target_dir)) as tandem:
         completion = tandem.complete(prompt, max_tokens=16)
     assert completion.token_ids == hf_greedy(tiny_target, tiny_target.tokenize(prompt), 16)
     assert completion.stats["accepted"] > 0

@@ -20,11 +20,11 @@ from conftest import hf_greedy
 from local_server import LocalServer
 
 from common.errors import CloudUnavailable
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 from edge.chat_template import render_chat
 from edge.config import EdgeConfig
 from edge.fallback import FallbackConfig
-from edge.sdk import AsyncTandem
+from edge.sdk import AsyncTandemClient
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
 FAST_RETRY = dict(retry_min_s=0.2, retry_max_s=1.0)
@@ -150,7 +150,7 @@ def test_sdk_fallback_flag(tiny_models):
                         fallback=FallbackConfig(timeout_s=1.0, **FAST_RETRY))
 
     async def run(fallback: bool):
-        async with AsyncTandem(config=config, fallback=fallback) as tandem:
+        async with AsyncTandemClient(config=config, fallback=fallback) as tandem:
             return await tandem.complete("Once upon a time", max_tokens=6)
 
     completion = asyncio.run(run(True))

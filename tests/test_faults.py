@@ -16,7 +16,7 @@ from conftest import generate_ids, hf_greedy
 
 from common.channel import Keepalive
 from common.errors import CloudUnavailable
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 

@@ -152,22 +152,26 @@ def test_a_silent_cloud_still_falls_back_in_time(cloud_factory, tiny_cloud, tiny
             await engine.open()
             if fault == "stuck-model":
                 cloud.running.worker.submit(stuck.wait, 60)
-            started = time.monotonic()
             generation = await engine.generate_to_end(GenerationRequest(prompt, 6), Mode.HYBRID)
-            seconds = time.monotonic() - started
             await engine.close()
             await client.close()
-            return generation, seconds
+            return generation
         finally:
             stuck.set()
             if fault == "silent-server":
                 await server.stop(0)
 
-    generation, seconds = asyncio.run(scenario())
+    generation = asyncio.run(scenario())
     assert generation.degraded and generation.answered_by == "local"
     assert "within 1s" in generation.fallback_reason
     assert len(generation.token_ids) == 6
-    assert timeout_s <= seconds < timeout_s + 3, seconds
+    # The first (local) token comes after the silence timeout, then the resume window (as long
+    # again) in which a reopened stream waits out its own silence timeout: by design under
+    # 3 timeouts (about 2 measured); the local prefill of a 4-token prompt after it takes
+    # milliseconds, so the bound keeps a margin of about a second on a loaded 2-core machine.
+    # A cloud waited for (a sleep of an hour, a model stuck for a minute) fails it.
+    ttft = generation.stats.ttft_s
+    assert timeout_s <= ttft < 3 * timeout_s, ttft
 
 
 def test_a_prompt_beyond_the_drafts_context_is_answered_by_the_cloud_exactly(tiny_models, tiny_cloud, tiny_target):
@@ -240,7 +244,7 @@ def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud,
 
     from common.errors import ContextTooLong
     from edge.config import EdgeConfig
-    from edge.sdk import Tandem
+    from edge.sdk import TandemClient
 
     drafter = tiny_drafter("noisy")
     text = " ".join(["a small red box"] * 40)
@@ -265,13 +269,13 @@ def test_beyond_the_clouds_context_in_the_cli_serve_and_sdk(small_context_cloud,
 
     config = EdgeConfig(cloud=small_context_cloud.address, draft_model=str(tiny_models.drafts["noisy"]),
                         threads=1, n_ctx=512)
-    with Tandem(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
+    with TandemClient(config=config) as tandem, pytest.raises(ContextTooLong, match=both):
         tandem.complete(text, max_tokens=4)
 
 
 def test_tandem_chat_trims_the_oldest_turns_to_fit(cloud_factory, tiny_drafter, capsys):
     from edge.chat import ChatSession
-    from edge.sdk import AsyncTandem
+    from edge.sdk import AsyncTandemClient
 
     cloud = cloud_factory(limits=SessionLimits(max_context_tokens=160))
     drafter = tiny_drafter("noisy")
@@ -281,7 +285,7 @@ def test_tandem_chat_trims_the_oldest_turns_to_fit(cloud_factory, tiny_drafter, 
         try:
             engine = EdgeEngine(drafter, client)
             await engine.connect()
-            session = ChatSession(AsyncTandem.from_engine(engine), "Be brief.", {"max_tokens": 16})
+            session = ChatSession(AsyncTandemClient.from_engine(engine), "Be brief.", {"max_tokens": 16})
             turns = [(f"question number {i} about boxes", f"answer number {i} about red boxes") for i in range(12)]
             for question, answer in turns:
                 session.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

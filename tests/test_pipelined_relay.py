@@ -1,6 +1,6 @@
 """Pipelined, adaptive hybrid generation over a delayed link stays exactly the target's.
 
-The tiny cloud is reached through the link relay (common/relay.py) adding a few ms of delay
+The tiny cloud is reached through the link relay (bench/relay.py) adding a few ms of delay
 and jitter, so verdicts arrive while the edge is drafting ahead: several blocks are in flight,
 rejections invalidate them on both sides, and the output must still be the target's own.
 """
@@ -14,7 +14,7 @@ import pytest
 from conftest import hf_greedy
 from test_speculative_exact import PROMPTS
 
-from common.relay import LinkConfig, RelayThread
+from bench.relay import LinkConfig, RelayThread
 from common.wire import SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode

@@ -4,34 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-import time
 
 import pytest
 from conftest import hf_greedy
 
 from common.detok import IncrementalDetokenizer
-from edge import AsyncTandem, Tandem
+from edge import AsyncTandemClient, TandemClient
 from edge.config import EdgeConfig
 
 
 @contextlib.contextmanager
 def most_live_sessions(cloud):
-    """Yields a one-item list: the most sessions the cloud held at once while inside (resettable)."""
-    most_live, done = [0], threading.Event()
+    """Yields a one-item list: the most sessions the cloud held at once while inside (resettable).
 
-    def watch():
-        while not done.is_set():
-            most_live[0] = max(most_live[0], len(cloud.running.registry))
-            time.sleep(0.0005)
+    Counted at each admission (the registry's add), not by polling, so a busy machine that
+    delays a poller cannot miss a moment when they were all live."""
+    registry = cloud.running.registry
+    admit, most_live = registry.add, [0]
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    def add(session):
+        session_id = admit(session)
+        most_live[0] = max(most_live[0], len(registry))
+        return session_id
+
+    registry.add = add
     try:
         yield most_live
     finally:
-        done.set()
-        watcher.join()
+        del registry.add  # the class's own again
 
 
 def sdk_config(tiny_cloud, tiny_models):
@@ -40,7 +40,7 @@ def sdk_config(tiny_cloud, tiny_models):
 
 def test_sync_sdk_streams_the_target_output(tiny_cloud, tiny_models, tiny_target, tiny_drafter):
     prompt = "The weather today"
-    with Tandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+    with TandemClient(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
         deltas = list(tandem.stream(prompt, max_tokens=20))
         completion = tandem.complete(prompt, max_tokens=20)
     drafter = tiny_drafter("noisy")
@@ -54,7 +54,7 @@ def test_async_sdk_matches_sync(tiny_cloud, tiny_models, tiny_target, tiny_draft
     prompt = "import numpy as np"
 
     async def main():
-        async with AsyncTandem(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
+        async with AsyncTandemClient(config=sdk_config(tiny_cloud, tiny_models)) as tandem:
             return [delta async for delta in tandem.stream(prompt, max_tokens=15)], \
                 await tandem.complete(prompt, max_tokens=15)
 
@@ -89,7 +89,7 @@ def test_concurrent_cloud_only_completions_from_one_instance_overlap(cloud_facto
 
     async def main():
         config = EdgeConfig(cloud=cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
-        async with AsyncTandem(config=config, mode="cloud") as tandem:
+        async with AsyncTandemClient(config=config, mode="cloud") as tandem:
             return await asyncio.gather(*(tandem.complete(p, max_tokens=48) for p in prompts))
 
     with most_live_sessions(cloud) as most_live:
@@ -133,3 +133,13 @@ def test_concurrent_hybrid_generations_draft_side_by_side_up_to_the_slots(cloud_
     for prompt, generation in zip(prompts, generations):
         assert generation.token_ids == hf_greedy(tiny_target, prompt, 40)
     assert most_live[0] == slots
+
+
+def test_the_tandem_package_exports_what_its_sdk_re_exports():
+    import tandem
+    import tandem.sdk
+
+    assert sorted(tandem.__all__) == sorted(tandem.sdk.__all__)
+    for name in tandem.sdk.__all__:
+        assert getattr(tandem, name) is getattr(tandem.sdk, name)
+    assert issubclass(tandem.Tandem, TandemClient) and issubclass(tandem.AsyncTandem, AsyncTandemClient)

@@ -13,7 +13,7 @@ from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.stop import StopScanner
 from common.wire import DraftMode, FinishReason
-from edge import AsyncTandem
+from edge import AsyncTandemClient
 from edge.config import EdgeConfig
 from edge.engine import Mode
 
@@ -72,7 +72,7 @@ def test_generation_ends_at_the_stop_string_and_the_text_is_cut_before_it(tiny_c
     config = EdgeConfig(cloud=tiny_cloud.address, draft_model=str(tiny_models.drafts["noisy"]), threads=1)
 
     async def main():
-        async with AsyncTandem(config=config, mode=mode) as tandem:
+        async with AsyncTandemClient(config=config, mode=mode) as tandem:
             free = await tandem.complete(PROMPT, max_tokens=NEW_TOKENS)
             stop = stop_inside(free.text)
             return free, stop, await tandem.complete(PROMPT, max_tokens=NEW_TOKENS, stop=["\x00never", stop])

@@ -23,8 +23,8 @@ PROMPT = "The quick brown fox"
 MAX_TOKENS = 12
 SDK = f"""
 import json, sys
-from edge import Tandem
-with Tandem(sys.argv[1], mode="cloud") as tandem:
+from edge import TandemClient
+with TandemClient(sys.argv[1], mode="cloud") as tandem:
     completion = tandem.complete({PROMPT!r}, max_tokens={MAX_TOKENS})
     streamed = "".join(tandem.stream({PROMPT!r}, max_tokens={MAX_TOKENS}))
 print(json.dumps(dict(text=completion.text, token_ids=completion.token_ids, streamed=streamed)))

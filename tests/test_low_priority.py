@@ -1,4 +1,4 @@
-"""edge/background.py: work at the lowest CPU priority, without touching the caller's."""
+"""edge/low_priority.py: work at the lowest CPU priority, without touching the caller's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from edge.background import LOWEST_PRIORITY, at_lowest_priority
+from edge.low_priority import LOWEST_PRIORITY, at_lowest_priority
 
 
 def own_priority() -> int:

@@ -23,7 +23,7 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
     from edge.client import CloudClient
 
     if mode != Mode.EDGE and config.cloud is None and config.start_cloud is None:
-        raise InvalidArgument("no cloud address: pass one (--cloud HOST:PORT, Tandem(address)), or use "
+        raise InvalidArgument("no cloud address: pass one (--cloud HOST:PORT, TandemClient(address)), or use "
                               "tandem.Tandem / the tandem command, which start a cloud on loopback")
     embedded = None
     drafter = None

@@ -342,7 +342,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m common.relay",
+        prog="python -m bench.relay",
         description="Relay TCP connections to a target through an emulated network link "
                     "(one-way delay, jitter, bandwidth cap; same in both directions).")
     parser.add_argument("--target", type=_address, required=True, metavar="HOST:PORT",
