@@ -57,6 +57,10 @@ class LoadConfig:
     batch_wait_ms: float = setting(50.0, "the cloud's --batch-wait-ms")
     long_prompt_tokens: int = setting(2000, "then rerun the largest hybrid load minus one while a prompt this "
                                             "long joins (0: skip)")
+    answers_per_session: int = setting(
+        1, "answers each concurrent session gives, one after another (prompts round-robin): above 1, N sessions "
+           "stay live until the last few answers instead of all starting together and the row ending with the "
+           "slowest (hybrid answers take different numbers of rounds)")
     dtype: str | None = setting(None, "the cloud's --dtype (default: its own default, or $TANDEM_DTYPE); "
                                       "at bfloat16 hybrid and cloud-only outputs may differ (see README: "
                                       "Load benchmark), float32 keeps them identical",

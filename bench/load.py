@@ -44,6 +44,8 @@ class SessionRecord:
     gaps_s: list[float] = field(default_factory=list)  # between consecutive verdicts (or tokens)
     drafted: int = 0
     accepted: int = 0
+    drafted_on_reference: int = 0  # drafted while the output so far was the drafts' reference
+    accepted_on_reference: int = 0
     forward_passes: int = 0
     started_s: float = 0.0
     ended_s: float = 0.0
@@ -61,6 +63,7 @@ class Load:
     fingerprint: str
     drafts: list[list[int]] = field(default_factory=list)  # the load drafter's continuations (drafter_references)
     cloud_cpu_seconds: Callable[[], float] = lambda: 0.0  # CPU time the cloud process has used so far
+    answers_per_session: int = 1  # answers each concurrent slot gives, one after another
     verdicts: int = 0  # verdicts received so far, all sessions
 
     def __post_init__(self):
@@ -108,6 +111,9 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     while not finished:
         drafts = []  # the cloud verifies at most max_tokens - len(tokens) - 1 drafts: propose no more
         end = min(len(tokens) + load.draft_tokens, len(reference), load.max_tokens - 1)
+        # Once the output has left the reference (a flipped argmax at bfloat16), every draft
+        # after it continues a text the target is no longer writing: counted apart.
+        on_reference = tokens == reference[: len(tokens)]
         for i in range(len(tokens), end):
             right = reference[i]
             drafts.append(right if rng.random() >= load.corrupt_rate else (right + 1 + rng.randrange(100)) % load.vocab_size)
@@ -122,6 +128,9 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
         tokens += [verdict.next_token] if verdict.HasField("next_token") else []
         record.drafted += len(drafts)
         record.accepted += verdict.accepted_count
+        if on_reference:
+            record.drafted_on_reference += len(drafts)
+            record.accepted_on_reference += verdict.accepted_count
         record.forward_passes = verdict.forward_passes
         finished = verdict.finish_reason
     await call.done_writing()
@@ -145,12 +154,23 @@ def scrape(port: int) -> dict[str, float]:
 
 
 async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, joiner: list[int] | None = None) -> dict:
-    """`sessions` concurrent sessions of `mode` (prompts round-robin); one row of the report."""
+    """`sessions` concurrent sessions of `mode` (prompts round-robin); one row of the report.
+
+    Each of the `sessions` slots answers one prompt after another until sessions x
+    load.answers_per_session answers are done, so `sessions` stay live until the last few
+    answers; with 1 answer each, they all start together and the row ends with the slowest.
+    """
     before, verdicts_before = scrape(metrics_port), load.verdicts
     cpu_before = time.process_time(), load.cloud_cpu_seconds()
     started = time.monotonic()
-    tasks = [asyncio.ensure_future(hybrid_session(load, i % len(load.prompts), seed=i) if mode == "hybrid"
-                                   else cloud_session(load, i % len(load.prompts))) for i in range(sessions)]
+    count = len(load.prompts)  # a joiner appended below is not one of the slots' prompts
+    answers = iter(range(sessions * load.answers_per_session))
+
+    async def slot() -> list[SessionRecord]:
+        return [await (hybrid_session(load, j % count, seed=j) if mode == "hybrid" else cloud_session(load, j % count))
+                for j in answers]
+
+    tasks = [asyncio.ensure_future(slot()) for _ in range(sessions)]
     joined = None
     if joiner is not None:
         while load.verdicts - verdicts_before < 2 * sessions:  # join once the others are running
@@ -158,7 +178,7 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
         load.prompts.append(joiner)
         load.references.append([])
         joined = asyncio.ensure_future(cloud_session(load, len(load.prompts) - 1))
-    records = await asyncio.gather(*tasks)
+    records = [r for done in await asyncio.gather(*tasks) for r in done]
     wall = max(r.ended_s for r in records) - started
     join_record = await joined if joined is not None else None
     client_cpu, cloud_cpu = time.process_time() - cpu_before[0], load.cloud_cpu_seconds() - cpu_before[1]
@@ -173,7 +193,7 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
     compared = [compare(r.token_ids, load.references[r.prompt]) for r in records]
     first = [c["first_difference"] for c in compared if c["first_difference"] is not None]
     row = {
-        "mode": mode, "sessions": sessions, "tokens": tokens, "wall_s": round(wall, 3),
+        "mode": mode, "sessions": sessions, "answers": len(records), "tokens": tokens, "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 2),
         "gap_p50_ms": round(1000 * percentile(gaps, 50), 1), "gap_p99_ms": round(1000 * percentile(gaps, 99), 1),
         "cloud_forward_passes": int(passes), "sessions_per_pass": round(session_passes / passes, 2) if passes else 0,
@@ -188,14 +208,22 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
         # Busy share of each side's CPU over the row: the client near 1.0 means the one process
         # driving every session, not the cloud, set the pace.
         "client_cpu_share": round(client_cpu / wall, 2), "cloud_cpu_share": round(cloud_cpu / wall, 2),
+        # Committed tokens per second of the cloud's CPU time: on a shared machine, where the cloud
+        # gets only part of its core, this is what the row would give with the core to itself.
+        "tokens_per_cloud_cpu_s": round(tokens / cloud_cpu, 2) if cloud_cpu > 0 else None,
     }
     if mode == "hybrid":
         drafted = sum(r.drafted for r in records)
         row["acceptance"] = round(sum(r.accepted for r in records) / drafted, 3) if drafted else 0.0
+        # The drafter's own acceptance: blocks drafted while the output was still its reference.
+        on = sum(r.drafted_on_reference for r in records)
+        row["acceptance_on_reference"] = round(sum(r.accepted_on_reference for r in records) / on, 3) if on else 0.0
+        row["left_reference"] = sum(r.token_ids != load.drafts[r.prompt] for r in records)
     if join_record is not None:
         row["long_prompt_tokens"] = len(joiner)
         row["long_prompt_answer_s"] = round(join_record.ended_s - join_record.started_s, 2)
     row["outputs"] = [r.token_ids for r in records]
+    row["prompts"] = [r.prompt for r in records]
     return row
 
 
@@ -274,7 +302,8 @@ async def _bench(args, address: str, metrics_port: int, progress, cloud_cpu_seco
         prompts, long = tokenized_prompts(args.draft_model, info, args.prompts, args.long_prompt_tokens)
         refs = await references(stub, prompts, args.max_tokens)
         load = Load(stub, prompts, refs, args.max_tokens, args.load_draft_tokens, args.corrupt_rate,
-                    info.vocab_size, info.tokenizer_fingerprint, cloud_cpu_seconds=cloud_cpu_seconds)
+                    info.vocab_size, info.tokenizer_fingerprint, cloud_cpu_seconds=cloud_cpu_seconds,
+                    answers_per_session=args.answers_per_session)
         drafter_rounds = await drafter_references(load) if "hybrid" in args.load_modes else []
         rows = []
         for mode in args.load_modes:
@@ -328,7 +357,8 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict], targets: list[dict]) -> str:
     head = (f"{'mode':<7} {'sessions':>8} {'tokens/s':>9} {'x one':>6} {'gap p50':>8} {'gap p99':>8} "
-            f"{'passes':>7} {'sess/pass':>9} {'accept':>6} {'same':>6} {'1st diff':>8} {'tok same':>8}")
+            f"{'passes':>7} {'sess/pass':>9} {'accept':>6} {'on ref':>6} {'same':>7} {'1st diff':>8} "
+            f"{'tok same':>8} {'cloud cpu':>9} {'tok/cpu-s':>9}")
     lines = [head, "-" * len(head)]
     one = {r["mode"]: r["tokens_per_s"] for r in rows if r["sessions"] == 1 and not r.get("join_run")}
     for r in rows:
@@ -337,15 +367,25 @@ def table(rows: list[dict], targets: list[dict]) -> str:
         lines.append(f"{label:<7} {r['sessions']:>8} {r['tokens_per_s']:>9.1f} {ratio:>6.2f} "
                      f"{r['gap_p50_ms']:>6.0f}ms {r['gap_p99_ms']:>6.0f}ms {r['cloud_forward_passes']:>7} "
                      f"{r['sessions_per_pass']:>9.2f} {r.get('acceptance', float('nan')):>6.2f} "
-                     f"{r['identical_to_alone']:>3}/{r['sessions']:<2} "
+                     f"{r.get('acceptance_on_reference', float('nan')):>6.2f} "
+                     f"{r['identical_to_alone']:>3}/{r.get('answers', r['sessions']):<3} "
                      f"{'-' if r.get('first_difference') is None else r['first_difference']:>8} "
-                     f"{r.get('identical_token_share', float('nan')):>8.1%}")
+                     f"{r.get('identical_token_share', float('nan')):>8.1%} "
+                     f"{r.get('cloud_cpu_share', float('nan')):>9.2f} "
+                     f"{r.get('tokens_per_cloud_cpu_s') or float('nan'):>9.1f}")
     lines.append("same: outputs identical to the prompt's cloud-only output alone; 1st diff: the earliest "
-                 "position where one differs (-: none); tok same: share of positions with the same token")
+                 "position where one differs (-: none); tok same: share of positions with the same token;\n"
+                 "on ref: acceptance over the blocks drafted while the output was still the load drafter's reference; "
+                 "cloud cpu: the cloud's busy share of its CPU over the row; tok/cpu-s: tokens per second of "
+                 "the cloud's CPU time (an upper bound on what the row would give with the core to itself)")
     lines.append("\ntargets:")
     for t in targets:
         state = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         lines.append(f"  {t['figure']}: {t['measured']} (target {t['target']}) {state}")
+    on_cpu = ratios([r | {"tokens_per_s": r.get("tokens_per_cloud_cpu_s") or 0.0} for r in rows])
+    lines.append("the same ratios on the cloud's CPU time (tok/cpu-s: less sensitive than wall time to a shared "
+                 "machine's load):")
+    lines += [f"  {t['figure']}: {t['measured']}" for t in on_cpu if "p99" not in t["figure"]]
     return "\n".join(lines)
 
 
@@ -423,7 +463,7 @@ def run(args) -> int:
         "settings": {"sessions": args.session_counts, "modes": args.load_modes, "max_tokens": args.max_tokens,
                      "draft_tokens": args.load_draft_tokens, "corrupt_rate": args.corrupt_rate,
                      "max_batch_tokens": args.max_batch_tokens, "batch_wait_ms": args.batch_wait_ms,
-                     "long_prompt_tokens": args.long_prompt_tokens,
+                     "long_prompt_tokens": args.long_prompt_tokens, "answers_per_session": args.answers_per_session,
                      "model": args.model, "dtype": args.dtype or "auto", "cloud_dtype": dtype},
         "machine": {"cpu_count": os.cpu_count(), "cloud_cpus": cloud_cpus_seen, "cloud_torch_threads": torch_threads,
                     "client_cpus": sorted(edge_cpus), "load_average_start": load_start,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 READY_LINE = re.compile(r"tandem cloud ready: .* listening on (?P<host>[^\s:]+):(?P<port>\d+)")
 # cloud/model.py logs "loaded target NAME (DEVICE, torch.DTYPE, N torch threads) in S s".
-LOADED = re.compile(r"loaded target .*\((?P<device>[^(),]+), (torch\.)?(?P<dtype>\w+), (?P<threads>\d+) torch threads\)")
+LOADED = re.compile(r"loaded target .*\((?P<device>[^(),]+), (torch\.)?(?P<dtype>\w+), "
+                    r"(?P<threads>\d+) torch threads\)")
 
 
 class ProcessError(RuntimeError):
