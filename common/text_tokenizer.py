@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +119,14 @@ class TextTokenizer:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        pieces = self.hf.convert_ids_to_tokens(list(range(len(self.hf))))
-        return tokenizer_fingerprint(pieces, self.special_tokens, self.special, self.tokenize(PROBE_TEXT))
+        return tokenizer_fingerprint(self._pieces(), self.special_tokens, self.special, self.tokenize(PROBE_TEXT))
+
+    def _pieces(self, chunk: int = 4096) -> Iterator[str | None]:
+        """Each id's vocabulary piece, a chunk at a time (a 262k vocabulary's pieces at once
+        would cost the edge ~20 MB at its memory peak)."""
+        size = len(self.hf)
+        for start in range(0, size, chunk):
+            yield from self.hf.convert_ids_to_tokens(list(range(start, min(start + chunk, size))))
 
     def token_bytes_table(self, vocab_size: int) -> list[bytes]:
         """Each id's text bytes, from its vocabulary piece; special tokens render as nothing.
