@@ -28,7 +28,7 @@ _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 1
 """GGUF value types with a fixed size (uint8 ... float64); 8 is a string, 9 an array."""
 _STRING, _ARRAY = 8, 9
 
-CACHE_FORMAT = b"tandem-tokenizer-files-1"
+CACHE_FORMAT = b"tandem-tokenizer-files-2"
 """Part of every cache key: a new layout of the cached files gets new folders."""
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
