@@ -10,8 +10,9 @@ checkout (default: this one), the four figures of issue 25:
 2. `tandem serve` idle RSS (/proc VmRSS) one second after its first answer (128 tokens);
 3. process start to exit of a 1-token hybrid answer, warm caches (median of --repeats runs after
    one warm-up run that also fills the tokenizer cache);
-4. the same for `--mode cloud` on a thin install: a virtualenv with the checkout installed without
-   extras (as tests/test_thin_client.py builds it; kept under --out and reused).
+4. the same for `--mode cloud` on a thin install (a raw prompt: chat templates need the edge extra):
+   a virtualenv with the checkout installed without extras (as tests/test_thin_client.py builds it;
+   kept under --out and reused).
 
 To compare with an older commit: `git worktree add /tmp/before COMMIT`, then
 `--checkout before=/tmp/before --checkout after=.`. The load average is printed beside every
@@ -163,8 +164,9 @@ def thin_install(checkout: Checkout, out: Path) -> Path:
 def measure_thin(checkout: Checkout, cloud: str, repeats: int, out: Path) -> None:
     root = thin_install(checkout, out)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "PYTHON"))}
-    command = [str(root / "bin" / "tandem"), "generate", "--mode", "cloud", "--cloud", cloud, "--chat",
-               "--max-tokens", "1", PROMPT]
+    # A raw prompt: rendering a chat template needs jinja2, which comes with the edge extra.
+    command = [str(root / "bin" / "tandem"), "generate", "--mode", "cloud", "--cloud", cloud, "--max-tokens", "1",
+               PROMPT]
     timed_run(command, env, root)
     load = load_average()
     times = [timed_run(command, env, root)[0] for _ in range(repeats)]
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_serve(checkout, address)
             if not args.skip_thin:
                 measure_thin(checkout, address, args.repeats, out)
+            print(table(checkouts), file=sys.stderr, flush=True)  # so far, in case a later one fails
     finally:
         cloud.send_signal(signal.SIGTERM)
         cloud.wait(timeout=60)
