@@ -43,8 +43,12 @@ def load_tokenizer(draft: str | Path) -> TextTokenizer:
 
 
 def cached_tokenizer(draft: str | Path) -> TextTokenizer | None:
-    """The draft's tokenizer if its files were converted before (never imports transformers), else None."""
-    folder = _cache_folder(Path(draft))
+    """The draft's tokenizer if its files were converted before (never imports transformers), else
+    None (also for a file that is no GGUF: the caller's own loading says what is wrong with it)."""
+    try:
+        folder = _cache_folder(Path(draft))
+    except (OSError, ValueError, struct.error):
+        return None
     return _read(folder) if (folder / SPEC_FILE).is_file() else None
 
 
