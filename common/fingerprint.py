@@ -12,7 +12,7 @@ in any of these, BOS rules alone included, gets different fingerprints.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from common.special_tokens import SpecialTokens
 
@@ -29,7 +29,7 @@ PROBE_TEXT = (
 )
 
 
-def tokenizer_fingerprint(pieces: Sequence[str | None], special_ids: Collection[int], rules: SpecialTokens,
+def tokenizer_fingerprint(pieces: Iterable[str | None], special_ids: Collection[int], rules: SpecialTokens,
                           probe_ids: Sequence[int]) -> str:
     """pieces: each id's vocabulary entry (None for an id the tokenizer lacks); special_ids: the
     ids of special (control) tokens; probe_ids: PROBE_TEXT's ids with nothing added."""

@@ -38,15 +38,22 @@ class LlamaDrafter:
     """The llama.cpp draft engine (edge.draft_engine.DraftEngine); the only module that touches llama.cpp."""
 
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, threads: int = 0,
-                 f32_cache: bool = False, convert_dtype: str = "f16"):
+                 f32_cache: bool = False, convert_dtype: str = "f16", tokenizer: TextTokenizer | None = None):
         """model_path: a GGUF file, or a Hugging Face Llama directory (converted to a GGUF of
         `convert_dtype` weights on first use and cached; see edge/convert.py).
-        f32_cache keeps the KV cache in float32 (tests use it to match transformers tightly)."""
+        f32_cache keeps the KV cache in float32 (tests use it to match transformers tightly).
+        tokenizer: the draft's, when the caller already has it (else read on first use)."""
         path = Path(model_path) if model_path else default_gguf_path()
         if not path.exists():
             raise FileNotFoundError(f"draft model not found: {path}")
         name = path.name if path.is_dir() else path.stem
         self.source = path
+        # On a warm start the tokenizer is read before the weights: parsing its files needs
+        # transient memory (~40 MB for a 49k vocabulary) that is given back before llama.cpp
+        # takes its own, so the two peaks do not add up on the user's machine.
+        from edge.tokenizer import cached_tokenizer
+
+        early = tokenizer or cached_tokenizer(path)
         if path.is_dir():
             from edge.convert import cached_gguf
 
@@ -73,14 +80,16 @@ class LlamaDrafter:
         # Callers run these methods in worker threads; a cancelled caller (a client that went
         # away) leaves its thread running, so the next generation must wait for it here.
         self._lock = threading.Lock()
+        if early is not None and len(early) <= self.vocab_size:  # else .tokenizer says what is wrong
+            self.__dict__["tokenizer"] = early
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
 
     def sibling(self) -> LlamaDrafter:
         """Another context over the same model file (mapped, so the weights are shared), for a
         second generation to draft at the same time; it starts with an empty KV cache."""
-        other = LlamaDrafter(self.path, self.n_ctx, self.threads, self.f32_cache)
+        other = LlamaDrafter(self.path, self.n_ctx, self.threads, self.f32_cache,
+                             tokenizer=self.tokenizer)  # one tokenizer for both contexts
         other.name, other.source = self.name, self.source
-        other.__dict__["tokenizer"] = self.tokenizer  # one tokenizer for both contexts
         return other
 
     @functools.cached_property
@@ -88,7 +97,9 @@ class LlamaDrafter:
         """The tokenizer of the draft's files (loaded on first use; edge/tokenizer.py)."""
         from edge.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(self.source)
+        return self._checked(load_tokenizer(self.source))
+
+    def _checked(self, tokenizer: TextTokenizer) -> TextTokenizer:
         if len(tokenizer) > self.vocab_size:
             raise ValueError(f"{self.name}: the tokenizer has {len(tokenizer)} tokens, the model {self.vocab_size}")
         return tokenizer

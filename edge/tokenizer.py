@@ -13,9 +13,12 @@ and every later start reads it with the `tokenizers` library in milliseconds, wi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import mmap
 import struct
+import sys
 from pathlib import Path
 
 from common.model_paths import model_cache_root, publish_dir
@@ -25,7 +28,7 @@ _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 1
 """GGUF value types with a fixed size (uint8 ... float64); 8 is a string, 9 an array."""
 _STRING, _ARRAY = 8, 9
 
-CACHE_FORMAT = b"tandem-tokenizer-files-1"
+CACHE_FORMAT = b"tandem-tokenizer-files-2"
 """Part of every cache key: a new layout of the cached files gets new folders."""
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -36,19 +39,47 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 def load_tokenizer(draft: str | Path) -> TextTokenizer:
     """The tokenizer of a draft model (an HF directory, or a GGUF file), as transformers builds it."""
-    return TextTokenizer.from_file(tokenizer_files(Path(draft)) / "tokenizer.json")
+    return _read(tokenizer_files(Path(draft)))
+
+
+def cached_tokenizer(draft: str | Path) -> TextTokenizer | None:
+    """The draft's tokenizer if its files were converted before (never imports transformers), else
+    None (also for a file that is no GGUF: the caller's own loading says what is wrong with it)."""
+    try:
+        folder = _cache_folder(Path(draft))
+    except (OSError, ValueError, struct.error):
+        return None
+    return _read(folder) if (folder / SPEC_FILE).is_file() else None
 
 
 def tokenizer_files(draft: Path) -> Path:
     """The cached folder with the draft's tokenizer.json and spec, converted on first use."""
-    digest = hashlib.sha256(CACHE_FORMAT)
-    digest.update(directory_digest(draft).encode() if draft.is_dir() else tokenizer_digest(draft).encode())
-    target = model_cache_root() / "tokenizers" / digest.hexdigest()[:24]
+    target = _cache_folder(draft)
     if (target / SPEC_FILE).is_file():
         return target
     from edge.tokenizer_conversion import write_tokenizer_files  # transformers: this one time only
 
     return publish_dir(target, lambda folder: write_tokenizer_files(draft, folder))
+
+
+def _cache_folder(draft: Path) -> Path:
+    digest = hashlib.sha256(CACHE_FORMAT)
+    digest.update(directory_digest(draft).encode() if draft.is_dir() else tokenizer_digest(draft).encode())
+    return model_cache_root() / "tokenizers" / digest.hexdigest()[:24]
+
+
+def _read(folder: Path) -> TextTokenizer:
+    tokenizer = TextTokenizer.from_file(folder / "tokenizer.json")
+    _return_freed_memory()
+    return tokenizer
+
+
+def _return_freed_memory() -> None:
+    """Hands the heap that parsing tokenizer.json freed back to the OS (glibc keeps it otherwise:
+    ~15 MB of a 49k vocabulary's ~30), so the edge's resident memory holds only what it uses."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)  # glibc; musl has no malloc_trim (AttributeError)
 
 
 def directory_digest(model_dir: Path) -> str:

@@ -11,13 +11,14 @@ the edge reads those with `tokenizers` alone (edge/tokenizer.py), so transformer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
 from common.special_tokens import id_list
-from common.text_tokenizer import SPEC_FILE, TokenizerSpec
+from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ def write_tokenizer_files(source: Path, folder: Path) -> None:
         split_special_tokens=bool(getattr(tokenizer, "split_special_tokens", False)),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / SPEC_FILE).write_text(spec.to_json())
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"), pretty=False)  # parsed faster, with less memory
+    fingerprint = TextTokenizer.from_file(folder / "tokenizer.json", spec).fingerprint  # as every start reads it
+    (folder / SPEC_FILE).write_text(dataclasses.replace(spec, fingerprint=fingerprint).to_json())
     log.info("converted the tokenizer in %.1fs", time.monotonic() - started)
 
 

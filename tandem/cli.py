@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Collection
 
 from common.errors import TandemError
 
@@ -17,15 +19,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from bench import cli as bench_cli
-    from cloud import cli as cloud_cli
-    from cloud import health_probe
-    from distill import cli as distill_cli
-    from edge import chat as chat_cli
-    from edge import cli as edge_cli
-    from edge import serve as serve_cli
+COMMANDS = {
+    "cloud": ("cloud.cli", "serve the target model (verification + generation) over gRPC"),
+    "generate": ("edge.cli", "complete a prompt (hybrid, cloud-only or edge-only)"),
+    "serve": ("edge.serve", "a local OpenAI-compatible HTTP endpoint (for desktop apps and editor plugins)"),
+    "chat": ("edge.chat", "an interactive chat in the terminal (streamed, multi-turn)"),
+    "health": ("cloud.health_probe", "probe a cloud's health (exit 0 when SERVING)"),
+    "bench": ("bench.cli", "benchmark hybrid, cloud-only and edge-only generation over emulated links"),
+    "distill": ("distill.cli", "make a fast draft model for a target by distillation (ends in a quantized GGUF)"),
+}
+"""Each command: the module whose add_parser(subparsers) and run(args) implement it, and its line
+in `tandem --help` (the same as the module's own help). Only the command being run is imported,
+so `tandem --help` and `tandem health` load neither numpy nor the edge (tests/test_help.py)."""
 
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of `commands` (of every command when None); the others are
+    listed, with their help line, but their modules are not imported."""
     parser = _Parser(
         prog="tandem",
         description="Hybrid edge-cloud inference: a local llama.cpp model drafts tokens, a cloud gRPC "
@@ -36,14 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     # Edge commands without --cloud start one on loopback (edge/ cannot import cloud/ itself).
     parser.set_defaults(start_cloud=_start_on_loopback)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cloud_cli.add_parser(subparsers)
-    edge_cli.add_parser(subparsers)
-    serve_cli.add_parser(subparsers)
-    chat_cli.add_parser(subparsers)
-    health_probe.add_parser(subparsers)
-    bench_cli.add_parser(subparsers)
-    distill_cli.add_parser(subparsers)
+    for name, (module, help_line) in COMMANDS.items():
+        if commands is None or name in commands:
+            importlib.import_module(module).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_line)
     return parser
+
+
+def _command_in(argv: list[str]) -> set[str]:
+    """The command argv names (its first word that is not an option), if it names one."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return {first} if first in COMMANDS else set()
 
 
 def _start_on_loopback(model: str | None):
@@ -53,7 +67,8 @@ def _start_on_loopback(model: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     # A server's log wants timestamps; an interactive command's progress lines do not.
     timestamps = "%(asctime)s " if args.command == "cloud" else ""
     logging.basicConfig(

@@ -37,3 +37,20 @@ def test_each_bench_program_has_help(program):
     result = run("-m", f"bench.{program}", "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:")
+
+
+LIGHT = """
+import atexit, sys
+atexit.register(lambda: print(sorted({m.split(".")[0] for m in sys.modules} & HEAVY), file=sys.stderr))
+from tandem.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["health", "--help"], ["health", "--cloud", "127.0.0.1:1",
+                                                                      "--timeout", "1"]])
+def test_help_and_health_load_no_engine(args):
+    """`tandem --help` and `tandem health` start fast: no numpy, edge, engine or HTTP server (issue 25)."""
+    heavy = {"numpy", "torch", "transformers", "llama_cpp", "aiohttp", "tokenizers", "edge", "bench", "distill"}
+    result = run("-c", LIGHT.replace("HEAVY", repr(heavy)), *args)
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr

@@ -11,6 +11,7 @@ fingerprint, token bytes) must be the same as from transformers' tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -24,7 +25,7 @@ from test_tokenizer_families import RAW_PROMPTS
 
 from bench.tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
 from common.fingerprint import PROBE_TEXT
-from common.text_tokenizer import TextTokenizer
+from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECIAL_TEXTS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<s>", "</s>", "<bos>", "<eos>",
@@ -59,7 +60,7 @@ TEXTS = [PROBE_TEXT, *PROBE_TEXT.splitlines(keepends=True), *RAW_PROMPTS, *GEMMA
 
 def assert_same_tokenizer(source: Path):
     """The edge's tokenizer of `source` (files read by `tokenizers`) against transformers' own."""
-    from edge.tokenizer import load_tokenizer
+    from edge.tokenizer import load_tokenizer, tokenizer_files
     from edge.tokenizer_conversion import declared_eos_ids, transformers_tokenizer
 
     reference = transformers_tokenizer(source)
@@ -74,7 +75,11 @@ def assert_same_tokenizer(source: Path):
     assert edge.special_tokens == expected.special_tokens
     assert edge.end_ids == expected.end_ids
     assert edge.chat_template == expected.chat_template
-    assert edge.fingerprint == expected.fingerprint
+    assert edge.fingerprint == expected.fingerprint  # as cached beside the files
+    folder = tokenizer_files(source)
+    spec = TokenizerSpec.from_json((folder / SPEC_FILE).read_text())
+    recomputed = TextTokenizer.from_file(folder / "tokenizer.json", dataclasses.replace(spec, fingerprint=None))
+    assert recomputed.fingerprint == expected.fingerprint
     assert edge.token_bytes_table(len(expected)) == expected.token_bytes_table(len(expected))
     return edge
 
