@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.config import LOAD, BenchConfig, LoadConfig
 from bench.pin import disjoint_cpus
 from bench.prompts import PROMPTS
-from bench.stamp import header, provenance
+from bench.stamp import code_version, header, provenance
 from common.checks import check_model_path
 from common.errors import InvalidArgument
 from common import settings
@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     edge_args = speculation_flags(speculation_from_args(args))
     if args.draft_model:
         edge_args += ["--draft-model", args.draft_model]
-    load_start = os.getloadavg()
+    load_start, version = os.getloadavg(), code_version()
     runs = (f"{2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms)} generations measuring time to first "
             f"token" if lengths else f"{plan.total_runs} generations of {plan.max_tokens} tokens")
     print(f"tandem bench: cloud on CPUs {args.cloud_cpus}, edge on CPUs {args.edge_cpus}; {runs}; "
@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "wall_s": round(time.monotonic() - started, 1),
         }
-        stamp = provenance(cloud.dtype, cloud.torch_threads, worker.info["draft_threads"], load_start)
+        stamp = provenance(version, cloud.dtype, cloud.torch_threads, worker.info["draft_threads"], load_start)
     finally:
         for part in (worker, relay, cloud):
             if part is not None:

@@ -209,7 +209,8 @@ async def run_load(load: Load, mode: str, sessions: int, metrics_port: int, join
         # driving every session, not the cloud, set the pace.
         "client_cpu_share": round(client_cpu / wall, 2), "cloud_cpu_share": round(cloud_cpu / wall, 2),
         # Committed tokens per second of the cloud's CPU time: on a shared machine, where the cloud
-        # gets only part of its core, this is what the row would give with the core to itself.
+        # gets only part of its core, an upper bound on what the row would give with the core to
+        # itself (the cloud's waits for blocks are not in it).
         "tokens_per_cloud_cpu_s": round(tokens / cloud_cpu, 2) if cloud_cpu > 0 else None,
     }
     if mode == "hybrid":
@@ -419,8 +420,9 @@ def run(args) -> int:
     """The load benchmark (bench/cli.py hands over when --sessions is given)."""
     from bench.pin import disjoint_cpus
     from bench.processes import CloudProcess, ProcessError
-    from bench.stamp import header, provenance
+    from bench.stamp import code_version, header, provenance
 
+    version = code_version()  # the code that runs, before anything can change the tree
     cloud_cpus, edge_cpus = disjoint_cpus(args.cloud_cpus, args.edge_cpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -456,7 +458,7 @@ def run(args) -> int:
     finally:
         cloud.stop()
     targets = ratios(result["rows"])
-    stamp = provenance(dtype, torch_threads, None, load_start)
+    stamp = provenance(version, dtype, torch_threads, None, load_start)
     report = {
         "command": "tandem " + " ".join(sys.argv[1:]),
         "provenance": stamp,

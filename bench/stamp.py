@@ -35,14 +35,15 @@ def code_version() -> dict:
     return {"commit": commit, "version": version}
 
 
-def provenance(dtype: str | None, torch_threads: int | None, llama_cpp_threads: int | None,
+def provenance(version: dict, dtype: str | None, torch_threads: int | None, llama_cpp_threads: int | None,
                load_average_start: tuple[float, ...]) -> dict:
-    """The stamp of one run; call it when the run has ended (it reads the load average then).
+    """The stamp of one run: `version` is code_version() read when the run began; call this when
+    the run has ended (it reads the load average then).
 
     llama_cpp_threads is None where no llama.cpp model ran (the load benchmark's drafter is
     scripted); dtype is the cloud's weights dtype as it reported it (e.g. float32).
     """
-    return code_version() | {"dtype": dtype, "cloud_torch_threads": torch_threads,
+    return version | {"dtype": dtype, "cloud_torch_threads": torch_threads,
                              "edge_llama_cpp_threads": llama_cpp_threads,
                              "load_average_start": list(load_average_start),
                              "load_average_end": list(os.getloadavg())}

@@ -217,16 +217,24 @@ def test_load_bench_outputs_are_the_targets_and_passes_are_shared(load_run):
     assert len(result["machine"]["cloud_cpus"]) == 1 and result["machine"]["load_average_start"]
 
 
-def test_load_bench_reports_how_far_outputs_stray(load_run):
-    """first_difference and identical_token_share agree with the outputs and the references."""
+def assert_divergence_report_consistent(result: dict) -> None:
+    """Each row's first_difference and identical_token_share agree with its outputs and the references."""
     from bench.load import compare
 
-    _, done, result = load_run
     for row in result["rows"]:
         compared = [compare(o, result["references"][p]) for o, p in zip(row["outputs"], row["prompts"])]
         assert row["first_differences"] == [c["first_difference"] for c in compared]
         assert row["identical_to_alone"] == row["first_differences"].count(None)
+        assert row["first_difference"] == min((d for d in row["first_differences"] if d is not None), default=None)
         assert (row["first_difference"] is None) == (row["identical_token_share"] == 1.0)
+        if row["mode"] == "hybrid":
+            assert 0 <= row["left_reference"] <= row["answers"]
+
+
+def test_load_bench_reports_how_far_outputs_stray(load_run):
+    _, done, result = load_run
+    assert_divergence_report_consistent(result)
+    for row in result["rows"]:
         if row["mode"] == "hybrid":  # at float32 no output leaves the drafts' reference
             assert row["left_reference"] == 0 and row["acceptance_on_reference"] == row["acceptance"]
     # At float32 the load drafter's drafts (hybrid alone, verified in blocks) are the cloud-only output.
@@ -263,3 +271,20 @@ def test_bench_cli_and_load_import_no_cycle():
     source = (Path(__file__).resolve().parent.parent / "bench" / "load.py").read_text()
     imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
     assert "bench.cli" not in imported
+
+
+def test_load_bench_at_bfloat16(tiny_models, tmp_path):
+    """--dtype bfloat16 runs, says so, and reports divergence consistently (outputs may differ there)."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("the load benchmark pins the cloud and the sessions to different CPUs")
+    command = [sys.executable, "-m", "tandem", "bench", "--sessions", "1,2", "--max-tokens", str(MAX_TOKENS),
+               "--prompts", "2", "--long-prompt-tokens", "0", "--dtype", "bfloat16", "--out", str(tmp_path),
+               "--model", str(tiny_models.target_dir), "--cloud-cpus", str(available[0]),
+               "--edge-cpus", str(available[1])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert result["provenance"]["dtype"] == "bfloat16" and "dtype bfloat16" in done.stdout
+    assert_divergence_report_consistent(result)
+    assert len(result["drafter_reference"]["rounds"]) == 2

@@ -32,7 +32,7 @@ def test_each_command_has_help(command):
 
 
 @pytest.mark.parametrize("program", ["sampling_modes", "serve_figures", "security", "hf_draft", "cuda_check",
-                                     "h2_window_updates", "concurrent_chats"])
+                                     "h2_window_updates", "concurrent_chats", "bisect_load"])
 def test_each_bench_program_has_help(program):
     result = run("-m", f"bench.{program}", "--help")
     assert result.returncode == 0, result.stderr
