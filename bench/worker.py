@@ -120,7 +120,7 @@ async def serve(config: EdgeConfig) -> None:
     drafter = LlamaDrafter(config.draft_model, config.n_ctx, config.threads)
     client = CloudClient(config.cloud, connect_timeout_s=config.connect_timeout_s)
     try:
-        engine = EdgeEngine(drafter, client, config.speculation)
+        engine = EdgeEngine(drafter, client, config.speculation, target_tokenizer=config.target_tokenizer_loader())
         await engine.connect()
         _emit({"ready": True, "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
                "draft_threads": drafter.threads, "draft_model": drafter.name,

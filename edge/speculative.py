@@ -29,7 +29,7 @@ from common.settings import setting
 from common.wire import DraftBlock, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
 from edge.background import at_lowest_priority
 from edge.client import SpeculateStream
-from edge.draft_engine import DraftEngine
+from edge.draft_engine import DraftEngine, prepare
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.provenance import Source
@@ -156,6 +156,7 @@ class SpeculativeRun:
         self.stats = stats or GenerationStats()
         self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
+        prepare(drafter, request.sampling)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
                                          config.adaptive, config.min_draft_tokens,
                                          fixed_lengths=self.policy.sparse)
