@@ -177,6 +177,14 @@ class CrossVocabDrafter:
         self._prompt_tail = text[-PROMPT_TAIL_CHARS:]
         self._prompt_tail_ids = self.draft.tokenize(self._prompt_tail) if self._prompt_tail else []
 
+    def draft_context(self, context: Sequence[int]) -> list[int]:
+        """The draft's ids for a target context (its prompt, then the answer's complete text)."""
+        with self._lock:
+            context = list(context)
+            if self._prompt is None or context[: len(self._prompt)] != self._prompt:
+                self._begin(context)
+            return list(self._read(context).draft_context)
+
     def _draft_answer_ids(self, text: str) -> list[int]:
         """The draft's ids for the answer's text, as a continuation of the prompt."""
         if not text:
