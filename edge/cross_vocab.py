@@ -138,6 +138,14 @@ class CrossVocabDrafter:
         while len(self._chats) > 64:
             self._chats.popitem(last=False)
 
+    def remember_chat(self, target_ids: Sequence[int], messages: list[dict]) -> None:
+        """The draft reads the chat the target's ids render with the draft's own template."""
+        from edge.chat_template import render_chat
+
+        rules = self.draft.tokenizer.special
+        self.remember_prompt(target_ids, render_chat(self.draft.chat_template, messages,
+                                                     bos_token=rules.bos_token, eos_token=rules.eos_token))
+
     def sibling(self) -> CrossVocabDrafter:
         other = CrossVocabDrafter(self.draft.sibling(), self.target, self.info, self.intersection)
         other._chats = self._chats  # noqa: SLF001 - one memory of renderings for all contexts

@@ -217,7 +217,11 @@ class EdgeEngine:
         template = info.chat_template if info else tokenizer.chat_template
         rules = self._rules()
         text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
-        return tokenizer.encode_rendered_chat(text, rules)
+        ids = tokenizer.encode_rendered_chat(text, rules)
+        remember_chat = getattr(self.drafter, "remember_chat", None)
+        if remember_chat is not None:  # a draft of another vocabulary reads it with its own template
+            remember_chat(ids, messages)
+        return ids
 
     def _rules(self) -> SpecialTokens:
         return self.cloud_info.special_tokens if self.cloud_info else self.drafter.tokenizer.special

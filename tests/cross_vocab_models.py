@@ -51,3 +51,26 @@ def bigram_gguf(out_dir: Path, tokenizer_dir: Path, rows: dict[int, dict[int, fl
     else SmolLM2's byte-level BPE keys)."""
     hf_dir = build_bigram_model(out_dir, tokenizer_dir, rows)
     return hf_to_gguf(hf_dir, out_dir.with_suffix(".gguf"), own_vocab=own_vocab)
+
+
+def silent_gguf(out_dir: Path, tokenizer_dir: Path) -> Path:
+    """A tiny draft whose every token is a control token: it detokenizes to nothing at all.
+
+    SmolLM2's tokenizer keys with every token typed CONTROL (a broken conversion would look
+    like this): llama.cpp loads it, and no token renders as text.
+    """
+    import gguf
+
+    from bench.tiny_models import _tokenizer_fields
+    from edge.convert import write_llama_gguf
+
+    hf_dir = build_tiny_target(out_dir, tokenizer_dir)
+
+    def add_tokenizer(writer: gguf.GGUFWriter) -> None:
+        for key, value, value_type, item_type in _tokenizer_fields(False):
+            if key == "tokenizer.ggml.token_type":
+                value = [int(gguf.TokenType.CONTROL)] * len(value)
+            writer.add_key_value(key, value, value_type, item_type)
+
+    return write_llama_gguf(hf_dir, out_dir.parent / "silent-draft.gguf", add_tokenizer, dtype="f32",
+                            name="silent-draft")

@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 from conftest import hf_greedy
-from cross_vocab_models import bigram_gguf, build_bigram_model, chain_rows
+from cross_vocab_models import bigram_gguf, build_bigram_model, chain_rows, silent_gguf
 
 from common.errors import FailedPrecondition
 from edge.client import CloudClient
@@ -178,3 +178,65 @@ def test_a_tokenizer_that_is_not_the_targets_is_refused_naming_both(pair, cloud,
         asyncio.run(connect(wrong))
     assert draft.name in str(refused.value) and pair[0].name in str(refused.value)
     assert isinstance(asyncio.run(connect(right)).drafter, CrossVocabDrafter)  # the target's own is taken
+
+
+def test_the_draft_reads_a_chat_with_its_own_template(pair, cloud, draft):
+    from edge.chat_template import render_chat
+
+    target = pair[0]
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    engine, _ = asyncio.run(generate(cloud.address, draft, target, target.encode(PROMPTS[0]), draft_tokens=2))
+    ids = engine.encode_chat(messages)
+    assert "<|im_start|>" in target.chat_template and "[INST]" in draft.chat_template  # two templates
+    rules = draft.tokenizer.special
+    own = draft.tokenizer.encode_rendered_chat(render_chat(draft.chat_template, messages, bos_token=rules.bos_token,
+                                                           eos_token=rules.eos_token))
+    assert engine.drafter.draft_context(ids) == own
+    # A raw prompt is read as its text, encoded by the draft's tokenizer with its own BOS rule.
+    raw = target.encode(PROMPTS[1])
+    assert engine.drafter.draft_context(raw) == draft.tokenizer.encode(PROMPTS[1])
+
+
+def test_a_draft_without_any_text_is_refused_naming_both(pair, cloud):
+    """A pair that cannot work is refused when the session would start, not mid-answer."""
+    from bench.tiny_models import smollm2_tokenizer_dir
+    from edge.llama_drafter import LlamaDrafter
+    from edge.tokenizer import load_tokenizer
+
+    target, _, cache = pair
+    root = cache.parent
+    silent = LlamaDrafter(silent_gguf(root / "silent", smollm2_tokenizer_dir(root)), n_ctx=64, threads=1)
+    try:
+        assert not any(silent.token_bytes(i) for i in range(silent.vocab_size))
+
+        async def connect():
+            client = CloudClient(cloud.address)
+            try:
+                await EdgeEngine(silent, client, target_tokenizer=lambda: load_tokenizer(root / "target")).connect()
+            finally:
+                await client.close()
+
+        with pytest.raises(FailedPrecondition, match="detokenizes to empty text") as refused:
+            asyncio.run(connect())
+        assert silent.name in str(refused.value) and target.name in str(refused.value)
+    finally:
+        silent.close()
+
+
+def test_a_target_tokenizer_that_cannot_encode_text_is_refused_naming_both(draft):
+    """A target whose tokenizer turns text into unknown tokens can verify nothing a draft writes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from common.text_tokenizer import TextTokenizer
+    from common.wire import ModelInfo
+    from edge.cross_vocab import check_pair
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    broken = TextTokenizer(PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>"))
+    info = ModelInfo(model_name="words-only", vocab_size=3, tokenizer_fingerprint=broken.fingerprint,
+                     eos_token_ids=[1], max_context=64, special_tokens=broken.special)
+    with pytest.raises(FailedPrecondition, match="does not encode text") as refused:
+        check_pair(draft, broken, info)
+    assert draft.name in str(refused.value) and "words-only" in str(refused.value)
