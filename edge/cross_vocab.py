@@ -80,15 +80,16 @@ class CrossVocabDrafter:
     """edge.draft_engine.DraftEngine in the target's token ids, around a draft of another vocabulary."""
 
     def __init__(self, draft: DraftEngine, target: TextTokenizer, info: ModelInfo,
-                 intersection: VocabIntersection | None = None):
-        """target: the target's tokenizer (its fingerprint must be info.tokenizer_fingerprint)."""
+                 intersection: VocabIntersection | None = None, target_bytes: list[bytes] | None = None):
+        """target: the target's tokenizer (its fingerprint must be info.tokenizer_fingerprint);
+        intersection, target_bytes: tables a sibling shares (computed here when not given)."""
         self.draft = draft
         self.target = target
         self.info = info
         self.name = draft.name
         self.vocab_size = info.vocab_size
         self.n_ctx = getattr(draft, "n_ctx", 0)
-        self._target_bytes = target.token_bytes_table(info.vocab_size)
+        self._target_bytes = target_bytes or target.token_bytes_table(info.vocab_size)
         self._end_id = _end_id(target, info)
         self.intersection = intersection or intersect_vocabularies(
             [draft.token_bytes(i) for i in range(draft.vocab_size)], self._target_bytes,
@@ -147,7 +148,7 @@ class CrossVocabDrafter:
                                                      bos_token=rules.bos_token, eos_token=rules.eos_token))
 
     def sibling(self) -> CrossVocabDrafter:
-        other = CrossVocabDrafter(self.draft.sibling(), self.target, self.info, self.intersection)
+        other = CrossVocabDrafter(self.draft.sibling(), self.target, self.info, self.intersection, self._target_bytes)
         other._chats = self._chats  # noqa: SLF001 - one memory of renderings for all contexts
         return other
 

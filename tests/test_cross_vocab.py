@@ -240,3 +240,23 @@ def test_a_target_tokenizer_that_cannot_encode_text_is_refused_naming_both(draft
     with pytest.raises(FailedPrecondition, match="does not encode text") as refused:
         check_pair(draft, broken, info)
     assert draft.name in str(refused.value) and "words-only" in str(refused.value)
+
+
+def test_concurrent_answers_draft_in_sibling_contexts(pair, cloud, draft):
+    target = pair[0]
+
+    async def both():
+        client = CloudClient(cloud.address)
+        engine = EdgeEngine(draft, client, SpeculationConfig(adaptive=False, draft_tokens=3), draft_slots=2,
+                            target_tokenizer=lambda: target.text)
+        try:
+            await engine.connect()
+            return await asyncio.gather(*(engine.generate_to_end(GenerationRequest(target.encode(text), NEW_TOKENS),
+                                                                 Mode.HYBRID) for text in PROMPTS[:2]))
+        finally:
+            await engine.close()  # closes the sibling context it made
+            await client.close()
+
+    for text, generation in zip(PROMPTS[:2], asyncio.run(both())):
+        assert generation.token_ids == hf_greedy(target, target.encode(text), NEW_TOKENS)
+        assert generation.stats.accepted > 0
