@@ -22,6 +22,7 @@ special and control tokens render as b"" and so never match). No model, no engin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -111,18 +112,19 @@ class VocabIntersection:
         renormalized (TLI's q, before the shared sampling transform); draft ids that share a
         target id are combined with logsumexp, i.e. their probabilities add.
         """
-        draft_logits = np.asarray(draft_logits, dtype=np.float64)
+        values = np.asarray(draft_logits, dtype=np.float64)[self.draft_ids]
         out = np.full(self.target_vocab, -np.inf)
-        values = draft_logits[self.draft_ids]
-        order = np.lexsort((-values, self.target_ids))  # by target id, largest first
-        targets, values = self.target_ids[order], values[order]
-        first = np.ones(len(targets), dtype=bool)
-        first[1:] = targets[1:] != targets[:-1]
-        out[targets[first]] = values[first]
-        rest_targets, rest_values = targets[~first], values[~first]
-        if len(rest_targets):
-            np.logaddexp.at(out, rest_targets, rest_values)
+        single = self._single_target
+        out[self.target_ids[single]] = values[single]
+        if not single.all():
+            np.logaddexp.at(out, self.target_ids[~single], values[~single])
         return out
+
+    @functools.cached_property
+    def _single_target(self) -> np.ndarray:
+        """[n] bool: the pair is the only one of its target id (a plain assignment suffices)."""
+        counts = np.bincount(self.target_ids, minlength=self.target_vocab)
+        return counts[self.target_ids] == 1
 
 
 def intersect_vocabularies(draft_bytes: Sequence[bytes], target_bytes: Sequence[bytes],
