@@ -89,10 +89,10 @@ class CrossVocabDrafter:
         self.name = draft.name
         self.vocab_size = info.vocab_size
         self.n_ctx = getattr(draft, "n_ctx", 0)
-        self._target_bytes = target_bytes or target.token_bytes_table(info.vocab_size)
+        self.target_bytes = target_bytes or target.token_bytes_table(info.vocab_size)  # each target id's bytes
         self._end_id = _end_id(target, info)
         self.intersection = intersection or intersect_vocabularies(
-            [draft.token_bytes(i) for i in range(draft.vocab_size)], self._target_bytes,
+            [draft.token_bytes(i) for i in range(draft.vocab_size)], self.target_bytes,
             draft.eos_token_ids, self._end_id)
         self._draft_ends = set(draft.eos_token_ids)
         self._greedy = True
@@ -126,7 +126,7 @@ class CrossVocabDrafter:
         return self.target.tokenize(text)
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._target_bytes[token_id] if 0 <= token_id < len(self._target_bytes) else b""
+        return self.target_bytes[token_id] if 0 <= token_id < len(self.target_bytes) else b""
 
     def use_sampling(self, params: SamplingParams) -> None:
         """Greedy proposes by SLEM, sampling by TLI; told before each generation (edge.draft_engine.prepare)."""
@@ -148,7 +148,7 @@ class CrossVocabDrafter:
                                                      bos_token=rules.bos_token, eos_token=rules.eos_token))
 
     def sibling(self) -> CrossVocabDrafter:
-        other = CrossVocabDrafter(self.draft.sibling(), self.target, self.info, self.intersection, self._target_bytes)
+        other = CrossVocabDrafter(self.draft.sibling(), self.target, self.info, self.intersection, self.target_bytes)
         other._chats = self._chats  # noqa: SLF001 - one memory of renderings for all contexts
         return other
 
@@ -300,7 +300,7 @@ def check_pair(draft: DraftEngine, target: TextTokenizer, info: ModelInfo) -> Cr
             f"the one it serves ({info.tokenizer_fingerprint}); the draft model {draft.name!r} cannot be paired "
             "through it: pass the target's own files with --target-tokenizer")
     adapter = CrossVocabDrafter(draft, target, info)
-    table = adapter._target_bytes  # noqa: SLF001
+    table = adapter.target_bytes
 
     def roundtrip(text: str) -> bytes:
         return b"".join(table[t] if 0 <= t < len(table) else b"" for t in target.tokenize(text))
