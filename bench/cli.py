@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.config import LOAD, BenchConfig, LoadConfig
 from bench.pin import disjoint_cpus
-from bench.prompts import PROMPTS
+from bench.prompts import PROMPTS, RAW_PROMPTS
 from bench.stamp import code_version, header, provenance
 from common.checks import check_model_path
 from common.errors import InvalidArgument
@@ -77,6 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     edge_args = speculation_flags(speculation_from_args(args))
     if args.draft_model:
         edge_args += ["--draft-model", args.draft_model]
+    if args.model:  # a draft of another vocabulary reads the target's tokenizer from its files
+        edge_args += ["--target-tokenizer", args.model]
+    edge_args += _generation_flags(args)
     load_start, version = os.getloadavg(), code_version()
     runs = (f"{2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms)} generations measuring time to first "
             f"token" if lengths else f"{plan.total_runs} generations of {plan.max_tokens} tokens")
@@ -122,7 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         "provenance": stamp,
         "settings": {"rtt_ms": plan.rtts_ms, "max_tokens": plan.max_tokens, "prompts": plan.prompts,
                      "modes": plan.modes, "jitter_ms": plan.jitter_ms, "bandwidth_mbps": plan.bandwidth_mbps,
-                     "edge_flags": edge_args, "model": args.model, "draft_model": args.draft_model},
+                     "edge_flags": edge_args, "model": args.model, "draft_model": args.draft_model,
+                     "raw_prompts": args.raw_prompts, "temperature": args.temperature, "top_p": args.top_p,
+                     "top_k": args.top_k, "seed": args.seed},
         "machine": machine,
         "summary": {f"{rtt:g}": modes for rtt, modes in summary.items()},
         "targets": target_rows,
@@ -175,6 +180,13 @@ def _ttft_lengths(args: argparse.Namespace) -> list[int]:
     return lengths
 
 
+def _generation_flags(args: argparse.Namespace) -> list[str]:
+    """bench.worker's flags for how every generation decodes."""
+    flags = ["--temperature", str(args.temperature), "--top-p", str(args.top_p), "--top-k", str(args.top_k),
+             "--seed", str(args.seed)]
+    return flags + (["--raw-prompts"] if args.raw_prompts else [])
+
+
 def _plan(args: argparse.Namespace):
     from bench.runner import Plan
 
@@ -193,7 +205,10 @@ def _plan(args: argparse.Namespace):
         raise InvalidArgument(f"--modes takes hybrid, cloud and edge, got {args.modes!r}")
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
         raise InvalidArgument(f"--prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
-    return Plan(rtts, PROMPTS[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
+    prompts = RAW_PROMPTS if args.raw_prompts else PROMPTS
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise InvalidArgument("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0")
+    return Plan(rtts, prompts[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
 
 
 def _load_plan(args: argparse.Namespace) -> None:

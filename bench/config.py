@@ -40,6 +40,12 @@ class BenchConfig:
     ttft_repeats: int = setting(3, "pairs of runs per prompt length and RTT with --ttft-prompt-tokens")
     model: str | None = setting(None, "target model of the cloud (default: SmolLM2-135M-Instruct)")
     draft_model: str | None = setting(None, "draft GGUF of the edge (default: SmolLM2 Q4_1)")
+    raw_prompts: bool = setting(False, "time raw continuations instead of chat prompts (for a pretrained target "
+                                       "without a chat template of its own, such as the Gemma of `make gemma`)")
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)")
+    top_p: float = setting(1.0, "nucleus sampling mass")
+    top_k: int = setting(0, "top-k sampling (0: off)")
+    seed: int = setting(1, "sampling seed of every generation")
     resume_after: int = setting(32, "also measure one resume: each prompt's hybrid answer with its connection "
                                     "reset after this many tokens, paired with the same answer unbroken; 0 skips it")
     resume_rtt_ms: float = setting(20.0, "round-trip time of the resume measurement")

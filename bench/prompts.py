@@ -11,3 +11,16 @@ PROMPTS = [
     "What should I consider when buying a used car?",
     "Explain the difference between a virus and a bacterium.",
 ]
+
+RAW_PROMPTS = [
+    "The history of the printing press begins",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "The water cycle describes how water",
+    "Once upon a time, in a small village by the sea,",
+    "The main causes of climate change are",
+    "To make pancakes, you will need",
+    "A transformer language model works by",
+    "When buying a used car, the first thing to check is",
+]
+"""Raw continuations (`tandem bench --raw-prompts`): for a pretrained target without a chat
+template of its own, such as the Gemma 3 270M of `make gemma`."""

@@ -5,8 +5,9 @@
 It first writes one line, {"ready": true, ...}, saying which CPUs it may use and how many
 threads the draft model got. Then it reads one JSON command per line on stdin,
 {"mode": "hybrid" | "cloud" | "edge", "prompt": TEXT, "max_tokens": N}, runs that generation
-(the prompt wrapped in the model's chat template, greedy; or, with "prompt_tokens": N instead
-of "prompt", a raw prompt of exactly N tokens of filler text, "variant" making it unique) and
+(the prompt wrapped in the model's chat template, or raw with --raw-prompts; greedy unless
+--temperature is given; or, with "prompt_tokens": N instead of "prompt", a raw prompt of exactly
+N tokens of filler text, "variant" making it unique) and
 answers one JSON line (an
 optional "speculation" object overrides SpeculationConfig fields for that generation only, so
 settings can be compared interleaved in one run):
@@ -27,9 +28,10 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from common.errors import TandemError
+from common.wire import SamplingParams
 from edge.config import EdgeConfig
 
 
@@ -56,7 +58,16 @@ class Breakable:
         self.relay.stop()
 
 
-async def _generate(engine, command: dict, breakable: Breakable | None = None) -> dict:
+@dataclass(frozen=True)
+class Decoding:
+    """How every generation of this worker decodes (the worker's --raw-prompts and sampling flags)."""
+
+    raw_prompts: bool = False
+    sampling: SamplingParams = SamplingParams()
+
+
+async def _generate(engine, command: dict, breakable: Breakable | None = None, decoding: Decoding = Decoding()
+                    ) -> dict:
     from edge.engine import Generation, GenerationRequest, Mode
 
     from bench.sse import openai_sse_bytes
@@ -64,9 +75,11 @@ async def _generate(engine, command: dict, breakable: Breakable | None = None) -
     mode = Mode(command["mode"])
     if "prompt_tokens" in command:
         prompt = filler_prompt(engine.drafter.tokenize, int(command["prompt_tokens"]), int(command.get("variant", 0)))
+    elif decoding.raw_prompts:
+        prompt = engine.encode(command["prompt"])
     else:
         prompt = engine.encode_chat([{"role": "user", "content": command["prompt"]}])
-    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]))
+    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]), sampling=decoding.sampling)
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
     break_after = int(command.get("break_after") or 0)
@@ -112,7 +125,8 @@ def filler_prompt(tokenize, tokens: int, variant: int) -> list[int]:
     return body[: max(1, tokens - len(question))] + question[: tokens - 1]
 
 
-async def serve(config: EdgeConfig) -> None:
+async def serve(config: EdgeConfig, decoding: Decoding = None) -> None:
+    decoding = decoding or Decoding()
     from edge.client import CloudClient
     from edge.llama_drafter import LlamaDrafter
     from edge.engine import EdgeEngine
@@ -120,7 +134,7 @@ async def serve(config: EdgeConfig) -> None:
     drafter = LlamaDrafter(config.draft_model, config.n_ctx, config.threads)
     client = CloudClient(config.cloud, connect_timeout_s=config.connect_timeout_s)
     try:
-        engine = EdgeEngine(drafter, client, config.speculation)
+        engine = EdgeEngine(drafter, client, config.speculation, target_tokenizer=config.target_tokenizer_loader())
         await engine.connect()
         _emit({"ready": True, "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)),
                "draft_threads": drafter.threads, "draft_model": drafter.name,
@@ -133,7 +147,7 @@ async def serve(config: EdgeConfig) -> None:
                     command = json.loads(line)
                     if command.get("breakable") and breakable is None:
                         breakable = Breakable(engine, config.cloud)
-                    _emit(await _generate(engine, command, breakable if command.get("breakable") else None))
+                    _emit(await _generate(engine, command, breakable if command.get("breakable") else None, decoding))
                 except (TandemError, KeyError, ValueError, TypeError) as exc:
                     _emit({"error": f"{type(exc).__name__}: {exc}"})
         finally:
@@ -148,13 +162,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     EdgeConfig.add_arguments(parser)
-    config = EdgeConfig.from_args(parser.parse_args(argv))
+    g = parser.add_argument_group("how every generation decodes")
+    g.add_argument("--raw-prompts", action="store_true", help="encode prompts as raw text, without a chat template")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    config = EdgeConfig.from_args(args)
+    decoding = Decoding(args.raw_prompts, SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
     if config.cloud is None:
         parser.error("--cloud HOST:PORT is required")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, decoding))
     except TandemError as exc:
         _emit({"error": f"{type(exc).__name__}: {exc}"})
         raise SystemExit(2) from None

@@ -17,6 +17,7 @@ from common.channel import CONNECTION, ChannelSecurity, ChannelSettings, Keepali
 from common.channel import split_cloud
 from common.checks import check_address, check_model_path, check_range
 from common.settings import setting
+from common.text_tokenizer import TextTokenizer
 from edge.fallback import FallbackConfig
 from edge.speculative import SpeculationConfig
 
@@ -48,6 +49,10 @@ class EdgeConfig:
     target_model: str | None = setting(None, "target model of the embedded cloud (HF directory or GGUF; only "
                                              "without --cloud)", flag="--model", env="MODEL", metavar="PATH",
                                        group=EDGE)
+    target_tokenizer: str | None = setting(
+        None, "the cloud model's files (HF directory or GGUF) to read its tokenizer from when its vocabulary "
+              "differs from the draft's, so the draft can draft across vocabularies; default: --model",
+        env="TARGET_TOKENIZER", metavar="PATH", group=EDGE)
     threads: int = setting(0, "llama.cpp threads; 0 = the CPUs this process may run on", env="THREADS", group=EDGE)
     n_ctx: int = setting(4096, "draft context window (default %(default)s)", group=EDGE)
     draft_slots: int = setting(
@@ -78,7 +83,8 @@ class EdgeConfig:
         if self.cloud is not None:
             for replica in split_cloud(self.cloud):
                 check_address(replica, "--cloud")
-        for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model")):
+        for path, flag in ((self.draft_model, "--draft-model"), (self.target_model, "--model"),
+                           (self.target_tokenizer, "--target-tokenizer")):
             if path is not None:
                 check_model_path(path, flag)
         check_range(self.threads, "--threads", 0)
@@ -94,6 +100,20 @@ class EdgeConfig:
         check_range(s.min_confidence, "--min-confidence", 0, 1)
         self.channel.validate()
         return self
+
+    def target_tokenizer_loader(self) -> Callable[[], TextTokenizer] | None:
+        """Loads the target's tokenizer (--target-tokenizer, else --model), for a draft of another
+        vocabulary; None when neither names the target's files."""
+        source = self.target_tokenizer or self.target_model
+        if source is None:
+            return None
+
+        def load() -> TextTokenizer:
+            from edge.tokenizer import load_tokenizer
+
+            return load_tokenizer(source)
+
+        return load
 
     def security(self) -> ChannelSecurity:
         return self.channel.security(self.token)

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from common.text_tokenizer import TextTokenizer
+from common.wire import SamplingParams
 
 
 class ContextFull(Exception):
@@ -54,3 +55,12 @@ class DraftEngine(Protocol):
 
     def close(self) -> None:
         """Frees the model; may wait for a call still running in a worker thread."""
+
+
+def prepare(engine: DraftEngine, sampling: SamplingParams) -> None:
+    """Tells an engine whose proposals depend on the decoding rule which one the next
+    generation uses (edge/cross_vocab.py: string-level match for greedy, the vocabulary
+    intersection for sampling). Engines without `use_sampling` need not know."""
+    use_sampling = getattr(engine, "use_sampling", None)
+    if use_sampling is not None:
+        use_sampling(sampling)

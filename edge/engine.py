@@ -20,15 +20,16 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, InvalidArgument
 from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
-from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams
+from common.text_tokenizer import TextTokenizer
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
-from edge.draft_engine import ContextFull, DraftEngine
+from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_sampling import DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
@@ -119,8 +120,12 @@ def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
 
 class EdgeEngine:
     def __init__(self, drafter: DraftEngine | None, client: CloudClient | None, config: SpeculationConfig | None = None,
-                 fallback: FallbackConfig | None = None, draft_slots: int = 1):
+                 fallback: FallbackConfig | None = None, draft_slots: int = 1,
+                 target_tokenizer: Callable[[], TextTokenizer] | None = None):
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
+
+        target_tokenizer: loads the cloud model's tokenizer, for a draft of another vocabulary
+        (edge/cross_vocab.py); without it such a pair is refused.
 
         drafter=None: cloud mode only (the thin client). draft_slots: hybrid or edge generations
         that may draft at once. Each beyond the first gets its own context over the same model
@@ -136,6 +141,7 @@ class EdgeEngine:
         self._draft_slots = asyncio.Semaphore(max(1, draft_slots))
         self._idle_drafters = [drafter]  # draft contexts no generation holds now
         self._siblings: list = []  # contexts made beyond `drafter` (closed with the engine)
+        self._target_tokenizer = target_tokenizer
 
     async def open(self) -> None:
         """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
@@ -179,15 +185,27 @@ class EdgeEngine:
             raise FailedPrecondition("no cloud address configured")
         info = await self.client.info(timeout_s)
         if self.drafter is not None and info.tokenizer_fingerprint != self.drafter.fingerprint:
-            raise FailedPrecondition(
-                f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
-                f"{self.drafter.fingerprint}) and cloud model {info.model_name!r} (fingerprint "
-                f"{info.tokenizer_fingerprint}) tokenize text differently; pick a draft model of "
-                "the target's tokenizer family"
-            )
+            await asyncio.to_thread(self._draft_in_target_vocabulary, info)
         self.cloud_info = info
         self.cloud.mark_up()
         return info
+
+    def _draft_in_target_vocabulary(self, info: ModelInfo) -> None:
+        """Wraps a draft of another vocabulary so that it speaks the target's ids (edge/cross_vocab.py)."""
+        from edge.cross_vocab import check_pair
+
+        if self._target_tokenizer is None:
+            raise FailedPrecondition(
+                f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
+                f"{self.drafter.fingerprint}) and cloud model {info.model_name!r} (fingerprint "
+                f"{info.tokenizer_fingerprint}) tokenize text differently, and the edge has no copy of the "
+                "cloud model's tokenizer to draft across vocabularies: pass the target's files with "
+                "--target-tokenizer (or pick a draft model of the target's tokenizer family)"
+            )
+        if self._siblings or len(self._idle_drafters) != 1:
+            raise FailedPrecondition("the cloud's tokenizer changed while answers were drafting")
+        self.drafter = check_pair(self.drafter, self._target_tokenizer(), info)
+        self._idle_drafters = [self.drafter]
 
     def encode(self, text: str) -> list[int]:
         """A raw prompt's ids, as the target's tokenizer encodes it by default (BOS/EOS per the
@@ -205,7 +223,11 @@ class EdgeEngine:
         template = info.chat_template if info else tokenizer.chat_template
         rules = self._rules()
         text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
-        return tokenizer.encode_rendered_chat(text, rules)
+        ids = tokenizer.encode_rendered_chat(text, rules)
+        remember_chat = getattr(self.drafter, "remember_chat", None)
+        if remember_chat is not None:  # a draft of another vocabulary reads it with its own template
+            remember_chat(ids, messages)
+        return ids
 
     def _rules(self) -> SpecialTokens:
         return self.cloud_info.special_tokens if self.cloud_info else self.drafter.tokenizer.special
@@ -388,6 +410,7 @@ class EdgeEngine:
             raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
                                  f"context of {drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
+        prepare(drafter, request.sampling)
         stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)

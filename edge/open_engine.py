@@ -49,7 +49,8 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
         speculation = config.speculation
         if embedded is not None:  # edge and cloud share this machine's cores: don't race the cloud's prefill
             speculation = dataclasses.replace(speculation, defer_draft_prefill=True)
-        engine = EdgeEngine(drafter, client, speculation, config.fallback, config.draft_slots)
+        engine = EdgeEngine(drafter, client, speculation, config.fallback, config.draft_slots,
+                            target_tokenizer=config.target_tokenizer_loader())
         try:
             await engine.open()
             yield engine

@@ -27,7 +27,7 @@ from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
 from common.wire import FinishReason, Progress, SessionOpen, SessionStarted, Verdict
 from edge.client import SpeculateStream
-from edge.draft_engine import ContextFull, DraftEngine
+from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_length import DraftLengthPolicy
 from edge.draft_sampling import DraftPolicy
 from edge.draft_tail import DraftTail
@@ -149,6 +149,7 @@ class SpeculativeRun:
         self.stats = stats or GenerationStats()
         self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
+        prepare(drafter, request.sampling)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
                                          config.adaptive, config.min_draft_tokens,
                                          fixed_lengths=self.policy.sparse)

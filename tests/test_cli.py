@@ -82,11 +82,28 @@ def test_generate_json_contract(tiny_models, tiny_target, tiny_drafter, mode):
         assert s["drafted"] == 0 and s["rounds"] == len(ids)
 
 
-def test_mismatched_pair_is_a_clear_cli_error(tiny_models):
-    result = tandem("generate", "hi", "--json", "--model", str(tiny_models.target_dir),
+def test_a_pair_of_different_vocabularies_works(tiny_models, tiny_target):
+    """A draft whose ids mean other tokens drafts through the target's tokenizer, read from
+    --model (edge/cross_vocab.py): a pair is no longer refused because its vocabularies differ."""
+    result = tandem("generate", "hi", "--json", "--max-tokens", "12", "--model", str(tiny_models.target_dir),
                     "--draft-model", str(tiny_models.drafts["mismatched"]))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["token_ids"] == hf_greedy(tiny_target, tiny_target.encode("hi"), 12)
+    assert out["stats"]["drafted"] > 0
+
+
+def test_a_mismatched_pair_without_the_targets_tokenizer_is_a_clear_cli_error(tiny_models):
+    process, address = start_cloud(tiny_models.target_dir)
+    try:
+        result = tandem("generate", "hi", "--json", "--cloud", address,
+                        "--draft-model", str(tiny_models.drafts["mismatched"]))
+    finally:
+        process.kill()  # graceful shutdown is test_cloud_serves_then_stops_gracefully_on_sigterm's subject
+        process.wait()
     assert result.returncode != 0
     assert "tokenizer mismatch" in result.stderr and "draft-mismatched" in result.stderr
+    assert "--target-tokenizer" in result.stderr
     assert result.stdout == ""
 
 
