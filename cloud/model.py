@@ -33,7 +33,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from cloud.blocks import BlockAllocator, BlockTable
+from cloud.blocks import BLOCK_SIZE, KVPool
+from cloud.target_engine import Segment, new_kv_pool
 
 from common.model_paths import default_gguf_path, model_cache_root, publish_dir
 from common.special_tokens import SpecialTokens, id_list
@@ -118,12 +119,16 @@ class TargetModel:
     def _token_bytes(self) -> list[bytes]:
         return self.text.token_bytes_table(self.vocab_size)
 
-    def new_kv_pool(self) -> PagedKV:
-        """An empty KV pool for this model; it grows block by block as sessions need it."""
-        return PagedKV(self)
+    def new_kv_storage(self, num_blocks: int, block_size: int) -> PagedKV:
+        """Tensors for num_blocks × block_size positions of every layer's keys and values."""
+        return PagedKV(self, num_blocks * block_size, block_size)
+
+    def new_kv_pool(self, budget_bytes: int = 64 << 20) -> KVPool:
+        """A KV pool of `budget_bytes` for this model alone (warmup, bench/cuda_check.py)."""
+        return new_kv_pool(self, budget_bytes)
 
     @torch.inference_mode()
-    def forward_batch(self, pool: PagedKV, segments: Sequence[Segment]) -> list[DeviceLogits]:
+    def forward_batch(self, pool: KVPool, segments: Sequence[Segment]) -> list[DeviceLogits]:
         """One forward pass over every segment's tokens, each appended to its own KV cache.
 
         Returns, per segment, the logits of its last `keep` tokens ([keep, vocab] float32; HF's
@@ -131,7 +136,7 @@ class TargetModel:
         """
         starts = [segment.table.length for segment in segments]
         try:
-            batch = _PackedBatch(pool, segments)
+            batch = _PackedBatch(pool.storage, segments)
             out = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                              attention_mask=_NO_MASK, logits_to_keep=batch.keep_rows, tandem_batch=batch)
         except BaseException:
@@ -154,7 +159,7 @@ class TargetModel:
 
     def warmup(self) -> None:
         """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""
-        pool = self.new_kv_pool()
+        pool = self.new_kv_pool(BLOCK_SIZE * self.kv_bytes_per_token)
         table = pool.new_table()
         self.forward_batch(pool, [Segment(table, self.tokenize("Hello") or [0], 1)])[0].argmax()
         table.release()
@@ -182,55 +187,32 @@ class DeviceLogits:
         return self._host
 
 
-@dataclass
-class Segment:
-    """One session's share of a forward pass: tokens appended to its table, logits kept."""
-
-    table: BlockTable
-    token_ids: Sequence[int]
-    keep: int  # logits of the last `keep` tokens come back (0: none, e.g. a prefill chunk)
-
-    def __post_init__(self):
-        assert self.token_ids and 0 <= self.keep <= len(self.token_ids), (len(self.token_ids), self.keep)
-
-
 class PagedKV:
-    """Keys and values of every session, in blocks: per layer a [kv_heads, slots, head_dim] tensor."""
+    """Keys and values of every session, in blocks: per layer a [kv_heads, slots, head_dim] tensor.
 
-    def __init__(self, target: TargetModel):
+    Allocated once, never grown (cloud/blocks.py sizes it from the KV budget). torch.empty: on a
+    CPU the pages are only taken as tokens are written; on a GPU the memory is held from the start.
+    Nothing reads a slot before a token wrote it.
+    """
+
+    def __init__(self, target: TargetModel, slots: int, block_size: int):
         config = target.model.config
         text = getattr(config, "get_text_config", lambda: config)()
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         self.layers = text.num_hidden_layers
         self.dtype, self.device = target.model.dtype, target.device
-        self.allocator = BlockAllocator(grow=self._grow)
-        self.block_bytes = self.allocator.block_size * target.kv_bytes_per_token
-        self.keys: list[torch.Tensor] = [self._empty(0) for _ in range(self.layers)]
-        self.values: list[torch.Tensor] = [self._empty(0) for _ in range(self.layers)]
+        self.block_size = block_size
+        self.keys: list[torch.Tensor] = [self._empty(slots) for _ in range(self.layers)]
+        self.values: list[torch.Tensor] = [self._empty(slots) for _ in range(self.layers)]
         _use_paged_attention(target.model)
-
-    def new_table(self) -> BlockTable:
-        return BlockTable(self.allocator)
-
-    @property
-    def used_bytes(self) -> int:
-        return self.allocator.used * self.block_bytes
 
     def _empty(self, slots: int) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.zeros(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
-
-    def _grow(self, blocks: int) -> None:
-        slots = blocks * self.allocator.block_size
-        with torch.inference_mode():
-            for pool in (self.keys, self.values):
-                for layer, old in enumerate(pool):
-                    pool[layer] = self._empty(slots)
-                    pool[layer][:, : old.shape[1]] = old
+            return torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
 
     def copy_blocks(self, copies: Sequence[tuple[int, int]]) -> None:
-        size = self.allocator.block_size
+        size = self.block_size
         for old, new in copies:
             for pool in (*self.keys, *self.values):
                 pool[:, new * size : (new + 1) * size] = pool[:, old * size : (old + 1) * size]

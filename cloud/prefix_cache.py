@@ -20,7 +20,10 @@ keys and values were computed in other chunks or verification blocks), which cha
 order of floating-point sums, as the scheduler's budget-sized chunks already do.
 
 Memory: at most max_bytes of KV (counted per token of each entry, as if nothing were shared)
-and logits in all; the least recently used entries go first. A sequence that a cached one
+and logits in all; the least recently used entries go first. The entries' blocks live in the
+KV pool (cloud/blocks.py) beside the sessions' and count against its fixed size: when a
+session needs a block and none is free, the pool evicts entries here, oldest first
+(`evict_oldest`, its reclaim hook), so a full cache never makes a pass run out of memory. A sequence that a cached one
 already covers (a prefix of it) is not stored again as a prefix entry, and storing a longer
 sequence drops the prefix entries it covers.
 """
@@ -54,6 +57,7 @@ class PrefixCache:
         self.misses = 0
         self.prefix_hits = 0  # sessions that started from a cached prefix
         self.reused_tokens = 0  # prompt tokens those sessions did not prefill
+        self.evictions = 0  # entries the KV pool took back for sessions
         self._entries: OrderedDict[tuple[int, ...], Snapshot] = OrderedDict()
 
     def __len__(self) -> int:
@@ -134,6 +138,18 @@ class PrefixCache:
             logits.setflags(write=False)
         self._entries[key] = Snapshot(kv, logits, nbytes)
         self.bytes += nbytes
+
+    def attach(self, allocator) -> None:
+        """Lets the KV pool (a cloud.blocks.BlockAllocator) evict entries when it runs out of blocks."""
+        allocator.reclaim = self.evict_oldest
+
+    def evict_oldest(self) -> bool:
+        """Drops the least recently used entry, releasing its blocks; False when there is none."""
+        if not self._entries:
+            return False
+        self._drop(next(iter(self._entries)))
+        self.evictions += 1
+        return True
 
     def clear(self) -> None:
         """Releases every entry's blocks."""

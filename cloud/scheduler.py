@@ -7,11 +7,10 @@ through futures. Each step it:
 1. takes the jobs that arrived (new sessions, draft blocks, closes) and asks each session what
    it needs: a stale block or a prefix-cache hit is answered at once, anything else becomes
    Work for the pass;
-2. fills the pass, within a token budget (`max_batch_tokens`): first verification blocks and
-   decoding steps in arrival order (latency matters most there), then prompt chunks with the
-   room left, so a long prompt is prefilled a chunk per step instead of stalling everyone
-   (vLLM's chunked prefill); at least one piece of work always runs;
-3. runs one forward pass (cloud/model.py packs the tokens), hands each session its logits,
+2. fills the pass within a token budget (`max_batch_tokens`) as cloud/pass_plan.py decides:
+   verification blocks and decoding steps first, then prompt chunks in the room left;
+3. runs one forward pass (the TargetEngine's forward_batch, cloud/target_engine.py: the only
+   thing it knows of the model), hands each session its logits,
    and delivers the answers. Generate sessions are driven here: after each token their next
    decoding step is queued at once, so they ride every pass without a round trip through the
    event loop.
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
 import queue
 import threading
@@ -32,7 +32,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from cloud.pass_plan import plan_pass
 from cloud.session import VerifierSession, Work
+from cloud.target_engine import Segment, TargetEngine, default_kv_budget_bytes, new_kv_pool
 from common.errors import TandemError
 from common.wire import DraftBlock, FinishReason, SessionStarted, Verdict
 
@@ -48,9 +50,17 @@ class Token:
     finish_reason: FinishReason
 
 
+class JobKind(enum.Enum):
+    START = "start"  # open a Speculate session: prefill, choose its first token
+    GENERATE = "generate"  # open a Generate session and decode until it finishes
+    VERIFY = "verify"  # one Speculate draft block
+    CLOSE = "close"  # free a session
+    CALL = "call"  # run a function on the model thread between steps
+
+
 @dataclass
 class _Job:
-    kind: str  # "start" | "generate" | "verify" | "close" | "call"
+    kind: JobKind
     session: VerifierSession | None = None
     payload: object = None
     future: concurrent.futures.Future | None = None
@@ -90,10 +100,13 @@ class NoMetrics:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch_tokens: int = 256, metrics=None, batch_wait_s: float = 0.05):
+    def __init__(self, model: TargetEngine, max_batch_tokens: int = 256, metrics=None, batch_wait_s: float = 0.05,
+                 kv_budget_bytes: int | None = None):
+        """kv_budget_bytes sizes the KV pool once (None: half the memory free where the model runs)."""
         assert max_batch_tokens >= 1 and batch_wait_s >= 0
         self.model = model
-        self.kv = model.new_kv_pool()
+        budget = default_kv_budget_bytes(model) if kv_budget_bytes is None else kv_budget_bytes
+        self.kv = new_kv_pool(model, budget)
         self.max_batch_tokens = max_batch_tokens
         self.batch_wait_s = batch_wait_s
         self._expected: set[VerifierSession] = set()  # Speculate sessions answered by the last pass
@@ -111,16 +124,16 @@ class Scheduler:
 
     async def start(self, session: VerifierSession) -> SessionStarted:
         """Prefills a Speculate session's prompt and chooses its first token."""
-        return await self._call(_Job("start", session))
+        return await self._call(_Job(JobKind.START, session))
 
     async def verify(self, session: VerifierSession, block: DraftBlock) -> Verdict:
-        return await self._call(_Job("verify", session, block))
+        return await self._call(_Job(JobKind.VERIFY, session, block))
 
     async def generate(self, session: VerifierSession) -> AsyncIterator[Token]:
         """Prefills, then decodes every step until the session finishes; yields each token."""
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(_Job("generate", session, emit=lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item)))
+        self._inbox.put(_Job(JobKind.GENERATE, session, emit=lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item)))
         while True:
             item = await tokens.get()
             if isinstance(item, BaseException):
@@ -131,15 +144,15 @@ class Scheduler:
 
     async def close(self, session: VerifierSession) -> None:
         """Frees the session between steps (never while a pass uses its blocks); survives cancellation."""
-        await asyncio.shield(asyncio.wrap_future(self.submit_job(_Job("close", session))))
+        await asyncio.shield(asyncio.wrap_future(self.submit_job(_Job(JobKind.CLOSE, session))))
 
     async def run(self, fn, *args):
         """Runs fn(*args) on the model thread between steps and awaits its result."""
-        return await self._call(_Job("call", payload=(fn, args)))
+        return await self._call(_Job(JobKind.CALL, payload=(fn, args)))
 
     def submit(self, fn, *args) -> concurrent.futures.Future:
         """Queues fn(*args) for the model thread between steps, without waiting."""
-        return self.submit_job(_Job("call", payload=(fn, args)))
+        return self.submit_job(_Job(JobKind.CALL, payload=(fn, args)))
 
     def submit_job(self, job: _Job) -> concurrent.futures.Future:
         job.future = concurrent.futures.Future()
@@ -204,21 +217,21 @@ class Scheduler:
 
     def _handle(self, job: _Job) -> None:
         try:
-            if job.kind == "call":
+            if job.kind is JobKind.CALL:
                 fn, args = job.payload
                 job.resolve(fn(*args))
-            elif job.kind == "close":
+            elif job.kind is JobKind.CLOSE:
                 self._forget(job.session)
                 self._expected.discard(job.session)
                 job.session.close()
                 job.resolve(None)
-            elif job.kind in ("start", "generate"):
+            elif job.kind in (JobKind.START, JobKind.GENERATE):
                 started = job.session.begin()
                 if started is None:
                     self._prefilling.append(job)
                 else:
                     self._answer(job, started)
-            elif job.kind == "verify":
+            elif job.kind is JobKind.VERIFY:
                 self._plan(job, job.session.plan_verify(job.payload))
         except Exception as exc:  # noqa: BLE001 - the job's own error, delivered to its caller only
             job.resolve(exc)
@@ -239,8 +252,8 @@ class Scheduler:
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
             if not result.stale:
                 self.metrics.verdict(drafted, result.accepted_count)
-        self.metrics.generated("Generate" if job.kind == "generate" else "Speculate", committed)
-        if job.kind != "generate":
+        self.metrics.generated("Generate" if job.kind is JobKind.GENERATE else "Speculate", committed)
+        if job.kind is not JobKind.GENERATE:
             job.resolve(result)
             return
         job.resolve(token)
@@ -254,18 +267,11 @@ class Scheduler:
         self._prefilling = deque(j for j in self._prefilling if j.session is not session)
 
     def _fill_pass(self) -> list[tuple[Work, _Job]]:
-        budget = self.max_batch_tokens
-        batch: list[tuple[Work, _Job]] = []
-        while self._ready and (not batch or len(self._ready[0][0].token_ids) <= budget):
-            work, job = self._ready.popleft()
-            batch.append((work, job))
-            budget -= len(work.token_ids)
-        for job in list(self._prefilling):
-            if budget <= 0 and batch:
-                break
-            work = job.session.prefill_work(budget if budget > 0 else self.max_batch_tokens)
-            batch.append((work, job))
-            budget -= len(work.token_ids)
+        plan = plan_pass([len(work.token_ids) for work, _ in self._ready],
+                         [job.session.prefill_remaining for job in self._prefilling], self.max_batch_tokens)
+        batch = [self._ready.popleft() for _ in range(plan.ready)]
+        for job, chunk in zip(list(self._prefilling), plan.chunks):
+            batch.append((job.session.prefill_work(chunk), job))
             if not job.session.prefill_remaining:
                 self._prefilling.remove(job)
         return batch
@@ -297,7 +303,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001
                 self._forget(job.session)
                 job.resolve(exc)
-        self._expected = {job.session for _, job in batch if job.kind == "verify" and not job.session.finished}
+        self._expected = {job.session for _, job in batch if job.kind is JobKind.VERIFY and not job.session.finished}
 
     def _fail_all(self, exc: Exception) -> None:
         for _, job in self._ready:
@@ -308,7 +314,5 @@ class Scheduler:
         self._prefilling.clear()
 
 
-def _segment(work: Work):
-    from cloud.model import Segment
-
+def _segment(work: Work) -> Segment:
     return Segment(work.session.table, work.token_ids, work.keep)

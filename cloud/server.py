@@ -17,7 +17,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
-from cloud.blocks import BLOCK_SIZE
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
 from cloud.metrics import CloudMetrics
@@ -25,6 +24,7 @@ from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
 from cloud.scheduler import Scheduler
 from cloud.service import TandemService
+from cloud.target_engine import TargetEngine, default_kv_budget_bytes
 from common.channel import TRANSPORT_OPTIONS, is_loopback, keepalive_options
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2, tandem_pb2_grpc
@@ -89,10 +89,11 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
     ]
 
 
-def kv_budget_bytes(config: CloudConfig, model) -> int:
+def kv_budget_bytes(config: CloudConfig, model: TargetEngine) -> int:
+    """The KV pool's size: --max-kv-mib, or half the memory free where the model runs."""
     if config.max_kv_mib:
         return config.max_kv_mib << 20
-    return model.free_memory_bytes() // 2
+    return default_kv_budget_bytes(model)
 
 
 def load_security(config: CloudConfig) -> tuple[TokenAuthInterceptor | None, grpc.ServerCredentials | None]:
@@ -107,18 +108,21 @@ def load_security(config: CloudConfig) -> tuple[TokenAuthInterceptor | None, grp
     return auth, credentials
 
 
-async def start_server(config: CloudConfig, model, security=None) -> RunningServer:
-    """Starts serving `model` (a cloud.model.TargetModel); returns once the port is bound.
+async def start_server(config: CloudConfig, model: TargetEngine, security=None) -> RunningServer:
+    """Starts serving `model` (any cloud.target_engine.TargetEngine); returns once the port is bound.
 
     `security` is load_security(config)'s result, read here when not given.
     """
     auth, credentials = security or load_security(config)
     metrics = CloudMetrics()
-    worker = Scheduler(model, config.max_batch_tokens, metrics, config.batch_wait_ms / 1000)
-    registry = SessionRegistry(config.max_sessions, kv_budget_bytes(config, model), model.kv_bytes_per_token,
-                               BLOCK_SIZE)
-    metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, registry.kv_budget_bytes)
-    prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token) if config.prefix_cache_mb else None
+    worker = Scheduler(model, config.max_batch_tokens, metrics, config.batch_wait_ms / 1000,
+                       kv_budget_bytes=kv_budget_bytes(config, model))
+    registry = SessionRegistry(config.max_sessions, worker.kv.allocator)  # admits what the pool holds
+    metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, worker.kv.capacity_bytes)
+    prefix_cache = None
+    if config.prefix_cache_mb:
+        prefix_cache = PrefixCache(config.prefix_cache_mb << 20, model.kv_bytes_per_token)
+        prefix_cache.attach(worker.kv.allocator)  # its blocks go back to the pool when sessions need them
     service = TandemService(model, worker, registry, config.limits, prefix_cache, config.idle_timeout_s,
                             metrics=metrics)
     server = grpc.aio.server(

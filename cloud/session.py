@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud.blocks import KVPool
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
-from cloud.target_engine import TargetEngine
+from cloud.target_engine import HostLogits, Logits, TargetEngine
 from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
@@ -34,23 +35,6 @@ from common.wire import (
     SessionStarted,
     Verdict,
 )
-
-
-class HostLogits:
-    """Logits already in host memory ([rows, vocab] float32), e.g. a prefix-cache snapshot's.
-
-    Same interface as cloud.model.DeviceLogits, which a forward pass returns: argmax() gives
-    each row's greedy token, numpy() the rows themselves.
-    """
-
-    def __init__(self, rows: np.ndarray):
-        self.rows = rows
-
-    def argmax(self) -> list[int]:
-        return [sampling.greedy(row) for row in self.rows]
-
-    def numpy(self) -> np.ndarray:
-        return self.rows
 
 
 class TokenChooser:
@@ -70,7 +54,7 @@ class TokenChooser:
         return sampling.sample_keyed(self.probs(logits), self.params.seed, sampling.STREAM_TARGET, position)
 
     def choose_first(self, logits, position: int) -> int:
-        """The target's token from the first row of `logits` (DeviceLogits or HostLogits).
+        """The target's token from the first row of `logits` (cloud.target_engine.Logits).
         Greedy: only the argmax id leaves the device."""
         if self.params.greedy:
             return logits.argmax()[0]
@@ -82,22 +66,22 @@ class Work:
     """What a session needs from the next forward pass.
 
     token_ids are appended to the session's KV cache; `finish` receives the logits of the last
-    `keep` of them (cloud.model.DeviceLogits, [keep, vocab]) and returns the session's answer (None while a prefill is
+    `keep` of them (cloud.target_engine.Logits, [keep, vocab]) and returns the session's answer (None while a prefill is
     only partly done).
     """
 
     session: VerifierSession
     token_ids: list[int]
     keep: int
-    finish: Callable[[object], object]
+    finish: Callable[[Logits], object]
     drafted: int = 0  # draft tokens verified by this pass (for the spec-decode metrics)
 
 
 class VerifierSession:
     def __init__(self, model: TargetEngine, request: SessionOpen, limits: SessionLimits, prefix_cache: PrefixCache | None = None,
-                 kv=None):
+                 kv: KVPool | None = None):
         self.model = model
-        self.kv = kv  # the KV pool (cloud.model.PagedKV) this session's blocks live in
+        self.kv = kv  # the KV pool (cloud/blocks.py) this session's blocks live in
         self.request = request
         self.limits = limits
         self.prefix_cache = prefix_cache
@@ -304,7 +288,7 @@ class VerifierSession:
     def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
         """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
 
-        Greedy: only the argmax ids leave the model's device (DeviceLogits.argmax).
+        Greedy: only the argmax ids leave the model's device (Logits.argmax).
         """
         if self.chooser.params.greedy:
             return sampling.match_targets(drafts, logits.argmax().__getitem__)

@@ -37,10 +37,12 @@ def f64_target(tiny_models, tmp_path_factory):
 
 class StepLog(NoMetrics):
     def __init__(self):
-        self.sessions: list[int] = []
+        self.sessions: list[int] = []  # per pass: sessions in it
+        self.tokens: list[int] = []  # per pass: tokens in it
 
     def step(self, sessions, tokens, seconds):
         self.sessions.append(sessions)
+        self.tokens.append(tokens)
 
 
 def open_request(model, prompt, max_new, sampling, mode=DraftMode.TOKEN_IDS) -> SessionOpen:
@@ -138,6 +140,7 @@ def test_each_session_batched_equals_the_session_alone(f64_target, sampling):
     assert results == references
     assert left == references[7][: len(left)] and len(left) >= 3
     assert max(log.sessions) >= 4, log.sessions  # passes really held many sessions
+    assert max(log.tokens) == 24, log.tokens  # max_batch_tokens held, and filled (by prompt chunks)
     assert batched.kv.allocator.used == 0  # every session's blocks came back, the cancelled one's too
 
 
@@ -182,6 +185,7 @@ def test_an_error_or_a_cancellation_in_a_batch_leaves_its_batch_mates_alone(f64_
         scheduler.shutdown()
     assert results == references
     assert max(log.sessions) >= 3  # the failing and cancelled sessions shared passes with the others
+    assert max(log.tokens) <= 64, log.tokens
     # Nothing was retried or redone: the good sessions needed no more passes than alone, shared.
     assert len(log.sessions) <= passes_alone
     assert scheduler.kv.allocator.used == 0

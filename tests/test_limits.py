@@ -173,6 +173,7 @@ def test_kv_memory_budget(cloud_factory, tiny_target):
 
 
 def test_registry_reserves_each_sessions_worst_case():
+    from cloud.blocks import BlockAllocator
     from cloud.registry import SessionRegistry
     from common.errors import ResourceExhausted
 
@@ -180,7 +181,7 @@ def test_registry_reserves_each_sessions_worst_case():
         def __init__(self, max_kv_tokens):
             self.max_kv_tokens, self.kv_tokens = max_kv_tokens, 0
 
-    registry = SessionRegistry(max_sessions=3, kv_budget_bytes=1000, kv_bytes_per_token=10)
+    registry = SessionRegistry(max_sessions=3, pool=BlockAllocator(100, block_size=1, block_bytes=10))
     first = registry.add(Session(60))
     with pytest.raises(ResourceExhausted, match="not enough KV-cache memory"):
         registry.add(Session(50))
@@ -198,12 +199,13 @@ def test_registry_reserves_each_sessions_worst_case():
 
 
 def test_registry_reserves_whole_blocks():
+    from cloud.blocks import BlockAllocator
     from cloud.registry import SessionRegistry
 
     class Session:
         max_kv_tokens, kv_tokens = 17, 0
 
-    registry = SessionRegistry(max_sessions=3, kv_budget_bytes=1000, kv_bytes_per_token=10, block_tokens=16)
+    registry = SessionRegistry(max_sessions=3, pool=BlockAllocator(6, block_size=16, block_bytes=16 * 10))
     registry.add(Session())
     assert registry.kv_reserved_bytes == 2 * 16 * 10
 

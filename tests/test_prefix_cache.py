@@ -4,6 +4,7 @@ and no output changes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import numpy as np
@@ -114,7 +115,7 @@ def table_of(allocator, length):
 
 
 def test_prefix_entries_serve_the_longest_common_prefix_never_an_exact_hit_and_free_their_blocks():
-    allocator = BlockAllocator(block_size=4)
+    allocator = BlockAllocator(64, block_size=4)
     cache = PrefixCache(max_bytes=40 * 10, kv_bytes_per_token=10)
     history = list(range(20))
     cache.put(history, table_of(allocator, 20))  # a finished turn: prefix entry, no logits
@@ -265,7 +266,9 @@ class FailingPass:
 
     def forward_batch(self, pool, segments):
         self.passes += 1
-        return self._target.forward_batch(self._NoLayers(pool) if self.passes == self.fail_at else pool, segments)
+        if self.passes == self.fail_at:
+            pool = dataclasses.replace(pool, storage=self._NoLayers(pool.storage))
+        return self._target.forward_batch(pool, segments)
 
     def __getattr__(self, name):
         return getattr(self._target, name)
