@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 from cloud.limits import SessionLimits
@@ -22,7 +23,16 @@ from common.detok import IncrementalDetokenizer
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, DraftMode, GenerateRequest, GenerateStep, ModelInfo, SessionOpen
+from common.wire import (
+    CloudDecode,
+    DecodedToken,
+    DraftBlock,
+    DraftMode,
+    GenerateRequest,
+    GenerateStep,
+    ModelInfo,
+    SessionOpen,
+)
 
 if TYPE_CHECKING:
     from cloud.metrics import CloudMetrics
@@ -113,17 +123,70 @@ class TandemService(pb_grpc.TandemServicer):
             started = await self._with_progress(self.scheduler.start(session), session, report)
             started = dataclasses.replace(started, replica=self.replica)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
-            while (request := await self._next_request(stream)) is not None:
+            ahead = None  # the read of the next request, begun while the cloud decoded alone
+            while (request := await (ahead or self._next_request(stream))) is not None:
+                ahead = None
                 if request is _DRAIN:
                     await stream.write(pb.SpeculateResponse(drain=self._drain_notice()))
                     return
+                if request.WhichOneof("kind") == "decode":
+                    ahead = await self._decode_alone(session, stream, CloudDecode.from_pb(request.decode))
+                    continue
                 if request.WhichOneof("kind") != "draft":
-                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` and `decode` messages")
                 verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
                 verdict = await self._with_progress(verify, session, report)
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
         finally:
             await self._release(session_id, session)
+
+    async def _decode_alone(self, session: VerifierSession, stream: CallStream, first: CloudDecode):
+        """Streams the tokens the cloud decodes alone for `first`, and for every CloudDecode that
+        arrives meanwhile (the edge sends them ahead, so the scheduler chains them without a gap).
+
+        Returns the read of the next request (a future: a read is never cancelled, so no message is
+        lost), which may already hold the first other request that came meanwhile (a draft block,
+        None at the half-close, _DRAIN); that is handled once every CloudDecode has been answered.
+        """
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue = asyncio.Queue()
+        emit = lambda item: loop.call_soon_threadsafe(answers.put_nowait, item)  # noqa: E731
+        open_requests = deque([first])
+        self.scheduler.decode(session, first, emit)
+        read = asyncio.ensure_future(self._next_request(stream))
+        answer = asyncio.ensure_future(answers.get())
+        other = False  # `read` holds a request that is not a CloudDecode
+        try:
+            while open_requests:
+                waiting = {answer} if other else {answer, read}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if read in done and not other:
+                    request = read.result()
+                    if request not in (None, _DRAIN) and request.WhichOneof("kind") == "decode":
+                        open_requests.append(CloudDecode.from_pb(request.decode))
+                        self.scheduler.decode(session, open_requests[-1], emit)
+                        read = asyncio.ensure_future(self._next_request(stream))
+                    else:
+                        other = True
+                if answer in done:
+                    token = answer.result()
+                    answer = asyncio.ensure_future(answers.get())
+                    if isinstance(token, BaseException):
+                        raise token
+                    head = open_requests[0]
+                    last = token.stale or bool(token.finish_reason) or token.position >= head.end_position - 1
+                    if last:
+                        open_requests.popleft()
+                    await stream.write(pb.SpeculateResponse(decoded=DecodedToken(
+                        token.position, token.token_id, token.finish_reason, token.stale,
+                        forward_passes=session.forward_passes if last else 0,
+                        decode_step_us=token.decode_step_us if last else 0).to_pb()))
+            return read
+        except BaseException:
+            read.cancel()
+            raise
+        finally:
+            answer.cancel()
 
     async def _next_request(self, stream: CallStream):
         """The next request (None once the client half-closed), or _DRAIN as soon as the replica drains."""
