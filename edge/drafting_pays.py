@@ -14,6 +14,12 @@ session compares, from what it measures, two rates:
 
       hybrid = E(k) / (α^(k+1)·flowing + (1 - α^(k+1))·(k·t_d + L)).
 
+  That model assumes acceptances independent of each other; real ones come in runs (easy
+  stretches of text), so it underestimates a good draft. While the session drafts, the rate it
+  actually commits (tokens per second over its recent verdicts) is the better figure and is
+  used instead; the model serves where nothing is measured: while the cloud decodes alone, with
+  the shadow acceptance, to decide whether drafting would pay again.
+
 - **Cloud only.** The cloud decoding alone streams one token per scheduler step: 1 / t_c, with
   t_c the cloud's own time per token *for this session* (Verdict.decode_step_us: its estimate of
   a step holding this session's one token beside everyone else's work). Its decode requests are
@@ -54,6 +60,7 @@ class PaysInputs:
     round_trip_s: float  # L, block sent -> its verdict back
     verify_s: float  # t_v, the cloud's pass over one block
     cloud_step_s: float  # t_c, the cloud's time per token decoding alone for this session; 0: unknown
+    measured_tokens_per_s: float = 0.0  # committed per second over the recent verdicts while drafting; 0: none
 
 
 def hybrid_tokens_per_s(m: PaysInputs) -> float:
@@ -72,6 +79,13 @@ def cloud_tokens_per_s(m: PaysInputs) -> float:
     return 1.0 / m.cloud_step_s if m.cloud_step_s > 0 else 0.0
 
 
+def drafting_tokens_per_s(m: PaysInputs, drafting_now: bool) -> float:
+    """What drafting commits per second: measured while drafting (when measured), else the model."""
+    if drafting_now and m.measured_tokens_per_s > 0:
+        return m.measured_tokens_per_s
+    return hybrid_tokens_per_s(m)
+
+
 def drafting_pays(m: PaysInputs, drafting_now: bool) -> bool:
     """Whether the session should draft, given its mode now (the hysteresis band of the docstring).
 
@@ -81,7 +95,7 @@ def drafting_pays(m: PaysInputs, drafting_now: bool) -> bool:
     cloud = cloud_tokens_per_s(m)
     if cloud <= 0:
         return True
-    return hybrid_tokens_per_s(m) >= (OFF_BELOW if drafting_now else ON_ABOVE) * cloud
+    return drafting_tokens_per_s(m, drafting_now) >= (OFF_BELOW if drafting_now else ON_ABOVE) * cloud
 
 
 class DraftingSwitch:

@@ -41,7 +41,7 @@ from edge.client import SpeculateStream
 from edge.cloud_decode import REQUESTS_IN_FLIGHT, DecodeRequests, request_tokens
 from edge.draft_engine import DraftEngine
 from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S, DraftLengthPolicy
-from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, hybrid_tokens_per_s
+from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
 from edge.draft_sampling import ContextFull, DraftPolicy
 from edge.draft_tail import DraftTail
 from edge.provenance import Source
@@ -51,6 +51,7 @@ SPECULATION = "speculation"
 # Share of the time the draft may spend predicting the cloud's tokens while the cloud decodes alone:
 # the shadow needs evidence, not every token, and must not load a slow edge.
 SHADOW_DUTY = 0.5
+MEASURED_WEIGHT = 0.25  # of the newest verdict in the measured drafting rate
 
 
 @dataclass
@@ -205,6 +206,8 @@ class SpeculativeRun:
         self._shadow_task: asyncio.Task | None = None
         self._shadow_fed = 0  # context length of the last shadow prediction
         self._shadow_next_at = 0.0
+        self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
+        self._measured_since: float | None = None  # when the interval of the next verdict began
 
     async def tokens(self) -> AsyncIterator[Piece]:
         """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
@@ -398,6 +401,7 @@ class SpeculativeRun:
             self.lengths.observe_verdict(drafted, accepted, round_trip_s)
             self.stats.policy = self.lengths.snapshot()  # live: a chat page shows the round trip
             if drafted and self.switch.drafting:
+                self._measure(len(judged.committed))
                 self.switch.observed()
                 self._reconsider()
         self.finish = verdict.finish_reason
@@ -545,6 +549,17 @@ class SpeculativeRun:
             self.switch.observed()
             self._reconsider()
 
+    def _measure(self, committed: int) -> None:
+        """Adds a verdict's committed tokens and the time since the last one to the drafting rate."""
+        since, self._measured_since = self._measured_since, self._arrived_at
+        if since is None:
+            return  # the first verdict of a drafting stretch only starts the clock
+        tokens, seconds = committed, max(1e-6, self._arrived_at - since)
+        if self._measured is not None:
+            w = MEASURED_WEIGHT
+            tokens, seconds = (1 - w) * self._measured[0] + w * tokens, (1 - w) * self._measured[1] + w * seconds
+        self._measured = (tokens, seconds)
+
     def _pays_inputs(self) -> PaysInputs:
         lengths = self.lengths
         round_trip = lengths.round_trip_s or ROUND_TRIP_PRIOR_S
@@ -552,6 +567,7 @@ class SpeculativeRun:
             acceptance=lengths.acceptance, block_tokens=lengths.block_tokens, depth=lengths.depth,
             draft_s=lengths.draft_time_s or DRAFT_TIME_PRIOR_S, round_trip_s=round_trip,
             verify_s=max(self.cloud_step_s, round_trip - (lengths.link_s or 0.0)), cloud_step_s=self.cloud_step_s,
+            measured_tokens_per_s=self._measured[0] / self._measured[1] if self._measured else 0.0,
         )
 
     def _reconsider(self) -> None:
@@ -559,12 +575,15 @@ class SpeculativeRun:
         if not self._may_switch or self.cloud_step_s <= 0:
             return
         inputs = self._pays_inputs()
+        was_drafting = self.switch.drafting
         if self.switch.update(inputs):
             self.stats.mode_switches += 1
             self.lengths.start_block()
+            self._measured = self._measured_since = None  # a drafting stretch is measured afresh
         self.stats.pays = {
             "drafting": self.switch.drafting,
-            "hybrid_tokens_per_s": round(hybrid_tokens_per_s(inputs), 2),
+            "hybrid_tokens_per_s": round(drafting_tokens_per_s(inputs, was_drafting), 2),
+            "measured_tokens_per_s": round(inputs.measured_tokens_per_s, 2),
             "cloud_tokens_per_s": round(cloud_tokens_per_s(inputs), 2),
             "acceptance": round(inputs.acceptance, 4),
             "draft_ms": round(1000 * inputs.draft_s, 2),

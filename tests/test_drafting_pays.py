@@ -74,6 +74,17 @@ def test_a_loaded_cloud_step_favours_drafting():
         hybrid_tokens_per_s(middling) / cloud_tokens_per_s(middling)
 
 
+def test_while_drafting_the_measured_rate_decides():
+    """Bursty acceptance makes a good draft beat the independent-acceptance model: measured wins."""
+    modelled_loss = dataclasses.replace(GOOD, acceptance=0.6, block_tokens=3, cloud_step_s=0.03)
+    assert not drafting_pays(modelled_loss, drafting_now=True)
+    measured_win = dataclasses.replace(modelled_loss, measured_tokens_per_s=40.0)
+    assert drafting_pays(measured_win, drafting_now=True)
+    assert not drafting_pays(measured_win, drafting_now=False)  # while the cloud decodes, only the model
+    measured_loss = dataclasses.replace(GOOD, measured_tokens_per_s=10.0)
+    assert not drafting_pays(measured_loss, drafting_now=True) and drafting_pays(measured_loss, drafting_now=False)
+
+
 def test_unknown_cloud_time_keeps_drafting():
     weak = dataclasses.replace(GOOD, acceptance=0.01, cloud_step_s=0.0)
     assert cloud_tokens_per_s(weak) == 0.0
