@@ -43,7 +43,7 @@ from edge.draft_length import expected_tokens
 
 OFF_BELOW = 1.0  # drafting stops when its expected rate falls below cloud-only's
 ON_ABOVE = 1.25  # and resumes only when it would beat cloud-only by this factor
-MIN_VERDICTS = 3  # verdicts after drafting (re)starts before it may stop again
+MIN_VERDICTS = 2  # verdicts after drafting (re)starts before it may stop again
 MIN_SHADOW = 16  # shadow predictions after the cloud takes over before drafting may resume
 MAX_SHADOW = 512  # the most shadow predictions a re-probe may wait for (after repeated short resumptions)
 LASTING = 24  # verdicts: a resumption that lasts this long resets the re-probe backoff

@@ -224,6 +224,7 @@ class SpeculativeRun:
             self.lengths.observe_link((self._first_reply_at or self._arrived_at) - opened_at)
             self.stats.policy = self.lengths.snapshot()
             self.cloud_step_s = started.decode_step_us / 1e6
+            self._measured_since = self._arrived_at  # drafting's rate is measured from the first token on
             first = self._apply_started(started)
             if first:
                 yield Source.CLOUD, first
@@ -234,8 +235,9 @@ class SpeculativeRun:
                 # round trip more costs less than a block without drafts. A long prompt can take the
                 # draft far longer than the cloud, though; then go on without it.
                 await asyncio.wait({self._prefill}, timeout=self.lengths.round_trip_s)  # set by observe_link above
-            # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
-            # generating alone (as it does for good when the prompt is beyond the draft's context).
+            # Until the draft has the prompt the cloud goes on generating alone (as it does for good
+            # when the prompt is beyond the draft's context): CloudDecode requests, or, with an older
+            # cloud or sparse q, blocks of only their anchor.
             while not self.finish:
                 for piece in await self._step():
                     yield piece
@@ -464,8 +466,11 @@ class SpeculativeRun:
         return not self._cloud_alone() and not self.decodes.in_flight
 
     def _cloud_alone(self) -> bool:
-        """Whether the cloud should decode alone: drafting does not pay, or the draft is out of context."""
-        return self._may_switch and self.cloud_step_s > 0 and (not self.switch.drafting or self._draft_disabled)
+        """Whether the cloud should decode alone: drafting does not pay, the draft is out of context,
+        or it is still prefilling the prompt (a slow edge, a long prompt: the cloud streams meanwhile,
+        instead of answering one anchor-only block per round trip)."""
+        return self._may_switch and self.cloud_step_s > 0 and (
+            not self.switch.drafting or self._draft_disabled or not self._draft_ready)
 
     def _decode_start(self) -> int:
         return self.decodes.in_flight[-1].end_position if self.decodes.in_flight else len(self.book.committed)
@@ -506,6 +511,7 @@ class SpeculativeRun:
         self._judge_shadow()
         if not self.decodes.in_flight and self._drafting_now():
             self.lengths.start_block()  # drafting resumes from here
+            self._measured_since = self._arrived_at
         return [(Source.CLOUD, new)] if new else []
 
     def _can_shadow(self) -> bool:
@@ -553,7 +559,7 @@ class SpeculativeRun:
         """Adds a verdict's committed tokens and the time since the last one to the drafting rate."""
         since, self._measured_since = self._measured_since, self._arrived_at
         if since is None:
-            return  # the first verdict of a drafting stretch only starts the clock
+            return
         tokens, seconds = committed, max(1e-6, self._arrived_at - since)
         if self._measured is not None:
             w = MEASURED_WEIGHT
