@@ -20,6 +20,9 @@ from common.wire import CloudDecode, DecodedToken
 REQUESTS_IN_FLIGHT = 2  # while one request's tokens stream, the next is already at the cloud
 MIN_REQUEST_TOKENS = 4
 MAX_REQUEST_TOKENS = 64
+# The next request is queued at the cloud this long (at least) before the current one ends, so an
+# edge that is slow to send (a busy core) does not make the cloud wait either.
+AHEAD_S = 0.5
 
 
 def request_tokens(link_s: float, cloud_step_s: float, remaining: int) -> int:
@@ -27,12 +30,14 @@ def request_tokens(link_s: float, cloud_step_s: float, remaining: int) -> int:
 
     The request after next leaves as the last token of one arrives, and reaches the cloud a link
     round trip later, while the cloud decodes the request in between: a request must last longer
-    than the round trip (twice, for margin). Fewer when the answer has fewer tokens left.
+    than the round trip (twice, for margin) and than AHEAD_S. Fewer when the answer has fewer
+    tokens left.
     """
     if cloud_step_s <= 0:
         wanted = MIN_REQUEST_TOKENS
     else:
-        wanted = min(MAX_REQUEST_TOKENS, max(MIN_REQUEST_TOKENS, math.ceil(2 * link_s / cloud_step_s) + 1))
+        ahead = max(2 * link_s, AHEAD_S)
+        wanted = min(MAX_REQUEST_TOKENS, max(MIN_REQUEST_TOKENS, math.ceil(ahead / cloud_step_s) + 1))
     return max(1, min(wanted, remaining))
 
 

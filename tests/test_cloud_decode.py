@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import ProtocolError
 from common.wire import DecodedToken, FinishReason
-from edge.cloud_decode import MAX_REQUEST_TOKENS, MIN_REQUEST_TOKENS, DecodeRequests, request_tokens
+from edge.cloud_decode import AHEAD_S, MAX_REQUEST_TOKENS, MIN_REQUEST_TOKENS, DecodeRequests, request_tokens
 
 
 def test_requests_chain_positions_ahead_of_answers():
@@ -48,7 +48,8 @@ def test_no_request_in_flight_is_a_protocol_error():
 
 def test_request_size_covers_the_round_trip():
     assert request_tokens(link_s=0.1, cloud_step_s=0.06, remaining=1000) * 0.06 >= 2 * 0.1
-    assert request_tokens(link_s=0.001, cloud_step_s=0.06, remaining=1000) == MIN_REQUEST_TOKENS
+    assert request_tokens(link_s=0.001, cloud_step_s=0.06, remaining=1000) * 0.06 >= AHEAD_S
+    assert request_tokens(link_s=0.001, cloud_step_s=1.0, remaining=1000) == MIN_REQUEST_TOKENS
     assert request_tokens(link_s=1.0, cloud_step_s=0.001, remaining=1000) == MAX_REQUEST_TOKENS
     assert request_tokens(link_s=0.1, cloud_step_s=0.06, remaining=2) == 2
     assert request_tokens(link_s=0.1, cloud_step_s=0.0, remaining=1000) == MIN_REQUEST_TOKENS
