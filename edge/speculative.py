@@ -224,7 +224,6 @@ class SpeculativeRun:
             self.lengths.observe_link((self._first_reply_at or self._arrived_at) - opened_at)
             self.stats.policy = self.lengths.snapshot()
             self.cloud_step_s = started.decode_step_us / 1e6
-            self._measured_since = self._arrived_at  # drafting's rate is measured from the first token on
             first = self._apply_started(started)
             if first:
                 yield Source.CLOUD, first
@@ -511,7 +510,6 @@ class SpeculativeRun:
         self._judge_shadow()
         if not self.decodes.in_flight and self._drafting_now():
             self.lengths.start_block()  # drafting resumes from here
-            self._measured_since = self._arrived_at
         return [(Source.CLOUD, new)] if new else []
 
     def _can_shadow(self) -> bool:
@@ -559,6 +557,8 @@ class SpeculativeRun:
         """Adds a verdict's committed tokens and the time since the last one to the drafting rate."""
         since, self._measured_since = self._measured_since, self._arrived_at
         if since is None:
+            # The first verdict of a drafting stretch only starts the clock: before it lie the
+            # prefill, the draft catching up and, on a busy cloud, everyone's prompts.
             return
         tokens, seconds = committed, max(1e-6, self._arrived_at - since)
         if self._measured is not None:
