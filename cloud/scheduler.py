@@ -13,7 +13,13 @@ through futures. Each step it:
    thing it knows of the model), hands each session its logits,
    and delivers the answers. Generate sessions are driven here: after each token their next
    decoding step is queued at once, so they ride every pass without a round trip through the
-   event loop.
+   event loop. So are Speculate sessions while the cloud decodes for them alone (CloudDecode,
+   the same job kind): their requests are chained, a request sent ahead taking over where the
+   last ends.
+
+Each step's time is fitted against the tokens in its pass (cloud/step_time.py), so every answer
+to a Speculate session can tell the edge how long one step of decoding alone would take for it
+(decode_step_us): the edge's input for deciding whether drafting pays.
 
 Sessions join and leave between steps. An error in one session's job fails that job only;
 a failed forward pass fails the jobs in it, nothing else.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import enum
 import logging
 import queue
@@ -34,9 +41,10 @@ from dataclasses import dataclass, field
 
 from cloud.pass_plan import plan_pass
 from cloud.session import VerifierSession, Work
+from cloud.step_time import StepTimeModel
 from cloud.target_engine import Segment, TargetEngine, default_kv_budget_bytes, new_kv_pool
 from common.errors import TandemError
-from common.wire import DraftBlock, FinishReason, SessionStarted, Verdict
+from common.wire import CloudDecode, DraftBlock, FinishReason, SessionStarted, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +56,15 @@ class Token:
     position: int
     token_id: int | None
     finish_reason: FinishReason
+    stale: bool = False  # CloudDecode only: the request did not continue the session; nothing decoded
+    decode_step_us: int = 0  # the step-time fit's estimate for this session decoding alone
 
 
 class JobKind(enum.Enum):
     START = "start"  # open a Speculate session: prefill, choose its first token
-    GENERATE = "generate"  # open a Generate session and decode until it finishes
+    # open a Generate session and decode until it finishes; with a CloudDecode payload, decode for a
+    # started Speculate session alone up to the end of its requests
+    GENERATE = "generate"
     VERIFY = "verify"  # one Speculate draft block
     CLOSE = "close"  # free a session
     CALL = "call"  # run a function on the model thread between steps
@@ -81,6 +93,16 @@ class _Job:
                     self.future.set_result(result)
             except concurrent.futures.InvalidStateError:  # cancelled meanwhile
                 pass
+
+
+@dataclass
+class _Decoding:
+    """A Speculate session the cloud decodes for alone: the job whose emit gets every answer, and
+    its CloudDecode requests not yet fully answered, oldest first, each with whether it continued
+    the session (False: it gets a stale answer when its turn comes)."""
+
+    job: _Job
+    requests: deque[tuple[CloudDecode, bool]]
 
 
 class ShuttingDown(TandemError):
@@ -117,6 +139,10 @@ class Scheduler:
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ready: deque[tuple[Work, _Job]] = deque()  # verification blocks and decoding steps
         self._prefilling: deque[_Job] = deque()  # start/generate jobs whose prompt is not all in yet
+        self._decoding: dict[VerifierSession, _Decoding] = {}  # Speculate sessions the cloud decodes for alone
+        self.step_times = StepTimeModel()
+        self._gather_started = time.monotonic()
+        self._last_pass_tokens = 0
         self._thread = threading.Thread(target=self._run, name="tandem-model", daemon=True)
         self._thread.start()
 
@@ -142,6 +168,12 @@ class Scheduler:
             yield item
             if item.finish_reason:
                 return
+
+    def decode(self, session: VerifierSession, request: CloudDecode, emit: Callable[[object], None]) -> None:
+        """Queues a CloudDecode for a started Speculate session. `emit` (called on the model thread)
+        receives every answer: each Token decoded alone, a stale Token per stale request, in request
+        order, or an exception. A request sent before the last is done continues it without a gap."""
+        self._inbox.put(_Job(JobKind.GENERATE, session, payload=request, emit=emit))
 
     async def close(self, session: VerifierSession) -> None:
         """Frees the session between steps (never while a pass uses its blocks); survives cancellation."""
@@ -188,7 +220,8 @@ class Scheduler:
         halves. So wait up to batch_wait_s, and never more than a quarter of the last pass's
         time, while some of them are missing. False once shut down.
         """
-        deadline = time.monotonic() + min(self.batch_wait_s, self._last_step_s / 4)
+        self._gather_started = time.monotonic()
+        deadline = self._gather_started + min(self.batch_wait_s, self._last_step_s / 4)
         while self._ready and self._expected - {job.session for _, job in self._ready}:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -226,6 +259,8 @@ class Scheduler:
                 self._expected.discard(job.session)
                 job.session.close()
                 job.resolve(None)
+            elif job.kind is JobKind.GENERATE and job.payload is not None:
+                self._take_decode(job)
             elif job.kind in (JobKind.START, JobKind.GENERATE):
                 started = job.session.begin()
                 if started is None:
@@ -243,29 +278,76 @@ class Scheduler:
         else:
             self._answer(job, planned)
 
-    def _answer(self, job: _Job, result: SessionStarted | Verdict, drafted: int = 0) -> None:
-        """Delivers a start or verify result; a Generate session queues its next step at once."""
+    def _answer(self, job: _Job, result: SessionStarted | Verdict, drafted: int = 0, others: int | None = None
+                ) -> None:
+        """Delivers a start or verify result; a Generate session queues its next step at once.
+
+        others: tokens of other sessions in the pass that produced it (None: answered without one).
+        """
+        step_us = self._decode_step_us(self._last_pass_tokens if others is None else others)
         if isinstance(result, SessionStarted):
-            token = Token(result.position, result.token_id, result.finish_reason)
+            token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us)
             committed = int(result.token_id is not None)
         else:
-            token = Token(result.start_position + 1, result.next_token, result.finish_reason)
+            token = Token(result.start_position + 1, result.next_token, result.finish_reason, decode_step_us=step_us)
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
             if not result.stale:
                 self.metrics.verdict(drafted, result.accepted_count)
-        self.metrics.generated("Generate" if job.kind is JobKind.GENERATE else "Speculate", committed)
+        speculate = job.kind is not JobKind.GENERATE or job.payload is not None
+        self.metrics.generated("Speculate" if speculate else "Generate", committed)
         if job.kind is not JobKind.GENERATE:
-            job.resolve(result)
+            job.resolve(dataclasses.replace(result, decode_step_us=step_us))
             return
         job.resolve(token)
-        if not token.finish_reason:
+        if job.payload is not None:
+            self._decoded(job.session, token)
+        elif not token.finish_reason:
             job.queued_at = time.monotonic()
             self._plan(job, job.session.decode_work())
+
+    def _decode_step_us(self, others: int) -> int:
+        """The fit's time of a step holding one token of a session beside `others` tokens (0: no fit yet)."""
+        seconds = self.step_times.estimate(others + 1)
+        return round(seconds * 1e6) if seconds is not None else 0
+
+    # --- CloudDecode: a Speculate session decoded alone, its requests chained ----------------
+
+    def _take_decode(self, job: _Job) -> None:
+        session, request = job.session, job.payload
+        decoding = self._decoding.get(session)
+        if decoding is not None:  # decoding already: the request continues it, or is stale in its turn
+            decoding.requests.append((request, session.extend_decode(request)))
+            return
+        if not session.extend_decode(request):
+            job.resolve(self._stale(session, request))
+            return
+        self._decoding[session] = _Decoding(job, deque([(request, True)]))
+        self._plan(job, session.decode_work())
+
+    def _stale(self, session: VerifierSession, request: CloudDecode) -> Token:
+        return Token(request.start_position, None, session.finished, stale=True,
+                     decode_step_us=self._decode_step_us(self._last_pass_tokens))
+
+    def _decoded(self, session: VerifierSession, token: Token) -> None:
+        """After a token decoded alone: retires the requests it completes, answers the stale ones
+        whose turn came, and queues the next step while requests still ask for tokens."""
+        decoding = self._decoding[session]
+        requests = decoding.requests
+        if requests and (token.finish_reason or token.position >= requests[0][0].end_position - 1):
+            requests.popleft()
+        while requests and (session.finished or not requests[0][1]):
+            decoding.job.resolve(self._stale(session, requests.popleft()[0]))
+        if session.decoding():
+            decoding.job.queued_at = time.monotonic()
+            self._plan(decoding.job, session.decode_work())
+        else:
+            del self._decoding[session]
 
     def _forget(self, session: VerifierSession) -> None:
         """Drops a closing session's queued work (its caller has gone)."""
         self._ready = deque((w, j) for w, j in self._ready if j.session is not session)
         self._prefilling = deque(j for j in self._prefilling if j.session is not session)
+        self._decoding.pop(session, None)
 
     def _fill_pass(self) -> list[tuple[Work, _Job]]:
         plan = plan_pass([len(work.token_ids) for work, _ in self._ready],
@@ -293,14 +375,18 @@ class Scheduler:
             return
         self.pass_started = None
         self.forward_passes += 1
-        self._last_step_s = time.monotonic() - started
-        self.metrics.step(len(batch), sum(len(w.token_ids) for w, _ in batch), self._last_step_s)
+        ended = time.monotonic()
+        self._last_step_s = ended - started
+        tokens = sum(len(w.token_ids) for w, _ in batch)
+        self.metrics.step(len(batch), tokens, self._last_step_s)
+        self.step_times.observe(tokens, ended - min(started, self._gather_started))
+        self._last_pass_tokens = tokens
         for (work, job), rows in zip(batch, logits):
             work.session.forward_passes += 1
             try:
                 result = work.finish(rows)
                 if result is not None:
-                    self._answer(job, result, work.drafted)
+                    self._answer(job, result, work.drafted, tokens - len(work.token_ids))
             except Exception as exc:  # noqa: BLE001
                 self._forget(job.session)
                 job.resolve(exc)
@@ -311,8 +397,12 @@ class Scheduler:
             job.resolve(exc)
         for job in self._prefilling:
             job.resolve(exc)
+        for session, decoding in self._decoding.items():
+            if not any(j is decoding.job for _, j in self._ready):
+                decoding.job.resolve(exc)
         self._ready.clear()
         self._prefilling.clear()
+        self._decoding.clear()
 
 
 def _segment(work: Work) -> Segment:

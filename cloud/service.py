@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from cloud import generate_call
+from cloud import decode_call, generate_call
 from cloud.call_stream import DRAIN, CallStream
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
@@ -29,7 +29,7 @@ from cloud.target_engine import TargetEngine
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
-from common.wire import DraftBlock, GenerateRequest, ModelInfo, SessionOpen
+from common.wire import CloudDecode, DraftBlock, GenerateRequest, ModelInfo, SessionOpen
 
 if TYPE_CHECKING:
     from cloud.metrics import CloudMetrics
@@ -71,12 +71,18 @@ class TandemService(pb_grpc.TandemServicer):
             started = await with_progress(self.scheduler.start(session), self.scheduler, session, report)
             started = dataclasses.replace(started, replica=self.replica)
             await stream.write(pb.SpeculateResponse(started=started.to_pb()))
-            while (request := await stream.next_or_drain()) is not None:
+            ahead = None  # the read of the next request, begun while the cloud decoded alone
+            while (request := await (ahead or stream.next_or_drain())) is not None:
+                ahead = None
                 if request is DRAIN:
                     await stream.write(pb.SpeculateResponse(drain=self._drain_notice()))
                     return
+                if request.WhichOneof("kind") == "decode":
+                    ahead = await decode_call.decode_alone(self.scheduler, session, stream,
+                                                           CloudDecode.from_pb(request.decode))
+                    continue
                 if request.WhichOneof("kind") != "draft":
-                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` messages")
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` and `decode` messages")
                 verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
                 verdict = await with_progress(verify, self.scheduler, session, report)
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))

@@ -27,6 +27,7 @@ from common import sampling
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import (
+    CloudDecode,
     DraftBlock,
     DraftMode,
     FinishReason,
@@ -96,6 +97,7 @@ class VerifierSession:
         self.prefilled = 0  # prompt tokens already in the KV cache while a chunked prefill runs
         self.reused_tokens = 0  # prompt tokens whose KV came from a cached prefix (not prefilled)
         self._shared_prefix = False  # the cache state came from the prefix cache
+        self.decode_until = 0  # CloudDecode: the cloud decodes alone while len(tokens) is below this
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
@@ -269,8 +271,28 @@ class VerifierSession:
         return Work(self, [self.tokens[-1], *drafts], len(drafts) + 1, finish, drafted=len(drafts))
 
     def decode_work(self) -> Verdict | Work:
-        """One plain decoding step (a block of just the pending token), for Generate."""
+        """One plain decoding step (a block of just the pending token), for Generate and CloudDecode."""
         return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1]]))
+
+    # --- the cloud decoding on its own within a Speculate session (CloudDecode; issue 19) ----
+
+    def extend_decode(self, request: CloudDecode) -> bool:
+        """Takes a CloudDecode: True when it continues the committed tokens (or the decoding already
+        asked for) and the cloud now decodes up to its end; False when it is stale (see the proto).
+
+        Each token is then decode_work's: the target's own choice at its position, the same token
+        a verdict would bring there, so the answer does not depend on which mode produced it.
+        """
+        if self.table is None or self.prefill_remaining:
+            raise FailedPrecondition("a decode request arrived before the session was opened")
+        if self.finished or request.start_position != max(len(self.tokens), self.decode_until):
+            return False
+        self.decode_until = request.end_position
+        return True
+
+    def decoding(self) -> bool:
+        """Whether CloudDecode requests still ask for tokens."""
+        return not self.finished and len(self.tokens) < self.decode_until
 
     def _judge(self, start_position: int, logits, drafts: list[int], dists, sparse: bool) -> Verdict:
         """The verdict on `drafts` from the target's logits at and after them ([len(drafts) + 1, vocab])."""

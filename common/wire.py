@@ -146,6 +146,7 @@ class SessionStarted:
     finish_reason: FinishReason = FinishReason.NONE
     forward_passes: int = 0
     replica: str = ""  # the replica serving the session ("" when the server does not say)
+    decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -155,6 +156,7 @@ class SessionStarted:
             finish_reason=FinishReason(m.finish_reason),
             forward_passes=m.forward_passes,
             replica=m.replica,
+            decode_step_us=m.decode_step_us,
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -164,6 +166,7 @@ class SessionStarted:
             finish_reason=int(self.finish_reason),
             forward_passes=self.forward_passes,
             replica=self.replica,
+            decode_step_us=self.decode_step_us,
         )
 
 
@@ -175,6 +178,7 @@ class Verdict:
     finish_reason: FinishReason = FinishReason.NONE
     stale: bool = False
     forward_passes: int = 0
+    decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
 
     @classmethod
     def from_pb(cls, m: pb.Verdict) -> Verdict:
@@ -185,6 +189,7 @@ class Verdict:
             finish_reason=FinishReason(m.finish_reason),
             stale=m.stale,
             forward_passes=m.forward_passes,
+            decode_step_us=m.decode_step_us,
         )
 
     def to_pb(self) -> pb.Verdict:
@@ -195,6 +200,65 @@ class Verdict:
             finish_reason=int(self.finish_reason),
             stale=self.stale,
             forward_passes=self.forward_passes,
+            decode_step_us=self.decode_step_us,
+        )
+
+
+# --- the cloud decoding on its own within a Speculate session (issue 19: never slower) -------
+
+
+@dataclass(frozen=True)
+class CloudDecode:
+    """Asks the cloud to decode up to max_tokens tokens alone from start_position (see the proto)."""
+
+    start_position: int
+    max_tokens: int
+
+    @property
+    def end_position(self) -> int:
+        """The position right after the last token this request may bring."""
+        return self.start_position + self.max_tokens
+
+    @classmethod
+    def from_pb(cls, m: pb.CloudDecode) -> CloudDecode:
+        if m.max_tokens < 1:
+            raise InvalidArgument("CloudDecode.max_tokens must be at least 1")
+        return cls(start_position=m.start_position, max_tokens=m.max_tokens)
+
+    def to_pb(self) -> pb.CloudDecode:
+        return pb.CloudDecode(start_position=self.start_position, max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class DecodedToken:
+    """One token the cloud decoded alone, or the answer to a stale CloudDecode (see the proto)."""
+
+    position: int
+    token_id: int | None
+    finish_reason: FinishReason = FinishReason.NONE
+    stale: bool = False
+    forward_passes: int = 0  # on the last answer to a request only
+    decode_step_us: int = 0  # on the last answer to a request only
+
+    @classmethod
+    def from_pb(cls, m: pb.DecodedToken) -> DecodedToken:
+        return cls(
+            position=m.position,
+            token_id=m.token_id if m.HasField("token_id") else None,
+            finish_reason=FinishReason(m.finish_reason),
+            stale=m.stale,
+            forward_passes=m.forward_passes,
+            decode_step_us=m.decode_step_us,
+        )
+
+    def to_pb(self) -> pb.DecodedToken:
+        return pb.DecodedToken(
+            position=self.position,
+            token_id=self.token_id,
+            finish_reason=int(self.finish_reason),
+            stale=self.stale,
+            forward_passes=self.forward_passes,
+            decode_step_us=self.decode_step_us,
         )
 
 

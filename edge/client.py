@@ -17,7 +17,8 @@ from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.wire import (
-    DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen, SessionStarted, Verdict,
+    CloudDecode, DecodedToken, DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen,
+    SessionStarted, Verdict,
 )
 
 _ERRORS = {cls.code: cls for cls in (
@@ -89,6 +90,10 @@ class SpeculateStream:
     async def send(self, block: DraftBlock) -> None:
         await self._write(pb.SpeculateRequest(draft=block.to_pb()))
 
+    async def send_decode(self, request: CloudDecode) -> None:
+        """Asks the cloud to decode alone (issue 19: when drafting does not pay)."""
+        await self._write(pb.SpeculateRequest(decode=request.to_pb()))
+
     async def _write(self, request: pb.SpeculateRequest) -> None:
         call = await self._call()
         self.bytes_sent += request.ByteSize()
@@ -99,7 +104,7 @@ class SpeculateStream:
         except asyncio.InvalidStateError:  # the call had already ended: report how
             raise error_from_status(await call.code(), await call.details()) from None
 
-    async def read(self) -> SessionStarted | Verdict | Progress | None:
+    async def read(self) -> SessionStarted | Verdict | DecodedToken | Progress | None:
         """The next answer, or None when the cloud ended the stream."""
         call = await self._call()
         try:
@@ -134,7 +139,8 @@ class SpeculateStream:
             self._starting.cancel()
 
 
-_SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb, "progress": Progress.from_pb}
+_SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb, "progress": Progress.from_pb,
+                      "decoded": DecodedToken.from_pb}
 
 
 class GenerateStream:

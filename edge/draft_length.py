@@ -77,6 +77,7 @@ class DraftLengthPolicy:
         self._trials = PRIOR_WEIGHT
         self.draft_time_s: float | None = None
         self.round_trip_s: float | None = None
+        self.link_s: float | None = None  # the link's own round trip, without model work (observe_link)
         self.block_tokens = max_tokens
         self.depth = max_in_flight
         self._update()
@@ -100,6 +101,7 @@ class DraftLengthPolicy:
         trip is taken as seconds + PASS_TIME_PRIOR_S. Taking the acknowledgement alone as the
         round trip made the first blocks of every answer too short (more passes and bytes).
         """
+        self.link_s = seconds
         if self.round_trip_s is None:
             self.round_trip_s = seconds + PASS_TIME_PRIOR_S
             self._update()

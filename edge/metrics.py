@@ -7,7 +7,7 @@ had to take over, and how long a round trip to the cloud took. Documented in the
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from edge.engine import Generation
 
@@ -31,6 +31,24 @@ class EdgeMetrics:
         self.degraded = Counter("tandem_edge_degraded_answers", "Completed answers marked degraded", registry=r)
         self.round_trip = Histogram("tandem_edge_cloud_round_trip_seconds", "Draft block sent to the cloud -> its "
                                     "verdict back", buckets=_RTT_BUCKETS, registry=r)
+        # Never slower than cloud-only (edge/drafting_pays.py): what the cloud decoded alone, and the
+        # decision with its inputs as the last hybrid answer left them.
+        self.cloud_decoded = Counter("tandem_edge_cloud_decoded_tokens", "Tokens of hybrid answers the cloud "
+                                     "decoded alone because drafting did not pay", registry=r)
+        self.mode_switches = Counter("tandem_edge_drafting_switches", "Hybrid answers' switches between drafting "
+                                     "and the cloud decoding alone", registry=r)
+        self.shadow = Counter("tandem_edge_shadow_predictions", "Tokens the draft predicted while the cloud decoded "
+                              "alone, by whether the cloud's token matched", ["outcome"], registry=r)
+        self.drafting = Gauge("tandem_edge_drafting", "1 if the last hybrid answer ended drafting, 0 if the cloud "
+                              "was decoding alone", registry=r)
+        self.expected_rate = Gauge("tandem_edge_expected_tokens_per_second", "The last hybrid answer's expected "
+                                   "tokens per second, by mode (hybrid: drafting; cloud: the cloud alone)",
+                                   ["mode"], registry=r)
+        self.pays_input = Gauge("tandem_edge_drafting_pays_input", "The last hybrid answer's inputs to whether "
+                                "drafting pays (acceptance per draft token; draft, round_trip, verify and cloud_step "
+                                "in seconds)", ["input"], registry=r)
+        for outcome in ("agreed", "missed"):
+            self.shadow.labels(outcome=outcome)
         for outcome in ("completed", "cancelled", "failed"):
             self.requests.labels(outcome=outcome)
         for at in ("start", "mid_answer"):
@@ -47,10 +65,26 @@ class EdgeMetrics:
         self.accepted_tokens.inc(stats.accepted)
         for seconds in stats.round_trips_s:
             self.round_trip.observe(seconds)
+        self._pays(stats)
         if generation.degraded:
             self.fallbacks.labels(at="start" if generation.fallback_at == 0 else "mid_answer").inc()
             if outcome == "completed":
                 self.degraded.inc()
+
+    def _pays(self, stats) -> None:
+        self.cloud_decoded.inc(stats.cloud_decoded)
+        self.mode_switches.inc(stats.mode_switches)
+        self.shadow.labels(outcome="agreed").inc(stats.shadow_agreed)
+        self.shadow.labels(outcome="missed").inc(stats.shadow_checked - stats.shadow_agreed)
+        pays = stats.pays
+        if not pays:
+            return
+        self.drafting.set(int(pays["drafting"]))
+        self.expected_rate.labels(mode="hybrid").set(pays["hybrid_tokens_per_s"])
+        self.expected_rate.labels(mode="cloud").set(pays["cloud_tokens_per_s"])
+        self.pays_input.labels(input="acceptance").set(pays["acceptance"])
+        for name in ("draft", "round_trip", "verify", "cloud_step"):
+            self.pays_input.labels(input=name).set(pays[f"{name}_ms"] / 1000)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

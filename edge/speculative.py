@@ -14,6 +14,16 @@ That stand-in is a *guess*, not a draft: it is not verified, so it does not coun
 block's drafts. Every block therefore verifies the same positions as in lock-step, and the
 cloud picks its bonus tokens at the same positions: a sampled output (whose randomness is
 keyed by position) is the same whatever the pipelining depth and the timing.
+
+Never slower than cloud-only (issue 19). After every verdict the session weighs what drafting
+commits per second against the cloud decoding alone (edge/drafting_pays.py, from the measured
+acceptance, draft time and round trip, and the cloud's own time per token for this session,
+Verdict.decode_step_us). When drafting does not pay, the blocks in flight are let finish and the
+cloud decodes alone within the same stream (CloudDecode requests sent ahead, edge/cloud_decode.py).
+Meanwhile the draft predicts the tokens the cloud streams (a *shadow* acceptance, nothing on the
+wire), and drafting resumes once it would pay again. Every token is still the cloud's own choice at
+its position, so greedy and ids-only sampled answers do not depend on which mode produced them.
+Sparse-q sampling never switches: its realized sample depends on where blocks end.
 """
 
 from __future__ import annotations
@@ -25,17 +35,23 @@ from dataclasses import asdict, dataclass, field
 
 from common.errors import CloudUnavailable, ProtocolError
 from common.settings import setting
-from common.wire import FinishReason, Progress, SessionOpen, SessionStarted, Verdict
+from common.wire import DecodedToken, FinishReason, Progress, SessionOpen, SessionStarted, Verdict
 from edge.client import SpeculateStream
+from edge.cloud_decode import REQUESTS_IN_FLIGHT, DecodeRequests, request_tokens
 from edge.draft_engine import ContextFull, DraftEngine, prepare
-from edge.draft_length import DraftLengthPolicy
+from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S, DraftLengthPolicy
 from edge.draft_sampling import DraftPolicy
+from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
 from edge.draft_tail import DraftTail
 from edge.low_priority import at_lowest_priority
 from edge.provenance import Source
 
 
 SPECULATION = "speculation"
+# Share of the time the draft may spend predicting the cloud's tokens while the cloud decodes alone:
+# the shadow needs evidence, not every token, and must not load a slow edge.
+SHADOW_DUTY = 0.5
+MEASURED_WEIGHT = 0.25  # of the newest verdict in the measured drafting rate
 
 
 @dataclass
@@ -55,6 +71,12 @@ class SpeculationConfig:
                              negatable=True, group=SPECULATION)
     min_draft_tokens: int = setting(1, "fewest drafted tokens per block the adaptive policy picks "
                                        "(default %(default)s)", group=SPECULATION)
+    # Never slower than cloud-only (edge/drafting_pays.py); part of the adaptive policy.
+    cloud_decode: bool = setting(True, "while drafting does not pay (measured per session: acceptance, draft "
+                                       "time, round trip, the cloud's time per token), let the cloud decode "
+                                       "alone in the same session, and re-probe drafting from time to time; "
+                                       "needs --adaptive (default %(default)s)",
+                                 negatable=True, group=SPECULATION)
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
     # where the two prefills would slow each other and so the first token. Not a flag: the
@@ -84,6 +106,14 @@ class GenerationStats:
     resumes: int = 0  # sessions reopened (on the same or another replica) after a stream broke mid-answer
     resume_s: float = 0.0  # time from each break to the first token of the session that resumed it
     policy: dict = field(default_factory=dict)  # the draft-length policy's final estimates
+    # Never slower than cloud-only (edge/drafting_pays.py): tokens the cloud decoded alone within the
+    # session because drafting did not pay, mode changes, the shadow predictions made meanwhile (and
+    # how many the cloud's token matched), and the decision with its inputs, last computed.
+    cloud_decoded: int = 0
+    mode_switches: int = 0
+    shadow_checked: int = 0
+    shadow_agreed: int = 0
+    pays: dict = field(default_factory=dict)
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
     started_at: float = field(default_factory=time.perf_counter, repr=False)
@@ -110,12 +140,14 @@ class GenerationStats:
         if len(runs) == 1:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
-                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s")
+                  "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s",
+                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
         d = total.as_dict()
         d.pop("policy")  # per session
+        d.pop("pays")
         return d
 
     def as_dict(self) -> dict:
@@ -130,7 +162,7 @@ class GenerationStats:
         return d
 
 
-_KINDS = {SessionStarted: "started", Verdict: "verdict"}  # what SpeculateStream.read() yields
+_KINDS = {SessionStarted: "started", Verdict: "answer", DecodedToken: "answer"}  # what SpeculateStream.read() yields
 
 
 Piece = tuple[Source, list[int]]  # committed token ids, all chosen the same way
@@ -166,6 +198,17 @@ class SpeculativeRun:
         self._fed: tuple[int, int] | None = None  # (tail epoch, tail length) last prefed
         self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
         self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
+        # Never slower than cloud-only: whether to draft, the cloud's own requests, the shadow.
+        self.switch = DraftingSwitch()
+        self.decodes = DecodeRequests()
+        self.cloud_step_s = 0.0  # the cloud's time per token for this session decoding alone (0: unknown)
+        self._may_switch = config.adaptive and config.cloud_decode and not self.policy.sparse
+        self._shadow: tuple[int, int] | None = None  # (position, the draft's token there), awaiting the cloud's
+        self._shadow_task: asyncio.Task | None = None
+        self._shadow_fed = 0  # context length of the last shadow prediction
+        self._shadow_next_at = 0.0
+        self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
+        self._measured_since: float | None = None  # when the interval of the next verdict began
 
     async def tokens(self) -> AsyncIterator[Piece]:
         """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
@@ -181,6 +224,7 @@ class SpeculativeRun:
             # The acknowledgement (the first reply) times the link; `started` also waited for the prefill.
             self.lengths.observe_link((self._first_reply_at or self._arrived_at) - opened_at)
             self.stats.policy = self.lengths.snapshot()
+            self.cloud_step_s = started.decode_step_us / 1e6
             first = self._apply_started(started)
             if first:
                 yield Source.CLOUD, first
@@ -191,8 +235,9 @@ class SpeculativeRun:
                 # round trip more costs less than a block without drafts. A long prompt can take the
                 # draft far longer than the cloud, though; then go on without it.
                 await asyncio.wait({self._prefill}, timeout=self.lengths.round_trip_s)  # set by observe_link above
-            # Until the draft has the prompt, blocks carry only their anchor: the cloud goes on
-            # generating alone (as it does for good when the prompt is beyond the draft's context).
+            # Until the draft has the prompt the cloud goes on generating alone (as it does for good
+            # when the prompt is beyond the draft's context): CloudDecode requests, or, with an older
+            # cloud or sparse q, blocks of only their anchor.
             while not self.finish:
                 for piece in await self._step():
                     yield piece
@@ -201,6 +246,8 @@ class SpeculativeRun:
                 pass  # stale verdicts of blocks still in flight at the finish
         finally:
             reader.cancel()
+            if self._shadow_task is not None:
+                self._shadow_task.cancel()  # its thread finishes its eval; the drafter's lock orders what follows
             self._end_prefill()
             self.stream.cancel()
             self.stats.bytes_sent += self.stream.bytes_sent
@@ -219,17 +266,27 @@ class SpeculativeRun:
         if not self._draft_ready and self._prefill.done():
             self._prefill.result()  # raises what the draft's prefill raised
         if not self._responses.empty():
-            return self._apply_verdict(await self._next_response("verdict"))
+            return self._apply(await self._next_response("answer"))
         if self._can_draft():
             await self._draft_one()
             return []
         if self._should_send():
             await self._send_block()
             return []
+        if self._can_request_decode():
+            await self._request_decode()
+            return []
         if self._can_prefeed():
             await self._prefeed()
             return []
-        return self._apply_verdict(await self._next_response("verdict"))
+        if self._can_shadow():
+            self._shadow_task = asyncio.create_task(self._shadow_one(list(self.book.committed)))
+        return self._apply(await self._next_response("answer"))
+
+    def _apply(self, response: Verdict | DecodedToken) -> list[Piece]:
+        if isinstance(response, DecodedToken):
+            return self._apply_decoded(response)
+        return self._apply_verdict(response)
 
     def _remaining_budget(self) -> int:
         """Tokens still allowed after the tail and the bonus token its last block will bring."""
@@ -238,7 +295,8 @@ class SpeculativeRun:
 
     def _can_draft(self) -> bool:
         return (
-            self._draft_ready
+            self._drafting_now()
+            and self._draft_ready
             and not self._draft_disabled
             and len(self.book.in_flight) < self.lengths.depth
             and self._remaining_budget() > 0
@@ -248,7 +306,7 @@ class SpeculativeRun:
         )
 
     def _should_send(self) -> bool:
-        if len(self.book.in_flight) >= self.lengths.depth:
+        if len(self.book.in_flight) >= self.lengths.depth or not self._drafting_now():
             return False
         return self.book.pending_drafts() > 0 or not self.book.awaiting_bonus()
 
@@ -328,6 +386,8 @@ class SpeculativeRun:
         judged = self.book.judge(verdict)
         self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
                                               self._passes_before + verdict.forward_passes)
+        if verdict.decode_step_us:
+            self.cloud_step_s = verdict.decode_step_us / 1e6
         if judged.stale:
             self.stats.stale_drafted += judged.stale_drafts
             return []
@@ -342,6 +402,10 @@ class SpeculativeRun:
         if not verdict.finish_reason:  # a finish truncates the drafts it judges: no evidence
             self.lengths.observe_verdict(drafted, accepted, round_trip_s)
             self.stats.policy = self.lengths.snapshot()  # live: a chat page shows the round trip
+            if drafted and self.switch.drafting:
+                self._measure(len(judged.committed))
+                self.switch.observed()
+                self._reconsider()
         self.finish = verdict.finish_reason
         if judged.reset:
             self.lengths.start_block()
@@ -394,4 +458,147 @@ class SpeculativeRun:
         if expected is not None and kind != expected:
             raise ProtocolError(f"expected {expected}, got {kind}")
         return response
+
+    # --- never slower than cloud-only (issue 19; edge/drafting_pays.py, edge/cloud_decode.py) ------
+
+    def _drafting_now(self) -> bool:
+        """Whether blocks may be drafted and sent: the switch says draft and no decode request is out."""
+        return not self._cloud_alone() and not self.decodes.in_flight
+
+    def _cloud_alone(self) -> bool:
+        """Whether the cloud should decode alone: drafting does not pay, the draft is out of context,
+        or it is still prefilling the prompt (a slow edge, a long prompt: the cloud streams meanwhile,
+        instead of answering one anchor-only block per round trip)."""
+        return self._may_switch and self.cloud_step_s > 0 and (
+            not self.switch.drafting or self._draft_disabled or not self._draft_ready)
+
+    def _decode_start(self) -> int:
+        return self.decodes.in_flight[-1].end_position if self.decodes.in_flight else len(self.book.committed)
+
+    def _can_request_decode(self) -> bool:
+        generated = self._decode_start() - len(self.request.prompt_token_ids)
+        return (
+            self._cloud_alone()
+            and not self.book.in_flight  # blocks in flight finish first: their verdicts fix the position
+            and len(self.decodes.in_flight) < REQUESTS_IN_FLIGHT
+            and generated < self.request.max_new_tokens
+            and not self.finish
+        )
+
+    async def _request_decode(self) -> None:
+        if not self.decodes.in_flight:
+            self.book.reset()  # drop drafts never sent: the tail is the committed tokens again
+        remaining = self.request.max_new_tokens - (self._decode_start() - len(self.request.prompt_token_ids))
+        tokens = request_tokens(self.lengths.link_s or 0.0, self.cloud_step_s, remaining)
+        request = self.decodes.next_request(len(self.book.committed), tokens)
+        await self._timed(self.stream.send_decode(request), "room to send")
+
+    def _apply_decoded(self, token: DecodedToken) -> list[Piece]:
+        new = self.decodes.answer(token, len(self.book.committed))
+        if token.forward_passes:
+            self.stats.cloud_forward_passes = max(self.stats.cloud_forward_passes,
+                                                  self._passes_before + token.forward_passes)
+        if token.decode_step_us:
+            self.cloud_step_s = token.decode_step_us / 1e6
+        if token.stale:
+            return []
+        self.book.committed.extend(new)
+        self.book.reset()
+        self.stats.rounds += len(new)
+        self.stats.cloud_decoded += len(new)
+        self.stats.mark_tokens(len(new))
+        self.finish = token.finish_reason
+        self._judge_shadow()
+        if not self.decodes.in_flight and self._drafting_now():
+            self.lengths.start_block()  # drafting resumes from here
+        return [(Source.CLOUD, new)] if new else []
+
+    def _can_shadow(self) -> bool:
+        return (
+            self._cloud_alone()
+            and not self._draft_disabled
+            and self._draft_ready
+            and (self._shadow_task is None or self._shadow_task.done())
+            and self._shadow is None
+            and time.perf_counter() >= self._shadow_next_at
+            and not self.finish
+        )
+
+    async def _shadow_one(self, context: list[int]) -> None:
+        """The draft predicts the cloud's next token (its shadow acceptance; nothing is sent)."""
+        began = time.perf_counter()
+        try:
+            choice = await asyncio.to_thread(self._choose, context, False)
+        except ContextFull:
+            self._disable_drafting()
+            return
+        seconds = time.perf_counter() - began
+        if len(context) == self._shadow_fed + 1:  # one new token evaluated: a draft step's time
+            self.lengths.observe_draft(choice.confidence, seconds)
+        self._shadow_fed = len(context)
+        self._shadow_next_at = time.perf_counter() + seconds * (1 / SHADOW_DUTY - 1)
+        self._shadow = (len(context), choice.token_id)
+        self._judge_shadow()
+
+    def _judge_shadow(self) -> None:
+        """Scores the shadow prediction once the cloud's token at its position is in."""
+        if self._shadow is None or self._shadow[0] >= len(self.book.committed):
+            return
+        position, predicted = self._shadow
+        self._shadow = None
+        agreed = self.book.committed[position] == predicted
+        self.stats.shadow_checked += 1
+        self.stats.shadow_agreed += agreed
+        self.lengths.observe_verdict(1, int(agreed))  # as a one-draft block, without a round trip
+        if not self.switch.drafting:
+            self.switch.observed()
+            self._reconsider()
+
+    def _measure(self, committed: int) -> None:
+        """Adds a verdict's committed tokens and the time since the last one to the drafting rate."""
+        since, self._measured_since = self._measured_since, self._arrived_at
+        if since is None:
+            # The first verdict of a drafting stretch only starts the clock: before it lie the
+            # prefill, the draft catching up and, on a busy cloud, everyone's prompts.
+            return
+        tokens, seconds = committed, max(1e-6, self._arrived_at - since)
+        if self._measured is not None:
+            w = MEASURED_WEIGHT
+            tokens, seconds = (1 - w) * self._measured[0] + w * tokens, (1 - w) * self._measured[1] + w * seconds
+        self._measured = (tokens, seconds)
+
+    def _pays_inputs(self) -> PaysInputs:
+        lengths = self.lengths
+        round_trip = lengths.round_trip_s or ROUND_TRIP_PRIOR_S
+        return PaysInputs(
+            acceptance=lengths.acceptance, block_tokens=lengths.block_tokens, depth=lengths.depth,
+            draft_s=lengths.draft_time_s or DRAFT_TIME_PRIOR_S, round_trip_s=round_trip,
+            verify_s=max(self.cloud_step_s, round_trip - (lengths.link_s or 0.0)), cloud_step_s=self.cloud_step_s,
+            measured_tokens_per_s=self._measured[0] / self._measured[1] if self._measured else 0.0,
+        )
+
+    def _reconsider(self) -> None:
+        """Asks the switch whether drafting pays now; records the decision and its inputs in stats."""
+        if not self._may_switch or self.cloud_step_s <= 0:
+            return
+        inputs = self._pays_inputs()
+        was_drafting = self.switch.drafting
+        if self.switch.update(inputs):
+            self.stats.mode_switches += 1
+            self.lengths.start_block()
+            self._measured = self._measured_since = None  # a drafting stretch is measured afresh
+        self.stats.pays = {
+            "drafting": self.switch.drafting,
+            "hybrid_tokens_per_s": round(drafting_tokens_per_s(inputs, was_drafting), 2),
+            "measured_tokens_per_s": round(inputs.measured_tokens_per_s, 2),
+            "cloud_tokens_per_s": round(cloud_tokens_per_s(inputs), 2),
+            "acceptance": round(inputs.acceptance, 4),
+            "draft_ms": round(1000 * inputs.draft_s, 2),
+            "round_trip_ms": round(1000 * inputs.round_trip_s, 2),
+            "verify_ms": round(1000 * inputs.verify_s, 2),
+            "cloud_step_ms": round(1000 * inputs.cloud_step_s, 2),
+            "block_tokens": inputs.block_tokens,
+            "depth": inputs.depth,
+            "shadow_needed": self.switch.shadow_needed,
+        }
 

@@ -47,7 +47,9 @@ async def generate(address: str, drafter, prompt_ids, config: SpeculationConfig,
 
 
 CONFIGS = {
-    "default": SpeculationConfig(),  # adaptive length and depth, as shipped
+    # adaptive length and depth, as shipped, drafting throughout (tests/test_never_slower.py covers the
+    # switch to the cloud decoding alone, which a weak draft over this delayed link would make)
+    "default": SpeculationConfig(cloud_decode=False),
     "deep-fixed": SpeculationConfig(draft_tokens=3, max_in_flight=4, adaptive=False),  # many stale blocks
 }
 

@@ -87,7 +87,8 @@ def test_stats_are_consistent(tiny_cloud, tiny_drafter, max_in_flight):
     s = generation.stats
     assert s.tokens == len(generation.token_ids) == NEW_TOKENS
     assert s.cloud_forward_passes == s.rounds  # every round is exactly one forward pass
-    assert s.rounds == len(s.verified_blocks) + 1  # the prefill round, then one per verified block
+    # the prefill round, one per verified block, one per token the cloud decoded alone (drafting did not pay)
+    assert s.rounds == len(s.verified_blocks) + 1 + s.cloud_decoded
     assert 0 <= s.accepted <= s.drafted
     assert s.accepted == sum(accepted for _, accepted in s.verified_blocks)
     assert s.drafted == sum(drafted for drafted, _ in s.verified_blocks)

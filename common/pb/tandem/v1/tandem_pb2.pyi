@@ -138,42 +138,72 @@ class DraftBlock(_message.Message):
     def __init__(self, start_position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., draft_dists: _Optional[_Iterable[_Union[SparseDist, _Mapping]]] = ...) -> None: ...
 
 class SpeculateRequest(_message.Message):
-    __slots__ = ("open", "draft")
+    __slots__ = ("open", "draft", "decode")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     open: SessionOpen
     draft: DraftBlock
-    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., draft: _Optional[_Union[DraftBlock, _Mapping]] = ...) -> None: ...
+    decode: CloudDecode
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., draft: _Optional[_Union[DraftBlock, _Mapping]] = ..., decode: _Optional[_Union[CloudDecode, _Mapping]] = ...) -> None: ...
+
+class CloudDecode(_message.Message):
+    __slots__ = ("start_position", "max_tokens")
+    START_POSITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    start_position: int
+    max_tokens: int
+    def __init__(self, start_position: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class DecodedToken(_message.Message):
+    __slots__ = ("position", "token_id", "finish_reason", "stale", "forward_passes", "decode_step_us")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    token_id: int
+    finish_reason: FinishReason
+    stale: bool
+    forward_passes: int
+    decode_step_us: int
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica")
+    __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica", "decode_step_us")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
     forward_passes: int
     replica: str
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
+    decode_step_us: int
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes")
+    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes", "decode_step_us")
     START_POSITION_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
     start_position: int
     accepted_count: int
     next_token: int
     finish_reason: FinishReason
     stale: bool
     forward_passes: int
-    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ...) -> None: ...
+    decode_step_us: int
+    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("prefilled_tokens", "prefill_tokens")
@@ -184,16 +214,18 @@ class Progress(_message.Message):
     def __init__(self, prefilled_tokens: _Optional[int] = ..., prefill_tokens: _Optional[int] = ...) -> None: ...
 
 class SpeculateResponse(_message.Message):
-    __slots__ = ("started", "verdict", "progress", "drain")
+    __slots__ = ("started", "verdict", "decoded", "progress", "drain")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     started: SessionStarted
     verdict: Verdict
+    decoded: DecodedToken
     progress: Progress
     drain: DrainNotice
-    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ...) -> None: ...
+    def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., decoded: _Optional[_Union[DecodedToken, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ...) -> None: ...
 
 class DrainNotice(_message.Message):
     __slots__ = ("replica", "reason")

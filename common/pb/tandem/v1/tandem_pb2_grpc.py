@@ -68,8 +68,10 @@ class TandemServicer:
         acknowledges it at once with `SpeculateResponse.progress` (before any model work), sends
         more progress while it prefills a long prompt, then answers `SpeculateResponse.started`
         with the first token; then the edge sends draft
-        blocks and the cloud answers every block, in order, with exactly one verdict. The
-        stream ends when a verdict carries a finish reason, or when the edge half-closes.
+        blocks and the cloud answers every block, in order, with exactly one verdict. When drafting
+        does not pay, the edge asks the cloud to decode on its own instead (`CloudDecode`), and the
+        cloud streams those tokens (`DecodedToken`) in the same session. The stream ends when a
+        verdict or decoded token carries a finish reason, or when the edge half-closes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
