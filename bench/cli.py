@@ -27,7 +27,7 @@ from common.errors import InvalidArgument
 from common import settings
 from common.extras import require_extra
 from edge.config import speculation_flags, speculation_from_args
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:

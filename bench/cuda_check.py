@@ -67,7 +67,7 @@ async def run_generation(address: str, drafter, prompt_ids: list[int], max_new_t
     """One greedy hybrid generation through a real EdgeEngine and CloudClient."""
     from edge.client import CloudClient
     from edge.engine import EdgeEngine, GenerationRequest, Mode
-    from edge.speculative import SpeculationConfig
+    from edge.speculation_config import SpeculationConfig
 
     client = CloudClient(address)
     try:

@@ -89,7 +89,7 @@ async def _bench(args, address: str, relay) -> dict:
     from bench.relay import LinkConfig
     from edge.client import CloudClient
     from edge.engine import EdgeEngine, GenerationRequest, Mode
-    from edge.speculative import SpeculationConfig
+    from edge.speculation_config import SpeculationConfig
 
     client = CloudClient(address)
     info = await client.info()

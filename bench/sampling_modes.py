@@ -23,7 +23,7 @@ from common.wire import DraftMode, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import GenerationRequest, Mode
 from edge.open_engine import open_engine
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 PROMPTS = [
     "Write a short poem about the sea.",

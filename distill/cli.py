@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common.errors import InvalidArgument
 from distill.config import DIVERGENCES, WEIGHT_TYPES, TrainConfig
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 
 def add_parser(subparsers) -> None:

@@ -58,7 +58,7 @@ async def _generate(args: argparse.Namespace) -> int:
     from edge.chat import notice
     from edge.engine import Generation, Mode
     from edge.sdk import AsyncTandemClient, served_by_of
-    from edge.speculative import GenerationStats
+    from edge.generation_stats import GenerationStats
 
     if args.mode != "cloud":
         require_extra("edge", f"tandem generate --mode {args.mode} (the local draft model)", ("llama_cpp",))

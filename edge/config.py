@@ -19,7 +19,7 @@ from common.checks import check_address, check_model_path, check_range
 from common.settings import setting
 from common.text_tokenizer import TextTokenizer
 from edge.fallback import FallbackConfig
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 EDGE = "edge and cloud"
 

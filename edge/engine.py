@@ -34,7 +34,9 @@ from edge.draft_sampling import DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
 from edge.resume import ResumeWindow
-from edge.speculative import GenerationStats, Piece, SpeculationConfig, SpeculativeRun
+from edge.generation_stats import GenerationStats
+from edge.speculation_config import SpeculationConfig
+from edge.speculative import Piece, SpeculativeRun
 
 log = logging.getLogger(__name__)
 

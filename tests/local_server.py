@@ -18,7 +18,7 @@ from edge.engine import EdgeEngine
 from edge.fallback import FallbackConfig
 from edge.serve import OpenAIServer, ServeConfig
 from edge.sdk import AsyncTandemClient
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 
 class LocalServer:

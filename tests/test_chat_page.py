@@ -253,7 +253,7 @@ def test_screenshot_of_a_real_answer(driver, tmp_path):
     from cloud.embedded import EmbeddedCloud
     from cloud.model import LoadOptions, TargetModel
     from edge.llama_drafter import LlamaDrafter
-    from edge.speculative import SpeculationConfig
+    from edge.speculation_config import SpeculationConfig
 
     target = TargetModel.load(None, LoadOptions(device="cpu", threads=1))
     drafter = LlamaDrafter(threads=1)

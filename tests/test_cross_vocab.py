@@ -24,7 +24,7 @@ from common.errors import FailedPrecondition
 from edge.client import CloudClient
 from edge.cross_vocab import CrossVocabDrafter
 from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 SENTENCE = " The quick brown fox jumps over a lazy dog🚀 in 中 land."
 DRAFT_SENTENCE = " The quick curious fox jumps over a lazy dog🚀 in 中 time."  # two slips

@@ -28,7 +28,7 @@ from common.wire import DraftMode, SamplingParams
 from edge.client import CloudClient
 from edge.cross_vocab import CrossVocabDrafter
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 PROMPT = "Story:"
 TEMPERATURE, TOP_K = 1.0, 3

@@ -24,7 +24,7 @@ from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, GenerationRequest, Mode
 from edge.fallback import FallbackConfig
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 CHUNK = 8
 

@@ -20,7 +20,8 @@ from common.wire import FinishReason, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.drafting_pays import DraftingSwitch
 from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig, SpeculativeRun
+from edge.speculation_config import SpeculationConfig
+from edge.speculative import SpeculativeRun
 
 NEW_TOKENS = 40
 PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    return"]

@@ -18,7 +18,7 @@ from bench.relay import LinkConfig, RelayThread
 from common.wire import SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 NEW_TOKENS = 40
 LINK = LinkConfig(one_way_delay_s=0.004, jitter_s=0.002, seed=7)

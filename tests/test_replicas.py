@@ -27,7 +27,7 @@ from common.wire import SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
 from edge.fallback import FallbackConfig
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 PROMPT = "Once upon a time"

@@ -23,7 +23,7 @@ from common.sampling import logits_to_probs
 from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 PROMPT = "Hello"
 TEMPERATURE, TOP_K = 1.0, 3

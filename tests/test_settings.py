@@ -11,7 +11,7 @@ from common.channel import ChannelSettings
 from common.errors import InvalidArgument
 from edge.config import EdgeConfig
 from edge.serve import ServeConfig
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 CONFIGS = [CloudConfig, EdgeConfig, ServeConfig, ChannelSettings, SpeculationConfig]
 

@@ -15,7 +15,7 @@ from conftest import hf_greedy
 from common.wire import FinishReason
 from edge.client import CloudClient
 from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculative import SpeculationConfig
+from edge.speculation_config import SpeculationConfig
 
 PROMPTS = [
     "The quick brown fox",
