@@ -15,13 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import settings
 from common.errors import InvalidArgument
-from distill.config import DIVERGENCES, WEIGHT_TYPES, TrainConfig
-from edge.speculation_config import SpeculationConfig
+from distill.config import WEIGHT_TYPES, RunConfig, TrainConfig
 
 
 def add_parser(subparsers) -> None:
-    d = TrainConfig()
     parser = subparsers.add_parser(
         "distill",
         help="make a fast draft model for a target by distillation (ends in a quantized GGUF)",
@@ -31,6 +30,8 @@ def add_parser(subparsers) -> None:
                     "training. Runs data-parallel when started by torchrun (or accelerate launch).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # The models are plain argparse: --out is required and --layers/--student exclude each other,
+    # which settings (declared once, below) do not express.
     g = parser.add_argument_group("models")
     g.add_argument("--target", default=None, metavar="MODEL",
                    help="target model: HF directory or GGUF (default: SmolLM2-135M-Instruct, the default target)")
@@ -42,42 +43,8 @@ def add_parser(subparsers) -> None:
                               "rounded: 6 of the default target's 30)")
     student.add_argument("--student", default=None, metavar="DIR",
                          help="student = this HF Llama model; its tokenizer must be the target's")
-    g = parser.add_argument_group("data")
-    g.add_argument("--prompts", default=None, metavar="FILE",
-                   help="prompts, one per line or JSONL with \"prompt\" (default: a small set shipped with tandem)")
-    g.add_argument("--heldout", type=int, default=8, help="prompts kept out of training, for the report")
-    g.add_argument("--no-chat", dest="chat", action="store_false",
-                   help="use prompts as raw text instead of user messages in the target's chat template")
-    g.add_argument("--on-policy", type=float, default=d.on_policy,
-                   help="share of each batch continued by the student (then scored by the target)")
-    g.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens generated per training sequence")
-    g.add_argument("--temperature", type=float, default=d.temperature,
-                   help="sampling temperature of the generated training text (0: greedy)")
-    g = parser.add_argument_group("training")
-    g.add_argument("--divergence", choices=DIVERGENCES, default=d.divergence,
-                   help="token-level divergence to the target's distribution (temperature 1)")
-    g.add_argument("--teacher-top-k", type=int, default=d.teacher_top_k,
-                   help="keep the target's top-k probabilities only (plus the rest's mass); 0: all")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step, over all processes")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (after a linear warmup)")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many steps; 0: no limit")
-    g.add_argument("--max-minutes", type=float, default=d.max_minutes,
-                   help="training time budget in minutes, over resumed runs too; 0: no limit")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    g.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the CPUs this process may run on")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = parser.add_argument_group("export and report")
-    g.add_argument("--quant", default="q4_k_m",
-                   help=f"weights of DIR/draft.gguf: one of {', '.join(WEIGHT_TYPES)}; more, comma-separated, "
-                        "are written as DIR/draft-TYPE.gguf and reported too")
-    g.add_argument("--draft-tokens", type=int, default=SpeculationConfig().draft_tokens,
-                   help="block length for the report's mean accepted length (the edge's default)")
-    g.add_argument("--eval-tokens", type=int, default=64, help="target tokens per held-out prompt in the report")
-    g.add_argument("--no-export", dest="export", action="store_false",
-                   help="train and checkpoint only (no student directory, GGUF or report)")
+    settings.add_arguments(parser, TrainConfig)
+    settings.add_arguments(parser, RunConfig)
     parser.set_defaults(run=run)
 
 
@@ -96,23 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_config(args) -> TrainConfig:
-    if args.divergence not in DIVERGENCES:
-        raise InvalidArgument(f"--divergence must be one of {', '.join(DIVERGENCES)}")
-    checks = [(0 <= args.on_policy <= 1, "--on-policy must be in [0, 1]"),
-              (args.batch_size >= 1 and args.new_tokens >= 1, "--batch-size and --new-tokens must be >= 1"),
-              (args.temperature >= 0, "--temperature must be >= 0"),
-              (args.teacher_top_k >= 0, "--teacher-top-k must be >= 0"),
-              (args.lr > 0, "--lr must be > 0"),
-              (args.max_steps >= 0 and args.max_minutes >= 0, "--max-steps and --max-minutes must be >= 0"),
-              (args.checkpoint_every >= 1, "--checkpoint-every must be >= 1"),
-              (args.draft_tokens >= 1 and args.eval_tokens >= 1, "--draft-tokens and --eval-tokens must be >= 1")]
-    for ok, message in checks:
-        if not ok:
-            raise InvalidArgument(message)
-    return TrainConfig(divergence=args.divergence, on_policy=args.on_policy, batch_size=args.batch_size,
-                       new_tokens=args.new_tokens, temperature=args.temperature, teacher_top_k=args.teacher_top_k,
-                       lr=args.lr, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
-                       max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    config = settings.from_args(TrainConfig, args)
+    settings.check_ranges(config)
+    settings.check_ranges(settings.from_args(RunConfig, args))
+    return config
 
 
 def _quants(spec: str) -> list[str]:

@@ -1,25 +1,60 @@
-"""Distillation settings, importable without torch (so `tandem --help` stays light)."""
+"""Distillation settings, declared once (common/settings.py) and importable without torch (so
+`tandem --help` stays light). TrainConfig is what training depends on (it is saved with each
+checkpoint's recipe); RunConfig is how a run gets its data and reports.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.settings import setting
+from edge.speculation_config import SpeculationConfig
+
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 WEIGHT_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 """What --quant offers: unquantized F32 or F16, or one of llama.cpp's quantizations."""
 
+DATA = "data"
+TRAINING = "training"
+REPORT = "export and report"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    divergence: str = "jsd"
-    on_policy: float = 0.5  # share of each batch continued by the student
-    batch_size: int = 8  # sequences per optimizer step, over all processes
-    new_tokens: int = 64  # generated per sequence
-    temperature: float = 1.0  # for generating the training text (0: greedy)
-    teacher_top_k: int = 0  # 0: the full distribution; else top-k plus the rest's mass
-    lr: float = 2e-4
-    warmup_steps: int = 10
-    max_steps: int = 0  # 0: no limit (the time budget decides)
-    max_minutes: float = 60.0  # 0: no limit
-    checkpoint_every: int = 25
-    seed: int = 0
+    divergence: str = setting("jsd", "token-level divergence to the target's distribution (temperature 1)",
+                              choices=DIVERGENCES, group=TRAINING)
+    on_policy: float = setting(0.5, "share of each batch continued by the student (then scored by the target)",
+                               low=0, high=1, group=DATA)
+    batch_size: int = setting(8, "sequences per step, over all processes", low=1, group=TRAINING)
+    new_tokens: int = setting(64, "tokens generated per training sequence", low=1, group=DATA)
+    temperature: float = setting(1.0, "sampling temperature of the generated training text (0: greedy)",
+                                 low=0, group=DATA)
+    teacher_top_k: int = setting(0, "keep the target's top-k probabilities only (plus the rest's mass); 0: all",
+                                 low=0, group=TRAINING)
+    lr: float = setting(2e-4, "AdamW learning rate (after a linear warmup)", low=0, low_open=True, group=TRAINING)
+    warmup_steps: int = setting(10, "steps of the learning rate's linear warmup", low=0, group=TRAINING)
+    max_steps: int = setting(0, "stop after this many steps; 0: no limit", low=0, group=TRAINING)
+    max_minutes: float = setting(60.0, "training time budget in minutes, over resumed runs too; 0: no limit",
+                                 low=0, group=TRAINING)
+    checkpoint_every: int = setting(25, "steps between checkpoints", low=1, group=TRAINING)
+    seed: int = setting(0, "seed of the data split, the generated text and the student's initialization",
+                        group=TRAINING)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    prompts: str | None = setting(None, "prompts, one per line or JSONL with \"prompt\" (default: a small set "
+                                        "shipped with tandem)", metavar="FILE", group=DATA)
+    heldout: int = setting(8, "prompts kept out of training, for the report", low=1, group=DATA)
+    chat: bool = setting(True, "use prompts as raw text instead of user messages in the target's chat template",
+                         flag="--no-chat", group=DATA)
+    resume: bool = setting(False, "continue from DIR/checkpoint.pt", group=TRAINING)
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...", group=TRAINING)
+    threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", low=0, group=TRAINING)
+    quant: str = setting("q4_k_m", f"weights of DIR/draft.gguf: one of {', '.join(WEIGHT_TYPES)}; more, "
+                                   "comma-separated, are written as DIR/draft-TYPE.gguf and reported too", group=REPORT)
+    draft_tokens: int = setting(SpeculationConfig().draft_tokens, "block length for the report's mean accepted length (the edge's default)",
+                                low=1, group=REPORT)
+    eval_tokens: int = setting(64, "target tokens per held-out prompt in the report", low=1, group=REPORT)
+    export: bool = setting(True, "train and checkpoint only (no student directory, GGUF or report)",
+                           flag="--no-export", group=REPORT)
