@@ -59,7 +59,10 @@ def test_cloud_serves_then_stops_gracefully_on_sigterm(tiny_models, tiny_target,
 @pytest.mark.parametrize("mode", ["hybrid", "cloud", "edge"])
 def test_generate_json_contract(tiny_models, tiny_target, tiny_drafter, mode):
     prompt = "def add(a, b):"
-    result = tandem("generate", prompt, "--mode", mode, "--max-tokens", "16", "--json",
+    # Hybrid drafts throughout: with --cloud-decode (the default) a tiny target that outruns its
+    # draft may stream the whole answer alone (tests/test_never_slower.py covers that contract).
+    pinned = ["--no-cloud-decode"] if mode == "hybrid" else []
+    result = tandem("generate", prompt, "--mode", mode, "--max-tokens", "16", "--json", *pinned,
                     "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)  # exactly one JSON object on stdout
