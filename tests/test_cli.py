@@ -88,8 +88,8 @@ def test_generate_json_contract(tiny_models, tiny_target, tiny_drafter, mode):
 def test_a_pair_of_different_vocabularies_works(tiny_models, tiny_target):
     """A draft whose ids mean other tokens drafts through the target's tokenizer, read from
     --model (edge/cross_vocab.py): a pair is no longer refused because its vocabularies differ."""
-    result = tandem("generate", "hi", "--json", "--max-tokens", "12", "--model", str(tiny_models.target_dir),
-                    "--draft-model", str(tiny_models.drafts["mismatched"]))
+    result = tandem("generate", "hi", "--json", "--max-tokens", "12", "--no-cloud-decode",  # drafts throughout
+                    "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["mismatched"]))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["token_ids"] == hf_greedy(tiny_target, tiny_target.encode("hi"), 12)
