@@ -55,8 +55,9 @@ class CloudConfig:
                                 env="MAX_SESSIONS", group=LIMITS, low=1)
     max_kv_mib: int = setting(
         0, "KV-cache memory all sessions together may reserve, in MiB; a session reserves its worst case "
-           "(prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. 0 = half the memory free on "
-           "the model's device after loading", env="MAX_KV_MIB", group=LIMITS, low=0)
+           "(prompt + max_new_tokens) when it opens, RESOURCE_EXHAUSTED past it. 0 = what --max-sessions "
+           "sessions of the longest context reserve, at most half the memory free on the model's device "
+           "after loading", env="MAX_KV_MIB", group=LIMITS, low=0)
     max_batch_tokens: int = setting(
         256, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
              "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "

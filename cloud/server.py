@@ -90,10 +90,13 @@ def channel_options(config: CloudConfig) -> list[tuple[str, int]]:
 
 
 def kv_budget_bytes(config: CloudConfig, model: TargetEngine) -> int:
-    """The KV pool's size: --max-kv-mib, or half the memory free where the model runs."""
+    """The KV pool's size: --max-kv-mib; else what --max-sessions sessions of the longest context
+    could reserve (no more could ever be admitted), at most half the memory free where the model
+    runs. A small model's cloud so stays small, and leaves room to fork."""
     if config.max_kv_mib:
         return config.max_kv_mib << 20
-    return default_kv_budget_bytes(model)
+    worst_case = config.max_sessions * config.limits.context_for(model.max_context) * model.kv_bytes_per_token
+    return min(worst_case, default_kv_budget_bytes(model))
 
 
 def load_security(config: CloudConfig) -> tuple[TokenAuthInterceptor | None, grpc.ServerCredentials | None]:
