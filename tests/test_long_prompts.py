@@ -197,7 +197,7 @@ def test_deferred_draft_prefill_is_exact_and_drafts(tiny_cloud, tiny_target, tin
     drafter = tiny_drafter("noisy")
     prompt = long_prompt(drafter, 60)
     generation, _ = asyncio.run(run_engine(tiny_cloud.address, drafter, prompt, 48,
-                                           speculation=SpeculationConfig(defer_draft_prefill=True)))
+                                           speculation=SpeculationConfig(defer_draft_prefill=True, cloud_decode=False)))
     assert generation.token_ids == hf_greedy(tiny_target, prompt, 48)
     assert generation.stats.drafting == "on" and generation.stats.drafted > 0
 
