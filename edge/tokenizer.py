@@ -121,7 +121,7 @@ async def _receive(chunks: AsyncIterable[TokenizerChunk], info: ModelInfo) -> di
         if chunk.file_name not in files:
             if not files:
                 print(f"tandem: fetching the tokenizer of the cloud model {info.model_name} "
-                      f"({chunk.file_size / 1e6:.1f} MB, once; cached under {fetched_folder('').parent})",
+                      f"({_size(chunk.file_size)}, once; cached under {fetched_folder('').parent})",
                       file=sys.stderr, flush=True)
             files[chunk.file_name], sizes[chunk.file_name] = bytearray(), chunk.file_size
         data = files[chunk.file_name]
@@ -137,6 +137,10 @@ async def _receive(chunks: AsyncIterable[TokenizerChunk], info: ModelInfo) -> di
     if incomplete:
         raise FailedPrecondition(f"the stream ended before {', '.join(incomplete)} was complete")
     return files
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _write_checked(folder: Path, files: dict[str, bytes], info: ModelInfo) -> None:
