@@ -3,7 +3,7 @@
 An edge whose draft has another vocabulary moves text between the two token spaces, and for
 that it needs the target's tokenizer; with a remote cloud it has no local copy, so the cloud
 serves the files the edge's torch-free TextTokenizer reads (tokenizer.json and SPEC_FILE). They
-are made on first request, on a worker thread (Gemma's tokenizer.json is ~30 MB and its
+are made on first request, on a worker thread (Gemma's tokenizer.json is 14 MB and its
 fingerprint walks 262k pieces: about a second, never on the event loop), and only after the
 files are proven to give the very fingerprint Info advertises: an edge then checks the same.
 """
@@ -24,27 +24,32 @@ from common.wire import TokenizerChunk
 
 CHUNK_BYTES = 1 << 20
 """Uncompressed bytes per chunk unless the edge asks for less (gRPC's default message limit is 4 MiB)."""
+MIN_CHUNK_BYTES = 4096
+"""An edge asking for smaller chunks gets these (a 14 MB file in 1-byte messages would be a flood)."""
 
 
 class TokenizerFiles:
-    """The target's tokenizer files, made on first use and kept (a few tens of MB at most)."""
+    """The target's tokenizer files, made on first use, and their chunks as sent, kept (Gemma's:
+    14 MB, 5 MB compressed; compressing them again for every edge would take ~0.7 s each)."""
 
     def __init__(self, engine: TargetEngine):
         self.engine = engine
         self._files: dict[str, bytes] | None = None
-        self._lock = asyncio.Lock()
-
-    async def files(self) -> dict[str, bytes]:
-        async with self._lock:  # concurrent first requests make the files once
-            if self._files is None:
-                self._files = await asyncio.to_thread(checked_files, self.engine)
-        return self._files
+        self._chunks: dict[tuple[int, bool], list[TokenizerChunk]] = {}
+        self._lock = asyncio.Lock()  # concurrent first requests make them once
 
     async def chunks(self, max_chunk_bytes: int = 0, accept_zlib: bool = False) -> list[TokenizerChunk]:
-        files = await self.files()
-        chunk_bytes = min(max_chunk_bytes or CHUNK_BYTES, CHUNK_BYTES)
-        # Compressing tens of MB takes a while: not on the event loop either.
-        return await asyncio.to_thread(lambda: list(split(files, self.engine.fingerprint, chunk_bytes, accept_zlib)))
+        key = (min(max(max_chunk_bytes or CHUNK_BYTES, MIN_CHUNK_BYTES), CHUNK_BYTES), accept_zlib)
+        async with self._lock:
+            if self._files is None:
+                self._files = await asyncio.to_thread(checked_files, self.engine)
+            files, fingerprint = self._files, self.engine.fingerprint
+            if key in self._chunks:
+                return self._chunks[key]
+            chunks = await asyncio.to_thread(lambda: list(split(files, fingerprint, *key)))
+            if key[0] == CHUNK_BYTES:  # what edges ask for; other sizes are not kept
+                self._chunks[key] = chunks
+            return chunks
 
 
 def checked_files(engine: TargetEngine) -> dict[str, bytes]:
