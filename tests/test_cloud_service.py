@@ -9,7 +9,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from common.errors import FailedPrecondition
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.client import CloudClient

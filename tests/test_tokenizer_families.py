@@ -19,7 +19,6 @@ from raw_speculate import open_request, speculate
 from bench.tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_tokenizer_dir
 
 from common.chat_templates import CHATML
-from common.errors import FailedPrecondition
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.chat_template import render_chat
