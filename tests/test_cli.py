@@ -98,8 +98,8 @@ def test_a_mismatched_pair_with_a_remote_cloud_fetches_the_targets_tokenizer(tin
     says so once on stderr, and answers as the target."""
     process, address = start_cloud(tiny_models.target_dir)
     try:
-        result = tandem("generate", "hi", "--json", "--max-tokens", "12", "--cloud", address,
-                        "--draft-model", str(tiny_models.drafts["mismatched"]))
+        result = tandem("generate", "hi", "--json", "--max-tokens", "12", "--cloud", address, "--no-adaptive",
+                        "--draft-model", str(tiny_models.drafts["mismatched"]))  # drafts whether or not it pays
     finally:
         process.kill()  # graceful shutdown is test_cloud_serves_then_stops_gracefully_on_sigterm's subject
         process.wait()
