@@ -77,7 +77,7 @@ def tokenizer_files(draft: Path) -> Path:
 FETCHED_FILES = ("tokenizer.json", SPEC_FILE)
 """The files GetTokenizer sends: nothing else is written, whatever a cloud sends."""
 MAX_FETCHED_BYTES = 1 << 30
-"""Refuses a tokenizer beyond this (Gemma's 262k vocabulary is ~33 MB): a broken cloud cannot fill the disk."""
+"""Refuses a tokenizer beyond this (Gemma's 262k vocabulary is 14 MB): a broken cloud cannot fill memory or disk."""
 
 
 def fetched_folder(fingerprint: str) -> Path:
@@ -125,13 +125,16 @@ async def _receive(chunks: AsyncIterable[TokenizerChunk], info: ModelInfo) -> di
                       file=sys.stderr, flush=True)
             files[chunk.file_name], sizes[chunk.file_name] = bytearray(), chunk.file_size
         data = files[chunk.file_name]
-        try:
-            piece = zlib.decompress(chunk.data) if chunk.zlib else chunk.data
+        if chunk.offset != len(data) or chunk.file_size != sizes[chunk.file_name] \
+                or sum(sizes.values()) > MAX_FETCHED_BYTES:
+            raise FailedPrecondition(f"{chunk.file_name} arrived out of order or beyond {MAX_FETCHED_BYTES} bytes")
+        room = chunk.file_size - len(data)
+        try:  # never more than the file's room, however the chunk inflates
+            piece = zlib.decompressobj().decompress(chunk.data, room + 1) if chunk.zlib else chunk.data
         except zlib.error as exc:
             raise FailedPrecondition(f"a chunk of {chunk.file_name} does not decompress ({exc})") from None
-        if chunk.offset != len(data) or chunk.file_size != sizes[chunk.file_name] \
-                or len(data) + len(piece) > chunk.file_size or sum(map(len, files.values())) > MAX_FETCHED_BYTES:
-            raise FailedPrecondition(f"{chunk.file_name} arrived out of order or beyond its size")
+        if len(piece) > room:
+            raise FailedPrecondition(f"{chunk.file_name} arrived beyond its size")
         data += piece
     incomplete = [name for name in FETCHED_FILES if name not in files or len(files[name]) != sizes[name]]
     if incomplete:

@@ -233,7 +233,12 @@ def test_a_fetched_tokenizer_that_is_not_the_advertised_one_is_refused_naming_bo
         offset = 0 if chunk.offset == 0 else len(data)
         return dataclasses.replace(chunk, data=data[offset:], zlib=False, offset=offset, file_size=len(data))
 
-    for change in (flip_a_byte, another_models_files):
+    def inflating_beyond_its_size(chunk):
+        if chunk.file_name != "tokenizer.json" or chunk.offset != 0:
+            return chunk
+        return dataclasses.replace(chunk, data=zlib.compress(b" " * (64 << 20)), zlib=True)
+
+    for change in (flip_a_byte, another_models_files, inflating_beyond_its_size):
         with pytest.raises(FailedPrecondition) as refused:
             asyncio.run(fetch(change))
         assert draft.name in str(refused.value) and target.name in str(refused.value), refused.value
