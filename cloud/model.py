@@ -38,7 +38,7 @@ from cloud.target_engine import Segment, new_kv_pool
 
 from common.model_paths import default_gguf_path, model_cache_root, publish_dir
 from common.special_tokens import SpecialTokens, id_list
-from common.text_tokenizer import TextTokenizer
+from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,22 @@ class TargetModel:
     @functools.cached_property
     def _token_bytes(self) -> list[bytes]:
         return self.text.token_bytes_table(self.vocab_size)
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """The tokenizer as the files the edge reads (common/text_tokenizer.py's from_file): the Rust
+        pipeline as tokenizer.json, and the spec of what it does not say (as edge/tokenizer_conversion.py
+        writes for a draft). The spec carries no fingerprint: cloud/tokenizer_files.py computes it from
+        the files themselves and checks it against this model's."""
+        tokenizer = self.tokenizer
+        template = getattr(tokenizer, "chat_template", None)
+        spec = TokenizerSpec(
+            bos_token=tokenizer.bos_token, bos_token_id=tokenizer.bos_token_id,
+            eos_token=tokenizer.eos_token, eos_token_id=tokenizer.eos_token_id,
+            chat_template=template if isinstance(template, str) else None,
+            extra_eos_ids=tuple(id_list(getattr(self.model.generation_config, "eos_token_id", None))),
+            split_special_tokens=bool(getattr(tokenizer, "split_special_tokens", False)),
+        )
+        return {"tokenizer.json": tokenizer.backend_tokenizer.to_str().encode(), SPEC_FILE: spec.to_json().encode()}
 
     def new_kv_storage(self, num_blocks: int, block_size: int) -> PagedKV:
         """Tensors for num_blocks × block_size positions of every layer's keys and values."""

@@ -26,6 +26,7 @@ from cloud.registry import SessionRegistry
 from cloud.scheduler import Scheduler
 from cloud.session import VerifierSession
 from cloud.target_engine import TargetEngine
+from cloud.tokenizer_files import TokenizerFiles
 from common.errors import Draining, InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
@@ -50,6 +51,7 @@ class TandemService(pb_grpc.TandemServicer):
         self.replica = replica  # this replica's name, told to clients
         self.metrics = metrics
         self.draining = asyncio.Event()  # set on SIGTERM: live sessions move elsewhere, new ones are refused
+        self.tokenizer_files = TokenizerFiles(model)  # made on the first GetTokenizer
 
     def drain(self) -> None:
         """Refuses new sessions and tells the live ones to resume on another replica."""
@@ -57,6 +59,10 @@ class TandemService(pb_grpc.TandemServicer):
 
     async def Info(self, request, context):
         return self.info().to_pb()
+
+    async def GetTokenizer(self, request, context):
+        for chunk in await self.tokenizer_files.chunks(request.max_chunk_bytes, request.accept_zlib):
+            yield chunk.to_pb()
 
     async def Speculate(self, request_iterator, context):
         stream = CallStream(context, self.idle_timeout_s, self.draining)  # not the request iterator: idle timeout

@@ -103,6 +103,11 @@ class TargetEngine(Protocol):
     def warmup(self) -> None:
         """One small forward pass, so the first request does not pay lazy initialization."""
 
+    # Optional: def tokenizer_files(self) -> dict[str, bytes], the tokenizer as the files the edge
+    # reads (tokenizer.json and common.text_tokenizer.SPEC_FILE), served by GetTokenizer
+    # (cloud/tokenizer_files.py) to edges whose draft has another vocabulary. Without it that RPC
+    # answers FAILED_PRECONDITION and such edges need the target's files locally.
+
 
 def default_kv_budget_bytes(engine: TargetEngine) -> int:
     """The KV budget when none is configured: half the memory free where the model runs."""

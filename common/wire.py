@@ -440,3 +440,25 @@ def special_tokens_from_pb(m: pb.SpecialTokens) -> SpecialTokens:
 def special_tokens_to_pb(s: SpecialTokens) -> pb.SpecialTokens:
     return pb.SpecialTokens(bos_token_id=s.bos_token_id, bos_token=s.bos_token, add_bos_token=s.add_bos,
                             eos_token_id=s.eos_token_id, eos_token=s.eos_token, add_eos_token=s.add_eos)
+
+
+@dataclass(frozen=True)
+class TokenizerChunk:
+    """One piece of one file of the target's tokenizer (GetTokenizer), as sent: `data` is zlib
+    when `zlib` is set; `offset` and `file_size` count the file's uncompressed bytes."""
+
+    file_name: str
+    offset: int
+    file_size: int
+    data: bytes
+    zlib: bool = False
+    tokenizer_fingerprint: str = ""  # the files' fingerprint, on the stream's first chunk only
+
+    @classmethod
+    def from_pb(cls, m: pb.TokenizerChunk) -> TokenizerChunk:
+        return cls(file_name=m.file_name, offset=m.offset, file_size=m.file_size, data=m.data, zlib=m.zlib,
+                   tokenizer_fingerprint=m.tokenizer_fingerprint)
+
+    def to_pb(self) -> pb.TokenizerChunk:
+        return pb.TokenizerChunk(file_name=self.file_name, offset=self.offset, file_size=self.file_size,
+                                 data=self.data, zlib=self.zlib, tokenizer_fingerprint=self.tokenizer_fingerprint)

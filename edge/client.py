@@ -18,7 +18,7 @@ from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.wire import (
     CloudDecode, DecodedToken, DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen,
-    SessionStarted, Verdict,
+    SessionStarted, TokenizerChunk, Verdict,
 )
 
 _ERRORS = {cls.code: cls for cls in (
@@ -234,6 +234,23 @@ class CloudClient:
             return self.stub.Speculate(metadata=self.metadata)
 
         return SpeculateStream(start, self.response_timeout_s)
+
+    async def tokenizer_chunks(self, max_chunk_bytes: int = 0) -> AsyncIterator[TokenizerChunk]:
+        """The target's tokenizer files in chunks (GetTokenizer), zlib accepted. A cloud too old to
+        serve them is FailedPrecondition."""
+        await self.ready()
+        call = self.stub.GetTokenizer(pb.TokenizerRequest(max_chunk_bytes=max_chunk_bytes, accept_zlib=True),
+                                      metadata=self.metadata)
+        try:
+            while (response := await _bounded(call.read(), self.response_timeout_s, call)) is not grpc.aio.EOF:
+                yield TokenizerChunk.from_pb(response)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise errors.FailedPrecondition(f"the cloud at {self.address} cannot send its tokenizer (a version "
+                                                "before GetTokenizer)") from None
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
 
     def generate(self, request: GenerateRequest, connect_timeout_s: float | None = None) -> GenerateStream:
         """`async for step in client.generate(request)`; the stream counts the bytes."""

@@ -51,7 +51,8 @@ class EdgeConfig:
                                        group=EDGE)
     target_tokenizer: str | None = setting(
         None, "the cloud model's files (HF directory or GGUF) to read its tokenizer from when its vocabulary "
-              "differs from the draft's, so the draft can draft across vocabularies; default: --model",
+              "differs from the draft's, so the draft can draft across vocabularies; default: --model, else the "
+              "edge fetches it from the cloud once (checked against its fingerprint, cached)",
         env="TARGET_TOKENIZER", metavar="PATH", group=EDGE)
     threads: int = setting(0, "llama.cpp threads; 0 = the CPUs this process may run on", env="THREADS", group=EDGE)
     n_ctx: int = setting(4096, "draft context window (default %(default)s)", group=EDGE)

@@ -127,7 +127,7 @@ class EdgeEngine:
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
 
         target_tokenizer: loads the cloud model's tokenizer, for a draft of another vocabulary
-        (edge/cross_vocab.py); without it such a pair is refused.
+        (edge/cross_vocab.py); without it the edge fetches it from the cloud (cached).
 
         drafter=None: cloud mode only (the thin client). draft_slots: hybrid or edge generations
         that may draft at once. Each beyond the first gets its own context over the same model
@@ -187,26 +187,28 @@ class EdgeEngine:
             raise FailedPrecondition("no cloud address configured")
         info = await self.client.info(timeout_s)
         if self.drafter is not None and info.tokenizer_fingerprint != self.drafter.fingerprint:
-            await asyncio.to_thread(self._draft_in_target_vocabulary, info)
+            load = self._target_tokenizer or await self._cloud_tokenizer(info)
+            await asyncio.to_thread(self._draft_in_target_vocabulary, info, load)
         self.cloud_info = info
         self.cloud.mark_up()
         return info
 
-    def _draft_in_target_vocabulary(self, info: ModelInfo) -> None:
+    async def _cloud_tokenizer(self, info: ModelInfo) -> Callable[[], TextTokenizer]:
+        """The cloud model's tokenizer when no local files were given: cached, else fetched from the
+        cloud (GetTokenizer) and checked against info's fingerprint (edge/tokenizer.py)."""
+        from edge.tokenizer import cloud_tokenizer
+
+        async with contextlib.aclosing(self.client.tokenizer_chunks()) as chunks:
+            tokenizer = await cloud_tokenizer(chunks, info, self.drafter.name)
+        return lambda: tokenizer
+
+    def _draft_in_target_vocabulary(self, info: ModelInfo, target_tokenizer: Callable[[], TextTokenizer]) -> None:
         """Wraps a draft of another vocabulary so that it speaks the target's ids (edge/cross_vocab.py)."""
         from edge.cross_vocab import check_pair
 
-        if self._target_tokenizer is None:
-            raise FailedPrecondition(
-                f"tokenizer mismatch: draft model {self.drafter.name!r} (fingerprint "
-                f"{self.drafter.fingerprint}) and cloud model {info.model_name!r} (fingerprint "
-                f"{info.tokenizer_fingerprint}) tokenize text differently, and the edge has no copy of the "
-                "cloud model's tokenizer to draft across vocabularies: pass the target's files with "
-                "--target-tokenizer (or pick a draft model of the target's tokenizer family)"
-            )
         if self._siblings or len(self._idle_drafters) != 1:
             raise FailedPrecondition("the cloud's tokenizer changed while answers were drafting")
-        self.drafter = check_pair(self.drafter, self._target_tokenizer(), info)
+        self.drafter = check_pair(self.drafter, target_tokenizer(), info)
         self._idle_drafters = [self.drafter]
 
     def encode(self, text: str) -> list[int]:

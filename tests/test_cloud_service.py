@@ -9,7 +9,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from common.errors import FailedPrecondition
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from edge.client import CloudClient
@@ -57,19 +56,32 @@ def test_mismatched_tokenizer_refused_by_cloud(tiny_cloud, tiny_target):
     assert "odd-draft" in details and tiny_target.name in details
 
 
-def test_mismatched_tokenizer_refused_by_edge(tiny_cloud, tiny_drafter):
-    drafter = tiny_drafter("mismatched")
+def test_a_draft_of_another_vocabulary_drafts_for_a_remote_cloud(tiny_cloud, tiny_drafter, tiny_target, tmp_path,
+                                                                  monkeypatch):
+    """A tokenizer mismatch is no refusal any more: with no local copy of the target's tokenizer the
+    edge fetches it from the cloud (GetTokenizer) and drafts across vocabularies; the answer is the target's."""
+    from conftest import hf_greedy
 
-    async def connect():
+    from edge.cross_vocab import CrossVocabDrafter
+    from edge.engine import GenerationRequest, Mode
+
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path))
+    drafter = tiny_drafter("mismatched")  # the target's pieces, shuffled: every id means another token
+    assert drafter.fingerprint != tiny_target.fingerprint
+    prompt = tiny_target.encode("Hello there")
+
+    async def generate():
         client = CloudClient(tiny_cloud.address)
         try:
-            await EdgeEngine(drafter, client).connect()
+            engine = EdgeEngine(drafter, client)
+            await engine.connect()
+            return engine, await engine.generate_to_end(GenerationRequest(prompt, 16), Mode.HYBRID)
         finally:
             await client.close()
 
-    with pytest.raises(FailedPrecondition, match="tokenizer mismatch") as error:
-        asyncio.run(connect())
-    assert drafter.name in str(error.value)
+    engine, generation = asyncio.run(generate())
+    assert isinstance(engine.drafter, CrossVocabDrafter)
+    assert generation.token_ids == hf_greedy(tiny_target, prompt, 16)
 
 
 @pytest.mark.parametrize("case", ["empty_prompt", "id_out_of_range", "zero_max_new_tokens", "draft_first",

@@ -146,17 +146,105 @@ def test_same_vocabulary_pairs_keep_the_id_path(tiny_cloud, tiny_drafter, tiny_t
     assert engine.drafter is drafter
 
 
-def test_a_mismatched_pair_without_the_targets_tokenizer_is_refused_naming_both(pair, cloud, draft):
-    async def connect():
+def rpc_calls(cloud, method: str) -> int:
+    """How many `method` calls the cloud finished, whatever their status."""
+    return sum(sample.value for metric in cloud.running.metrics.rpc_total.collect() for sample in metric.samples
+               if sample.name.endswith("_total") and sample.labels["method"] == method)
+
+
+async def answers_without_local_target_tokenizer(address, drafter, prompts):
+    """An engine on a remote cloud, given no copy of the target's tokenizer, and its greedy answers."""
+    client = CloudClient(address)
+    try:
+        engine = EdgeEngine(drafter, client, SpeculationConfig(adaptive=False, draft_tokens=4))
+        await engine.connect()
+        return engine, [await engine.generate_to_end(GenerationRequest(prompt, NEW_TOKENS), Mode.HYBRID)
+                        for prompt in prompts]
+    finally:
+        await client.close()
+
+
+def test_a_remote_mismatched_pair_fetches_the_targets_tokenizer_once_and_answers_as_the_target(
+        pair, cloud, draft, tmp_path, monkeypatch, capfd):
+    """No --target-tokenizer: the edge fetches it (GetTokenizer), checks and caches it by fingerprint."""
+    from edge.tokenizer import fetched_folder
+
+    target = pair[0]
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path))
+    prompts = [target.encode(text) for text in PROMPTS]
+    calls = rpc_calls(cloud, "GetTokenizer")
+    engine, generations = asyncio.run(answers_without_local_target_tokenizer(cloud.address, draft, prompts))
+    assert isinstance(engine.drafter, CrossVocabDrafter)
+    for prompt, generation in zip(prompts, generations):
+        assert generation.token_ids == hf_greedy(target, prompt, NEW_TOKENS)
+        assert generation.stats.drafted > 0
+    assert rpc_calls(cloud, "GetTokenizer") == calls + 1
+    assert "fetching the tokenizer of the cloud model" in capfd.readouterr().err
+    folder = fetched_folder(target.fingerprint)
+    assert (folder / "tokenizer.json").is_file() and not list(tmp_path.glob("tokenizers/*partial*"))
+
+    engine, _ = asyncio.run(answers_without_local_target_tokenizer(cloud.address, draft, prompts[:1]))
+    assert isinstance(engine.drafter, CrossVocabDrafter)
+    assert rpc_calls(cloud, "GetTokenizer") == calls + 1  # the second start read the cache
+    assert "fetching" not in capfd.readouterr().err
+
+
+def test_a_fetched_tokenizer_that_is_not_the_advertised_one_is_refused_naming_both(pair, cloud, draft, tmp_path,
+                                                                                     monkeypatch):
+    """Files that do not give Info's fingerprint (corrupted on the way, or another replica's model
+    behind the same address) are refused and never cached, whatever fingerprint the stream claims."""
+    import dataclasses
+    import zlib
+
+    from edge.tokenizer import cloud_tokenizer, fetched_folder, tokenizer_files
+
+    target = pair[0]
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path))
+
+    async def fetch(change):
+        """cloud_tokenizer over the cloud's real GetTokenizer stream, each chunk passed through change()."""
         client = CloudClient(cloud.address)
         try:
-            await EdgeEngine(draft, client).connect()
+            info = await client.info()
+            chunks = [change(chunk) async for chunk in client.tokenizer_chunks(max_chunk_bytes=4096)]
+            assert len(chunks) > 2  # several chunks: order and offsets are exercised
+
+            async def stream():
+                for chunk in chunks:
+                    yield chunk
+
+            return await cloud_tokenizer(stream(), info, draft.name)
         finally:
             await client.close()
 
-    with pytest.raises(FailedPrecondition, match="--target-tokenizer") as refused:
-        asyncio.run(connect())
-    assert draft.name in str(refused.value) and pair[0].name in str(refused.value)
+    def flip_a_byte(chunk):
+        if chunk.file_name != "tokenizer.json" or chunk.offset != 4096:
+            return chunk
+        data = bytearray(zlib.decompress(chunk.data) if chunk.zlib else chunk.data)
+        data[100] ^= 0x01
+        return dataclasses.replace(chunk, data=bytes(data), zlib=False)
+
+    other = tokenizer_files(pair[2].parent / "spm-tokenizer")  # another model's files, as the edge writes them
+    other_files = {name: (other / name).read_bytes() for name in ("tokenizer.json", "tandem_tokenizer.json")}
+
+    def another_models_files(chunk):
+        """The other model's file, whole, in place of the first chunk of each file; the rest empty."""
+        data = other_files[chunk.file_name]
+        offset = 0 if chunk.offset == 0 else len(data)
+        return dataclasses.replace(chunk, data=data[offset:], zlib=False, offset=offset, file_size=len(data))
+
+    def inflating_beyond_its_size(chunk):
+        if chunk.file_name != "tokenizer.json" or chunk.offset != 0:
+            return chunk
+        return dataclasses.replace(chunk, data=zlib.compress(b" " * (64 << 20)), zlib=True)
+
+    for change in (flip_a_byte, another_models_files, inflating_beyond_its_size):
+        with pytest.raises(FailedPrecondition) as refused:
+            asyncio.run(fetch(change))
+        assert draft.name in str(refused.value) and target.name in str(refused.value), refused.value
+        assert "--target-tokenizer" in str(refused.value)
+        assert not fetched_folder(target.fingerprint).exists()
+    assert asyncio.run(fetch(lambda chunk: chunk)).fingerprint == target.fingerprint  # the real files pass
 
 
 def test_a_tokenizer_that_is_not_the_targets_is_refused_naming_both(pair, cloud, draft):

@@ -220,5 +220,20 @@ def test_a_stop_token_ends_a_scripted_session_where_the_target_does():
         assert asyncio.run(run()) == expected
 
 
+def test_an_engine_without_tokenizer_files_answers_get_tokenizer_with_failed_precondition():
+    """tokenizer_files is optional: an engine without it still serves sessions, and an edge that
+    asks for its tokenizer hears why it cannot have it."""
+    with scripted_cloud() as cloud:
+        async def run():
+            async with grpc.aio.insecure_channel(cloud.address) as channel:
+                call = pb_grpc.TandemStub(channel).GetTokenizer(pb.TokenizerRequest())
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await call.read()
+                return failed.value
+
+        error = asyncio.run(run())
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "--target-tokenizer" in error.details()
+
+
 def test_llama_drafter_is_a_draft_engine(tiny_drafter):
     assert isinstance(tiny_drafter("exact"), DraftEngine)

@@ -274,3 +274,27 @@ class GenerateResponse(_message.Message):
     drain: DrainNotice
     replica: str
     def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ..., forward_passes: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class TokenizerRequest(_message.Message):
+    __slots__ = ("max_chunk_bytes", "accept_zlib")
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ZLIB_FIELD_NUMBER: _ClassVar[int]
+    max_chunk_bytes: int
+    accept_zlib: bool
+    def __init__(self, max_chunk_bytes: _Optional[int] = ..., accept_zlib: _Optional[bool] = ...) -> None: ...
+
+class TokenizerChunk(_message.Message):
+    __slots__ = ("file_name", "offset", "file_size", "data", "zlib", "tokenizer_fingerprint")
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ZLIB_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    file_name: str
+    offset: int
+    file_size: int
+    data: bytes
+    zlib: bool
+    tokenizer_fingerprint: str
+    def __init__(self, file_name: _Optional[str] = ..., offset: _Optional[int] = ..., file_size: _Optional[int] = ..., data: _Optional[bytes] = ..., zlib: _Optional[bool] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class TandemStub:
                 request_serializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_stream(
+                '/tandem.v1.Tandem/GetTokenizer',
+                request_serializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerRequest.SerializeToString,
+                response_deserializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerChunk.FromString,
+                _registered_method=True)
 
 
 class TandemServicer:
@@ -85,6 +90,16 @@ class TandemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The target's tokenizer as files (a tokenizer.json and its tandem_tokenizer.json spec), for
+        an edge whose draft has another vocabulary and no local copy of the target's: it moves text
+        between the two token spaces with them. Streamed in chunks, file after file, each file's
+        chunks in order of offset; the edge checks the files' fingerprint against Info's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TandemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +117,11 @@ def add_TandemServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateRequest.FromString,
                     response_serializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerRequest.FromString,
+                    response_serializer=common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +206,33 @@ class Tandem:
             '/tandem.v1.Tandem/Generate',
             common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateRequest.SerializeToString,
             common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem.v1.Tandem/GetTokenizer',
+            common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerRequest.SerializeToString,
+            common_dot_pb_dot_tandem_dot_v1_dot_tandem__pb2.TokenizerChunk.FromString,
             options,
             channel_credentials,
             insecure,
