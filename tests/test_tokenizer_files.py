@@ -12,11 +12,8 @@ fingerprint, token bytes) must be the same as from transformers' tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,6 @@ from bench.tiny_models import build_tiny_target, hf_to_gguf, tiny_sentencepiece_
 from common.fingerprint import PROBE_TEXT
 from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECIAL_TEXTS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<s>", "</s>", "<bos>", "<eos>",
                  "<start_of_turn>", "<end_of_turn>", "[INST]", "<unk>", "<pad>"]
 ALPHABETS = [(0x20, 0x7E), (0x09, 0x0D), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF),
@@ -123,9 +119,6 @@ def test_a_directory_is_converted_again_when_its_tokenizer_changes(spm_dirs, tmp
 
 
 @pytest.mark.slow
-def test_gemma():
-    result = subprocess.run([str(ROOT / "scripts" / "gemma_gguf.sh")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable}, timeout=1200)
-    assert result.returncode == 0, result.stderr
-    edge = assert_same_tokenizer(Path(result.stdout.strip()))
+def test_gemma(gemma_path):
+    edge = assert_same_tokenizer(gemma_path)
     assert edge.special.add_bos and edge.special.bos_token == "<bos>"
