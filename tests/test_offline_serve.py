@@ -71,9 +71,17 @@ def test_cloud_away_mid_answer_ends_exact(tiny_cloud, tiny_target, tiny_drafter,
                 relay.drop_connections()
                 healer = heal_when_down(relay, server, done)
         done.set()
+        metrics = server.metrics()
+    provisional = {outcome: metrics[("tandem_edge_provisional_tokens_total", (("outcome", outcome),))]
+                   for outcome in ("written", "accepted", "rewritten")}
+    assert metrics[("tandem_edge_verification_seconds_count", ())] == 1
+    assert metrics[("tandem_edge_rewinds_total", ())] == len(rewinds) or offline == "hold"
     stats = final.tandem["stats"]
     assert stats["reconnects_in_answer"] >= 1, stats  # the cloud was away mid-answer and came back
     assert stats["provisional"] > 0 and stats["provisional_rewritten"] > 0, stats  # something to retract
+    assert provisional == {"written": stats["provisional"], "accepted": stats["provisional_accepted"],
+                           "rewritten": stats["provisional_rewritten"]}
+    assert stats["provisional_accepted"] + stats["provisional_rewritten"] == stats["provisional"]
     assert final.choices[0].finish_reason in ("stop", "length") and final.degraded is False
     assert ids == hf_greedy(tiny_target, prompt_ids, MAX_TOKENS)[: len(ids)] and len(ids) == stats["tokens"]
     assert text == b"".join(drafter.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
