@@ -65,6 +65,9 @@ class GenerationRequest:
     # With fallback: what the local model writes while the cloud is away is provisional, verified
     # when the cloud returns within the answer; the consumer must take Rewind events (edge/offline.py).
     verify_offline: bool = False
+    # verify_offline only: an answer written earlier while the cloud was away, checked now as a history
+    # prefix; generation stops once it is confirmed, or goes on with the target's answer from where it differs.
+    check_ids: list[int] = field(default_factory=list)
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
         """The request as the cloud takes it, resuming after `resume_token_ids` (see

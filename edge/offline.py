@@ -152,9 +152,17 @@ async def verified_offline(engine, request, generation, drafter) -> AsyncIterato
     """
     stats = generation.stats
     exact: list[int] = []  # committed by the cloud, from the answer's start
-    pending: list[int] = []  # provisional, shown, not yet verified
+    pending: list[int] = list(request.check_ids)  # provisional, shown, not yet verified
     reason = await engine._cloud_unusable()
     back_at: float | None = None  # when the cloud was seen back (for stats.verify_s)
+    checking = bool(pending)
+    if checking:  # an answer finished offline earlier: the cloud must be here to check it
+        if reason is not None:
+            raise CloudUnavailable(f"cannot verify the answer while the cloud is away: {reason}")
+        generation.degraded, generation.fallback_at = True, 0
+        stats.mark_tokens(len(pending))
+        stats.local_tokens += len(pending)
+        yield Source.PROVISIONAL, list(pending)
     while True:
         if reason is None:
             reconciler = Reconciler(len(exact), pending)
@@ -168,11 +176,15 @@ async def verified_offline(engine, request, generation, drafter) -> AsyncIterato
                         exact += ids
                         for item in reconciler.take(source, ids):
                             yield item
+                        if checking and not reconciler.pending and not reconciler.retracted:
+                            return  # verified exact: the check needs nothing beyond the answer
                 for item in reconciler.finish():
                     yield item
                 return
             except CloudUnavailable as exc:
                 engine.cloud.mark_down(str(exc))
+                if checking:
+                    raise
                 reason = str(exc)
                 if generation.finish_reason:
                     for item in reconciler.finish():

@@ -82,6 +82,21 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class AnswerCheck:
+    """An answer the local model finished while the cloud was away, checked once it is back."""
+
+    exact: bool  # every token is the one the cloud model would have chosen
+    differs_at: int | None  # else: the first token index where it would not have
+    token_ids: list[int]  # the cloud model's answer (the checked one when exact)
+    text: str
+    stats: dict
+
+    @property
+    def state(self) -> str:
+        return "verified exact" if self.exact else f"differs from position {self.differs_at}"
+
+
+@dataclass(frozen=True)
 class GenerateOptions:
     """Sampling: temperature 0 is greedy; otherwise the output follows the cloud model's
     distribution after temperature, top-k and top-p exactly, and a seed fixes it."""
@@ -177,7 +192,24 @@ class AsyncTandemClient:
             async for delta in deltas:
                 yield delta
 
-    async def _deltas(self, prompt: dict, generation: Generation | None, options: dict) -> AsyncIterator[Delta]:
+    async def verify(self, prompt_token_ids: list[int], answer_token_ids: list[int], **options) -> AnswerCheck:
+        """Checks an answer written offline (Completion.degraded) against the cloud model, as a history
+        prefix: verified exact, or where it differs and the cloud model's answer from there on. Pass
+        the answer's options again (sampled: its seed, Completion.seed). CloudUnavailable while it is away.
+        Stop strings are not applied: the answer's ids already end where it stopped."""
+        generation = Generation(Mode.HYBRID)
+        text = ""
+        async with contextlib.aclosing(self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation,
+                                                    {**options, "offline": Offline.REWIND.value, "stop": ()},
+                                                    check_ids=list(answer_token_ids))) as deltas:
+            async for delta in deltas:
+                text = text[:delta.rewind_text_to] if delta.rewind_to is not None else text + delta.text
+        exact = not generation.rewinds
+        return AnswerCheck(exact, None if exact else generation.rewinds[0], list(generation.token_ids), text,
+                           generation.stats.as_dict())
+
+    async def _deltas(self, prompt: dict, generation: Generation | None, options: dict,
+                      check_ids: list[int] | None = None) -> AsyncIterator[Delta]:
         """deltas() for a tokenized prompt, or (no local model: the thin client) for prompt_text,
         with the text rendered by the cloud."""
         await self.start()
@@ -197,6 +229,7 @@ class AsyncTandemClient:
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,
             verify_offline=offline.verifies,
+            check_ids=list(check_ids or []),
         )
         generation = generation or Generation(self.mode)
         detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)

@@ -149,3 +149,51 @@ def test_a_draft_with_the_targets_weights_gets_its_provisional_tokens_accepted(t
     assert len(before_rewind) == len(generation.rewinds) <= 1
     assert stats.provisional_accepted + stats.provisional_rewritten == stats.provisional >= 20, stats
     assert stats.provisional_accepted >= 5, stats  # the first tokens after the cut, at least, were the target's
+
+
+# --- an answer finished offline, checked when the cloud is back -----------------------------------
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_p=0.95, seed=99)],
+                         ids=["greedy", "seeded-sampling"])
+def test_an_answer_finished_offline_is_verified_later(tiny_cloud, tiny_models, tiny_target, sampling):
+    """The cloud is away for the whole answer and back before the next turn: the answer is marked
+    provisional, then checked as a history prefix: verified exact, or where it differs, with the
+    cloud model's answer on offer, which is the answer an uninterrupted hybrid run gives."""
+    host, port = tiny_cloud.address.rsplit(":", 1)
+    max_tokens = 60
+
+    async def main():
+        with RelayThread((host, int(port))) as relay:
+            async with AsyncTandemClient(config=edge_config(relay, tiny_models, "noisy")) as tandem:
+                prompt_ids = tandem.encode(PROMPT)
+                reference = [t async for d in tandem.deltas(prompt_ids, max_tokens=max_tokens, **sampling)
+                             for t in d.token_ids]
+                relay.set_config(LinkConfig(one_way_delay_s=600.0))
+                relay.drop_connections()
+                from edge.engine import Generation, Mode
+                offline = Generation(Mode.HYBRID)
+                shown = [d async for d in tandem.deltas(prompt_ids, offline, offline="rewind", max_tokens=max_tokens,
+                                                        **sampling)]
+                relay.set_config(LinkConfig())
+                relay.drop_connections()
+                deadline = time.monotonic() + 30
+                while tandem.engine.cloud.state.value != "up":
+                    assert time.monotonic() < deadline, "the edge never saw the cloud back"
+                    await asyncio.sleep(0.05)
+                check = await tandem.verify(prompt_ids, offline.token_ids, max_tokens=max_tokens, **sampling)
+            return prompt_ids, reference, offline, shown, check
+
+    prompt_ids, reference, offline, shown, check = asyncio.run(main())
+    if not sampling:
+        assert reference == hf_greedy(tiny_target, prompt_ids, max_tokens)
+    assert offline.degraded and offline.fallback_at == 0 and offline.provisional_from == 0
+    assert all(d.source == P for d in shown if d.token_ids) and not any(d.rewind_to is not None for d in shown)
+    answer = offline.token_ids
+    first_difference = next((i for i, (a, b) in enumerate(zip(answer, reference)) if a != b), None)
+    if first_difference is None and len(answer) != len(reference):
+        first_difference = min(len(answer), len(reference))
+    assert check.differs_at == first_difference
+    assert check.exact == (first_difference is None)
+    assert check.state == ("verified exact" if check.exact else f"differs from position {first_difference}")
+    assert check.token_ids == reference  # the cloud model's answer, whichever way it went
+    assert check.stats["provisional_accepted"] == (len(answer) if check.exact else first_difference)
