@@ -298,6 +298,7 @@ def details(completion: Completion) -> dict:
         "served_by": completion.served_by,
         "stats": completion.stats,
         "provenance": completion.provenance,
+        "unverified_from": completion.unverified_from,  # written offline, to check (POST /v1/tandem/verify)
     }
 
 

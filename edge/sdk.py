@@ -59,6 +59,9 @@ class Completion:
     # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
     # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
     served_by: list[dict] = dataclasses.field(default_factory=list)
+    # offline="rewind"/"hold": token_ids[unverified_from:] were written while the cloud was away and the
+    # answer ended before it returned; check them later with AsyncTandemClient.verify.
+    unverified_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class AnswerCheck:
 
     exact: bool  # every token is the one the cloud model would have chosen
     differs_at: int | None  # else: the first token index where it would not have
+    differs_at_char: int | None  # and the character of the answer's text where that token began
     token_ids: list[int]  # the cloud model's answer (the checked one when exact)
     text: str
     stats: dict
@@ -198,15 +202,17 @@ class AsyncTandemClient:
         the answer's options again (sampled: its seed, Completion.seed). CloudUnavailable while it is away.
         Stop strings are not applied: the answer's ids already end where it stopped."""
         generation = Generation(Mode.HYBRID)
-        text = ""
+        text, differs_at_char = "", None
         async with contextlib.aclosing(self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation,
                                                     {**options, "offline": Offline.REWIND.value, "stop": ()},
                                                     check_ids=list(answer_token_ids))) as deltas:
             async for delta in deltas:
+                if delta.rewind_to is not None and differs_at_char is None:
+                    differs_at_char = delta.rewind_text_to
                 text = text[:delta.rewind_text_to] if delta.rewind_to is not None else text + delta.text
         exact = not generation.rewinds
-        return AnswerCheck(exact, None if exact else generation.rewinds[0], list(generation.token_ids), text,
-                           generation.stats.as_dict())
+        return AnswerCheck(exact, None if exact else generation.rewinds[0], differs_at_char,
+                           list(generation.token_ids), text, generation.stats.as_dict())
 
     async def _deltas(self, prompt: dict, generation: Generation | None, options: dict,
                       check_ids: list[int] | None = None) -> AsyncIterator[Delta]:
@@ -350,7 +356,8 @@ async def held(deltas: AsyncIterator[Delta], generation: Generation) -> AsyncIte
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation),
+                      generation.provisional_from)
 
 
 def served_by_of(generation: Generation) -> list[dict]:

@@ -128,6 +128,7 @@ class OpenAIServer:
         app.router.add_static("/ui/", WEB_DIR)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/tandem/verify", self.verify_answer)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/health", self.health)
@@ -195,6 +196,25 @@ class OpenAIServer:
         prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
         return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids),
                                   self._offline(body, parsed.params.stream))
+
+    async def verify_answer(self, request: web.Request) -> web.Response:
+        """Checks an answer written while the cloud was away (the `tandem.unverified_from` of its last
+        chunk), with the request that produced it plus its `answer_token_ids`: 503 while the cloud is
+        still away, else {state: "verified exact" | "differs from position N", ...} and the cloud
+        model's answer (edge/offline.py)."""
+        from aiohttp import web
+        body = await _json_body(request)
+        parsed = parse_chat(body, self.config.default_max_tokens)
+        answer = body.get("answer_token_ids")
+        vocab = self.tandem.engine.drafter.vocab_size
+        if not isinstance(answer, list) or not answer or not all(type(t) is int and 0 <= t < vocab for t in answer):
+            raise ApiError(400, "`answer_token_ids` must be the answer's token ids (as its chunks' token_ids gave "
+                                "them)", "answer_token_ids")
+        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
+        check = await self.tandem.verify(prompt_ids, answer, **parsed.params.generate_options())
+        return web.json_response({"state": check.state, "exact": check.exact, "differs_at": check.differs_at,
+                                  "differs_at_char": check.differs_at_char, "token_ids": check.token_ids,
+                                  "text": check.text, "stats": check.stats})
 
     def _offline(self, body: object, stream: bool) -> str:
         """The request's `offline` extension, else --offline; "rewind" only where a stream can carry it."""
