@@ -34,7 +34,7 @@ PROMPTS = ["Once upon a time, in a lighthouse by the sea,", "The history of the 
 
 
 def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def run_one(tandem, prompt_ids: list[int], tokens: int, relay: RelayThread | None, link: LinkConfig,
@@ -69,10 +69,14 @@ async def run_one(tandem, prompt_ids: list[int], tokens: int, relay: RelayThread
             await asyncio.sleep(0.01)
         seen_back = time.perf_counter()
         check = await tandem.verify(prompt_ids, generation.token_ids, max_tokens=tokens)
+        # The check verifies the whole answer; of its provisional part, the tokens before the first
+        # difference were the target's.
+        start, written = generation.provisional_from, len(generation.token_ids)
+        kept = max(0, (written if check.exact else check.differs_at) - start)
         record.update(exact_s=time.perf_counter() - began, ids=check.token_ids,
                       back_seen_s=seen_back - healed_at[0], check_s=time.perf_counter() - seen_back,
-                      accepted=stats.provisional_accepted + check.stats["provisional_accepted"],
-                      rewritten=stats.provisional_rewritten + check.stats["provisional_rewritten"])
+                      accepted=stats.provisional_accepted + kept,
+                      rewritten=stats.provisional_rewritten + written - start - kept)
     return record
 
 
@@ -166,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(records)
     print(f"# python -m bench.offline_cuts --cuts {','.join(f'{c:g}' for c in args.cuts)} --rtt-ms {args.rtt_ms:g} "
           f"--tokens {args.tokens} --prompts {args.prompts}"
-          + (f" --draft-noise {args.draft_noise:g}" if args.draft_model is None else "") + "; load average before {before}, after {loadavg()}")
+          + (f" --draft-noise {args.draft_noise:g}" if args.draft_model is None else "")
+          + f"; load average before {before}, after {loadavg()}")
     print("| cut | provisional tokens (mean) | accepted by the target | ended offline | extra time to exact: "
           "provisional | waiting | whole answer there (provisional) | uncut answer | cloud back -> seen | check |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
