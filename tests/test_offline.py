@@ -197,3 +197,34 @@ def test_an_answer_finished_offline_is_verified_later(tiny_cloud, tiny_models, t
     assert check.state == ("verified exact" if check.exact else f"differs from position {first_difference}")
     assert check.token_ids == reference  # the cloud model's answer, whichever way it went
     assert check.stats["provisional_accepted"] == (len(answer) if check.exact else first_difference)
+
+
+def test_hold_releases_only_text_no_rewind_can_retract():
+    """offline="hold" over a scripted rewinding stream: released text only ever grows, equals the
+    final text, and nothing provisional is released before it is verified."""
+    from edge.engine import Generation, Mode
+    from edge.sdk import Delta, held
+
+    generation = Generation(Mode.HYBRID)
+    script = [  # (delta, provisional_from after it)
+        (Delta("Hello", [1], False, Source.CLOUD), None),
+        (Delta(" wor", [2], True, P), 1),
+        (Delta("ld", [3], True, P), 1),
+        (Delta("", [], True, Source.ACCEPTED, verified_to=2), 2),
+        (Delta("", [], True, rewind_to=2, rewind_text_to=9), None),
+        (Delta("k", [9], False, Source.CLOUD), None),
+        (Delta(" again", [4], True, P), 4),
+    ]
+
+    async def deltas():
+        for delta, provisional_from in script:
+            generation.provisional_from = provisional_from
+            yield delta
+
+    async def main():
+        return [d async for d in held(deltas(), generation)]
+
+    released = asyncio.run(main())
+    assert [d.text for d in released] == ["Hello", " work", " again"]  # the last: the answer ended offline
+    assert [d.token_ids for d in released] == [[1], [2, 9], [4]]
+    assert all(d.rewind_to is None for d in released)
