@@ -62,11 +62,9 @@ class GenerationRequest:
     # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
     prompt_text: str = ""
     return_text: bool = False
-    # With fallback: what the local model writes while the cloud is away is provisional, verified
-    # when the cloud returns within the answer; the consumer must take Rewind events (edge/offline.py).
+    # With fallback: local tokens written while the cloud is away are provisional, verified when it
+    # returns (the consumer takes Rewind events); check_ids: an earlier answer to check (edge/offline.py).
     verify_offline: bool = False
-    # verify_offline only: an answer written earlier while the cloud was away, checked now as a history
-    # prefix; generation stops once it is confirmed, or goes on with the target's answer from where it differs.
     check_ids: list[int] = field(default_factory=list)
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:

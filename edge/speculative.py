@@ -24,12 +24,7 @@ Meanwhile the draft predicts the tokens the cloud streams (a *shadow* acceptance
 wire), and drafting resumes once it would pay again. Every token is still the cloud's own choice at
 its position, so greedy and ids-only sampled answers do not depend on which mode produced them.
 Sparse-q sampling never switches: its realized sample depends on where blocks end.
-
-Provisional tokens (edge/offline.py): a session that resumes an answer the local model went on
-writing while the cloud was away gets those tokens as `provisional`. Once the cloud's first token
-equals the first of them, the rest become the tail's drafts, sent in blocks of `draft_tokens` like
-any others (whether drafting pays or not: they cost no drafting); the first rejection resets the
-tail as usual and drafting goes on from the cloud's token.
+Provisional tokens (edge/offline.py) become the tail's first drafts, sent in bounded blocks.
 """
 
 from __future__ import annotations
@@ -72,7 +67,9 @@ class SpeculativeRun:
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None,
                  provisional: list[int] | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives).
-        provisional: tokens the local model wrote after the resumed ones, verified as the first drafts."""
+        provisional: tokens the local model wrote after the resumed ones (edge/offline.py). Once the
+        cloud's first token equals the first of them, the rest are the tail's drafts, sent in blocks
+        of draft_tokens whether drafting pays or not (they cost nothing to draft)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
