@@ -6,6 +6,13 @@ round brought, and whether it ran hybrid or on the local model alone (with a not
 cloud was unreachable). /reset forgets the conversation, /quit or Ctrl-D leaves, Ctrl-C stops
 the answer being written (and, at the prompt, leaves).
 
+Offline-first (edge/offline.py): while the cloud is away the local model's text is provisional;
+when the cloud returns mid-answer and rewrites it from some token on, a marker line says so and
+the rewritten tail is printed again from there. An answer that ended while the cloud was away is
+checked before the next message is answered (if the cloud is back by then): "verified exact", or
+"differs from position N" followed by the cloud model's answer, which replaces it in the
+conversation (see the README on why the next turn waits for that check).
+
 Input is read by a small thread straight from the file descriptor, so the event loop stays
 free while the user types: the engine keeps reconnecting to a lost cloud in the background.
 """
@@ -67,9 +74,11 @@ class ChatSession:
         self.system = system
         self.options = options
         self.history: list[dict] = []
+        self.unverified: tuple[list[int], list[int], dict] | None = None  # (prompt, answer ids, options)
         self.reset()
 
     def reset(self) -> None:
+        self.unverified = None
         self.history = [{"role": "system", "content": self.system}] if self.system else []
 
     def context_tokens(self) -> int:
@@ -103,23 +112,48 @@ class ChatSession:
 
     async def answer(self, text: str) -> None:
         """Streams the answer to `text` to stdout, then the stats line; keeps the turn in history."""
+        await self.check_last_answer()
         messages, prompt_ids = await self._fitting_prompt(text)
         generation = Generation(self.tandem.mode)
-        parts = []
+        shown = ""
         async with contextlib.aclosing(self.tandem.deltas(prompt_ids, generation, **self.options)) as deltas:
             async for delta in deltas:
-                parts.append(delta.text)
+                if delta.rewind_to is not None:
+                    shown = shown[:delta.rewind_text_to]
+                    _write(f"\n↺ the cloud is back: rewritten from token {delta.rewind_to}:\n…{shown[-40:]}")
+                    continue
+                shown += delta.text
                 _write(delta.text)
         _write("\n")
-        self.history = [*messages, {"role": "assistant", "content": "".join(parts)}]
+        self.history = [*messages, {"role": "assistant", "content": shown}]
+        if generation.provisional_from is not None:  # it ended while the cloud was away: check it later
+            options = {**self.options, "seed": generation.seed if generation.seed is not None else self.options["seed"]}
+            self.unverified = (prompt_ids, list(generation.token_ids), options)
         if generation.degraded:
             _write(notice(generation) + "\n")
         _write(stats_line(generation, len(prompt_ids)) + "\n")
 
+    async def check_last_answer(self) -> None:
+        """Checks the last answer if the local model finished it offline and the cloud is back; an
+        answer that differs is replaced in the conversation by the cloud model's."""
+        if self.unverified is None or not self.tandem.engine.cloud.up:
+            if self.unverified is not None:
+                _write("(the last answer is still unverified: the cloud is away; this one is local too)\n")
+            return
+        prompt_ids, answer_ids, options = self.unverified
+        self.unverified = None
+        check = await self.tandem.verify(prompt_ids, answer_ids, **options)
+        if check.exact:
+            _write("✓ the last answer is verified exact\n")
+            return
+        _write(f"! the last answer {check.state}; the cloud model's answer:\n{check.text}\n")
+        self.history[-1] = {"role": "assistant", "content": check.text}
+
 
 def notice(generation: Generation) -> str:
     where = "" if generation.fallback_at == 0 else f" from token {generation.fallback_at} on"
-    return (f"! cloud unreachable: the local model alone wrote this answer{where}; reconnecting in the "
+    later = "; it is checked when the cloud is back" if generation.provisional_from is not None else ""
+    return (f"! cloud unreachable: the local model alone wrote this answer{where}{later}; reconnecting in the "
             f"background. [{generation.fallback_reason}]")
 
 
@@ -138,7 +172,7 @@ async def _chat(args: argparse.Namespace) -> int:
 
     require_extra("edge", "tandem chat")
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed)
+                   top_p=args.top_p, seed=args.seed, offline="rewind")
     async with AsyncTandemClient(config=EdgeConfig.from_args(args)) as tandem:
         session = ChatSession(tandem, args.system, options)
         cloud = tandem.cloud_status

@@ -97,14 +97,17 @@ class DraftTail:
         self.dists.append(dist)
         return True
 
-    def cut_block(self, sent_at: float, with_dists: bool) -> DraftBlock:
+    def cut_block(self, sent_at: float, with_dists: bool, max_drafts: int | None = None) -> DraftBlock:
         """The next block: from the anchor (the last token the cloud knows or will know) to the
-        end of the tail; it is in flight from now on."""
+        end of the tail, or to its first `max_drafts` drafts (the rest stays for later blocks);
+        it is in flight from now on."""
         start = self.sent_upto - 1
-        block = DraftBlock(start_position=start, token_ids=self.tail[start:],
-                           draft_dists=list(self.dists) if with_dists else [])
-        self.dists = []
-        self.sent_upto = len(self.tail)
+        end = len(self.tail) if max_drafts is None else min(len(self.tail), self.drafts_start() + max_drafts)
+        sent = end - self.sent_upto
+        block = DraftBlock(start_position=start, token_ids=self.tail[start:end],
+                           draft_dists=list(self.dists[:sent]) if with_dists else [])
+        self.dists = self.dists[sent:]
+        self.sent_upto = end
         self.in_flight.append(InFlight(block, sent_at))
         return block
 

@@ -8,7 +8,8 @@ A stream that breaks mid-answer (a replica died or drains) is reopened on the ch
 the load balancer or on another address, from the committed tokens (edge/resume.py): the answer
 stays exactly the cloud model's. With fallback on (edge/fallback.py), a hybrid generation whose
 cloud stays unreachable past the timeout continues on the local model from the committed
-tokens, and is marked degraded.
+tokens, and is marked degraded; with `verify_offline` those tokens are provisional instead, and
+verified (or rewound) when the cloud is back within the answer (edge/offline.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import secrets
 import time
@@ -32,6 +34,7 @@ from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_sampling import DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
+from edge.offline import Rewind, Verified, apply_event, verified_offline
 from edge.provenance import Source
 from edge.resume import ResumeWindow
 from edge.generation_stats import GenerationStats
@@ -59,6 +62,10 @@ class GenerationRequest:
     # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
     prompt_text: str = ""
     return_text: bool = False
+    # With fallback: local tokens written while the cloud is away are provisional, verified when it
+    # returns (the consumer takes Rewind events); check_ids: an earlier answer to check (edge/offline.py).
+    verify_offline: bool = False
+    check_ids: list[int] = field(default_factory=list)
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
         """The request as the cloud takes it, resuming after `resume_token_ids` (see
@@ -92,6 +99,10 @@ class Generation:
     fallback_reason: str = ""
     # Which replica served which part: (index in token_ids where its part starts, replica name).
     served_by: list[tuple[int, str]] = field(default_factory=list)
+    # verify_offline: token_ids[provisional_from:] are provisional (None: every token is verified);
+    # rewinds lists the positions the answer was rewound to.
+    provisional_from: int | None = None
+    rewinds: list[int] = field(default_factory=list)
 
     def served(self, replica: str | None, from_token: int) -> None:
         if replica is not None and (not self.served_by or self.served_by[-1][1] != replica):
@@ -244,9 +255,12 @@ class EdgeEngine:
         return dataclasses.replace(request, sampling=dataclasses.replace(s, seed=secrets.randbits(63)))
 
     async def generate(self, request: GenerationRequest, mode: Mode, generation: Generation | None = None
-                       ) -> AsyncIterator[list[int]]:
+                       ) -> AsyncIterator[list[int] | Verified | Rewind]:
         """Yields newly generated token ids, chosen alike (see `generation.sources`); `generation`
-        (if given) collects ids, their sources, finish and stats."""
+        (if given) collects ids, their sources, finish and stats.
+
+        With request.verify_offline it also yields Verified (provisional tokens confirmed) and Rewind
+        (token_ids[position:] retracted; generation.token_ids is already cut when it is yielded)."""
         if not request.prompt_token_ids and not request.prompt_text:
             raise InvalidArgument("the prompt is empty")
         if mode != Mode.CLOUD and (self.drafter is None or not request.prompt_token_ids):
@@ -257,13 +271,22 @@ class EdgeEngine:
         request = self.with_seed(request)
         generation.seed = None if request.sampling.greedy else request.sampling.seed
         hybrid = self._hybrid_or_local if self.fallback.enabled else self._hybrid
+        if self.fallback.enabled and request.verify_offline:
+            hybrid = functools.partial(verified_offline, self)
         run = {Mode.HYBRID: hybrid, Mode.CLOUD: self._cloud, Mode.EDGE: self._edge}[mode]
         # aclosing: a consumer that stops early (a stop string, a client gone) closes the whole
         # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
         # Cloud-only generations need no draft model, so any number of them run at once.
         drafting = self._draft_context() if mode != Mode.CLOUD else contextlib.nullcontext()
         async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
-            async for source, new in tokens:
+            async for item in tokens:
+                if isinstance(item, (Verified, Rewind)):
+                    apply_event(generation, item)
+                    yield item
+                    continue
+                source, new = item
+                if source == Source.PROVISIONAL and generation.provisional_from is None:
+                    generation.provisional_from = len(generation.token_ids)
                 generation.token_ids += new
                 generation.sources += [source] * len(new)
                 yield new
@@ -326,8 +349,13 @@ class EdgeEngine:
         """How long a broken answer keeps looking for a replica: the fallback timeout, else the connect timeout."""
         return ResumeWindow(self.fallback.timeout_s if self.fallback.enabled else self.client.connect_timeout_s)
 
-    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
-        """Speculate streams, one per replica the answer passes through; each resumes where the last broke."""
+    async def _hybrid(self, request: GenerationRequest, generation: Generation, drafter,
+                      committed: list[int] | None = None, provisional: Callable[[], list[int]] | None = None
+                      ) -> AsyncIterator[Piece]:
+        """Speculate streams, one per replica the answer passes through; each resumes where the last broke.
+
+        committed: the answer's tokens the cloud already chose (an answer resumed after an outage);
+        provisional() the local model's tokens after them, to verify first (edge/offline.py)."""
         info = self.cloud_info or await self.connect()
         config = self._fit(info)
         timeout = self.fallback.timeout_s if self.fallback.enabled else None
@@ -335,12 +363,13 @@ class EdgeEngine:
         def speculate(committed: list[int], connect_timeout_s: float | None) -> SpeculativeRun:
             session = request.to_wire(committed).session_open(
                 tokenizer_fingerprint=drafter.fingerprint, draft_model_name=drafter.name, draft_mode=request.draft_mode)
+            drafts = provisional() if provisional is not None and request.draft_mode != DraftMode.SPARSE_Q else []
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
-                                 response_timeout_s=timeout)
+                                 response_timeout_s=timeout, provisional=drafts)
             run.stop_ids |= set(info.eos_token_ids)
             return run
 
-        async with contextlib.aclosing(self._resuming(speculate, generation)) as pieces:
+        async with contextlib.aclosing(self._resuming(speculate, generation, committed=committed)) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -371,13 +400,14 @@ class EdgeEngine:
             async for piece in pieces:
                 yield piece
 
-    async def _resuming(self, open_stream, generation: Generation, resumable: bool = True) -> AsyncIterator[Piece]:
+    async def _resuming(self, open_stream, generation: Generation, resumable: bool = True,
+                        committed: list[int] | None = None) -> AsyncIterator[Piece]:
         """The answer over one stream after another: `open_stream(committed, connect_timeout_s)`
         opens a stream (a SpeculativeRun or a _GenerateRun) that continues after `committed`;
         a stream that breaks before the finish is reopened within the resume window."""
         stats = generation.stats
         window = self._resume_window()
-        committed: list[int] = []
+        committed = list(committed or [])
         broke_at = None  # perf_counter() of the break the next stream resumes
         while True:
             run = open_stream(list(committed), window.remaining_s())

@@ -38,6 +38,15 @@ class GenerationStats:
     shadow_checked: int = 0
     shadow_agreed: int = 0
     pays: dict = field(default_factory=dict)
+    # Offline-first (edge/offline.py): tokens the local model wrote provisionally while the cloud was
+    # away, those the target later confirmed and those it rewrote, rewinds, the cloud's returns within
+    # the answer, and the time from each return to the first token the resumed session committed.
+    provisional: int = 0
+    provisional_accepted: int = 0
+    provisional_rewritten: int = 0
+    rewinds: int = 0
+    reconnects_in_answer: int = 0
+    verify_s: float = 0.0
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
     started_at: float = field(default_factory=time.perf_counter, repr=False)
@@ -65,7 +74,8 @@ class GenerationStats:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
                   "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s",
-                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed")
+                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed", "provisional",
+                  "provisional_accepted", "provisional_rewritten", "rewinds", "reconnects_in_answer", "verify_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
@@ -81,6 +91,6 @@ class GenerationStats:
         d.pop("round_trips_s")
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
         d["tokens_per_round"] = round(self.tokens_per_round, 3)
-        for key in ("ttft_s", "elapsed_s", "resume_s"):
+        for key in ("ttft_s", "elapsed_s", "resume_s", "verify_s"):
             d[key] = round(d[key], 4)
         return d

@@ -47,6 +47,17 @@ class EdgeMetrics:
         self.pays_input = Gauge("tandem_edge_drafting_pays_input", "The last hybrid answer's inputs to whether "
                                 "drafting pays (acceptance per draft token; draft, round_trip, verify and cloud_step "
                                 "in seconds)", ["input"], registry=r)
+        # Offline-first (edge/offline.py): what the local model wrote while the cloud was away, what the
+        # returning cloud confirmed or rewrote of it, and how long from its return to the first verified token.
+        self.provisional = Counter("tandem_edge_provisional_tokens", "Tokens written provisionally while the cloud "
+                                   "was away mid-answer (written), and of those, the ones the returning cloud "
+                                   "confirmed (accepted) or replaced (rewritten)", ["outcome"], registry=r)
+        self.rewinds = Counter("tandem_edge_rewinds", "Answers rewound to the first provisional token the "
+                               "returning cloud disagreed with", registry=r)
+        self.verification = Histogram("tandem_edge_verification_seconds", "The cloud seen back mid-answer -> the "
+                                      "first token its resumed session committed", buckets=_RTT_BUCKETS, registry=r)
+        for outcome in ("written", "accepted", "rewritten"):
+            self.provisional.labels(outcome=outcome)
         for outcome in ("agreed", "missed"):
             self.shadow.labels(outcome=outcome)
         for outcome in ("completed", "cancelled", "failed"):
@@ -66,6 +77,12 @@ class EdgeMetrics:
         for seconds in stats.round_trips_s:
             self.round_trip.observe(seconds)
         self._pays(stats)
+        self.provisional.labels(outcome="written").inc(stats.provisional)
+        self.provisional.labels(outcome="accepted").inc(stats.provisional_accepted)
+        self.provisional.labels(outcome="rewritten").inc(stats.provisional_rewritten)
+        self.rewinds.inc(stats.rewinds)
+        if stats.reconnects_in_answer:
+            self.verification.observe(stats.verify_s / stats.reconnects_in_answer)
         if generation.degraded:
             self.fallbacks.labels(at="start" if generation.fallback_at == 0 else "mid_answer").inc()
             if outcome == "completed":

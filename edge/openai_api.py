@@ -251,6 +251,10 @@ class ResponseBuilder:
             out["progress"] = progress
         return self._with_prompt_ids(out)
 
+    def extension_chunk(self, degraded: bool, **fields) -> dict:
+        """A chunk with no choices that carries only extension fields (e.g. `rewind`, edge/serve.py)."""
+        return {**self._envelope(True, [], degraded), **fields}
+
     def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None
                     ) -> dict:
         """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
@@ -294,6 +298,7 @@ def details(completion: Completion) -> dict:
         "served_by": completion.served_by,
         "stats": completion.stats,
         "provenance": completion.provenance,
+        "unverified_from": completion.unverified_from,  # written offline, to check (POST /v1/tandem/verify)
     }
 
 

@@ -19,6 +19,7 @@ class Source(str, enum.Enum):
     ACCEPTED = "accepted"  # drafted locally, accepted by the cloud's verification
     CLOUD = "cloud"  # chosen by the cloud: its first token, a correction or a bonus token
     LOCAL = "local"  # chosen by the local model alone (edge mode, offline fallback): not verified
+    PROVISIONAL = "provisional"  # the local model's while the cloud was away, to be verified when it returns
 
 
 def runs(sources: Iterable[Source]) -> list[dict]:

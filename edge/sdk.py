@@ -13,6 +13,16 @@ stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
 Offline fallback is on by default: when the cloud can't be reached (or drops mid-answer) the
 local model finishes the answer, and `Completion.degraded` / `Delta.degraded` say so. Pass
 `fallback=False` for answers that are exactly the cloud model's or an error (CloudUnavailable).
+
+`offline="rewind"` (deltas() only) makes what the local model writes while the cloud is away
+*provisional* (Delta.source PROVISIONAL), verified when the cloud returns (edge/offline.py): the
+answer then ends exactly as if the cloud had never gone. An app redraws like this: keep the
+answer's text; append each Delta's text; on a Delta with `rewind_to` set, cut the text to
+`rewind_text_to` characters (and the ids to `rewind_to`) before appending what follows, which
+replaces it. A Delta with `verified_to` set says the provisional tokens before that index were the
+cloud model's own (repaint them as exact; their text does not change). `offline="hold"` writes
+the same way but yields no provisional text until it is verified (or the answer ends offline):
+nothing it yields is ever retracted.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from common.stop import StopScanner
 from common.wire import DraftMode, FinishReason, SamplingParams
 from edge.config import EdgeConfig
 from edge.engine import EdgeEngine, Generation, GenerationRequest, Mode
+from edge.offline import Offline, Rewind, Verified
 from edge.provenance import Source, totals
 
 
@@ -48,6 +59,9 @@ class Completion:
     # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
     # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
     served_by: list[dict] = dataclasses.field(default_factory=list)
+    # offline="rewind"/"hold": token_ids[unverified_from:] were written while the cloud was away and the
+    # answer ended before it returned; check them later with AsyncTandemClient.verify.
+    unverified_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,27 @@ class Delta:
     degraded: bool  # produced by the local model alone (offline fallback)
     source: Source | None = None  # who chose token_ids (all alike); None when there are none
     replica: str | None = None  # the cloud replica serving the answer when these tokens arrived
+    # offline="rewind": the answer from token rewind_to (character rewind_text_to of its text) on is
+    # retracted, this Delta's text and ids replace it; verified_to: provisional tokens before it are exact.
+    rewind_to: int | None = None
+    rewind_text_to: int | None = None
+    verified_to: int | None = None
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """An answer the local model finished while the cloud was away, checked once it is back."""
+
+    exact: bool  # every token is the one the cloud model would have chosen
+    differs_at: int | None  # else: the first token index where it would not have
+    differs_at_char: int | None  # and the character of the answer's text where that token began
+    token_ids: list[int]  # the cloud model's answer (the checked one when exact)
+    text: str
+    stats: dict
+
+    @property
+    def state(self) -> str:
+        return "verified exact" if self.exact else f"differs from position {self.differs_at}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,7 @@ class GenerateOptions:
     stop_token_ids: tuple[int, ...] = ()
     draft_mode: str = "ids"  # "ids" (token ids only on the wire) or "sparse" (drafts carry top-k q)
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
+    offline: str = "degrade"  # while the cloud is away: "degrade", "rewind" or "hold" (edge/offline.py)
 
     @property
     def stop_strings(self) -> list[str]:
@@ -152,12 +188,34 @@ class AsyncTandemClient:
         Pass `generation` to read token ids, finish reason, stats and fallback state after. With
         stop strings, its token_ids end with the token that completed the stop string.
         """
-        async with contextlib.aclosing(self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation,
-                                                    options)) as deltas:
+        generation = generation or Generation(self.mode)
+        deltas = self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation, options)
+        if options.get("offline") == Offline.HOLD.value:
+            deltas = held(deltas, generation)
+        async with contextlib.aclosing(deltas) as deltas:
             async for delta in deltas:
                 yield delta
 
-    async def _deltas(self, prompt: dict, generation: Generation | None, options: dict) -> AsyncIterator[Delta]:
+    async def verify(self, prompt_token_ids: list[int], answer_token_ids: list[int], **options) -> AnswerCheck:
+        """Checks an answer written offline (Completion.degraded) against the cloud model, as a history
+        prefix: verified exact, or where it differs and the cloud model's answer from there on. Pass
+        the answer's options again (sampled: its seed, Completion.seed). CloudUnavailable while it is away.
+        Stop strings are not applied: the answer's ids already end where it stopped."""
+        generation = Generation(Mode.HYBRID)
+        text, differs_at_char = "", None
+        async with contextlib.aclosing(self._deltas(dict(prompt_token_ids=list(prompt_token_ids)), generation,
+                                                    {**options, "offline": Offline.REWIND.value, "stop": ()},
+                                                    check_ids=list(answer_token_ids))) as deltas:
+            async for delta in deltas:
+                if delta.rewind_to is not None and differs_at_char is None:
+                    differs_at_char = delta.rewind_text_to
+                text = text[:delta.rewind_text_to] if delta.rewind_to is not None else text + delta.text
+        exact = not generation.rewinds
+        return AnswerCheck(exact, None if exact else generation.rewinds[0], differs_at_char,
+                           list(generation.token_ids), text, generation.stats.as_dict())
+
+    async def _deltas(self, prompt: dict, generation: Generation | None, options: dict,
+                      check_ids: list[int] | None = None) -> AsyncIterator[Delta]:
         """deltas() for a tokenized prompt, or (no local model: the thin client) for prompt_text,
         with the text rendered by the cloud."""
         await self.start()
@@ -166,6 +224,7 @@ class AsyncTandemClient:
             raise ValueError(f"draft_mode must be 'ids' or 'sparse', not {opts.draft_mode!r}")
         if opts.seed is not None and not 0 <= opts.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2^64), got {opts.seed}")
+        offline = Offline(opts.offline)
         cloud_text = self.engine.drafter is None
         request = GenerationRequest(
             **prompt,
@@ -175,6 +234,8 @@ class AsyncTandemClient:
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,
+            verify_offline=offline.verifies,
+            check_ids=list(check_ids or []),
         )
         generation = generation or Generation(self.mode)
         detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)
@@ -183,6 +244,18 @@ class AsyncTandemClient:
         rendered = 0  # of generation.text (cloud_text)
         async with contextlib.aclosing(self.engine.generate(request, self.mode, generation)) as tokens:
             async for new in tokens:
+                if isinstance(new, Verified):
+                    yield Delta("", [], generation.degraded, new.source, generation.replica,
+                                verified_to=new.start + new.count)
+                    continue
+                if isinstance(new, Rewind):
+                    # The text shown for the ids kept, through fresh detokenizer and stop scanner
+                    # that then go on from there: an incremental decoding's text only ever grows.
+                    detok, stops = IncrementalDetokenizer(self.engine.drafter.token_bytes), StopScanner(opts.stop_strings)
+                    kept = stops.push(detok.push(generation.token_ids))
+                    yield Delta("", [], generation.degraded, replica=generation.replica, rewind_to=new.position,
+                                rewind_text_to=len(kept))
+                    continue
                 source = generation.sources[-1]  # the engine yields tokens chosen alike
                 ids, text = [], ""
                 if cloud_text:  # the cloud stops at a stop string itself: `new` is one token
@@ -212,19 +285,34 @@ class AsyncTandemClient:
         """Yields text deltas; options are GenerateOptions fields. Pass `generation` to read stats after."""
         await self.start()
         options = dict(options)
+        if options.get("offline") == Offline.REWIND.value:
+            raise ValueError('stream() yields text only and cannot retract it: use deltas() for offline="rewind", '
+                             'or offline="hold"')
         chat = options.pop("chat", False)
         if self.engine.drafter is None:  # the cloud tokenizes (and renders the answer)
             prompt_fields = dict(prompt_token_ids=[], prompt_text=self._render(prompt) if chat else prompt)
         else:
             prompt_fields = dict(prompt_token_ids=await asyncio.to_thread(self.encode, prompt, chat))
-        async with contextlib.aclosing(self._deltas(prompt_fields, generation, options)) as deltas:
+        generation = generation or Generation(self.mode)
+        deltas = self._deltas(prompt_fields, generation, options)
+        if options.get("offline") == Offline.HOLD.value:
+            deltas = held(deltas, generation)
+        async with contextlib.aclosing(deltas) as deltas:
             async for delta in deltas:
                 if delta.text:
                     yield delta.text
 
     async def complete(self, prompt: str, **options) -> Completion:
+        """The whole answer; with offline="rewind" it is the text after every rewind."""
         generation = Generation(self.mode)
-        text = "".join([delta async for delta in self.stream(prompt, generation, **options)])
+        if options.get("offline") != Offline.REWIND.value:
+            text = "".join([delta async for delta in self.stream(prompt, generation, **options)])
+            return completion_of(text, generation)
+        options = dict(options)
+        ids = await asyncio.to_thread(self.encode, prompt, options.pop("chat", False))
+        text = ""
+        async for delta in self.deltas(ids, generation, **options):
+            text = text[:delta.rewind_text_to] if delta.rewind_to is not None else text + delta.text
         return completion_of(text, generation)
 
     async def complete_n(self, prompt: str, n: int, **options) -> list[Completion]:
@@ -243,10 +331,33 @@ class AsyncTandemClient:
         return {"address": self.engine.client.address, **self.engine.cloud.as_dict()}
 
 
+async def held(deltas: AsyncIterator[Delta], generation: Generation) -> AsyncIterator[Delta]:
+    """offline="hold": the rewinding deltas with provisional text held back until verified.
+
+    Text is released only while no token is provisional (generation.provisional_from is None) and
+    at the end, so a rewind always falls within text not yet released.
+    """
+    text, ids, shown_text, shown_ids = "", [], 0, 0
+    last = None
+    async for delta in deltas:
+        if delta.rewind_to is not None:
+            text, ids = text[:delta.rewind_text_to], ids[:delta.rewind_to]
+            assert len(text) >= shown_text and len(ids) >= shown_ids, "a rewind into text already shown"
+            continue
+        text, ids, last = text + delta.text, ids + delta.token_ids, delta
+        if generation.provisional_from is None and (len(text) > shown_text or len(ids) > shown_ids):
+            yield dataclasses.replace(delta, text=text[shown_text:], token_ids=ids[shown_ids:], verified_to=None)
+            shown_text, shown_ids = len(text), len(ids)
+    if last is not None and (len(text) > shown_text or len(ids) > shown_ids):  # ended offline: provisional
+        yield dataclasses.replace(last, text=text[shown_text:], token_ids=ids[shown_ids:], degraded=generation.degraded,
+                                  verified_to=None)
+
+
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation),
+                      generation.provisional_from)
 
 
 def served_by_of(generation: Generation) -> list[dict]:

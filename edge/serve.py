@@ -72,6 +72,14 @@ class ServeConfig:
     api_key: str | None = setting(None, "require this key of the chat page and the API (Authorization: Bearer "
                                         "KEY; in a browser, open /?key=KEY once); for use with a --host other "
                                         "than loopback", env="API_KEY", metavar="KEY", group=HTTP)
+    # What a client that sets no `offline` in its request gets while the cloud is away (edge/offline.py).
+    offline: str = setting("degrade", "while the cloud is away mid-answer: degrade (stream the local model's text "
+                                      "and mark the answer degraded) or hold (write it provisionally, stream it "
+                                      "only once the returning cloud verified it, or at the end of an answer "
+                                      "that finished offline: nothing streamed is ever retracted). A request may "
+                                      "set \"offline\": \"rewind\" (the chat page does): provisional text is "
+                                      "streamed and retracted by `rewind` events (default %(default)s)",
+                           env="OFFLINE", choices=("degrade", "hold"), group=HTTP)
 
     @property
     def page_url(self) -> str:
@@ -120,6 +128,7 @@ class OpenAIServer:
         app.router.add_static("/ui/", WEB_DIR)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/tandem/verify", self.verify_answer)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/health", self.health)
@@ -182,12 +191,41 @@ class OpenAIServer:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_chat(await _json_body(request), self.config.default_max_tokens)
+        body = await _json_body(request)
+        parsed = parse_chat(body, self.config.default_max_tokens)
         prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
-        return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids))
+        return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids),
+                                  self._offline(body, parsed.params.stream))
+
+    async def verify_answer(self, request: web.Request) -> web.Response:
+        """Checks an answer written while the cloud was away (the `tandem.unverified_from` of its last
+        chunk), with the request that produced it plus its `answer_token_ids`: 503 while the cloud is
+        still away, else {state: "verified exact" | "differs from position N", ...} and the cloud
+        model's answer (edge/offline.py)."""
+        from aiohttp import web
+        body = await _json_body(request)
+        parsed = parse_chat(body, self.config.default_max_tokens)
+        answer = body.get("answer_token_ids")
+        vocab = self.tandem.engine.drafter.vocab_size
+        if not isinstance(answer, list) or not answer or not all(type(t) is int and 0 <= t < vocab for t in answer):
+            raise ApiError(400, "`answer_token_ids` must be the answer's token ids (as its chunks' token_ids gave "
+                                "them)", "answer_token_ids")
+        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
+        check = await self.tandem.verify(prompt_ids, answer, **parsed.params.generate_options())
+        return web.json_response({"state": check.state, "exact": check.exact, "differs_at": check.differs_at,
+                                  "differs_at_char": check.differs_at_char, "token_ids": check.token_ids,
+                                  "text": check.text, "stats": check.stats})
+
+    def _offline(self, body: object, stream: bool) -> str:
+        """The request's `offline` extension, else --offline; "rewind" only where a stream can carry it."""
+        offline = body.get("offline", self.config.offline) if isinstance(body, dict) else self.config.offline
+        if offline not in ("degrade", "hold", "rewind"):
+            raise ApiError(400, "`offline` must be \"degrade\", \"hold\" or \"rewind\"", "offline")
+        return "hold" if offline == "rewind" and not stream else offline  # a whole response has nothing to retract
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_completion(await _json_body(request), self.config.default_max_tokens)
+        body = await _json_body(request)
+        parsed = parse_completion(body, self.config.default_max_tokens)
         if isinstance(parsed.prompt, str):
             prompt_ids = await asyncio.to_thread(self.tandem.encode, parsed.prompt)
         else:
@@ -196,11 +234,14 @@ class OpenAIServer:
                 raise ApiError(400, f"`prompt` has token id {max(parsed.prompt)} outside the vocabulary "
                                     f"[0, {vocab})", "prompt")
             prompt_ids = list(parsed.prompt)
-        return await self._answer(request, ResponseBuilder(False, self.config.model_name, parsed.params, prompt_ids))
+        return await self._answer(request, ResponseBuilder(False, self.config.model_name, parsed.params, prompt_ids),
+                                  self._offline(body, parsed.params.stream))
 
-    async def _answer(self, request: web.Request, builder: ResponseBuilder) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, builder: ResponseBuilder, offline: str = "degrade"
+                      ) -> web.StreamResponse:
         generation = Generation(self.tandem.mode)
-        deltas = self.tandem.deltas(builder.prompt_token_ids, generation, **builder.params.generate_options())
+        deltas = self.tandem.deltas(builder.prompt_token_ids, generation, **builder.params.generate_options(),
+                                    offline=offline)
         self.counts.active += 1
         try:
             async with contextlib.aclosing(deltas):
@@ -245,8 +286,18 @@ class OpenAIServer:
                                                **_fallback_headers(generation)})
         await response.prepare(request)
         text, unsent_ids, unsent_sources, finished = [], [], [], True
+        sent_ids = 0  # ids that went out in chunks
         try:
             while delta is not None:
+                if delta.rewind_to is not None or delta.verified_to is not None:
+                    if delta.rewind_to is not None:  # the text and ids from there on are replaced
+                        text = _cut("".join(text), delta.rewind_text_to)
+                        keep = max(0, delta.rewind_to - sent_ids)
+                        unsent_ids, unsent_sources = unsent_ids[:keep], unsent_sources[:keep]
+                        sent_ids = min(sent_ids, delta.rewind_to)
+                    await _send_event(response, builder.extension_chunk(delta.degraded, **_offline_event(delta)))
+                    delta = await anext(deltas, None)
+                    continue
                 unsent_ids += delta.token_ids
                 unsent_sources += [delta.source] * len(delta.token_ids)
                 if delta.text:
@@ -254,6 +305,7 @@ class OpenAIServer:
                     await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded,
                                                               runs(unsent_sources),
                                                               progress(generation.stats.as_dict())))
+                    sent_ids += len(unsent_ids)
                     unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
@@ -267,6 +319,18 @@ class OpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response, finished
+
+
+def _cut(text: str, length: int) -> list[str]:
+    return [text[:length]] if length else []
+
+
+def _offline_event(delta: Delta) -> dict:
+    """The `rewind` or `verified` extension of a chunk (offline "rewind", edge/offline.py): a client
+    cuts its text to `to_char` characters (its ids to `to_token`) and appends what follows."""
+    if delta.rewind_to is not None:
+        return {"rewind": {"to_token": delta.rewind_to, "to_char": delta.rewind_text_to}}
+    return {"verified": {"to_token": delta.verified_to, "source": delta.source.value}}
 
 
 def _fallback_headers(generation: Generation) -> dict[str, str]:

@@ -24,6 +24,7 @@ Meanwhile the draft predicts the tokens the cloud streams (a *shadow* acceptance
 wire), and drafting resumes once it would pay again. Every token is still the cloud's own choice at
 its position, so greedy and ids-only sampled answers do not depend on which mode produced them.
 Sparse-q sampling never switches: its realized sample depends on where blocks end.
+Provisional tokens (edge/offline.py) become the tail's first drafts, sent in bounded blocks.
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
-                 stats: GenerationStats | None = None, response_timeout_s: float | None = None):
-        """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
+                 stats: GenerationStats | None = None, response_timeout_s: float | None = None,
+                 provisional: list[int] | None = None):
+        """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives).
+        provisional: tokens the local model wrote after the resumed ones (edge/offline.py). Once the
+        cloud's first token equals the first of them, the rest are the tail's drafts, sent in blocks
+        of draft_tokens whether drafting pays or not (they cost nothing to draft)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -100,6 +105,9 @@ class SpeculativeRun:
         self._shadow_next_at = 0.0
         self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
         self._measured_since: float | None = None  # when the interval of the next verdict began
+        self.provisional = list(provisional or [])
+        self._provisional_epoch: int | None = None  # the tail's epoch while it holds provisional drafts
+        self._provisional_end = 0  # tail length up to the last provisional draft
 
     async def tokens(self) -> AsyncIterator[Piece]:
         """Yields (source, ids): a round's accepted drafts, then the cloud's own token."""
@@ -258,7 +266,8 @@ class SpeculativeRun:
         return self.policy.choose(self.drafter.next_logits(context), len(context), guess)
 
     async def _send_block(self) -> None:
-        block = self.book.cut_block(time.perf_counter(), with_dists=self.policy.sparse)
+        most = self.config.draft_tokens if self._verifying_provisional() else None
+        block = self.book.cut_block(time.perf_counter(), with_dists=self.policy.sparse, max_drafts=most)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self.book.in_flight))
         self.lengths.start_block()
         await self._timed(self.stream.send(block), "room to send")
@@ -271,7 +280,15 @@ class SpeculativeRun:
         self.replica = started.replica
         self.finish = started.finish_reason
         self.stats.mark_tokens(len(new))
+        if self.provisional and new == self.provisional[:1]:
+            for token in self.provisional[1:]:  # verified as drafts, block by block
+                self.book.append(self.book.epoch, token)
+            self._provisional_epoch, self._provisional_end = self.book.epoch, len(self.book.tail)
         return new
+
+    def _verifying_provisional(self) -> bool:
+        """Whether provisional drafts are still to be sent (no rejection has reset the tail since)."""
+        return self.book.epoch == self._provisional_epoch and self.book.sent_upto < self._provisional_end
 
     def _apply_verdict(self, verdict: Verdict) -> list[Piece]:
         judged = self.book.judge(verdict)
@@ -353,8 +370,9 @@ class SpeculativeRun:
     # --- never slower than cloud-only (issue 19; edge/drafting_pays.py, edge/cloud_decode.py) ------
 
     def _drafting_now(self) -> bool:
-        """Whether blocks may be drafted and sent: the switch says draft and no decode request is out."""
-        return not self._cloud_alone() and not self.decodes.in_flight
+        """Whether blocks may be drafted and sent: the switch says draft and no decode request is out
+        (provisional drafts are sent in any case: they are written already)."""
+        return self._verifying_provisional() or (not self._cloud_alone() and not self.decodes.in_flight)
 
     def _cloud_alone(self) -> bool:
         """Whether the cloud should decode alone: drafting does not pay, the draft is out of context,

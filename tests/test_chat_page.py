@@ -71,7 +71,8 @@ def test_page_answer_is_the_apis_and_its_shading_counts_the_stream(driver, serve
     assert driver.title == "Tandem chat"
     assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#legend .swatch")] == [
         "drafted locally, accepted by the cloud", "chosen by the cloud (first token, correction, bonus)",
-        "local model alone: cloud unreachable"]
+        "local model alone: cloud unreachable", "local model while the cloud is away: checked when it is back",
+        "replaced by the cloud model"]
     page.wait_cloud_state("up")
     page.settings(**SETTINGS)
     page.send(QUESTION)
@@ -170,7 +171,8 @@ def test_cloud_killed_mid_answer_completes_degraded(driver, tiny_models, tiny_dr
             assert "degraded" in answer.get_attribute("class").split()
             assert "degraded" in answer.find_element(By.CSS_SELECTOR, ".meta").text
             counts = page.token_counts(answer)
-            assert counts.get("local", 0) > 0 and counts.get("accepted", 0) + counts.get("cloud", 0) >= 8
+            # The page asks for offline "rewind": what the local model wrote is provisional (the cloud stays dead).
+            assert counts.get("provisional", 0) > 0 and counts.get("accepted", 0) + counts.get("cloud", 0) >= 8
             page.wait_cloud_state("down")
             assert page.find("#live-cloud").text == "down"
             assert server.health()["requests"]["degraded"] == 1
@@ -272,3 +274,35 @@ def test_screenshot_of_a_real_answer(driver, tmp_path):
             assert path.stat().st_size > 10_000
     finally:
         drafter.close()
+
+
+def test_an_answer_written_offline_is_checked_on_the_page_when_the_cloud_is_back(driver, tiny_cloud, tiny_drafter,
+                                                                                 client):
+    """The cloud is away for a whole answer and back before the next turn: the answer shows as
+    provisional, then the page has it checked: "verified exact", or "differs from position N" with
+    the replaced text struck through (a tooltip says why) and the cloud model's answer after it,
+    which the conversation keeps. Either way the text is then the API's answer for that request."""
+    host, port = tiny_cloud.address.rsplit(":", 1)
+    with RelayThread((host, int(port)), LinkConfig(one_way_delay_s=600.0)) as relay, \
+            LocalServer(tiny_drafter("noisy"), f"127.0.0.1:{relay.port}",
+                        FallbackConfig(timeout_s=1.0, retry_min_s=0.1, retry_max_s=0.5)) as server:
+        page = ChatPage(driver, server.page_url).open()
+        page.settings(temperature=0, max_tokens=30, seed="", system="Answer briefly.")
+        page.send(QUESTION)
+        answer = page.wait_finished()
+        assert "provisional" in answer.find_element(By.CSS_SELECTOR, ".meta").text
+        assert page.token_counts(answer).get("provisional", 0) > 0
+        relay.set_config(LinkConfig())
+        relay.drop_connections()
+        page.wait_cloud_state("up")
+        page.wait(lambda d: "verified exact" in answer.find_element(By.CSS_SELECTOR, ".meta").text
+                  or "differs from position" in answer.find_element(By.CSS_SELECTOR, ".meta").text,
+                  60, "the check of the offline answer")
+        meta = answer.find_element(By.CSS_SELECTOR, ".meta").text
+        replaced = answer.find_elements(By.CSS_SELECTOR, "span.src-replaced")
+        assert bool(replaced) == ("differs from position" in meta)
+        assert all("cloud model" in span.get_attribute("title") for span in replaced)
+        assert page.token_counts(answer).get("provisional", 0) == 0
+        assert "degraded" not in answer.get_attribute("class").split()
+        expected = client.chat.completions.create(**api_request(QUESTION, 0, 30, "Answer briefly."))
+        assert page.history()[-1] == {"role": "assistant", "content": expected.choices[0].message.content}

@@ -101,3 +101,33 @@ def test_unreachable_cloud_gives_a_notice_and_a_local_answer(chat):
     child.expect_exact(PROMPT)
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+def test_an_answer_written_offline_is_checked_before_the_next_turn(chat, tiny_cloud):
+    """The cloud is away for a whole answer and back before the next message: the answer is marked,
+    then checked as a history prefix before the next one is answered (hybrid again)."""
+    import time
+
+    from bench.relay import LinkConfig, RelayThread
+
+    host, port = tiny_cloud.address.rsplit(":", 1)
+    with RelayThread((host, int(port)), LinkConfig(one_way_delay_s=600.0)) as relay:
+        child = chat("--cloud", f"127.0.0.1:{relay.port}", "--fallback-timeout", "1", "--max-tokens", "16")
+        child.expect(r"tandem chat: .*\(down\)")
+        child.expect_exact(PROMPT)
+        child.sendline("Hi")
+        child.expect_exact("it is checked when the cloud is back")
+        child.expect(STATS)
+        assert child.match.group(1) == "local"
+        relay.set_config(LinkConfig())
+        relay.drop_connections()
+        time.sleep(4.0)  # the background probe (every <= 2 s) finds the cloud back
+        child.expect_exact(PROMPT)
+        child.sendline("Tell me more")
+        child.expect(r"(✓ the last answer is verified exact|! the last answer differs from position \d+; "
+                     r"the cloud model's answer:)")
+        child.expect(STATS)
+        assert child.match.group(1) == "hybrid"
+        child.expect_exact(PROMPT)
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)

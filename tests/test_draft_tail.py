@@ -205,3 +205,19 @@ def test_scripted_pipelined_exchange_keeps_counts_consistent():
     assert stale + sum(f.doomed for f in book.in_flight) == doomed_at_resets
     assert resets > 0 and stale > 0  # the script exercised both
     assert book.committed == PROMPT + committed_by_verdicts
+
+
+def test_a_long_tail_is_cut_into_blocks_of_at_most_max_drafts():
+    """Provisional tokens (edge/offline.py) fill the tail at once; they go out in bounded blocks,
+    each later one carrying the guess of the bonus token the block before brings."""
+    book = started()
+    draft(book, *range(20, 30))
+    first = book.cut_block(0.0, with_dists=False, max_drafts=4)
+    assert first.start_position == 3 and first.token_ids == [10, 20, 21, 22, 23]
+    second = book.cut_block(0.0, with_dists=False, max_drafts=4)
+    assert second.start_position == 7 and second.token_ids == [23, 24, 25, 26, 27, 28]  # anchor, guess, 4 drafts
+    assert book.pending_drafts() == 0 and book.tail[book.sent_upto:] == [29]
+    book.judge(verdict(first, 4, 24))  # every draft and the guess right
+    judged = book.judge(verdict(second, 4, 29))
+    assert judged.accepted == [25, 26, 27, 28] and not judged.reset
+    assert book.committed == [*PROMPT, 10, *range(20, 30)]

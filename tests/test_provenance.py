@@ -13,7 +13,7 @@ def test_runs_keep_order_and_merge_neighbours():
 
 
 def test_totals_list_every_source():
-    assert totals([]) == {"accepted": 0, "cloud": 0, "local": 0}
+    assert totals([]) == {"accepted": 0, "cloud": 0, "local": 0, "provisional": 0}
     sources = [C, A, A, L, C]
-    assert totals(sources) == {"accepted": 2, "cloud": 2, "local": 1}
+    assert totals(sources) == {"accepted": 2, "cloud": 2, "local": 1, "provisional": 0}
     assert sum(r["tokens"] for r in runs(sources)) == sum(totals(sources).values()) == len(sources)

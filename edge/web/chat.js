@@ -3,6 +3,11 @@
 // uses (POST /v1/chat/completions, streamed as Server-Sent Events) and reads the stream's
 // extensions: `provenance` (who chose each token), `progress` (live counts), `degraded` and
 // the last chunk's `tandem`. GET /health gives the cloud's state between answers.
+// Offline-first: the page asks for `"offline": "rewind"`, so text the local model writes while the
+// cloud is away arrives provisional; a `rewind` chunk cuts the answer back to a position (the cut
+// text stays, struck through, with a tooltip) and `verified` repaints provisional text as exact. An
+// answer that ended offline (`tandem.unverified_from`) is checked (POST /v1/tandem/verify) once the
+// cloud is back, and before the next message is sent: the conversation goes on from exact text.
 (function () {
   const $ = (id) => document.getElementById(id);
   const SETTINGS = ["temperature", "top-p", "max-tokens", "seed", "system-prompt"];
@@ -10,9 +15,10 @@
 
   const chat = {
     history: [],  // [{role, content}] as sent to the API (the system prompt is added per request)
-    answers: [],  // per assistant message: {segments, finish, degraded, tandem, error, stopped}
+    answers: [],  // per assistant message: {segments, tokenIds, finish, degraded, tandem, error, stopped, check}
     controller: null,  // aborts the answer being streamed
     busy: false,
+    checking: null,  // the check of unverified answers under way (a promise)
   };
   window.tandemChat = chat;  // for the curious (and the browser test): the conversation so far
 
@@ -27,7 +33,8 @@
   }
 
   function requestBody() {
-    const body = {model: "tandem", stream: true, messages: [], stream_options: {include_usage: false}};
+    const body = {model: "tandem", stream: true, messages: [], stream_options: {include_usage: false},
+                  offline: "rewind", return_token_ids: true};
     const system = $("system-prompt").value.trim();
     if (system) body.messages.push({role: "system", content: system});
     body.messages.push(...chat.history);
@@ -73,6 +80,7 @@
       const s = answer.tandem.stats;
       parts.push(`${answer.tandem.answered_by} · ${s.tokens} tokens · ${s.tokens_per_s.toFixed(1)} tok/s`);
     }
+    if (answer.check) parts.push(answer.check);
     if (answer.stopped) parts.push("stopped");
     if (answer.error) parts.push("error: " + answer.error);
     const meta = article.querySelector(".meta");
@@ -88,7 +96,46 @@
 
   // -- streaming -----------------------------------------------------------------------------
 
+  // Cuts the answer back to token r.to_token / character r.to_char; what was cut stays, struck through.
+  function rewind(answer, r, title) {
+    const kept = [];
+    let removed = "", chars = 0, tokens = 0;
+    for (const s of answer.segments) {
+      if (s.source === "replaced") { kept.push(s); continue; }
+      const keepChars = Math.max(0, Math.min(s.text.length, r.to_char - chars));
+      const keepTokens = Math.max(0, Math.min(s.tokens, r.to_token - tokens));
+      if (keepChars || keepTokens) kept.push({...s, text: s.text.slice(0, keepChars), tokens: keepTokens});
+      removed += s.text.slice(keepChars);
+      chars += s.text.length;
+      tokens += s.tokens;
+    }
+    if (removed) kept.push({text: removed, source: "replaced", tokens: 0, title});
+    answer.segments = kept;
+    answer.tokenIds = answer.tokenIds.slice(0, r.to_token);
+  }
+
+  function markVerified(answer, upTo, source) {
+    let tokens = 0;
+    for (const s of answer.segments) {
+      if (s.source === "provisional" && tokens + s.tokens <= upTo) s.source = source;
+      tokens += s.tokens;
+    }
+  }
+
+  function answerText(answer) {
+    return answer.segments.filter((s) => s.source !== "replaced").map((s) => s.text).join("");
+  }
+
   function applyChunk(answer, chunk) {
+    if (chunk.rewind) {
+      rewind(answer, chunk.rewind, "written by the local model while the cloud was away; the cloud model " +
+                                   "rewrote the answer from here");
+      return;
+    }
+    if (chunk.verified) {
+      markVerified(answer, chunk.verified.to_token, chunk.verified.source);
+      return;
+    }
     const choice = (chunk.choices || [])[0];
     const text = (choice && choice.delta && choice.delta.content) || "";
     const runs = chunk.provenance || [];
@@ -97,7 +144,8 @@
     runs.forEach((run, i) => answer.segments.push(
       {text: i === runs.length - 1 ? text : "", source: run.source, tokens: run.tokens}));
     if (!runs.length && text) answer.segments.push({text, source: null, tokens: 0});
-    answer.degraded = answer.degraded || Boolean(chunk.degraded);
+    if (choice && choice.token_ids) answer.tokenIds.push(...choice.token_ids);
+    answer.degraded = Boolean(chunk.degraded);
     if (chunk.degraded) showCloud("down");
     if (choice && choice.finish_reason) answer.finish = choice.finish_reason;
     if (chunk.tandem) answer.tandem = chunk.tandem;
@@ -105,12 +153,55 @@
     if (chunk.tandem) showProgress(answer, chunk.tandem.stats);
   }
 
+  // Checks the answers that ended while the cloud was away (when it is back): an answer that differs
+  // is cut where it does and the cloud model's answer follows; the conversation keeps that text.
+  async function checkUnverified() {
+    if (chat.checking) return chat.checking;
+    chat.checking = verifyPending().finally(() => { chat.checking = null; });
+    return chat.checking;
+  }
+
+  async function verifyPending() {
+    for (const answer of chat.answers) {
+      if (!answer.pending) continue;
+      const {request, historyIndex, history} = answer.pending;
+      let result;
+      try {
+        const response = await fetch("/v1/tandem/verify", {
+          method: "POST", headers: {"Content-Type": "application/json"},
+          body: JSON.stringify({...request, stream: false, answer_token_ids: answer.tokenIds}),
+        });
+        if (!response.ok) return;  // the cloud is still away: try again later
+        result = await response.json();
+      } catch (error) {
+        return;
+      }
+      answer.pending = null;
+      if (result.exact) {
+        markVerified(answer, answer.tokenIds.length, "accepted");
+      } else {
+        rewind(answer, {to_token: result.differs_at, to_char: result.differs_at_char},
+               "written by the local model while the cloud was away; the cloud model's answer differs from here");
+        answer.segments.push({text: result.text.slice(result.differs_at_char), source: "cloud",
+                              tokens: result.token_ids.length - result.differs_at});
+        answer.tokenIds = result.token_ids;
+        history[historyIndex] = {role: "assistant", content: answerText(answer)};
+      }
+      answer.degraded = false;
+      answer.check = result.state;
+      renderAnswer(answer.article, answer);
+    }
+  }
+
   async function send(text) {
+    await checkUnverified();  // the next turn goes on from the cloud model's text where it can
     const history = chat.history;  // "New chat" mid-answer starts another; this answer stays here
+    const request = requestBody();
     history.push({role: "user", content: text});
     showUser(text);
     const article = addMessage("assistant");
-    const answer = {segments: [], finish: null, degraded: false, tandem: null, error: null, stopped: false};
+    const answer = {segments: [], tokenIds: [], finish: null, degraded: false, tandem: null, error: null,
+                    stopped: false, check: null, pending: null, article};
     chat.answers.push(answer);
     const controller = new AbortController();
     chat.controller = controller;
@@ -134,9 +225,15 @@
       if (error.name === "AbortError") answer.stopped = true;
       else answer.error = error.message;
     } finally {
-      const content = answer.segments.map((s) => s.text).join("");
+      const content = answerText(answer);
       if (content) history.push({role: "assistant", content});
       else if (!answer.finish) history.pop();  // nothing came back: forget the question too
+      const unverified = answer.tandem && answer.tandem.unverified_from;
+      if (content && unverified !== null && unverified !== undefined) {
+        request.messages.push({role: "user", content: text});
+        answer.pending = {request, historyIndex: history.length - 1, history};
+        answer.check = "provisional: written by the local model while the cloud was away; checked when it is back";
+      }
       if (chat.controller === controller) chat.controller = null;
       renderAnswer(article, answer);
       setBusy(false);
@@ -202,6 +299,7 @@
       // Lost, and the first reconnect attempt still running: reconnecting. Once one failed: down.
       const state = cloud.state === "down" && cloud.failed_reconnects === 0 ? "reconnecting" : cloud.state;
       showCloud(state || "unknown", cloud.last_error || "");
+      if (state === "up" && !chat.busy) checkUnverified();
     } catch (error) {
       showCloud("unknown", "tandem serve is not answering");
     }

@@ -41,6 +41,7 @@
     const node = el("span");
     node.textContent = text;
     if (segment.source) node.className = "src src-" + segment.source;
+    if (segment.title) node.title = segment.title;
     if (!ctx.counted[i] && segment.tokens) {
       node.dataset.source = segment.source;
       node.dataset.tokens = String(segment.tokens);
