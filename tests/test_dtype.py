@@ -116,3 +116,23 @@ def test_the_command_line_refuses_with_the_reason(overflowing_target):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "tandem: error: --dtype fp16" in done.stderr and overflowing_target.name in done.stderr
+
+
+def test_dtype_agreement_bench_counts_and_float64_batching_identity(tmp_path, overflowing_target):
+    """bench/dtype_agreement.py on a tiny real model: consistent counts; at float64 a batched answer is
+    the answer alone, token for token, and blocks agree with one-by-one everywhere."""
+    import json
+
+    from bench import dtype_agreement
+
+    assert dtype_agreement.main(["--model", str(overflowing_target), "--prompts", "3", "--tokens", "6",
+                                 "--dtypes", "float64,bfloat16" if dtypes.cpu_flags() & {"amx_bf16", "avx512_bf16"}
+                                 else "float64,float32", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "dtype_agreement.json").read_text())
+    exact = report["dtypes"]["float64"]
+    assert exact["batched_vs_alone"]["identical"] == exact["batched_vs_alone"]["answers"] == 3
+    blocks = exact["blocks_vs_one_by_one"]
+    assert blocks["agree"] == blocks["positions"] > 0
+    (versus,) = report["vs_alone"].values()
+    assert 0 <= versus["identical"] <= versus["answers"] == 3
+    assert 0 <= versus["tokens_before_first_difference"] <= versus["tokens"] <= 18
