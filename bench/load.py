@@ -48,6 +48,7 @@ class SessionRecord:
     accepted_on_reference: int = 0
     forward_passes: int = 0
     started_s: float = 0.0
+    first_token_s: float = 0.0  # when the first token arrived (bench/capacity.py: time to first token)
     ended_s: float = 0.0
 
 
@@ -85,6 +86,7 @@ async def cloud_session(load: Load, prompt: int) -> SessionRecord:
     async for response in load.stub.Generate(request):
         now = time.monotonic()
         if response.HasField("token_id"):
+            record.first_token_s = record.first_token_s or now
             record.token_ids.append(response.token_id)
             record.gaps_s.append(now - last)
             last = now
@@ -107,7 +109,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     started = (await _answer(call)).started
     tokens = [started.token_id] if started.HasField("token_id") else []
     finished = started.finish_reason
-    last = time.monotonic()
+    last = record.first_token_s = time.monotonic()
     while not finished:
         drafts = []  # the cloud verifies at most max_tokens - len(tokens) - 1 drafts: propose no more
         end = min(len(tokens) + load.draft_tokens, len(reference), load.max_tokens - 1)

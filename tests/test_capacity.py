@@ -1,0 +1,97 @@
+"""The capacity benchmark's service-level search (bench/capacity.py).
+
+find_capacity is driven first by a formula, then through the real scheduler, gRPC service and
+one emulated link per session, against a scripted cloud whose pass time is a function of the
+tokens in the pass: fast up to FAST_TOKENS tokens, slow beyond. Cloud-only decoding puts every
+live session's next token in each pass, so its capacity at the service level is FAST_TOKENS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_engine_protocols import GREEDY, ScriptedTarget, continuation
+
+from bench.capacity import Links, Sample, ServiceLevel, find_capacity, measure_sessions
+from bench.load import Load
+
+LEVEL = ServiceLevel(min_p10_tokens_per_s=8.0, max_p90_ttft_s=2.0)
+
+
+def formula(capacity: int, slow_ttft_above: int | None = None):
+    """A measurement whose sessions each get 40 tok/s up to `capacity` sessions and 4 tok/s beyond."""
+    calls = []
+
+    async def measure(n: int) -> Sample:
+        calls.append(n)
+        rate = 40.0 if n <= capacity else 4.0
+        ttft = 3.0 if slow_ttft_above is not None and n > slow_ttft_above else 0.1
+        return Sample(n, [rate] * n, [ttft] * n)
+
+    return measure, calls
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 2, 5, 17, 64, 100])
+def test_the_search_finds_a_known_capacity(capacity):
+    measure, calls = formula(capacity)
+    found, samples = asyncio.run(find_capacity(measure, LEVEL, most=100))
+    assert found == capacity
+    assert [s.sessions for s in samples] == sorted(set(calls))  # each count measured once
+    assert len(calls) <= 2 * 7 + 1  # a doubling ramp and a bisection, not a sweep
+
+
+def test_time_to_first_token_bounds_capacity_too():
+    measure, _ = formula(capacity=50, slow_ttft_above=9)
+    assert asyncio.run(find_capacity(measure, LEVEL, most=128))[0] == 9
+
+
+def test_failed_sessions_fail_the_level():
+    async def measure(n: int) -> Sample:
+        return Sample(n, [40.0] * n, [0.1] * n, failed=int(n > 3))
+
+    assert asyncio.run(find_capacity(measure, LEVEL, most=64))[0] == 3
+
+
+FAST_TOKENS, FAST_S, SLOW_S = 4, 0.02, 0.3
+
+
+class PacedTarget(ScriptedTarget):
+    """The scripted target, with a forward pass that takes FAST_S up to FAST_TOKENS tokens, else SLOW_S."""
+
+    def forward_batch(self, pool, segments):
+        tokens = sum(len(s.token_ids) for s in segments)
+        time.sleep(FAST_S if tokens <= FAST_TOKENS else SLOW_S)
+        return super().forward_batch(pool, segments)
+
+
+def test_the_search_finds_the_scripted_clouds_capacity():
+    """Through the real cloud: at most FAST_TOKENS sessions decode at >= 1/FAST_S-ish tokens/s each;
+    one more puts every pass past FAST_TOKENS tokens (<= 1/SLOW_S tokens/s each), so capacity is
+    FAST_TOKENS; and every output is the scripted target's own."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+
+    prompts = [[5], [9], [17]]  # one token each: a prefill of up to FAST_TOKENS sessions is fast too
+    max_tokens = 10
+    level = ServiceLevel(min_p10_tokens_per_s=10.0, max_p90_ttft_s=2.0)
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, max_kv_mib=4, batch_wait_ms=0),
+                       model=PacedTarget()) as cloud:
+        address = ("127.0.0.1", cloud.running.port)
+        references = [continuation(p, max_tokens, GREEDY) for p in prompts]
+
+        async def search():
+            load = Load(None, prompts, references, max_tokens, 4, 0.0, ScriptedTarget.vocab_size,
+                        ScriptedTarget.fingerprint)
+            links = Links(address, rtt_ms=0)
+            try:
+                return await find_capacity(lambda n: measure_sessions(load, links, "cloud", n), level, most=16)
+            finally:
+                await links.close()
+
+        capacity, samples = asyncio.run(search())
+    assert capacity == FAST_TOKENS, [s.to_json(level) for s in samples]
+    for sample in samples:
+        assert sample.failed == 0 and len(sample.tokens_per_s) == sample.sessions
+        assert sample.extra["identical_to_alone"] == sample.sessions  # exactness under load
