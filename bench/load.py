@@ -110,9 +110,10 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     tokens = [started.token_id] if started.HasField("token_id") else []
     finished = started.finish_reason
     last = record.first_token_s = time.monotonic()
+    cap = load.draft_tokens  # the cloud's goodput cap (Verdict.max_drafts) holds blocks shorter under load
     while not finished:
         drafts = []  # the cloud verifies at most max_tokens - len(tokens) - 1 drafts: propose no more
-        end = min(len(tokens) + load.draft_tokens, len(reference), load.max_tokens - 1)
+        end = min(len(tokens) + cap, len(reference), load.max_tokens - 1)
         # Once the output has left the reference (a flipped argmax at bfloat16), every draft
         # after it continues a text the target is no longer writing: counted apart.
         on_reference = tokens == reference[: len(tokens)]
@@ -123,6 +124,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
             start_position=len(prompt_ids) + len(tokens) - 1, token_ids=[tokens[-1], *drafts])))
         verdict = (await _answer(call)).verdict
         load.verdicts += 1
+        cap = min(load.draft_tokens, verdict.max_drafts) if verdict.HasField("max_drafts") else load.draft_tokens
         now = time.monotonic()
         record.gaps_s.append(now - last)
         last = now

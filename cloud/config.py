@@ -71,6 +71,13 @@ class CloudConfig:
               "sessions the last pass answered to send their next block, so they share passes instead of "
               "splitting into alternating halves; 0 never waits (default %(default)s)", env="BATCH_WAIT_MS",
         group=LIMITS, low=0)
+    goodput_shaping: bool = setting(
+        True, "under load (several sessions verifying, the model busy) send with each verdict a cap on the "
+              "drafts per block: the length that commits the most tokens per second of forward pass "
+              "(cloud/goodput.py); an idle cloud sends none. Never changes an output (default %(default)s)",
+        env="GOODPUT_SHAPING", negatable=True, group=LIMITS)
+    draft_cap: int = setting(0, "send this cap on drafts per block with every verdict, load or not; 0 = goodput "
+                                "shaping decides (default %(default)s)", env="DRAFT_CAP", group=LIMITS, low=0)
     prefix_cache_mb: int = setting(
         256, "memory for KV snapshots of repeated prompts and of finished sessions' histories "
              "(cloud/prefix_cache.py), so sampling N completions of one prompt prefills it once and a chat's "
