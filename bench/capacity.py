@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 
 from bench.load import Load, cloud_session, compare, hybrid_session, percentile
+from edge.client import retry_pushback_s
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 
 
@@ -144,8 +145,12 @@ async def measure_sessions(load: Load, links: Links, mode: str, sessions: int, t
     results = await asyncio.gather(*(one(i) for i in range(sessions)), return_exceptions=True)
     wall = time.monotonic() - started
     records = [r for r in results if not isinstance(r, BaseException)]
+    failures = [r for r in results if isinstance(r, BaseException)]
     errors = sorted({type(r).__name__ + (f" {r.code().name}" if isinstance(r, grpc.RpcError) else "")
-                     for r in results if isinstance(r, BaseException)})
+                     for r in failures})
+    # Refused at the door with a retry hint (RESOURCE_EXHAUSTED + grpc-retry-pushback-ms): not a stall.
+    refused = [retry_pushback_s(r) for r in failures
+               if isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
     rates = [(len(r.token_ids) - 1) / (r.ended_s - r.first_token_s) for r in records
              if len(r.token_ids) > 1 and r.ended_s > r.first_token_s]
     compared = [compare(r.token_ids, load.references[r.prompt]) for r in records]
@@ -155,6 +160,8 @@ async def measure_sessions(load: Load, links: Links, mode: str, sessions: int, t
                                             / max(1, sum(c["length"] for c in compared)), 4)}
     if errors:
         extra["errors"] = errors
+        extra["refused"] = len(refused)
+        extra["refused_with_retry_hint"] = sum(hint is not None for hint in refused)
     if mode == "hybrid":
         drafted = sum(r.drafted for r in records)
         extra["acceptance"] = round(sum(r.accepted for r in records) / drafted, 3) if drafted else 0.0

@@ -95,3 +95,46 @@ def test_the_search_finds_the_scripted_clouds_capacity():
     for sample in samples:
         assert sample.failed == 0 and len(sample.tokens_per_s) == sample.sessions
         assert sample.extra["identical_to_alone"] == sample.sessions  # exactness under load
+
+
+def test_overload_queues_or_refuses_with_a_retry_hint_and_nothing_stalls():
+    """Four times the scripted cloud's capacity at once, against a cloud admitting 2x capacity:
+    every session either gives the target's own output (it queued: passes run at most
+    max_batch_tokens) or is refused at once with RESOURCE_EXHAUSTED and a retry hint; none ends
+    any other way or hangs; live sessions and KV memory stay within their limits throughout."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+
+    prompts, max_tokens, admitted = [[5], [9], [17]], 6, 2 * FAST_TOKENS
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, max_kv_mib=4, batch_wait_ms=0, prefix_cache_mb=0,
+                                   max_sessions=admitted), model=PacedTarget()) as cloud:
+        address, worker = ("127.0.0.1", cloud.running.port), cloud.running.worker
+        references = [continuation(p, max_tokens, GREEDY) for p in prompts]
+        peaks = {"live": 0, "kv": 0}
+
+        async def overload():
+            load = Load(None, prompts, references, max_tokens, 4, 0.0, ScriptedTarget.vocab_size,
+                        ScriptedTarget.fingerprint)
+            links = Links(address, rtt_ms=0)
+
+            async def watch():
+                while True:
+                    peaks["live"] = max(peaks["live"], cloud.live_sessions)
+                    peaks["kv"] = max(peaks["kv"], worker.kv.used_bytes)
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.ensure_future(watch())
+            try:
+                return await measure_sessions(load, links, "cloud", 4 * FAST_TOKENS, timeout_s=60)
+            finally:
+                watcher.cancel()
+                await links.close()
+
+        sample = asyncio.run(overload())
+        assert cloud.live_sessions == 0 and worker.kv.used_bytes == 0  # everything given back
+    served = sample.sessions - sample.failed
+    assert served >= admitted and sample.failed > 0, sample.extra
+    assert sample.extra["errors"] == ["AioRpcError RESOURCE_EXHAUSTED"]  # refused, nothing else (no timeout)
+    assert sample.extra["refused"] == sample.extra["refused_with_retry_hint"] == sample.failed
+    assert sample.extra["identical_to_alone"] == served
+    assert peaks["live"] <= admitted and peaks["kv"] <= worker.kv.capacity_bytes
