@@ -169,9 +169,24 @@ async def measure_sessions(load: Load, links: Links, mode: str, sessions: int, t
                   failed=len(results) - len(records), extra=extra)
 
 
+def rss_mib(pid: int) -> float | None:
+    """A process's resident memory (VmRSS), MiB; None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 async def capacities(load: Load, address: tuple[str, int], level: ServiceLevel, rtts_ms: list[float],
-                     modes: list[str], most: int, progress: Callable[[str], None]) -> list[dict]:
-    """find_capacity for every RTT and mode against one running cloud: one result row each."""
+                     modes: list[str], most: int, progress: Callable[[str], None],
+                     cloud_rss: Callable[[], float | None] = lambda: None, overload_rtts: tuple = (20.0,)
+                     ) -> list[dict]:
+    """find_capacity for every RTT and mode against one running cloud: one result row each. At the
+    RTTs in overload_rtts, twice the capacity runs once more (nothing may stall; the cloud's memory
+    is read before and after)."""
     rows = []
     for rtt in rtts_ms:
         for mode in modes:
@@ -182,13 +197,23 @@ async def capacities(load: Load, address: tuple[str, int], level: ServiceLevel, 
                          f"{sample.p10_tokens_per_s:6.1f} tok/s, p90 TTFT {sample.p90_ttft_s:5.2f} s, "
                          f"{sample.failed} failed -> {'meets' if met else 'FAILS'} the service level")
 
+            row = {"mode": mode, "rtt_ms": rtt}
             try:
+                rss_before = cloud_rss()
                 capacity, samples = await find_capacity(lambda n: measure_sessions(load, links, mode, n),
                                                         level, most, report)
+                row |= {"capacity": capacity, "samples": [s.to_json(level) for s in samples]}
+                if capacity and rtt in overload_rtts:
+                    progress(f"{mode:<6} rtt {rtt:>3g} ms  overload: {2 * capacity} sessions (2x capacity)...")
+                    overload = await measure_sessions(load, links, mode, 2 * capacity)
+                    row["overload"] = overload.to_json(level) | {
+                        "cloud_rss_mib_before_ramp": rss_before, "cloud_rss_mib_after": cloud_rss(),
+                        "slowest_session_tokens_per_s": round(min(overload.tokens_per_s, default=0.0), 2),
+                        "longest_ttft_s": round(max(overload.ttft_s, default=0.0), 2)}
+                    report(overload, level.met(overload))
             finally:
                 await links.close()
-            rows.append({"mode": mode, "rtt_ms": rtt, "capacity": capacity,
-                         "samples": [s.to_json(level) for s in samples]})
+            rows.append(row)
     return rows
 
 
@@ -271,7 +296,8 @@ def run(args) -> int:
                 load, setup = await setup_load(args, f"{address[0]}:{address[1]}", modes)
                 try:
                     load.corrupt_rate = 1.0 - args.acceptance
-                    return await capacities(load, address, level, rtts, modes, args.most_sessions, progress), setup
+                    return await capacities(load, address, level, rtts, modes, args.most_sessions, progress,
+                                            lambda: rss_mib(cloud.popen.pid)), setup
                 finally:
                     await setup["channel"].close()
 

@@ -17,7 +17,17 @@ def table(report: dict) -> str:
                                 f"{s['identical_to_alone']}/{s['sessions']}{'' if s['met'] else '!'}"
                                 for s in row["samples"])
             lines.append(f"{dtype:<9} {row['mode']:<7} {row['rtt_ms']:>6g} {row['capacity']:>8}   {samples}")
-    lines.append("(! marks a count that fails the service level)\n\ntargets:")
+    lines.append("(! marks a count that fails the service level)")
+    for dtype, rows in report["capacity"].items():
+        for row in (r for r in rows if "overload" in r):
+            o = row["overload"]
+            lines.append(f"overload {dtype} {row['mode']} {row['rtt_ms']:g} ms: {o['sessions']} sessions (2x capacity): "
+                         f"{o['sessions'] - o['failed']} served ({o['identical_to_alone']} identical to alone), "
+                         f"{o.get('refused', 0)} refused ({o.get('refused_with_retry_hint', 0)} with a retry hint), "
+                         f"errors {o.get('errors', [])}; slowest {o['slowest_session_tokens_per_s']} tok/s, "
+                         f"longest TTFT {o['longest_ttft_s']} s; cloud RSS {o['cloud_rss_mib_before_ramp']} -> "
+                         f"{o['cloud_rss_mib_after']} MiB")
+    lines.append("\ntargets:")
     for t in report["targets"]:
         lines.append(f"  {t['figure']}: {t['measured']} (target {t['target']})")
     return "\n".join(lines)
