@@ -136,3 +136,19 @@ def test_dtype_agreement_bench_counts_and_float64_batching_identity(tmp_path, ov
     (versus,) = report["vs_alone"].values()
     assert 0 <= versus["identical"] <= versus["answers"] == 3
     assert 0 <= versus["tokens_before_first_difference"] <= versus["tokens"] <= 18
+
+
+def test_pass_sizes_bench_and_its_rule(tmp_path, overflowing_target):
+    """bench/pass_sizes.py runs the cloud's pass at each size; pays_up_to stops where a step gains too little."""
+    import json
+
+    from bench import pass_sizes
+
+    rows = [{"tokens": 9, "tokens_per_s": 70}, {"tokens": 18, "tokens_per_s": 130},
+            {"tokens": 36, "tokens_per_s": 140}, {"tokens": 72, "tokens_per_s": 300}]
+    assert pass_sizes.pays_up_to(rows, 0.10) == 18  # 130 -> 140 is under 10%: stop there
+    assert pass_sizes.main(["--model", str(overflowing_target), "--dtypes", "float32", "--sizes", "9,20",
+                            "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "pass_sizes.json").read_text())
+    assert [r["tokens"] for r in report["dtypes"]["float32"]["rows"]] == [9, 20]
+    assert all(r["ms"] > 0 for r in report["dtypes"]["float32"]["rows"])
