@@ -258,6 +258,26 @@ async def setup_load(args, address: str, modes: list[str]) -> tuple[Load, dict]:
     return load, {"channel": channel, "prompt_tokens": [len(p) for p in prompts], "drafter_rounds": rounds}
 
 
+async def check_real_drafters(args, load: Load, address, level: ServiceLevel, rows: list[dict], out: Path,
+                              progress: Callable[[str], None]) -> dict | None:
+    """bench/capacity_drafters.py at the hybrid capacity of 20 ms RTT (else the first RTT measured)."""
+    from bench.capacity_drafters import real_drafters_check
+
+    hybrid = [r for r in rows if r["mode"] == "hybrid" and r.get("capacity")]
+    if not args.real_drafters or not hybrid:
+        return None
+    row = next((r for r in hybrid if r["rtt_ms"] == 20), hybrid[0])
+    progress(f"hybrid rtt {row['rtt_ms']:>3g} ms  {min(args.real_drafters, row['capacity'])} real llama.cpp "
+             f"drafters among {row['capacity']} sessions...")
+    edge_args = ["--draft-model", args.draft_model] if args.draft_model else []
+    result = await real_drafters_check(load, address, row["rtt_ms"], row["capacity"], args.real_drafters, level,
+                                       args.edge_cpus, edge_args, out)
+    progress(f"real drafters: {result['real_tokens_per_s']} tok/s, TTFT {result['real_ttft_s']} s, "
+             f"{result['real_identical_to_alone']}/{result['real_drafters']} identical to alone -> "
+             f"{'meet' if result['met'] else 'FAIL'} the service level")
+    return result
+
+
 def run(args) -> int:
     """The capacity benchmark (bench/cli.py hands over when --capacity is given)."""
     from bench.capacity_report import plot, table
@@ -296,15 +316,18 @@ def run(args) -> int:
                 load, setup = await setup_load(args, f"{address[0]}:{address[1]}", modes)
                 try:
                     load.corrupt_rate = 1.0 - args.acceptance
-                    return await capacities(load, address, level, rtts, modes, args.most_sessions, progress,
-                                            lambda: rss_mib(cloud.popen.pid)), setup
+                    rows = await capacities(load, address, level, rtts, modes, args.most_sessions, progress,
+                                            lambda: rss_mib(cloud.popen.pid))
+                    setup["real_drafters"] = await check_real_drafters(args, load, address, level, rows, out, progress)
+                    return rows, setup
                 finally:
                     await setup["channel"].close()
 
             rows, setup = asyncio.run(bench())
             results[cloud.dtype or dtype] = rows
             clouds[cloud.dtype or dtype] = {"requested": dtype, "torch_threads": cloud.torch_threads,
-                                            "cpus": cloud.cpus, "prompt_tokens": setup["prompt_tokens"]}
+                                            "cpus": cloud.cpus, "prompt_tokens": setup["prompt_tokens"],
+                                            "real_drafters": setup["real_drafters"]}
         finally:
             cloud.stop()
     stamp = provenance(version, ",".join(results), next(iter(clouds.values()))["torch_threads"], None, load_start)

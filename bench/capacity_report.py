@@ -27,6 +27,14 @@ def table(report: dict) -> str:
                          f"errors {o.get('errors', [])}; slowest {o['slowest_session_tokens_per_s']} tok/s, "
                          f"longest TTFT {o['longest_ttft_s']} s; cloud RSS {o['cloud_rss_mib_before_ramp']} -> "
                          f"{o['cloud_rss_mib_after']} MiB")
+    for dtype, cloud in report["clouds"].items():
+        real = cloud.get("real_drafters")
+        if real:
+            lines.append(f"real drafters {dtype} hybrid {real['rtt_ms']:g} ms: {real['real_drafters']} llama.cpp edges "
+                         f"among {real['sessions']} sessions: {real['real_tokens_per_s']} tok/s, TTFT "
+                         f"{real['real_ttft_s']} s, acceptance {real['real_acceptance']}, "
+                         f"{real['real_identical_to_alone']}/{real['real_drafters']} identical to alone -> "
+                         f"{'meet' if real['met'] else 'FAIL'} the service level")
     lines.append("\ntargets:")
     for t in report["targets"]:
         lines.append(f"  {t['figure']}: {t['measured']} (target {t['target']})")
@@ -40,6 +48,7 @@ def plot(report: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rtts = report["settings"]["rtt_ms"]
     fig, axes = plt.subplots(1, len(rtts), figsize=(4.6 * len(rtts), 4.2), squeeze=False)
@@ -50,11 +59,13 @@ def plot(report: dict, path: Path) -> Path:
                 xs = [s["sessions"] for s in row["samples"]]
                 ax.plot(xs, [s["p10_tokens_per_s"] for s in row["samples"]],
                         marker="o" if row["mode"] == "hybrid" else "^",
+                        color="tab:blue" if row["mode"] == "hybrid" else "tab:orange",
                         linestyle="-" if dtype == "bfloat16" else "--",
                         label=f"{row['mode']} {dtype} (capacity {row['capacity']})")
         ax.axhline(level, color="red", linewidth=1, label=f"service level {level:g} tok/s")
         ax.set(xlabel="concurrent sessions", ylabel="p10 per-session tokens / s", title=f"{rtt:g} ms RTT")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
