@@ -305,7 +305,8 @@ def run(args) -> int:
     os.sched_setaffinity(0, edge_cpus)
     for dtype in dtypes:
         extra = ["--max-sessions", str(args.most_sessions + 8), "--max-batch-tokens", str(args.max_batch_tokens),
-                 "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--dtype", dtype, "--idle-timeout", "0"]
+                 "--batch-wait-ms", f"{args.batch_wait_ms:g}", "--dtype", dtype, "--idle-timeout", "0",
+                 "--goodput-shaping" if args.capacity_goodput_shaping else "--no-goodput-shaping"]
         try:
             cloud = CloudProcess(args.cloud_cpus, args.model, out / f"cloud-capacity-{dtype}.log", extra_args=extra)
         except ProcessError as exc:
@@ -336,7 +337,8 @@ def run(args) -> int:
               "settings": {"rtt_ms": rtts, "modes": modes, "dtypes": dtypes, "acceptance": args.acceptance,
                            "draft_tokens": args.load_draft_tokens, "max_tokens": args.max_tokens,
                            "prompts": args.prompts, "max_batch_tokens": args.max_batch_tokens,
-                           "batch_wait_ms": args.batch_wait_ms, "most_sessions": args.most_sessions},
+                           "batch_wait_ms": args.batch_wait_ms, "most_sessions": args.most_sessions,
+                           "goodput_shaping": args.capacity_goodput_shaping},
               "clouds": clouds, "capacity": results, "targets": capacity_ratios(results),
               "machine": {"cpu_count": os.cpu_count(), "client_cpus": sorted(edge_cpus),
                           "load_average_start": load_start, "load_average_end": stamp["load_average_end"],

@@ -90,6 +90,8 @@ class CapacityConfig:
     acceptance: float = setting(0.9, "hybrid: the load drafter's per-token acceptance (each draft token is the "
                                      "target's own with this probability)")
     most_sessions: int = setting(128, "the ramp stops at this many concurrent sessions")
+    capacity_goodput_shaping: bool = setting(True, "the cloud's --goodput-shaping (--no-capacity-goodput-shaping "
+                                                   "measures without it)", negatable=True)
     real_drafters: int = setting(3, "then, at the hybrid capacity at 20 ms RTT (or the first RTT), run this many of "
                                     "the sessions as real llama.cpp edges (bench/worker.py) and check they still "
                                     "meet the service level; 0 skips it")
