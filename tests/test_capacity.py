@@ -138,3 +138,36 @@ def test_overload_queues_or_refuses_with_a_retry_hint_and_nothing_stalls():
     assert sample.extra["refused"] == sample.extra["refused_with_retry_hint"] == sample.failed
     assert sample.extra["identical_to_alone"] == served
     assert peaks["live"] <= admitted and peaks["kv"] <= worker.kv.capacity_bytes
+
+
+def test_capacity_bench_end_to_end_on_the_tiny_models(tiny_models, tmp_path):
+    """`tandem bench --capacity` with its flags: JSON, PNG, progress, exact outputs, the overload run at
+    20 ms and a real llama.cpp drafter among the sessions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("the capacity benchmark pins the cloud and the sessions to different CPUs")
+    command = [sys.executable, "-m", "tandem", "bench", "--capacity", "--capacity-rtt-ms", "0,20",
+               "--capacity-dtypes", "fp32", "--max-tokens", "10", "--prompts", "2", "--most-sessions", "2",
+               "--min-session-tokens-per-s", "0.5", "--max-ttft-s", "30", "--acceptance", "0.7",
+               "--real-drafters", "1", "--model", str(tiny_models.target_dir),
+               "--draft-model", str(tiny_models.drafts["noisy"]), "--out", str(tmp_path),
+               "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "capacity.json").read_text())
+    assert (tmp_path / "capacity.png").stat().st_size > 0
+    assert "capacity  hybrid rtt  20 ms" in done.stderr and "targets:" in done.stdout
+    rows = report["capacity"]["float32"]
+    assert {(r["mode"], r["rtt_ms"]) for r in rows} == {(m, t) for m in ("cloud", "hybrid") for t in (0.0, 20.0)}
+    for row in rows:
+        assert 0 <= row["capacity"] <= 2
+        for sample in [*row["samples"], *([row["overload"]] if "overload" in row else [])]:
+            assert sample["failed"] == 0 and sample["identical_to_alone"] == sample["sessions"]  # float32: exact
+    real = report["clouds"]["float32"]["real_drafters"]
+    assert real is not None and real["real_drafters"] == 1 and real["real_identical_to_alone"] == 1
+    assert report["provenance"]["load_average_start"] and report["machine"]["load_average_end"]
