@@ -49,3 +49,21 @@ def test_the_dashboard_is_json_and_its_panels_read_exported_metrics():
 def test_the_check_catches_a_metric_that_does_not_exist():
     assert "tandem_no_such_metric_total" not in exported_names()
     assert "tandem_goodput_tokens_per_forward_second" in exported_names()
+
+
+def test_the_rendered_panels_compute_rates_between_scrapes():
+    """bench/dashboard_render.py evaluates the panels' PromQL on scrapes: goodput is the committed
+    tokens over the forward-pass seconds between two scrapes, not since start."""
+    from bench.dashboard_render import series
+
+    def m(tokens, seconds, drafted, accepted):
+        return {("tandem_generated_tokens_total", (("rpc", "Speculate"),)): tokens,
+                ("tandem_forward_pass_seconds_total", ()): seconds,
+                ("tandem_spec_decode_num_draft_tokens_total", ()): drafted,
+                ("tandem_spec_decode_num_accepted_tokens_total", ()): accepted,
+                ("tandem_spec_decode_num_wasted_draft_tokens_total", ()): drafted - accepted}
+
+    s = series([(0.0, m(0, 0.0, 0, 0)), (2.0, m(100, 1.0, 40, 30)), (4.0, m(120, 2.0, 80, 40))])
+    assert [v for _, v in s["goodput"]] == [100.0, 20.0]
+    assert [v for _, v in s["acceptance"]] == [0.75, 0.25]
+    assert [v for _, v in s["wasted"]] == [5.0, 15.0]
