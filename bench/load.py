@@ -345,13 +345,14 @@ def ratios(rows: list[dict]) -> list[dict]:
 
     def per_one(mode):
         one, many = by.get((mode, 1)), by.get((mode, most))
-        return many["tokens_per_s"] / one["tokens_per_s"] if one and many and most > 1 else None
+        # A tiny model's row can take less than a CPU tick: no tokens per cloud CPU second, no ratio.
+        return many["tokens_per_s"] / one["tokens_per_s"] if one and many and most > 1 and one["tokens_per_s"] else None
 
     add(f"cloud-only aggregate tokens/s, {most} sessions / 1 session", per_one("cloud"), 4)
     add(f"hybrid aggregate committed tokens/s, {most} sessions / 1 session", per_one("hybrid"), 2.5)
     h, c = by.get(("hybrid", most)), by.get(("cloud", most))
     add(f"hybrid / cloud-only aggregate tokens/s at {most} sessions",
-        h["tokens_per_s"] / c["tokens_per_s"] if h and c else None, 1.5)
+        h["tokens_per_s"] / c["tokens_per_s"] if h and c and c["tokens_per_s"] else None, 1.5)
     joins = [r for r in rows if r.get("join_run")]
     if len(joins) == 2:
         add(f"p99 time between verdicts of {joins[0]['sessions']} sessions while a "
