@@ -21,7 +21,8 @@ def table(report: dict) -> str:
     for dtype, rows in report["capacity"].items():
         for row in (r for r in rows if "overload" in r):
             o = row["overload"]
-            lines.append(f"overload {dtype} {row['mode']} {row['rtt_ms']:g} ms: {o['sessions']} sessions (2x capacity): "
+            lines.append(f"overload {dtype} {row['mode']} {row['rtt_ms']:g} ms: {o['sessions']} sessions "
+                         f"(2x capacity): "
                          f"{o['sessions'] - o['failed']} served ({o['identical_to_alone']} identical to alone), "
                          f"{o.get('refused', 0)} refused ({o.get('refused_with_retry_hint', 0)} with a retry hint), "
                          f"errors {o.get('errors', [])}; slowest {o['slowest_session_tokens_per_s']} tok/s, "

@@ -346,7 +346,9 @@ def ratios(rows: list[dict]) -> list[dict]:
     def per_one(mode):
         one, many = by.get((mode, 1)), by.get((mode, most))
         # A tiny model's row can take less than a CPU tick: no tokens per cloud CPU second, no ratio.
-        return many["tokens_per_s"] / one["tokens_per_s"] if one and many and most > 1 and one["tokens_per_s"] else None
+        if not (one and many and most > 1 and one["tokens_per_s"]):
+            return None
+        return many["tokens_per_s"] / one["tokens_per_s"]
 
     add(f"cloud-only aggregate tokens/s, {most} sessions / 1 session", per_one("cloud"), 4)
     add(f"hybrid aggregate committed tokens/s, {most} sessions / 1 session", per_one("hybrid"), 2.5)

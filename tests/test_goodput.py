@@ -99,6 +99,7 @@ def test_shaping_never_changes_an_output(float64_target, tiny_drafter):
         alone = [asyncio.run(run(free.address, [(d, p)]))[0] for d, p in zip(drafters, PROMPTS)]
     for shaped, own in zip(together, alone):
         assert shaped.token_ids == own.token_ids
-    capped_blocks = [d for g in together for d, _ in g.stats.verified_blocks[4:]]  # after the first verdict (4 in flight)
+    # After the first verdict (up to 4 blocks may be in flight before it).
+    capped_blocks = [d for g in together for d, _ in g.stats.verified_blocks[4:]]
     free_blocks = [d for g in alone for d, _ in g.stats.verified_blocks]
     assert capped_blocks and max(capped_blocks) <= 2 < max(free_blocks)
