@@ -48,6 +48,8 @@ class CloudMetrics:
         self._committed = 0
         self._forward_s = 0.0
         self.goodput.set_function(lambda: self._committed / self._forward_s if self._forward_s else 0.0)
+        self.draft_cap = Gauge("tandem_goodput_draft_cap", "The cap on drafts per block the last pass's verdicts "
+                               "carried (goodput shaping, cloud/goodput.py); 0: none", registry=r)
         self.queue_wait_seconds = Histogram("tandem_queue_wait_seconds", "Time work waited for the forward pass "
                                             "that ran it", buckets=_SECONDS_BUCKETS, registry=r)
         self.sessions_live = Gauge("tandem_sessions_live", "Sessions (Speculate or Generate calls) held now",
@@ -76,6 +78,9 @@ class CloudMetrics:
 
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
+
+    def shaped(self, cap: int | None) -> None:
+        self.draft_cap.set(cap or 0)
 
     def verdict(self, drafted: int, accepted: int) -> None:
         if not drafted:

@@ -117,6 +117,8 @@ class NoMetrics:
 
     def queue_wait(self, seconds: float) -> None: ...
 
+    def shaped(self, cap: int | None) -> None: ...
+
     def verdict(self, drafted: int, accepted: int) -> None: ...
 
     def generated(self, rpc: str, tokens: int) -> None: ...
@@ -408,6 +410,7 @@ class Scheduler:
         verifying = [work for work, job in batch if job.kind is JobKind.VERIFY]
         self._draft_cap = self.shaper.cap(len(verifying), tokens - sum(len(w.token_ids) for w in verifying),
                                           self.step_times.estimate)
+        self.metrics.shaped(self._draft_cap)
 
     def _fail_all(self, exc: Exception) -> None:
         for _, job in self._ready:

@@ -95,8 +95,10 @@ def test_shaping_never_changes_an_output(float64_target, tiny_drafter):
 
     with cloud(draft_cap=2) as capped:
         together = asyncio.run(run(capped.address, list(zip(drafters, PROMPTS))))
+        assert capped.running.metrics.registry.get_sample_value("tandem_goodput_draft_cap") == 2
     with cloud(goodput_shaping=False) as free:
         alone = [asyncio.run(run(free.address, [(d, p)]))[0] for d, p in zip(drafters, PROMPTS)]
+        assert free.running.metrics.registry.get_sample_value("tandem_goodput_draft_cap") == 0
     for shaped, own in zip(together, alone):
         assert shaped.token_ids == own.token_ids
     # After the first verdict (up to 4 blocks may be in flight before it).
