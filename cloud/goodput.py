@@ -34,7 +34,7 @@ from common.checks import check_range
 ACCEPTANCE_DECAY = 0.98  # per verdict: over all sessions, so evidence of the last ~50 verdicts
 ACCEPTANCE_PRIOR, PRIOR_WEIGHT = 0.8, 4.0
 BUSY_WEIGHT = 0.2  # of the newest pass in the busy-share average
-LONGEST_DECAY = 0.9  # the longest block seen fades, so caps follow what edges send now
+LONGEST_DECAY = 0.9  # uncapped, the longest block seen fades, so the reference follows what edges send now
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -62,7 +62,8 @@ class GoodputShaper:
         self.min_sessions, self.busy_threshold, self.most = min_sessions, busy_threshold, most
         self._successes, self._trials = ACCEPTANCE_PRIOR * PRIOR_WEIGHT, PRIOR_WEIGHT
         self.busy = 0.0
-        self._longest = 0.0
+        self._longest = 0.0  # the longest block edges send when not capped
+        self._capping = False
 
     @property
     def acceptance(self) -> float:
@@ -72,7 +73,9 @@ class GoodputShaper:
         if drafted:
             self._successes = ACCEPTANCE_DECAY * self._successes + accepted
             self._trials = ACCEPTANCE_DECAY * self._trials + accepted + (1 if accepted < drafted else 0)
-            self._longest = max(LONGEST_DECAY * self._longest, float(drafted))
+            # While capped, edges send at most the cap: the uncapped length is held, not decayed,
+            # or the cap would lift itself once the blocks it shortened became "the longest".
+            self._longest = max(self._longest if self._capping else LONGEST_DECAY * self._longest, float(drafted))
 
     def observe_pass(self, pass_s: float, idle_before_s: float) -> None:
         """A forward pass took pass_s after the model had sat idle for idle_before_s."""
@@ -84,11 +87,11 @@ class GoodputShaper:
         beside `other_tokens` other tokens (None: no cap)."""
         if self.fixed_cap:
             return self.fixed_cap
-        if not self.enabled or verifying < self.min_sessions or self.busy < self.busy_threshold:
-            return None
-        if step_s(1) is None:
-            return None
-        longest = int(self._longest + 0.5)
-        best = best_block(self.acceptance, verifying, other_tokens, lambda n: step_s(n) or 1e-6,
-                          min(self.most, max(longest, 1)))
-        return best if best < longest else None
+        cap = None
+        if self.enabled and verifying >= self.min_sessions and self.busy >= self.busy_threshold and step_s(1):
+            longest = int(self._longest + 0.5)
+            best = best_block(self.acceptance, verifying, other_tokens, lambda n: step_s(n) or 1e-6,
+                              min(self.most, max(longest, 1)))
+            cap = best if best < longest else None
+        self._capping = cap is not None
+        return cap

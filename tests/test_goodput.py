@@ -46,6 +46,20 @@ def test_the_cap_is_sent_only_under_load():
     assert GoodputShaper(fixed_cap=3).cap(1, 0, CPU) == 3
 
 
+def test_a_cap_holds_while_the_load_does_and_lifts_after():
+    """Capped edges send short blocks; that must not make the cap lift itself (the uncapped length is held)."""
+    shaper = loaded(GoodputShaper(), longest=8, alpha_hits=7)
+    cap = shaper.cap(16, 0, CPU)
+    for _ in range(200):  # edges obey: blocks of `cap` drafts
+        shaper.observe_verdict(cap, cap - 1)
+        shaper.observe_pass(0.2, 0.0)
+        assert shaper.cap(16, 0, CPU) is not None
+    assert shaper.cap(1, 0, CPU) is None  # the load is gone: no cap
+    for _ in range(60):  # uncapped again, the reference follows what edges send
+        shaper.observe_verdict(8, 7)
+    assert shaper.cap(16, 0, CPU) == cap
+
+
 def test_the_edge_holds_blocks_to_the_cap_and_lets_go_after():
     policy = DraftLengthPolicy(max_tokens=12, max_in_flight=2)
     free = policy.block_tokens
