@@ -119,3 +119,28 @@ def test_shaping_never_changes_an_output(float64_target, tiny_drafter):
     capped_blocks = [d for g in together for d, _ in g.stats.verified_blocks[4:]]
     free_blocks = [d for g in alone for d, _ in g.stats.verified_blocks]
     assert capped_blocks and max(capped_blocks) <= 2 < max(free_blocks)
+
+
+def test_a_single_session_on_an_idle_cloud_is_never_capped(float64_target, tiny_drafter):
+    """Today's speed for one user: with shaping on, no verdict of a lone session carries a cap."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+    from edge.client import CloudClient
+    from edge.engine import EdgeEngine, GenerationRequest, Mode
+
+    drafter = tiny_drafter("noisy")
+
+    async def one(address):
+        client = CloudClient(address)
+        try:
+            engine = EdgeEngine(drafter, client)
+            await engine.connect()
+            return await engine.generate_to_end(GenerationRequest(drafter.tokenize(PROMPTS[0]), 32), Mode.HYBRID)
+        finally:
+            await client.close()
+
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, prefix_cache_mb=0), model=float64_target) as cloud:
+        assert cloud.config.goodput_shaping
+        generation = asyncio.run(one(cloud.address))
+        assert cloud.running.metrics.registry.get_sample_value("tandem_goodput_draft_cap") == 0
+    assert generation.stats.policy["cloud_cap"] is None and len(generation.stats.verified_blocks) > 1
