@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.config import LOAD, BenchConfig, LoadConfig
+from bench.config import CAPACITY, LOAD, BenchConfig, CapacityConfig, LoadConfig
 from bench.pin import disjoint_cpus
 from bench.prompts import PROMPTS, RAW_PROMPTS
 from bench.stamp import code_version, header, provenance
@@ -43,12 +43,18 @@ def add_parser(subparsers) -> None:
     settings.add_arguments(parser, BenchConfig)
     settings.add_arguments(parser, SpeculationConfig)
     settings.add_arguments(parser, LoadConfig, title=LOAD)
+    settings.add_arguments(parser, CapacityConfig, title=CAPACITY)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from bench.processes import ProcessError
 
+    if args.capacity:
+        from bench import capacity
+
+        _check_capacity(args)
+        return capacity.run(args)
     if args.sessions:
         from bench import load
 
@@ -209,6 +215,17 @@ def _plan(args: argparse.Namespace):
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise InvalidArgument("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0")
     return Plan(rtts, prompts[: args.prompts], modes, args.max_tokens, args.jitter_ms, args.bandwidth_mbps)
+
+
+def _check_capacity(args: argparse.Namespace) -> None:
+    if not (args.min_session_tokens_per_s > 0 and args.max_ttft_s > 0 and 0 < args.acceptance <= 1
+            and args.most_sessions >= 1 and args.load_draft_tokens >= 1):
+        raise SystemExit("tandem bench: --min-session-tokens-per-s and --max-ttft-s must be > 0, --acceptance in "
+                         "(0, 1], --most-sessions and --load-draft-tokens >= 1")
+    try:
+        [float(x) for x in args.capacity_rtt_ms.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"tandem bench: --capacity-rtt-ms expects times like 0,20,50, got {args.capacity_rtt_ms!r}")
 
 
 def _load_plan(args: argparse.Namespace) -> None:

@@ -71,3 +71,27 @@ class LoadConfig:
                                       "at bfloat16 hybrid and cloud-only outputs may differ (see README: "
                                       "Load benchmark), float32 keeps them identical",
                                 choices=_cloud_choices("dtype"))
+
+
+CAPACITY = "capacity benchmark (with --capacity: the most concurrent sessions one cloud core serves at a service level)"
+
+
+@dataclass
+class CapacityConfig:
+    capacity: bool = setting(False, "run the capacity benchmark (bench/capacity.py): ramp concurrent sessions on "
+                                    "the pinned cloud until the service level fails, for cloud-only and hybrid; "
+                                    "writes capacity.json and capacity.png")
+    min_session_tokens_per_s: float = setting(8.0, "service level: p10 of the sessions' own tokens/s (after their "
+                                                   "first token) at least this")
+    max_ttft_s: float = setting(2.0, "service level: p90 time to first token at most this many seconds")
+    capacity_rtt_ms: str = setting("0,20,50", "round-trip times of the capacity runs (one emulated link per session)")
+    capacity_dtypes: str | None = setting(None, "the cloud's dtypes to measure one after another, e.g. "
+                                                "float32,bfloat16 (default: --dtype, else auto)")
+    acceptance: float = setting(0.9, "hybrid: the load drafter's per-token acceptance (each draft token is the "
+                                     "target's own with this probability)")
+    most_sessions: int = setting(128, "the ramp stops at this many concurrent sessions")
+    capacity_goodput_shaping: bool = setting(True, "the cloud's --goodput-shaping (--no-capacity-goodput-shaping "
+                                                   "measures without it)", negatable=True)
+    real_drafters: int = setting(3, "then, at the hybrid capacity at 20 ms RTT (or the first RTT), run this many of "
+                                    "the sessions as real llama.cpp edges (bench/worker.py) and check they still "
+                                    "meet the service level; 0 skips it")

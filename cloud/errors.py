@@ -48,8 +48,14 @@ def _tolerant(deserializer):
     return deserialize
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRFC A6: a server's hint when to retry
+
+
 async def _abort(context, exc: Exception):
     if isinstance(exc, TandemError):
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        if retry_after_s is not None:
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(retry_after_s * 1000))),))
         await context.abort(grpc.StatusCode[exc.code], str(exc))
     log.exception("internal error")
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")

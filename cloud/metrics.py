@@ -27,6 +27,9 @@ class CloudMetrics:
         self.accepted_per_pos = Counter("tandem_spec_decode_num_accepted_tokens_per_pos",
                                         "Draft tokens accepted, by their position in the block (0 = first draft)",
                                         ["position"], registry=r)
+        self.wasted_draft_tokens = Counter("tandem_spec_decode_num_wasted_draft_tokens", "Draft tokens verified and "
+                                           "rejected: forward-pass compute spent for no committed token",
+                                           registry=r)
         self.generated_tokens = Counter("tandem_generated_tokens", "Tokens committed, by RPC", ["rpc"], registry=r)
         self.forward_passes = Counter("tandem_forward_passes", "Forward passes of the target (one per batch)",
                                       registry=r)
@@ -36,6 +39,17 @@ class CloudMetrics:
                                       registry=r)
         self.forward_seconds = Histogram("tandem_forward_seconds", "Wall time of one forward pass, with the "
                                          "acceptance math after it", buckets=_SECONDS_BUCKETS, registry=r)
+        self.forward_pass_seconds = Counter("tandem_forward_pass_seconds", "Wall time spent in forward passes "
+                                            "(tandem_forward_seconds_sum as a plain counter)", registry=r)
+        # Goodput: committed tokens per second of forward pass, since the server started. For a
+        # window, divide the rates: rate(tandem_generated_tokens_total) / rate(tandem_forward_pass_seconds_total).
+        self.goodput = Gauge("tandem_goodput_tokens_per_forward_second", "Committed tokens per second of forward "
+                             "pass since start (all RPCs)", registry=r)
+        self._committed = 0
+        self._forward_s = 0.0
+        self.goodput.set_function(lambda: self._committed / self._forward_s if self._forward_s else 0.0)
+        self.draft_cap = Gauge("tandem_goodput_draft_cap", "The cap on drafts per block the last pass's verdicts "
+                               "carried (goodput shaping, cloud/goodput.py); 0: none", registry=r)
         self.queue_wait_seconds = Histogram("tandem_queue_wait_seconds", "Time work waited for the forward pass "
                                             "that ran it", buckets=_SECONDS_BUCKETS, registry=r)
         self.sessions_live = Gauge("tandem_sessions_live", "Sessions (Speculate or Generate calls) held now",
@@ -59,9 +73,14 @@ class CloudMetrics:
         self.batch_sessions.observe(sessions)
         self.batch_tokens.observe(tokens)
         self.forward_seconds.observe(seconds)
+        self.forward_pass_seconds.inc(seconds)
+        self._forward_s += seconds
 
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
+
+    def shaped(self, cap: int | None) -> None:
+        self.draft_cap.set(cap or 0)
 
     def verdict(self, drafted: int, accepted: int) -> None:
         if not drafted:
@@ -69,11 +88,13 @@ class CloudMetrics:
         self.num_drafts.inc()
         self.num_draft_tokens.inc(drafted)
         self.num_accepted_tokens.inc(accepted)
+        self.wasted_draft_tokens.inc(drafted - accepted)
         for position in range(accepted):
             self.accepted_per_pos.labels(position=str(min(position, MAX_POSITION_LABEL))).inc()
 
     def generated(self, rpc: str, tokens: int) -> None:
         self.generated_tokens.labels(rpc=rpc).inc(tokens)
+        self._committed += tokens
 
     def rpc_finished(self, method: str, code: str) -> None:
         self.rpc_total.labels(method=method, code=code).inc()

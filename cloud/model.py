@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from cloud import dtype as dtypes
 from cloud.blocks import BLOCK_SIZE, KVPool
 from cloud.target_engine import Segment, new_kv_pool
 
@@ -49,7 +50,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 @dataclass(frozen=True)
 class LoadOptions:
     device: str = "auto"  # "auto" picks cuda when available
-    dtype: str = "auto"  # "auto": float32 on CPU, bfloat16 on CUDA
+    # cloud/dtype.py: "auto" is bfloat16 where the hardware runs it natively. The default here is
+    # float32, the exact one, for library callers and tests; `tandem cloud` passes its --dtype.
+    dtype: str = "float32"
     threads: int = 0  # torch intra-op threads; 0 = the CPUs this process may run on
 
 
@@ -88,16 +91,21 @@ class TargetModel:
         threads = options.threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(threads)
         device = resolve_device(options.device)
-        dtype = _DTYPES.get(options.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         source = Path(path) if path else default_gguf_path()
+        name = source.stem if source.suffix == ".gguf" else source.name
+        dtype_name = dtypes.resolve(options.dtype, device.type, name, flags=dtypes.cpu_flags(),
+                                    cuda_bf16=device.type == "cuda" and torch.cuda.is_bf16_supported())
+        dtype = _DTYPES[dtype_name]
         model_dir = _safetensors_copy(source) if source.suffix == ".gguf" else source
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        name = source.stem if source.suffix == ".gguf" else source.name
         log.info("loaded target %s (%s, %s, %d torch threads) in %.1fs", name, device, dtype, threads,
                  time.monotonic() - started)
-        return cls(model, tokenizer, name)
+        target = cls(model, tokenizer, name)
+        if dtype in (torch.bfloat16, torch.float16) and not target.gives_finite_logits():
+            dtypes.refuse_non_finite(options.dtype, dtype_name, name)
+        return target
 
     def tokenize(self, text: str) -> list[int]:
         """The text's ids alone (nothing added): for tests and prompts assembled from parts."""
@@ -172,6 +180,14 @@ class TargetModel:
             return int(fields["MemAvailable"].split()[0]) * 1024
         except (OSError, KeyError, ValueError):
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    def gives_finite_logits(self) -> bool:
+        """One short pass: False when the logits hold inf or NaN (the dtype's range overflowed)."""
+        pool = self.new_kv_pool(BLOCK_SIZE * self.kv_bytes_per_token)
+        table = pool.new_table()
+        rows = self.forward_batch(pool, [Segment(table, self.tokenize("Hello, world") or [0], 2)])[0].rows
+        table.release()
+        return bool(torch.isfinite(rows).all())
 
     def warmup(self) -> None:
         """One tiny forward pass, so the first request does not pay torch's lazy init (~2 s)."""

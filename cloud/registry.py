@@ -18,6 +18,9 @@ from cloud.blocks import BlockAllocator
 from common.errors import InvalidArgument, ResourceExhausted
 
 _MIB = 1 << 20
+# The retry hint of a refusal (RESOURCE_EXHAUSTED's grpc-retry-pushback-ms): about how long an
+# answer of a few hundred tokens holds its session on a loaded cloud, so a retry then finds one gone.
+RETRY_AFTER_S = 1.0
 
 
 class SessionRegistry:
@@ -41,8 +44,8 @@ class SessionRegistry:
         """Admits a session (it has `max_kv_tokens`), or raises RESOURCE_EXHAUSTED / INVALID_ARGUMENT."""
         if len(self._sessions) >= self.max_sessions:
             raise ResourceExhausted(
-                f"the server is at its limit of {self.max_sessions} concurrent sessions; retry later"
-            )
+                f"the server is at its limit of {self.max_sessions} concurrent sessions; retry later",
+                retry_after_s=RETRY_AFTER_S)
         blocks = self.pool.blocks_for(session.max_kv_tokens) if self.pool is not None else 0
         if self.pool is not None:
             self._check_room(session.max_kv_tokens, blocks)
@@ -65,8 +68,7 @@ class SessionRegistry:
             raise ResourceExhausted(
                 f"not enough KV-cache memory: this session may need {need:.1f} MiB, and live sessions hold "
                 f"{self.kv_reserved_bytes / _MIB:.1f} of the KV budget of {budget:.1f} MiB (--max-kv-mib); "
-                "retry later or ask for fewer max_new_tokens"
-            )
+                "retry later or ask for fewer max_new_tokens", retry_after_s=RETRY_AFTER_S)
 
     def remove(self, session_id: int) -> None:
         entry = self._sessions.pop(session_id, None)

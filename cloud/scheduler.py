@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from cloud.goodput import GoodputShaper
 from cloud.pass_plan import plan_pass
 from cloud.session import VerifierSession, Work
 from cloud.step_time import StepTimeModel
@@ -116,6 +117,8 @@ class NoMetrics:
 
     def queue_wait(self, seconds: float) -> None: ...
 
+    def shaped(self, cap: int | None) -> None: ...
+
     def verdict(self, drafted: int, accepted: int) -> None: ...
 
     def generated(self, rpc: str, tokens: int) -> None: ...
@@ -123,8 +126,9 @@ class NoMetrics:
 
 class Scheduler:
     def __init__(self, model: TargetEngine, max_batch_tokens: int = 256, metrics=None, batch_wait_s: float = 0.05,
-                 kv_budget_bytes: int | None = None):
-        """kv_budget_bytes sizes the KV pool once (None: half the memory free where the model runs)."""
+                 kv_budget_bytes: int | None = None, shaper: GoodputShaper | None = None):
+        """kv_budget_bytes sizes the KV pool once (None: half the memory free where the model runs);
+        shaper caps the drafts per block under load (cloud/goodput.py; None: never)."""
         assert max_batch_tokens >= 1 and batch_wait_s >= 0
         self.model = model
         budget = default_kv_budget_bytes(model) if kv_budget_bytes is None else kv_budget_bytes
@@ -134,6 +138,9 @@ class Scheduler:
         self._expected: set[VerifierSession] = set()  # Speculate sessions answered by the last pass
         self._last_step_s = 0.0
         self.metrics = metrics or NoMetrics()
+        self.shaper = shaper or GoodputShaper(enabled=False)
+        self._draft_cap: int | None = None  # sent with every verdict (Verdict.max_drafts), set after each pass
+        self._last_pass_ended: float | None = None
         self.forward_passes = 0
         self.pass_started: float | None = None  # monotonic time the pass in flight began; None between passes
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -293,6 +300,8 @@ class Scheduler:
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
             if not result.stale:
                 self.metrics.verdict(drafted, result.accepted_count)
+                self.shaper.observe_verdict(drafted, result.accepted_count)
+            result = dataclasses.replace(result, max_drafts=self._draft_cap)
         speculate = job.kind is not JobKind.GENERATE or job.payload is not None
         self.metrics.generated("Speculate" if speculate else "Generate", committed)
         if job.kind is not JobKind.GENERATE:
@@ -381,6 +390,7 @@ class Scheduler:
         self.metrics.step(len(batch), tokens, self._last_step_s)
         self.step_times.observe(tokens, ended - min(started, self._gather_started))
         self._last_pass_tokens = tokens
+        self._shape(batch, tokens, started, ended)
         for (work, job), rows in zip(batch, logits):
             work.session.forward_passes += 1
             try:
@@ -391,6 +401,16 @@ class Scheduler:
                 self._forget(job.session)
                 job.resolve(exc)
         self._expected = {job.session for _, job in batch if job.kind is JobKind.VERIFY and not job.session.finished}
+
+    def _shape(self, batch: list[tuple[Work, _Job]], tokens: int, started: float, ended: float) -> None:
+        """The draft cap the verdicts of this pass carry (cloud/goodput.py)."""
+        idle = started - self._last_pass_ended if self._last_pass_ended is not None else 0.0
+        self._last_pass_ended = ended
+        self.shaper.observe_pass(ended - started, idle)
+        verifying = [work for work, job in batch if job.kind is JobKind.VERIFY]
+        self._draft_cap = self.shaper.cap(len(verifying), tokens - sum(len(w.token_ids) for w in verifying),
+                                          self.step_times.estimate)
+        self.metrics.shaped(self._draft_cap)
 
     def _fail_all(self, exc: Exception) -> None:
         for _, job in self._ready:

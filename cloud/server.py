@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
+from cloud.goodput import GoodputShaper
 from cloud.metrics import CloudMetrics
 from cloud.prefix_cache import PrefixCache
 from cloud.registry import SessionRegistry
@@ -119,7 +120,8 @@ async def start_server(config: CloudConfig, model: TargetEngine, security=None) 
     auth, credentials = security or load_security(config)
     metrics = CloudMetrics()
     worker = Scheduler(model, config.max_batch_tokens, metrics, config.batch_wait_ms / 1000,
-                       kv_budget_bytes=kv_budget_bytes(config, model))
+                       kv_budget_bytes=kv_budget_bytes(config, model),
+                       shaper=GoodputShaper(enabled=config.goodput_shaping, fixed_cap=config.draft_cap))
     registry = SessionRegistry(config.max_sessions, worker.kv.allocator)  # admits what the pool holds
     metrics.watch(lambda: len(registry), lambda: worker.kv.used_bytes, worker.kv.capacity_bytes)
     prefix_cache = None

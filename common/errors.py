@@ -28,7 +28,14 @@ class FailedPrecondition(TandemError):
 
 
 class ResourceExhausted(TandemError):
+    """A server at its limit. retry_after_s: when a retry may succeed (the server sends it as gRPC's
+    retry pushback, trailing metadata `grpc-retry-pushback-ms`, gRFC A6); None: no hint."""
+
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unauthenticated(TandemError):

@@ -179,6 +179,7 @@ class Verdict:
     stale: bool = False
     forward_passes: int = 0
     decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
+    max_drafts: int | None = None  # goodput shaping: the cloud asks for at most this many drafts per block
 
     @classmethod
     def from_pb(cls, m: pb.Verdict) -> Verdict:
@@ -190,6 +191,7 @@ class Verdict:
             stale=m.stale,
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
+            max_drafts=m.max_drafts if m.HasField("max_drafts") else None,
         )
 
     def to_pb(self) -> pb.Verdict:
@@ -201,6 +203,7 @@ class Verdict:
             stale=self.stale,
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
+            max_drafts=self.max_drafts,
         )
 
 

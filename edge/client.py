@@ -46,8 +46,19 @@ class ReplicaDraining(errors.CloudUnavailable):
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.TandemError:
-    """The domain exception for a failed call, keeping the server's message."""
-    return error_from_status(exc.code(), exc.details())
+    """The domain exception for a failed call, keeping the server's message (and a refusal's retry hint)."""
+    error = error_from_status(exc.code(), exc.details())
+    if isinstance(error, errors.ResourceExhausted):
+        error.retry_after_s = retry_pushback_s(exc)
+    return error
+
+
+def retry_pushback_s(exc: grpc.RpcError) -> float | None:
+    """The server's hint when to retry (trailing metadata grpc-retry-pushback-ms, gRFC A6), in seconds."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-retry-pushback-ms" and str(value).isdigit():
+            return int(value) / 1000
+    return None
 
 
 # grpc.aio reports a stream that broke under a pending write as INTERNAL with this text,

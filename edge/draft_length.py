@@ -28,6 +28,12 @@ blocks end. There block lengths stay at max_tokens (cut only by confidence, whic
 function of the prefix), so the output stays a function of seed and prompt; depth still adapts,
 since pipelined blocks verify the same positions as lock-step ones.
 
+Cloud cap. Under load the cloud may send a cap with its verdicts (Verdict.max_drafts, see
+cloud/goodput.py): the block length that commits the most tokens per second of its forward
+passes, which all sessions share. Adaptive blocks then hold at most that many drafts, until a
+verdict comes without one. Fixed lengths (above) ignore it, since there a block's end changes
+the sample; so does adaptive=False, the fixed behaviour for comparisons.
+
 Confidence. A block ends right after a draft whose probability under the draft model is below
 min_confidence: that draft is the likeliest to be rejected, so its verdict should come back
 as soon as possible. (On the default pair, same weights on both sides, every draft with top
@@ -78,6 +84,7 @@ class DraftLengthPolicy:
         self.draft_time_s: float | None = None
         self.round_trip_s: float | None = None
         self.link_s: float | None = None  # the link's own round trip, without model work (observe_link)
+        self.cloud_cap: int | None = None  # the cloud's goodput cap on drafts per block (None: none)
         self.block_tokens = max_tokens
         self.depth = max_in_flight
         self._update()
@@ -115,6 +122,12 @@ class DraftLengthPolicy:
             self.round_trip_s = _ema(self.round_trip_s, seconds)
         self._update()
 
+    def observe_cap(self, cap: int | None) -> None:
+        """The cloud's cap on drafts per block, from the latest verdict (None: it sent none)."""
+        if cap != self.cloud_cap:
+            self.cloud_cap = cap
+            self._update()
+
     def start_block(self) -> None:
         self.cut_requested = False
 
@@ -126,6 +139,7 @@ class DraftLengthPolicy:
             "round_trip_ms": round(1000 * (self.round_trip_s or 0.0), 2),
             "block_tokens": self.block_tokens,
             "depth": self.depth,
+            "cloud_cap": self.cloud_cap,
         }
 
     def _update(self) -> None:
@@ -134,7 +148,8 @@ class DraftLengthPolicy:
         t_d = self.draft_time_s or DRAFT_TIME_PRIOR_S
         rtt = self.round_trip_s or ROUND_TRIP_PRIOR_S
         if not self.fixed_lengths:
-            self.block_tokens = best_block_length(self.acceptance, t_d, rtt, self.min_tokens, self.max_tokens)
+            hi = min(self.max_tokens, self.cloud_cap or self.max_tokens)
+            self.block_tokens = best_block_length(self.acceptance, t_d, rtt, min(self.min_tokens, hi), hi)
         self.depth = min(self.max_in_flight, 1 + math.ceil(rtt / (self.block_tokens * t_d)))
 
 

@@ -296,6 +296,7 @@ class SpeculativeRun:
                                               self._passes_before + verdict.forward_passes)
         if verdict.decode_step_us:
             self.cloud_step_s = verdict.decode_step_us / 1e6
+        self.lengths.observe_cap(verdict.max_drafts)
         if judged.stale:
             self.stats.stale_drafted += judged.stale_drafts
             return []

@@ -22,6 +22,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # live gRPC threads; gRPC's fork handlers then restart its pollers in the child, where they can
 # abort on the descriptors closed before exec ("epoll_wait error: Bad file descriptor").
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# The clouds tests start (`tandem cloud`, embedded ones) run float32, where outputs do not depend on
+# batch-mates; `--dtype auto` would pick bfloat16 on a CPU with AMX (cloud/dtype.py). Tests of other
+# dtypes pass --dtype.
+os.environ.setdefault("TANDEM_DTYPE", "float32")
 
 from bench.tiny_models import build_tiny_target, hf_greedy, hf_to_gguf, smollm2_tokenizer_dir  # noqa: E402,F401
 

@@ -83,3 +83,11 @@ def test_metrics_counters_agree_with_the_sessions_own_stats(metered_cloud, tiny_
     assert m[("tandem_rpc_total", (("code", "OK"), ("method", "Generate")))] == 3
     assert m[("tandem_sessions_live", ())] == 0
     assert 0 <= m[("tandem_kv_cache_usage_ratio", ())] < 1
+
+    # Goodput and waste (issue 21): the rejected drafts are the sessions' own drafted - accepted; goodput
+    # is every committed token over the forward passes' time, which the plain counter and the histogram agree on.
+    assert m[("tandem_spec_decode_num_wasted_draft_tokens_total", ())] == sum(d - a for d, a in verified) > 0
+    forward_s = m[("tandem_forward_seconds_sum", ())]
+    assert m[("tandem_forward_pass_seconds_total", ())] == pytest.approx(forward_s, rel=1e-9) and forward_s > 0
+    committed = sum(len(g.token_ids) for g in (*hybrid, *generated))
+    assert m[("tandem_goodput_tokens_per_forward_second", ())] == pytest.approx(committed / forward_s, rel=1e-9)

@@ -188,7 +188,7 @@ class SessionStarted(_message.Message):
     def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes", "decode_step_us")
+    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes", "decode_step_us", "max_drafts")
     START_POSITION_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class Verdict(_message.Message):
     STALE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     start_position: int
     accepted_count: int
     next_token: int
@@ -203,7 +204,8 @@ class Verdict(_message.Message):
     stale: bool
     forward_passes: int
     decode_step_us: int
-    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
+    max_drafts: int
+    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., max_drafts: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("prefilled_tokens", "prefill_tokens")
