@@ -37,6 +37,8 @@ class GenerationStats:
     mode_switches: int = 0
     shadow_checked: int = 0
     shadow_agreed: int = 0
+    hinted: int = 0  # of cloud_decoded, tokens the draft had guessed ahead and a step checked (DecodeHint)
+    hints_sent: int = 0  # guesses sent to the cloud
     pays: dict = field(default_factory=dict)
     verified_blocks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (drafted, accepted)
     round_trips_s: list[float] = field(default_factory=list, repr=False)  # block sent -> its verdict, each block
@@ -65,7 +67,7 @@ class GenerationStats:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
                   "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s",
-                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed")
+                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed", "hinted", "hints_sent")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))
