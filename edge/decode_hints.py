@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from common.wire import DecodeHint
 
-HINT_CHUNK = 2  # guesses per DecodeHint while the cloud still holds unchecked ones (fewer messages)
+# Each guess goes out at once while the cloud holds fewer than LOW_WATER unchecked ones (its next
+# step should have something to check); further ahead, HINT_CHUNK at a time (fewer messages, fewer
+# bytes: every message costs ~45 bytes of framing on a bidirectional stream).
+LOW_WATER = 2
+HINT_CHUNK = 4
+MAX_AHEAD = 8  # guesses held ahead of the committed tokens: about two steps' worth of checking
 
 
 class HintTail:
@@ -23,7 +28,7 @@ class HintTail:
 
     def __init__(self, committed: int, limit: int):
         """committed: the session's committed length; limit: most guesses held ahead of it."""
-        self.limit = limit
+        self.limit = min(limit, MAX_AHEAD)
         self.start = committed  # position of ids[0]
         self.ids: list[int] = []
         self.sent = 0  # ids[:sent] went out
@@ -44,10 +49,10 @@ class HintTail:
 
     def to_send(self, committed: list[int]) -> DecodeHint | None:
         """The guesses not yet sent, behind their anchor (the token before them), when worth a
-        message: the first at once (the cloud holds none yet), then HINT_CHUNK at a time; None
-        otherwise. Marks them sent. committed: the session's committed tokens."""
+        message (see LOW_WATER); None otherwise. Marks them sent. committed: the session's
+        committed tokens."""
         unsent = len(self.ids) - self.sent
-        if unsent <= 0 or (self.sent and unsent < HINT_CHUNK):
+        if unsent <= 0 or (self.sent >= LOW_WATER and unsent < HINT_CHUNK):
             return None
         anchor = self.ids[self.sent - 1] if self.sent else committed[self.start - 1]
         hint = DecodeHint(self.start + self.sent - 1, [anchor, *self.ids[self.sent:]])

@@ -15,7 +15,7 @@ from common.errors import ProtocolError
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.wire import CloudDecode, DecodedToken, DecodeHint, FinishReason, SamplingParams
 from edge.cloud_decode import DecodeRequests
-from edge.decode_hints import HINT_CHUNK, HintTail
+from edge.decode_hints import HINT_CHUNK, LOW_WATER, HintTail
 
 # --- the cloud's side: the one run of guesses a session holds ------------------------------------
 
@@ -86,15 +86,20 @@ def test_the_cloud_learns_a_poor_drafts_acceptance_without_checking_its_guesses(
 # --- the edge's side: its guesses, sent in few messages, judged by the committed tokens ------------
 
 
-def test_guesses_go_out_with_their_anchor_first_at_once_then_in_chunks():
+def test_guesses_go_out_with_their_anchor_at_once_while_the_cloud_holds_few_then_in_chunks():
     committed = [1, 2, 3]
-    tail = HintTail(len(committed), limit=8)
-    assert tail.append(tail.epoch, 10)
-    assert tail.to_send(committed) == DecodeHint(2, [3, 10])  # the cloud holds none: at once
-    assert tail.append(tail.epoch, 11) and tail.to_send(committed) is None  # fewer than a chunk
-    for token in range(12, 12 + HINT_CHUNK - 1):
-        tail.append(tail.epoch, token)
-    assert tail.to_send(committed) == DecodeHint(3, [10, *range(11, 12 + HINT_CHUNK - 1)])
+    tail = HintTail(len(committed), limit=64)
+    guesses = iter(range(10, 100))
+    for i in range(LOW_WATER):  # the cloud holds fewer than LOW_WATER unchecked guesses: at once
+        tail.append(tail.epoch, next(guesses))
+        anchor = committed[-1] if i == 0 else tail.ids[i - 1]
+        assert tail.to_send(committed) == DecodeHint(len(committed) - 1 + i, [anchor, tail.ids[i]])
+    for _ in range(HINT_CHUNK - 1):
+        tail.append(tail.epoch, next(guesses))
+        assert tail.to_send(committed) is None  # fewer than a chunk
+    tail.append(tail.epoch, next(guesses))
+    hint = tail.to_send(committed)
+    assert hint.start_position == len(committed) + LOW_WATER - 1 and hint.token_ids[1:] == tail.ids[LOW_WATER:]
 
 
 def test_committed_tokens_judge_the_guesses_and_a_wrong_one_drops_the_rest():
@@ -167,8 +172,8 @@ def test_right_guesses_are_committed_in_fewer_steps_and_wrong_ones_change_nothin
         ids += d.ids
         position += len(d.ids)
     assert ids == want[1:]  # the target's own tokens, wherever the guesses were right or wrong
-    hinted = [t for d in decoded for t in d.hinted_ids]
-    assert 0 < len(hinted) <= 4 and hinted == want[1:1 + len(hinted)]  # only the right guesses
+    hinted = [d.first_position + i for d in decoded for i in range(len(d.hinted_ids))]  # their positions
+    assert hinted and max(hinted) <= p + 4  # only the right guesses
     assert len(decoded) == n - 1 - len(hinted)  # one step (and message) per token, less the guessed ones
     assert decoded[-1].finish_reason == FinishReason.LENGTH
     assert decoded[-1].forward_passes == 1 + len(decoded)  # the first token's pass, then one per step
