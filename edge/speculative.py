@@ -146,6 +146,9 @@ class SpeculativeRun:
             while not self.finish:
                 for piece in await self._step():
                     yield piece
+            if self._shadow_task is not None:  # no guess may go out after the half-close
+                self._shadow_task.cancel()
+                await asyncio.gather(self._shadow_task, return_exceptions=True)
             await self.stream.done_writing()
             while await self._next_response(None) is not None:
                 pass  # stale verdicts of blocks still in flight at the finish
@@ -453,6 +456,7 @@ class SpeculativeRun:
             and self._draft_ready
             and not self.hints.full()
             and not self.finish
+            and not (self.hints.ids and self.hints.ids[-1] in self.stop_ids)  # nothing comes after a stop
             and (self.lengths.acceptance >= MIN_GUESS_ACCEPTANCE or len(self.book.committed) >= self._probe_at)
         )
 
