@@ -62,6 +62,7 @@ class PaysInputs:
     cloud_step_s: float  # t_c, the cloud's time per token decoding alone for this session; 0: unknown
     measured_tokens_per_s: float = 0.0  # committed per second over the recent verdicts while drafting; 0: none
     cloud_measured_tokens_per_s: float = 0.0  # committed per second while the cloud decoded (with guesses); 0: none
+    last_drafting_tokens_per_s: float = 0.0  # what the session's last stretch of drafting measured; 0: none
 
 
 def hybrid_tokens_per_s(m: PaysInputs) -> float:
@@ -85,7 +86,10 @@ def drafting_tokens_per_s(m: PaysInputs, drafting_now: bool) -> float:
     """What drafting commits per second: measured while drafting (when measured), else the model."""
     if drafting_now and m.measured_tokens_per_s > 0:
         return m.measured_tokens_per_s
-    return hybrid_tokens_per_s(m)
+    model = hybrid_tokens_per_s(m)
+    # The model is optimistic for a draft whose acceptance comes in runs; once drafting was tried
+    # and measured in this session, it is not trusted beyond what that stretch reached.
+    return min(model, m.last_drafting_tokens_per_s) if m.last_drafting_tokens_per_s > 0 else model
 
 
 def drafting_pays(m: PaysInputs, drafting_now: bool) -> bool:

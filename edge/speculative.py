@@ -110,6 +110,7 @@ class SpeculativeRun:
         self._decode_pace: tuple[float, float] | None = None  # cloud decoding: EMAs of (tokens, seconds) per answer
         self._decoded_at: float | None = None
         self._probe_at = 0  # committed length from which a draft guessing poorly guesses again
+        self._last_drafting_rate = 0.0  # what the last stretch of drafting in blocks measured (tokens/s)
         self._shadow_fed = 0  # context length of the last shadow prediction
         self._shadow_next_at = 0.0
         self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
@@ -557,6 +558,7 @@ class SpeculativeRun:
             verify_s=max(self.cloud_step_s, round_trip - (lengths.link_s or 0.0)), cloud_step_s=self.cloud_step_s,
             measured_tokens_per_s=self._measured[0] / self._measured[1] if self._measured else 0.0,
             cloud_measured_tokens_per_s=self._decode_pace[0] / self._decode_pace[1] if self._decode_pace else 0.0,
+            last_drafting_tokens_per_s=self._last_drafting_rate,
         )
 
     def _reconsider(self) -> None:
@@ -567,6 +569,8 @@ class SpeculativeRun:
         was_drafting = self.switch.drafting
         if self.switch.update(inputs):
             self.stats.mode_switches += 1
+            if was_drafting and inputs.measured_tokens_per_s > 0:
+                self._last_drafting_rate = inputs.measured_tokens_per_s
             self.lengths.start_block()
             self._measured = self._measured_since = None  # a drafting stretch is measured afresh
         self.stats.pays = {
