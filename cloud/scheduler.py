@@ -307,7 +307,7 @@ class Scheduler:
             token = Token(first + result.accepted_count, result.next_token, result.finish_reason,
                           decode_step_us=step_us, hinted=hinted)
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
-            if not result.stale:
+            if not result.stale and job.kind is JobKind.VERIFY:  # a decoding step's guesses are not draft blocks
                 self.metrics.verdict(drafted, result.accepted_count)
         speculate = job.kind is not JobKind.GENERATE or job.payload is not None
         self.metrics.generated("Speculate" if speculate else "Generate", committed)

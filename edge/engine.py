@@ -336,7 +336,8 @@ class EdgeEngine:
             session = request.to_wire(committed).session_open(
                 tokenizer_fingerprint=drafter.fingerprint, draft_model_name=drafter.name, draft_mode=request.draft_mode)
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
-                                 response_timeout_s=timeout, hint_limit=info.max_hint_tokens)
+                                 response_timeout_s=timeout, hint_limit=info.max_hint_tokens,
+                                 start_guessing=getattr(drafter, "crosses_vocabularies", False))
             run.stop_ids |= set(info.eos_token_ids)
             return run
 

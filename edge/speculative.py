@@ -68,9 +68,12 @@ class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
-                 stats: GenerationStats | None = None, response_timeout_s: float | None = None, hint_limit: int = 0):
+                 stats: GenerationStats | None = None, response_timeout_s: float | None = None, hint_limit: int = 0,
+                 start_guessing: bool = False):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives);
-        hint_limit: most guesses the cloud holds (its Limits.max_hint_tokens; 0: send none)."""
+        hint_limit: most guesses the cloud holds (its Limits.max_hint_tokens; 0: send none);
+        start_guessing: begin with the cloud decoding and the draft guessing (a draft of another family)
+        rather than drafting in blocks (a draft of the target's own family)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -98,11 +101,12 @@ class SpeculativeRun:
         # Never slower than cloud-only: whether to draft, the cloud's own requests, the shadow.
         self._may_switch = config.adaptive and config.cloud_decode and not self.policy.sparse
         # With guesses (edge/decode_hints.py) the cloud decoding alone is never slower than the cloud
-        # alone and gains from every right guess, so a session starts there and drafts in blocks once
-        # the evidence says blocks pay more.
+        # alone and gains from every right guess. A draft of another family (which agrees far less
+        # often than a quantized sibling) starts there and drafts in blocks once the evidence says
+        # blocks pay more; any session that stops drafting decodes this way.
         self.hints = HintTail(len(self.book.committed), hint_limit) \
             if self._may_switch and config.decode_hints and hint_limit > 0 else None
-        self.switch = DraftingSwitch(drafting=self.hints is None)
+        self.switch = DraftingSwitch(drafting=self.hints is None or not start_guessing)
         self.decodes = DecodeRequests()
         self.cloud_step_s = 0.0  # the cloud's time per token for this session decoding alone (0: unknown)
         self._shadow: tuple[int, int] | None = None  # (position, the draft's token there), awaiting the cloud's
