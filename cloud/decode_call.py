@@ -12,7 +12,7 @@ from cloud.call_stream import DRAIN, CallStream
 from cloud.scheduler import Scheduler
 from cloud.session import VerifierSession
 from common.pb.tandem.v1 import tandem_pb2 as pb
-from common.wire import CloudDecode, DecodedToken
+from common.wire import CloudDecode, DecodeHint, DecodedToken
 
 
 async def decode_alone(scheduler: Scheduler, session: VerifierSession, stream: CallStream,
@@ -42,6 +42,9 @@ async def decode_alone(scheduler: Scheduler, session: VerifierSession, stream: C
                     open_requests.append(CloudDecode.from_pb(request.decode))
                     scheduler.decode(session, open_requests[-1], emit)
                     read = asyncio.ensure_future(stream.next_or_drain())
+                elif request not in (None, DRAIN) and request.WhichOneof("kind") == "hint":
+                    take_hint(scheduler, session, request.hint)
+                    read = asyncio.ensure_future(stream.next_or_drain())
                 else:
                     other = True
             if answer in done:
@@ -49,17 +52,26 @@ async def decode_alone(scheduler: Scheduler, session: VerifierSession, stream: C
                 answer = asyncio.ensure_future(answers.get())
                 if isinstance(token, BaseException):
                     raise token
-                head = open_requests[0]
-                last = token.stale or bool(token.finish_reason) or token.position >= head.end_position - 1
-                if last:
+                last = token.stale or token.retires > 0  # with guesses, one step may complete several requests
+                for _ in range(1 if token.stale else token.retires):
                     open_requests.popleft()
                 await stream.write(pb.SpeculateResponse(decoded=DecodedToken(
                     token.position, token.token_id, token.finish_reason, token.stale,
                     forward_passes=session.forward_passes if last else 0,
-                    decode_step_us=token.decode_step_us if last else 0).to_pb()))
+                    decode_step_us=token.decode_step_us if last else 0, hinted_ids=token.hinted).to_pb()))
         return read
     except BaseException:
         read.cancel()
         raise
     finally:
         answer.cancel()
+
+
+def take_hint(scheduler: Scheduler, session: VerifierSession, message: pb.DecodeHint) -> None:
+    """Hands the scheduler the edge's guesses (DecodeHint), checked here; a server that takes none
+    (Limits.max_hint_tokens 0) ignores them."""
+    hint = DecodeHint.from_pb(message)
+    session.check_ids(hint.token_ids, "hint token_ids")
+    if session.limits.max_hint_tokens:
+        scheduler.hint(session, hint)
+

@@ -20,6 +20,9 @@ class SessionLimits:
                                     env="MAX_DRAFT_TOKENS", group=LIMITS, low=1)
     max_new_tokens: int = setting(4096, "most tokens one session may generate (default %(default)s)",
                                   env="MAX_NEW_TOKENS", group=LIMITS, low=1)
+    max_hint_tokens: int = setting(16, "most of an edge's guesses (DecodeHint) held per session while the cloud "
+                                       "decodes alone; 0 takes none (default %(default)s)",
+                                   env="MAX_HINT_TOKENS", group=LIMITS, low=0)
     max_draft_top_k: int = 64
     max_stop_strings: int = MAX_STOP_STRINGS
     max_stop_string_bytes: int = 256

@@ -39,13 +39,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from cloud.decode_hints import hint_count
 from cloud.goodput import GoodputShaper
 from cloud.pass_plan import plan_pass
 from cloud.session import VerifierSession, Work
 from cloud.step_time import StepTimeModel
 from cloud.target_engine import Segment, TargetEngine, default_kv_budget_bytes, new_kv_pool
 from common.errors import TandemError
-from common.wire import CloudDecode, DraftBlock, FinishReason, SessionStarted, Verdict
+from common.wire import CloudDecode, DecodeHint, DraftBlock, FinishReason, SessionStarted, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Token:
     finish_reason: FinishReason
     stale: bool = False  # CloudDecode only: the request did not continue the session; nothing decoded
     decode_step_us: int = 0  # the step-time fit's estimate for this session decoding alone
+    hinted: tuple[int, ...] = ()  # CloudDecode only: the edge's guesses committed right before token_id
+    retires: int = 0  # CloudDecode only: requests this token completes (with guesses, possibly several)
 
 
 class JobKind(enum.Enum):
@@ -68,6 +71,7 @@ class JobKind(enum.Enum):
     GENERATE = "generate"
     VERIFY = "verify"  # one Speculate draft block
     CLOSE = "close"  # free a session
+    HINT = "hint"  # the edge's guesses for a session the cloud decodes alone (DecodeHint)
     CALL = "call"  # run a function on the model thread between steps
 
 
@@ -104,6 +108,7 @@ class _Decoding:
 
     job: _Job
     requests: deque[tuple[CloudDecode, bool]]
+    last_tokens: int = 1  # tokens its last planned step fed (the pending one and any guesses)
 
 
 class ShuttingDown(TandemError):
@@ -181,6 +186,10 @@ class Scheduler:
         receives every answer: each Token decoded alone, a stale Token per stale request, in request
         order, or an exception. A request sent before the last is done continues it without a gap."""
         self._inbox.put(_Job(JobKind.GENERATE, session, payload=request, emit=emit))
+
+    def hint(self, session: VerifierSession, hint: DecodeHint) -> None:
+        """Hands the model thread the edge's guesses for a Speculate session (never answered)."""
+        self._inbox.put(_Job(JobKind.HINT, session, payload=hint))
 
     async def close(self, session: VerifierSession) -> None:
         """Frees the session between steps (never while a pass uses its blocks); survives cancellation."""
@@ -266,6 +275,10 @@ class Scheduler:
                 self._expected.discard(job.session)
                 job.session.close()
                 job.resolve(None)
+            elif job.kind is JobKind.HINT:
+                if job.session.table is not None:  # not once the session closed
+                    job.session.hints.add(job.payload, job.session.tokens)
+                    self._replan_decode(job.session)
             elif job.kind is JobKind.GENERATE and job.payload is not None:
                 self._take_decode(job)
             elif job.kind in (JobKind.START, JobKind.GENERATE):
@@ -296,9 +309,12 @@ class Scheduler:
             token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us)
             committed = int(result.token_id is not None)
         else:
-            token = Token(result.start_position + 1, result.next_token, result.finish_reason, decode_step_us=step_us)
+            first = result.start_position + 1  # a decoding step's accepted drafts are the edge's guesses
+            hinted = tuple(job.session.tokens[first: first + result.accepted_count])
+            token = Token(first + result.accepted_count, result.next_token, result.finish_reason,
+                          decode_step_us=step_us, hinted=hinted)
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
-            if not result.stale:
+            if not result.stale and job.kind is JobKind.VERIFY:  # a decoding step's guesses are not draft blocks
                 self.metrics.verdict(drafted, result.accepted_count)
                 self.shaper.observe_verdict(drafted, result.accepted_count)
             result = dataclasses.replace(result, max_drafts=self._draft_cap)
@@ -307,6 +323,8 @@ class Scheduler:
         if job.kind is not JobKind.GENERATE:
             job.resolve(dataclasses.replace(result, decode_step_us=step_us))
             return
+        if job.payload is not None:
+            token = dataclasses.replace(token, retires=self._retire(job.session, token))
         job.resolve(token)
         if job.payload is not None:
             self._decoded(job.session, token)
@@ -331,26 +349,55 @@ class Scheduler:
             job.resolve(self._stale(session, request))
             return
         self._decoding[session] = _Decoding(job, deque([(request, True)]))
-        self._plan(job, session.decode_work())
+        self._plan(job, self._decode_work(session))
 
     def _stale(self, session: VerifierSession, request: CloudDecode) -> Token:
         return Token(request.start_position, None, session.finished, stale=True,
                      decode_step_us=self._decode_step_us(self._last_pass_tokens))
 
+    def _retire(self, session: VerifierSession, token: Token) -> int:
+        """Retires the requests a token decoded alone completes; returns how many."""
+        requests, retired = self._decoding[session].requests, 0
+        while requests and requests[0][1] and requests[0][0].retired(len(session.tokens), bool(token.finish_reason)):
+            requests.popleft()
+            retired += 1
+        return retired
+
     def _decoded(self, session: VerifierSession, token: Token) -> None:
-        """After a token decoded alone: retires the requests it completes, answers the stale ones
-        whose turn came, and queues the next step while requests still ask for tokens."""
+        """After a token decoded alone: answers the stale requests whose turn came, and queues the
+        next step while requests still ask for tokens."""
         decoding = self._decoding[session]
         requests = decoding.requests
-        if requests and (token.finish_reason or token.position >= requests[0][0].end_position - 1):
-            requests.popleft()
         while requests and (session.finished or not requests[0][1]):
             decoding.job.resolve(self._stale(session, requests.popleft()[0]))
         if session.decoding():
             decoding.job.queued_at = time.monotonic()
-            self._plan(decoding.job, session.decode_work())
+            self._plan(decoding.job, self._decode_work(session))
         else:
             del self._decoding[session]
+
+    def _decode_work(self, session: VerifierSession) -> Verdict | Work:
+        """The session's next decoding step, checking as many of the edge's guesses as pay
+        (cloud/decode_hints.py: committed tokens per second of the step, from the step-time fit)."""
+        usable = session.usable_hints()
+        others = max(0, self._last_pass_tokens - self._decoding[session].last_tokens) if usable else 0
+        work = session.decode_work(hint_count(session.hints.acceptance, usable, self.step_times.estimate, others))
+        if isinstance(work, Work):
+            self._decoding[session].last_tokens = len(work.token_ids)
+        return work
+
+    def _replan_decode(self, session: VerifierSession) -> None:
+        """New guesses came for a session whose next decoding step waits for a pass: plan it again
+        with them. (Planning has no effect on the session until the pass runs.)"""
+        decoding = self._decoding.get(session)
+        if decoding is None or not session.usable_hints():
+            return
+        for i, (work, job) in enumerate(self._ready):
+            if job is decoding.job:
+                replanned = self._decode_work(session)
+                if isinstance(replanned, Work):
+                    self._ready[i] = (replanned, job)
+                return
 
     def _forget(self, session: VerifierSession) -> None:
         """Drops a closing session's queued work (its caller has gone)."""

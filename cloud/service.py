@@ -87,8 +87,12 @@ class TandemService(pb_grpc.TandemServicer):
                     ahead = await decode_call.decode_alone(self.scheduler, session, stream,
                                                            CloudDecode.from_pb(request.decode))
                     continue
+                if request.WhichOneof("kind") == "hint":
+                    decode_call.take_hint(self.scheduler, session, request.hint)
+                    continue
                 if request.WhichOneof("kind") != "draft":
-                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft` and `decode` messages")
+                    raise InvalidArgument("after `open`, a Speculate stream carries only `draft`, `decode` and `hint` "
+                                          "messages")
                 verify = self.scheduler.verify(session, DraftBlock.from_pb(request.draft))
                 verdict = await with_progress(verify, self.scheduler, session, report)
                 await stream.write(pb.SpeculateResponse(verdict=verdict.to_pb()))
@@ -120,6 +124,7 @@ class TandemService(pb_grpc.TandemServicer):
             max_context=lim.context_for(m.max_context),
             max_prompt_tokens=lim.max_prompt_tokens,
             max_draft_tokens=lim.max_draft_tokens,
+            max_hint_tokens=lim.max_hint_tokens,
             max_new_tokens=lim.max_new_tokens,
             max_draft_top_k=lim.max_draft_top_k,
             chat_template=m.chat_template,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud.blocks import KVPool
+from cloud.decode_hints import HintBuffer
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
 from cloud.target_engine import HostLogits, Logits, TargetEngine
@@ -98,6 +99,7 @@ class VerifierSession:
         self.reused_tokens = 0  # prompt tokens whose KV came from a cached prefix (not prefilled)
         self._shared_prefix = False  # the cache state came from the prefix cache
         self.decode_until = 0  # CloudDecode: the cloud decodes alone while len(tokens) is below this
+        self.hints = HintBuffer(limits.max_hint_tokens)  # the edge's guesses while it does (DecodeHint)
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
 
@@ -139,9 +141,9 @@ class VerifierSession:
             raise InvalidArgument(
                 f"{len(r.stop_token_ids)} stop_token_ids; this server accepts at most {lim.max_stop_tokens}"
             )
-        self._check_ids(r.prompt_token_ids, "prompt_token_ids")
-        self._check_ids(r.resume_token_ids, "resume_token_ids")
-        self._check_ids(r.stop_token_ids, "stop_token_ids")
+        self.check_ids(r.prompt_token_ids, "prompt_token_ids")
+        self.check_ids(r.resume_token_ids, "resume_token_ids")
+        self.check_ids(r.stop_token_ids, "stop_token_ids")
         s = r.sampling
         if not (np.isfinite(s.temperature) and s.temperature >= 0 and np.isfinite(s.top_p)):
             raise InvalidArgument("temperature must be a finite number >= 0, top_p finite")
@@ -153,7 +155,7 @@ class VerifierSession:
                     f"stop string {stop[:40]!r} must have 1 to {lim.max_stop_string_bytes} bytes of UTF-8"
                 )
 
-    def _check_ids(self, ids: Sequence[int], what: str) -> None:
+    def check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]
         if bad:
             raise InvalidArgument(f"{what} has token id {bad[0]} outside the vocabulary [0, {self.model.vocab_size})")
@@ -239,7 +241,7 @@ class VerifierSession:
             raise InvalidArgument(
                 f"draft block has {len(block.token_ids)} tokens; at most {self.limits.max_draft_tokens} allowed"
             )
-        self._check_ids(block.token_ids, "draft token_ids")
+        self.check_ids(block.token_ids, "draft token_ids")
         sparse = self.request.draft_mode == DraftMode.SPARSE_Q and not self.chooser.params.greedy
         if sparse:
             self._check_dists(block)
@@ -270,9 +272,16 @@ class VerifierSession:
                 return self._judge(block.start_position, HostLogits(snapshot.logits[None]), drafts, dists, sparse)
         return Work(self, [self.tokens[-1], *drafts], len(drafts) + 1, finish, drafted=len(drafts))
 
-    def decode_work(self) -> Verdict | Work:
-        """One plain decoding step (a block of just the pending token), for Generate and CloudDecode."""
-        return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1]]))
+    def decode_work(self, hints: int = 0) -> Verdict | Work:
+        """One decoding step, for Generate and CloudDecode: a block of the pending token and, with
+        CloudDecode, up to `hints` of the edge's guesses that continue the committed tokens
+        (cloud/decode_hints.py), never reaching past what the CloudDecode requests ask for."""
+        guesses = self.hints.usable(self.tokens)[: max(0, min(hints, self.decode_until - len(self.tokens) - 1))]
+        return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1], *guesses]))
+
+    def usable_hints(self) -> int:
+        """How many of the edge's guesses a decoding step could check now."""
+        return max(0, min(len(self.hints.usable(self.tokens)), self.decode_until - len(self.tokens) - 1))
 
     # --- the cloud decoding on its own within a Speculate session (CloudDecode; issue 19) ----
 
@@ -340,7 +349,7 @@ class VerifierSession:
         for i, (x, d) in enumerate(zip(block.token_ids[1:], block.draft_dists)):
             if not 1 <= len(d.token_ids) == len(d.weights) <= self.limits.max_draft_top_k:
                 raise InvalidArgument(f"draft distribution {i} must have 1..{self.limits.max_draft_top_k} entries")
-            self._check_ids(d.token_ids, "draft distribution token_ids")
+            self.check_ids(d.token_ids, "draft distribution token_ids")
             if sum(d.weights) != sampling.Q_SCALE or len(set(d.token_ids)) != len(d.token_ids):
                 raise InvalidArgument(f"draft distribution {i} must have distinct ids and weights summing to 65536")
             if x not in d.token_ids or d.weights[d.token_ids.index(x)] == 0:

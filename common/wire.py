@@ -207,6 +207,24 @@ class Verdict:
         )
 
 
+@dataclass(frozen=True)
+class DecodeHint:
+    """The edge's guesses of the tokens the cloud decodes next: token_ids[0], at start_position,
+    is the anchor they follow (see the proto)."""
+
+    start_position: int
+    token_ids: list[int]
+
+    @classmethod
+    def from_pb(cls, m: pb.DecodeHint) -> DecodeHint:
+        if len(m.token_ids) < 2:
+            raise InvalidArgument("DecodeHint.token_ids must hold the anchor and at least one guess")
+        return cls(start_position=m.start_position, token_ids=list(m.token_ids))
+
+    def to_pb(self) -> pb.DecodeHint:
+        return pb.DecodeHint(start_position=self.start_position, token_ids=self.token_ids)
+
+
 # --- the cloud decoding on its own within a Speculate session (issue 19: never slower) -------
 
 
@@ -221,6 +239,12 @@ class CloudDecode:
     def end_position(self) -> int:
         """The position right after the last token this request may bring."""
         return self.start_position + self.max_tokens
+
+    def retired(self, committed: int, finished: bool) -> bool:
+        """Whether this request (one that continued the session) is done once the session has
+        `committed` tokens: it began below that and ends there or before, or the session finished.
+        With the edge's guesses (DecodeHint) one step may retire several requests."""
+        return self.start_position < committed and (finished or self.end_position <= committed)
 
     @classmethod
     def from_pb(cls, m: pb.CloudDecode) -> CloudDecode:
@@ -242,9 +266,22 @@ class DecodedToken:
     stale: bool = False
     forward_passes: int = 0  # on the last answer to a request only
     decode_step_us: int = 0  # on the last answer to a request only
+    hinted_ids: tuple[int, ...] = ()  # hinted tokens committed right before token_id (DecodeHint)
+
+    @property
+    def ids(self) -> list[int]:
+        """The tokens this answer commits, in order: the hinted ones, then the cloud's own."""
+        return [*self.hinted_ids, *([] if self.token_id is None else [self.token_id])]
+
+    @property
+    def first_position(self) -> int:
+        """Position of ids[0]."""
+        return self.position - len(self.hinted_ids)
 
     @classmethod
     def from_pb(cls, m: pb.DecodedToken) -> DecodedToken:
+        if len(m.hinted_ids) > m.position:
+            raise InvalidArgument("DecodedToken.hinted_ids reach before position 0")
         return cls(
             position=m.position,
             token_id=m.token_id if m.HasField("token_id") else None,
@@ -252,6 +289,7 @@ class DecodedToken:
             stale=m.stale,
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
+            hinted_ids=tuple(m.hinted_ids),
         )
 
     def to_pb(self) -> pb.DecodedToken:
@@ -262,6 +300,7 @@ class DecodedToken:
             stale=self.stale,
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
+            hinted_ids=list(self.hinted_ids),
         )
 
 
@@ -390,6 +429,7 @@ class ModelInfo:
     idle_timeout_s: float = 0.0  # 0: the cloud never times out an idle stream
     replica: str = ""  # the replica that answered Info
     special_tokens: SpecialTokens = SpecialTokens()  # the target's BOS/EOS rules
+    max_hint_tokens: int = 0  # 0: the cloud takes no DecodeHint
 
     @classmethod
     def from_pb(cls, m: pb.InfoResponse) -> ModelInfo:
@@ -406,6 +446,7 @@ class ModelInfo:
             chat_template=m.chat_template,
             max_stop_tokens=m.limits.max_stop_tokens,
             idle_timeout_s=m.limits.idle_timeout_ms / 1000,
+            max_hint_tokens=m.limits.max_hint_tokens,
             replica=m.replica,
             special_tokens=special_tokens_from_pb(m.special_tokens),
         )
@@ -424,6 +465,7 @@ class ModelInfo:
                 max_draft_top_k=self.max_draft_top_k,
                 max_stop_tokens=self.max_stop_tokens,
                 idle_timeout_ms=round(self.idle_timeout_s * 1000),
+                max_hint_tokens=self.max_hint_tokens,
             ),
             chat_template=self.chat_template,
             replica=self.replica,

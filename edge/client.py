@@ -17,7 +17,7 @@ from common.channel import ChannelSecurity, Keepalive, open_channel
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.pb.tandem.v1 import tandem_pb2_grpc as pb_grpc
 from common.wire import (
-    CloudDecode, DecodedToken, DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen,
+    CloudDecode, DecodedToken, DecodeHint, DraftBlock, GenerateRequest, GenerateStep, ModelInfo, Progress, SessionOpen,
     SessionStarted, TokenizerChunk, Verdict,
 )
 
@@ -89,6 +89,7 @@ class SpeculateStream:
         self.response_timeout_s = response_timeout_s
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._writing = asyncio.Lock()  # the draft's guesses go out from their own task
 
     async def _call(self):
         if self._starting is None:
@@ -105,11 +106,16 @@ class SpeculateStream:
         """Asks the cloud to decode alone (issue 19: when drafting does not pay)."""
         await self._write(pb.SpeculateRequest(decode=request.to_pb()))
 
+    async def send_hint(self, hint: DecodeHint) -> None:
+        """The draft's guesses of what the cloud decodes next (never answered)."""
+        await self._write(pb.SpeculateRequest(hint=hint.to_pb()))
+
     async def _write(self, request: pb.SpeculateRequest) -> None:
         call = await self._call()
         self.bytes_sent += request.ByteSize()
         try:
-            await call.write(request)
+            async with self._writing:
+                await call.write(request)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         except asyncio.InvalidStateError:  # the call had already ended: report how

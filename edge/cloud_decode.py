@@ -64,9 +64,13 @@ class DecodeRequests:
                 raise ProtocolError(f"stale answer at {token.position} for the request at {head.start_position}")
             self.in_flight.popleft()
             return []
-        if token.position != committed or not head.start_position <= token.position < head.end_position:
-            raise ProtocolError(f"decoded token at position {token.position}; expected {committed} within the "
+        first = token.first_position  # before its hinted tokens (DecodeHint), if any
+        if first != committed or not head.start_position <= first < head.end_position:
+            raise ProtocolError(f"decoded tokens from position {first}; expected {committed} within the "
                                 f"request [{head.start_position}, {head.end_position})")
-        if token.finish_reason or token.position == head.end_position - 1:
-            self.in_flight.popleft()
-        return [] if token.token_id is None else [token.token_id]
+        ids = token.ids
+        if first + len(ids) > self.in_flight[-1].end_position:
+            raise ProtocolError(f"decoded tokens up to position {first + len(ids) - 1}, beyond the requests")
+        while self.in_flight and self.in_flight[0].retired(first + len(ids), bool(token.finish_reason)):
+            self.in_flight.popleft()  # with guesses, one answer may complete several requests
+        return ids

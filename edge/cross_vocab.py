@@ -79,6 +79,8 @@ class _Proposal:
 class CrossVocabDrafter:
     """edge.draft_engine.DraftEngine in the target's token ids, around a draft of another vocabulary."""
 
+    crosses_vocabularies = True  # a draft of another family: sessions start guessing (edge/decode_hints.py)
+
     def __init__(self, draft: DraftEngine, target: TextTokenizer, info: ModelInfo,
                  intersection: VocabIntersection | None = None, target_bytes: list[bytes] | None = None):
         """target: the target's tokenizer (its fingerprint must be info.tokenizer_fingerprint);

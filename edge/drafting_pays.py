@@ -61,6 +61,8 @@ class PaysInputs:
     verify_s: float  # t_v, the cloud's pass over one block
     cloud_step_s: float  # t_c, the cloud's time per token decoding alone for this session; 0: unknown
     measured_tokens_per_s: float = 0.0  # committed per second over the recent verdicts while drafting; 0: none
+    cloud_measured_tokens_per_s: float = 0.0  # committed per second while the cloud decoded (with guesses); 0: none
+    last_drafting_tokens_per_s: float = 0.0  # what the session's last stretch of drafting measured; 0: none
 
 
 def hybrid_tokens_per_s(m: PaysInputs) -> float:
@@ -75,15 +77,19 @@ def hybrid_tokens_per_s(m: PaysInputs) -> float:
 
 
 def cloud_tokens_per_s(m: PaysInputs) -> float:
-    """Tokens per second of the cloud decoding alone for this session (0 when unknown)."""
-    return 1.0 / m.cloud_step_s if m.cloud_step_s > 0 else 0.0
+    """Tokens per second of the cloud decoding alone for this session (0 when unknown): one per step,
+    or what it measurably committed with the draft's guesses (edge/decode_hints.py), when more."""
+    return max(1.0 / m.cloud_step_s if m.cloud_step_s > 0 else 0.0, m.cloud_measured_tokens_per_s)
 
 
 def drafting_tokens_per_s(m: PaysInputs, drafting_now: bool) -> float:
     """What drafting commits per second: measured while drafting (when measured), else the model."""
     if drafting_now and m.measured_tokens_per_s > 0:
         return m.measured_tokens_per_s
-    return hybrid_tokens_per_s(m)
+    model = hybrid_tokens_per_s(m)
+    # The model is optimistic for a draft whose acceptance comes in runs; once drafting was tried
+    # and measured in this session, it is not trusted beyond what that stretch reached.
+    return min(model, m.last_drafting_tokens_per_s) if m.last_drafting_tokens_per_s > 0 else model
 
 
 def drafting_pays(m: PaysInputs, drafting_now: bool) -> bool:
@@ -101,8 +107,9 @@ def drafting_pays(m: PaysInputs, drafting_now: bool) -> bool:
 class DraftingSwitch:
     """The session's mode (drafting or the cloud decoding alone) and the evidence behind a switch."""
 
-    def __init__(self):
-        self.drafting = True
+    def __init__(self, drafting: bool = True):
+        """drafting: the mode a session starts in (False: the cloud decodes, the draft guessing ahead)."""
+        self.drafting = drafting
         self.evidence = 0  # verdicts since drafting (re)started, or shadow predictions since the cloud took over
         self.shadow_needed = MIN_SHADOW
         self.switches = 0  # mode changes so far

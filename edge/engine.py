@@ -365,7 +365,8 @@ class EdgeEngine:
                 tokenizer_fingerprint=drafter.fingerprint, draft_model_name=drafter.name, draft_mode=request.draft_mode)
             drafts = provisional() if provisional is not None and request.draft_mode != DraftMode.SPARSE_Q else []
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
-                                 response_timeout_s=timeout, provisional=drafts)
+                                 response_timeout_s=timeout, provisional=drafts, hint_limit=info.max_hint_tokens,
+                                 start_guessing=getattr(drafter, "crosses_vocabularies", False))
             run.stop_ids |= set(info.eos_token_ids)
             return run
 

@@ -37,6 +37,8 @@ class GenerationStats:
     mode_switches: int = 0
     shadow_checked: int = 0
     shadow_agreed: int = 0
+    hinted: int = 0  # of cloud_decoded, tokens the draft had guessed ahead and a step checked (DecodeHint)
+    hints_sent: int = 0  # guesses sent to the cloud
     pays: dict = field(default_factory=dict)
     # Offline-first (edge/offline.py): tokens the local model wrote provisionally while the cloud was
     # away, those the target later confirmed and those it rewrote, rewinds, the cloud's returns within
@@ -74,8 +76,9 @@ class GenerationStats:
             return runs[0].as_dict()
         summed = ("rounds", "drafted", "accepted", "stale_drafted", "cloud_forward_passes", "bytes_sent",
                   "bytes_received", "tokens", "local_tokens", "elapsed_s", "resumes", "resume_s",
-                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed", "provisional",
-                  "provisional_accepted", "provisional_rewritten", "rewinds", "reconnects_in_answer", "verify_s")
+                  "cloud_decoded", "mode_switches", "shadow_checked", "shadow_agreed", "hinted", "hints_sent",
+                  "provisional", "provisional_accepted", "provisional_rewritten", "rewinds", "reconnects_in_answer",
+                  "verify_s")
         total = cls(**{name: sum(getattr(run, name) for run in runs) for name in summed},
                     ttft_s=sum(run.ttft_s for run in runs) / len(runs),
                     peak_in_flight=max(run.peak_in_flight for run in runs))

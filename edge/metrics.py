@@ -35,6 +35,8 @@ class EdgeMetrics:
         # decision with its inputs as the last hybrid answer left them.
         self.cloud_decoded = Counter("tandem_edge_cloud_decoded_tokens", "Tokens of hybrid answers the cloud "
                                      "decoded alone because drafting did not pay", registry=r)
+        self.hinted = Counter("tandem_edge_hinted_tokens", "Of those, tokens the draft had guessed ahead and the "
+                              "cloud confirmed within its own steps (DecodeHint)", registry=r)
         self.mode_switches = Counter("tandem_edge_drafting_switches", "Hybrid answers' switches between drafting "
                                      "and the cloud decoding alone", registry=r)
         self.shadow = Counter("tandem_edge_shadow_predictions", "Tokens the draft predicted while the cloud decoded "
@@ -90,6 +92,7 @@ class EdgeMetrics:
 
     def _pays(self, stats) -> None:
         self.cloud_decoded.inc(stats.cloud_decoded)
+        self.hinted.inc(stats.hinted)
         self.mode_switches.inc(stats.mode_switches)
         self.shadow.labels(outcome="agreed").inc(stats.shadow_agreed)
         self.shadow.labels(outcome="missed").inc(stats.shadow_checked - stats.shadow_agreed)

@@ -34,6 +34,11 @@ class SpeculationConfig:
                                        "alone in the same session, and re-probe drafting from time to time; "
                                        "needs --adaptive (default %(default)s)",
                                  negatable=True, group=SPECULATION)
+    decode_hints: bool = setting(True, "while the cloud decodes alone, send it the draft's guesses of what "
+                                       "comes next, which it checks in its own steps without waiting for them; "
+                                       "sessions then start with the cloud decoding and draft in blocks once "
+                                       "that pays more (needs --cloud-decode; default %(default)s)",
+                                 negatable=True, group=SPECULATION)
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
     # where the two prefills would slow each other and so the first token. Not a flag: the

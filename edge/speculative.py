@@ -41,6 +41,7 @@ from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S, DraftLengthPolicy
 from edge.draft_sampling import DraftPolicy
 from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
+from edge.decode_hints import HintTail
 from edge.draft_tail import DraftTail
 from edge.low_priority import at_lowest_priority
 from edge.generation_stats import GenerationStats
@@ -52,6 +53,10 @@ from edge.speculation_config import SpeculationConfig
 # the shadow needs evidence, not every token, and must not load a slow edge.
 SHADOW_DUTY = 0.5
 MEASURED_WEIGHT = 0.25  # of the newest verdict in the measured drafting rate
+# Below this acceptance the draft's guesses ahead of the cloud are mostly bytes for nothing: it then
+# guesses again only every PROBE_EVERY tokens, to notice when the text gets easier.
+MIN_GUESS_ACCEPTANCE = 0.3
+PROBE_EVERY = 16
 
 
 _KINDS = {SessionStarted: "started", Verdict: "answer", DecodedToken: "answer"}  # what SpeculateStream.read() yields
@@ -65,11 +70,14 @@ class SpeculativeRun:
 
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None,
-                 provisional: list[int] | None = None):
+                 provisional: list[int] | None = None, hint_limit: int = 0, start_guessing: bool = False):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives).
         provisional: tokens the local model wrote after the resumed ones (edge/offline.py). Once the
         cloud's first token equals the first of them, the rest are the tail's drafts, sent in blocks
-        of draft_tokens whether drafting pays or not (they cost nothing to draft)."""
+        of draft_tokens whether drafting pays or not (they cost nothing to draft). hint_limit: most
+        guesses the cloud holds (its Limits.max_hint_tokens; 0: send none). start_guessing: begin with
+        the cloud decoding and the draft guessing (a draft of another family) rather than drafting in
+        blocks (a draft of the target's own family)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -95,12 +103,22 @@ class SpeculativeRun:
         self.replica: str | None = None  # the replica serving this session, once it started ("" if unnamed)
         self._passes_before = self.stats.cloud_forward_passes  # earlier sessions of this answer (resumes)
         # Never slower than cloud-only: whether to draft, the cloud's own requests, the shadow.
-        self.switch = DraftingSwitch()
+        self._may_switch = config.adaptive and config.cloud_decode and not self.policy.sparse
+        # With guesses (edge/decode_hints.py) the cloud decoding alone is never slower than the cloud
+        # alone and gains from every right guess. A draft of another family (which agrees far less
+        # often than a quantized sibling) starts there and drafts in blocks once the evidence says
+        # blocks pay more; any session that stops drafting decodes this way.
+        self.hints = HintTail(len(self.book.committed), hint_limit) \
+            if self._may_switch and config.decode_hints and hint_limit > 0 else None
+        self.switch = DraftingSwitch(drafting=self.hints is None or not start_guessing or bool(provisional))
         self.decodes = DecodeRequests()
         self.cloud_step_s = 0.0  # the cloud's time per token for this session decoding alone (0: unknown)
-        self._may_switch = config.adaptive and config.cloud_decode and not self.policy.sparse
         self._shadow: tuple[int, int] | None = None  # (position, the draft's token there), awaiting the cloud's
-        self._shadow_task: asyncio.Task | None = None
+        self._shadow_task: asyncio.Task | None = None  # the shadow's prediction, or the guesses' drafting
+        self._decode_pace: tuple[float, float] | None = None  # cloud decoding: EMAs of (tokens, seconds) per answer
+        self._decoded_at: float | None = None
+        self._probe_at = 0  # committed length from which a draft guessing poorly guesses again
+        self._last_drafting_rate = 0.0  # what the last stretch of drafting in blocks measured (tokens/s)
         self._shadow_fed = 0  # context length of the last shadow prediction
         self._shadow_next_at = 0.0
         self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
@@ -140,6 +158,9 @@ class SpeculativeRun:
             while not self.finish:
                 for piece in await self._step():
                     yield piece
+            if self._shadow_task is not None:  # no guess may go out after the half-close
+                self._shadow_task.cancel()
+                await asyncio.gather(self._shadow_task, return_exceptions=True)
             await self.stream.done_writing()
             while await self._next_response(None) is not None:
                 pass  # stale verdicts of blocks still in flight at the finish
@@ -178,7 +199,9 @@ class SpeculativeRun:
         if self._can_prefeed():
             await self._prefeed()
             return []
-        if self._can_shadow():
+        if self._can_guess():
+            self._shadow_task = asyncio.create_task(self._guess_ahead())
+        elif self._can_shadow():
             self._shadow_task = asyncio.create_task(self._shadow_one(list(self.book.committed)))
         return self._apply(await self._next_response("answer"))
 
@@ -389,6 +412,7 @@ class SpeculativeRun:
         generated = self._decode_start() - len(self.request.prompt_token_ids)
         return (
             self._cloud_alone()
+            and not self._verifying_provisional()
             and not self.book.in_flight  # blocks in flight finish first: their verdicts fix the position
             and len(self.decodes.in_flight) < REQUESTS_IN_FLIGHT
             and generated < self.request.max_new_tokens
@@ -398,8 +422,11 @@ class SpeculativeRun:
     async def _request_decode(self) -> None:
         if not self.decodes.in_flight:
             self.book.reset()  # drop drafts never sent: the tail is the committed tokens again
+            if self.hints is not None and self.hints.start != len(self.book.committed):
+                self.hints.drop(len(self.book.committed))  # guesses from an earlier stretch of cloud decoding
         remaining = self.request.max_new_tokens - (self._decode_start() - len(self.request.prompt_token_ids))
-        tokens = request_tokens(self.lengths.link_s or 0.0, self.cloud_step_s, remaining)
+        pace = self._decode_pace[1] / self._decode_pace[0] if self._decode_pace else self.cloud_step_s
+        tokens = request_tokens(self.lengths.link_s or 0.0, min(self.cloud_step_s, pace), remaining)
         request = self.decodes.next_request(len(self.book.committed), tokens)
         await self._timed(self.stream.send_decode(request), "room to send")
 
@@ -412,20 +439,88 @@ class SpeculativeRun:
             self.cloud_step_s = token.decode_step_us / 1e6
         if token.stale:
             return []
+        first = len(self.book.committed)
         self.book.committed.extend(new)
         self.book.reset()
-        self.stats.rounds += len(new)
+        self.stats.rounds += 1
         self.stats.cloud_decoded += len(new)
+        self.stats.hinted += len(token.hinted_ids)
         self.stats.mark_tokens(len(new))
         self.finish = token.finish_reason
+        self._pace(len(new))
+        if self.hints is not None:
+            for right in self.hints.commit(first, new):
+                self._judged_guess(right)
         self._judge_shadow()
         if not self.decodes.in_flight and self._drafting_now():
             self.lengths.start_block()  # drafting resumes from here
         return [(Source.CLOUD, new)] if new else []
 
+    def _pace(self, tokens: int) -> None:
+        """Adds a decoded answer to the cloud's measured pace (with the draft's guesses)."""
+        since, self._decoded_at = self._decoded_at, self._arrived_at
+        if since is None or not tokens:
+            return
+        seconds = max(1e-6, self._arrived_at - since)
+        if self._decode_pace is not None:
+            w = MEASURED_WEIGHT
+            tokens, seconds = (1 - w) * self._decode_pace[0] + w * tokens, (1 - w) * self._decode_pace[1] + w * seconds
+        self._decode_pace = (tokens, seconds)
+
+    def _can_guess(self) -> bool:
+        return (self._shadow_task is None or self._shadow_task.done()) and self._guessing()
+
+    def _guessing(self) -> bool:
+        """Whether the draft should guess ahead of the cloud now (edge/decode_hints.py)."""
+        return (
+            self.hints is not None
+            and self._cloud_alone()
+            and bool(self.decodes.in_flight)
+            and not self._draft_disabled
+            and self._draft_ready
+            and not self.hints.full()
+            and not self.finish
+            and not (self.hints.ids and self.hints.ids[-1] in self.stop_ids)  # nothing comes after a stop
+            and (self.lengths.acceptance >= MIN_GUESS_ACCEPTANCE or len(self.book.committed) >= self._probe_at)
+        )
+
+    async def _guess_ahead(self) -> None:
+        """The draft guesses the tokens after the committed ones and its earlier guesses, sending them
+        as it goes (edge/decode_hints.py), until it holds as many as the cloud would, or the mode ends."""
+        hints, prompt = self.hints, len(self.request.prompt_token_ids)
+        while self._guessing() and hints.context_end() - prompt < self.request.max_new_tokens - 1:
+            epoch, context = hints.epoch, [*self.book.committed, *hints.ids]
+            began = time.perf_counter()
+            try:
+                choice = await asyncio.to_thread(self._choose, context, False)
+            except ContextFull:
+                self._disable_drafting()
+                return
+            if not hints.append(epoch, choice.token_id):
+                continue  # the cloud's tokens passed or contradicted the guesses meanwhile
+            if len(context) == self._shadow_fed + 1:  # one new token evaluated: a draft step's time
+                self.lengths.observe_draft(choice.confidence, time.perf_counter() - began)
+            self._shadow_fed = len(context) + 1
+            hint = hints.to_send(self.book.committed)
+            if hint is not None:
+                self.stats.hints_sent += len(hint.token_ids) - 1
+                await self._timed(self.stream.send_hint(hint), "room to send")
+
+    def _judged_guess(self, right: bool) -> None:
+        """The cloud's token at a guessed position came in: evidence, as a shadow prediction."""
+        self.stats.shadow_checked += 1
+        self.stats.shadow_agreed += right
+        self.lengths.observe_verdict(1, int(right))
+        if not right and self.lengths.acceptance < MIN_GUESS_ACCEPTANCE:
+            self._probe_at = len(self.book.committed) + PROBE_EVERY
+        if not self.switch.drafting:
+            self.switch.observed()
+            self._reconsider()
+
     def _can_shadow(self) -> bool:
         return (
-            self._cloud_alone()
+            self.hints is None
+            and self._cloud_alone()
             and not self._draft_disabled
             and self._draft_ready
             and (self._shadow_task is None or self._shadow_task.done())
@@ -485,6 +580,8 @@ class SpeculativeRun:
             draft_s=lengths.draft_time_s or DRAFT_TIME_PRIOR_S, round_trip_s=round_trip,
             verify_s=max(self.cloud_step_s, round_trip - (lengths.link_s or 0.0)), cloud_step_s=self.cloud_step_s,
             measured_tokens_per_s=self._measured[0] / self._measured[1] if self._measured else 0.0,
+            cloud_measured_tokens_per_s=self._decode_pace[0] / self._decode_pace[1] if self._decode_pace else 0.0,
+            last_drafting_tokens_per_s=self._last_drafting_rate,
         )
 
     def _reconsider(self) -> None:
@@ -495,6 +592,8 @@ class SpeculativeRun:
         was_drafting = self.switch.drafting
         if self.switch.update(inputs):
             self.stats.mode_switches += 1
+            if was_drafting and inputs.measured_tokens_per_s > 0:
+                self._last_drafting_rate = inputs.measured_tokens_per_s
             self.lengths.start_block()
             self._measured = self._measured_since = None  # a drafting stretch is measured afresh
         self.stats.pays = {

@@ -85,6 +85,17 @@ def test_while_drafting_the_measured_rate_decides():
     assert not drafting_pays(measured_loss, drafting_now=True) and drafting_pays(measured_loss, drafting_now=False)
 
 
+def test_the_cloud_with_guesses_and_a_measured_drafting_stretch_bound_a_switch_back():
+    """While the cloud decodes, its measured pace with the draft's guesses is what blocks must beat,
+    and the model is not trusted beyond what the session's last stretch of drafting measured."""
+    assert drafting_pays(GOOD, drafting_now=False)  # the model alone: blocks would pay
+    guessing = dataclasses.replace(GOOD, cloud_measured_tokens_per_s=hybrid_tokens_per_s(GOOD))
+    assert cloud_tokens_per_s(guessing) == hybrid_tokens_per_s(GOOD) > 1 / GOOD.cloud_step_s
+    assert not drafting_pays(guessing, drafting_now=False)
+    tried = dataclasses.replace(GOOD, last_drafting_tokens_per_s=1.2 / GOOD.cloud_step_s)
+    assert not drafting_pays(tried, drafting_now=False)  # 1.2x the cloud alone: inside the band
+
+
 def test_unknown_cloud_time_keeps_drafting():
     weak = dataclasses.replace(GOOD, acceptance=0.01, cloud_step_s=0.0)
     assert cloud_tokens_per_s(weak) == 0.0

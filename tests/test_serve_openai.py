@@ -94,7 +94,10 @@ def test_metrics_count_what_the_answers_say(server, client):
     assert grew("tandem_edge_accepted_tokens_total") == sum(s["accepted"] for s in stats)
     assert grew("tandem_edge_generated_tokens_total", source="hybrid") == sum(r.usage.completion_tokens
                                                                              for r in responses)
-    assert grew("tandem_edge_cloud_round_trip_seconds_count") == sum(s["rounds"] - 1 - s["cloud_decoded"] for s in stats)
+    # One round trip per verified block: every round but the first token and the cloud's decoding steps
+    # (each commits one token of its own and any guesses it confirmed).
+    blocks = sum(s["rounds"] - 1 - (s["cloud_decoded"] - s["hinted"]) for s in stats)
+    assert grew("tandem_edge_cloud_round_trip_seconds_count") == blocks
     assert grew("tandem_edge_fallbacks_total", at="start") == grew("tandem_edge_degraded_answers_total") == 0
 
 

@@ -70,20 +70,22 @@ class SpecialTokens(_message.Message):
     def __init__(self, bos_token_id: _Optional[int] = ..., bos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., eos_token_id: _Optional[int] = ..., eos_token: _Optional[str] = ..., add_eos_token: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k", "max_stop_tokens", "idle_timeout_ms")
+    __slots__ = ("max_prompt_tokens", "max_draft_tokens", "max_new_tokens", "max_draft_top_k", "max_stop_tokens", "idle_timeout_ms", "max_hint_tokens")
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_STOP_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HINT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_prompt_tokens: int
     max_draft_tokens: int
     max_new_tokens: int
     max_draft_top_k: int
     max_stop_tokens: int
     idle_timeout_ms: int
-    def __init__(self, max_prompt_tokens: _Optional[int] = ..., max_draft_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., max_stop_tokens: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ...) -> None: ...
+    max_hint_tokens: int
+    def __init__(self, max_prompt_tokens: _Optional[int] = ..., max_draft_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., max_stop_tokens: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_hint_tokens: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")
@@ -138,14 +140,24 @@ class DraftBlock(_message.Message):
     def __init__(self, start_position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., draft_dists: _Optional[_Iterable[_Union[SparseDist, _Mapping]]] = ...) -> None: ...
 
 class SpeculateRequest(_message.Message):
-    __slots__ = ("open", "draft", "decode")
+    __slots__ = ("open", "draft", "decode", "hint")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
     open: SessionOpen
     draft: DraftBlock
     decode: CloudDecode
-    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., draft: _Optional[_Union[DraftBlock, _Mapping]] = ..., decode: _Optional[_Union[CloudDecode, _Mapping]] = ...) -> None: ...
+    hint: DecodeHint
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., draft: _Optional[_Union[DraftBlock, _Mapping]] = ..., decode: _Optional[_Union[CloudDecode, _Mapping]] = ..., hint: _Optional[_Union[DecodeHint, _Mapping]] = ...) -> None: ...
+
+class DecodeHint(_message.Message):
+    __slots__ = ("start_position", "token_ids")
+    START_POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    start_position: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, start_position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloudDecode(_message.Message):
     __slots__ = ("start_position", "max_tokens")
@@ -156,20 +168,22 @@ class CloudDecode(_message.Message):
     def __init__(self, start_position: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodedToken(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "stale", "forward_passes", "decode_step_us")
+    __slots__ = ("position", "token_id", "finish_reason", "stale", "forward_passes", "decode_step_us", "hinted_ids")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
+    HINTED_IDS_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
     stale: bool
     forward_passes: int
     decode_step_us: int
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
+    hinted_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., hinted_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
     __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica", "decode_step_us")
