@@ -24,6 +24,7 @@ from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
 from cloud.target_engine import HostLogits, Logits, TargetEngine
 from common import sampling
+from common.grammar import GrammarMask, llg_tokenizer
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import (
@@ -100,6 +101,9 @@ class VerifierSession:
         self.decode_until = 0  # CloudDecode: the cloud decodes alone while len(tokens) is below this
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
+        self.grammar = self._grammar(request.grammar) if request.grammar else None
+        if self.grammar is not None and not self.grammar.sync(request.resume_token_ids):
+            raise InvalidArgument("resume_token_ids leave the grammar")
 
     @property
     def kv_tokens(self) -> int:
@@ -152,6 +156,20 @@ class VerifierSession:
                 raise InvalidArgument(
                     f"stop string {stop[:40]!r} must have 1 to {lim.max_stop_string_bytes} bytes of UTF-8"
                 )
+
+    def _grammar(self, grammar: str) -> GrammarMask:
+        """The structured-output constraint (common/grammar.py) over this session's answer."""
+        text = getattr(self.model, "text", None)  # the target's common.text_tokenizer.TextTokenizer
+        if text is None:
+            raise FailedPrecondition(f"target engine {self.model.name!r} has no tokenizer for grammars")
+        return GrammarMask(grammar, llg_tokenizer(text, self.model.vocab_size), self.model.vocab_size)
+
+    def _masked(self, row: np.ndarray, drafts_before: Sequence[int]) -> np.ndarray | None:
+        """The target's logits ([vocab]) at the position after the committed tokens and
+        `drafts_before`, with the grammar's mask in that state; None when those drafts leave the
+        grammar (such a position is never reached: the invalid draft has probability zero)."""
+        generated = self.tokens[len(self.request.prompt_token_ids):]
+        return self.grammar.masked_after([*generated, *drafts_before], row)
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]
@@ -222,7 +240,10 @@ class VerifierSession:
 
     def _started(self, logits) -> SessionStarted:
         position = len(self.tokens)
-        first = self.chooser.choose_first(logits, position)
+        if self.grammar is not None:
+            first = self.chooser.choose(self._masked(logits.numpy()[0], []), position)
+        else:
+            first = self.chooser.choose_first(logits, position)
         accepted = self._commit([first])
         token = accepted[0] if accepted else None
         return SessionStarted(position, token, self.finished, self.forward_passes)
@@ -310,8 +331,14 @@ class VerifierSession:
     def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
         """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
 
-        Greedy: only the argmax ids leave the model's device (Logits.argmax).
+        Greedy: only the argmax ids leave the model's device (Logits.argmax). Under a grammar the
+        target's token at draft index i is chosen from row i masked after drafts[:i], which all
+        matched (match_targets asks for i only then), so the state is always a valid one.
         """
+        if self.grammar is not None:
+            rows = logits.numpy()
+            return sampling.match_targets(
+                drafts, lambda i: self.chooser.choose(self._masked(rows[i], drafts[:i]), first_position + i))
         if self.chooser.params.greedy:
             return sampling.match_targets(drafts, logits.argmax().__getitem__)
         rows = logits.numpy()
@@ -319,6 +346,8 @@ class VerifierSession:
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]
+        if self.grammar is not None:
+            logits = self._masked_rows(logits, drafts)
         p = self.chooser.probs(logits)  # [k + 1, vocab]
         q = np.stack([sampling.dense_from_quantized(np.array(d.token_ids), np.array(d.weights), vocab) for d in dists]) \
             if dists else np.zeros((0, vocab))
@@ -333,6 +362,16 @@ class VerifierSession:
             return sampling.sample_keyed(dist, seed, stream, first_position + i)
 
         return sampling.rejection_sample(p, q, np.array(drafts, dtype=np.int64), uniforms, draw)
+
+    def _masked_rows(self, logits: np.ndarray, drafts: list[int]) -> np.ndarray:
+        """Row i ([k + 1, vocab]) masked in the grammar's state after drafts[:i]. Rows after a
+        draft outside the grammar repeat the last valid row: that draft has p = 0, so it is
+        rejected and no later row is read."""
+        rows = np.empty_like(logits)
+        for i in range(len(rows)):
+            masked = self._masked(logits[i], drafts[:i])
+            rows[i] = masked if masked is not None else rows[i - 1]
+        return rows
 
     def _check_dists(self, block: DraftBlock) -> None:
         if len(block.draft_dists) != max(0, len(block.token_ids) - 1):

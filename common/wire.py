@@ -73,6 +73,7 @@ class SessionOpen:
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
     resume_token_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
+    grammar: str = ""  # an llguidance grammar over the generated tokens (common/grammar.py); "" for none
 
     @classmethod
     def from_pb(cls, m: pb.SessionOpen) -> SessionOpen:
@@ -86,6 +87,7 @@ class SessionOpen:
             draft_mode=DraftMode.from_pb(m.draft_mode),
             resume_token_ids=list(m.resume_token_ids),
             stop_strings=list(m.stop_strings),
+            grammar=m.grammar,
         )
 
     def to_pb(self) -> pb.SessionOpen:
@@ -99,6 +101,7 @@ class SessionOpen:
             draft_mode=int(self.draft_mode),
             resume_token_ids=self.resume_token_ids,
             stop_strings=self.stop_strings,
+            grammar=self.grammar,
         )
 
 
@@ -274,6 +277,7 @@ class GenerateRequest:
     prompt_text: str = ""  # tokenized by the cloud when prompt_token_ids is empty
     return_text: bool = False  # each step also carries the text its token completes
     resume_token_ids: list[int] = field(default_factory=list)  # generated before a broken stream (resume)
+    grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
 
     @classmethod
     def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
@@ -286,6 +290,7 @@ class GenerateRequest:
             prompt_text=m.prompt_text,
             return_text=m.return_text,
             resume_token_ids=list(m.resume_token_ids),
+            grammar=m.grammar,
         )
 
     def to_pb(self) -> pb.GenerateRequest:
@@ -298,6 +303,7 @@ class GenerateRequest:
             prompt_text=self.prompt_text,
             return_text=self.return_text,
             resume_token_ids=self.resume_token_ids,
+            grammar=self.grammar,
         )
 
     def session_open(self, *, tokenizer_fingerprint: str, draft_model_name: str,
@@ -316,6 +322,7 @@ class GenerateRequest:
             draft_mode=draft_mode,
             resume_token_ids=list(self.resume_token_ids),
             stop_strings=list(self.stop_strings),
+            grammar=self.grammar,
         )
 
 

@@ -16,11 +16,15 @@ guess shares that noise in every mode.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from common import sampling
+from common.errors import InvalidArgument
+from common.grammar import GrammarMask, llg_tokenizer
 from common.wire import DraftMode, SamplingParams, SparseDist
 
 
@@ -60,3 +64,28 @@ def _softmax_at(logits: np.ndarray, token: int) -> float:
     """softmax(logits)[token]. In float32: it runs on every drafted token and only steers block length."""
     shifted = np.asarray(logits, dtype=np.float32) - np.max(logits)
     return float(np.exp(shifted[token]) / np.exp(shifted).sum(dtype=np.float64))
+
+
+class DraftGrammar:
+    """The draft's logits under the answer's grammar (common/grammar.py), the same mask the
+    cloud applies to the target's: drafts stay inside the grammar, so they are not rejected for
+    leaving it. Exactness never depends on this mask (the cloud applies its own); the local
+    model alone (fallback, edge mode) is constrained by it.
+
+    answer_start: where the answer begins in the contexts passed to `apply` (the prompt's length).
+    """
+
+    def __init__(self, grammar: str, drafter, answer_start: int):
+        self.mask = GrammarMask(grammar, llg_tokenizer(drafter.tokenizer, drafter.vocab_size), drafter.vocab_size)
+        self.answer_start = answer_start
+        self._lock = threading.Lock()  # drafting and shadowing call from worker threads
+
+    def apply(self, context: Sequence[int], logits: np.ndarray) -> np.ndarray:  # [vocab] -> [vocab]
+        """The logits after `context` masked by the grammar; unchanged where the grammar cannot
+        judge (a context already outside it, or a draft whose logits allow nothing it permits)."""
+        with self._lock:
+            try:
+                masked = self.mask.masked_after(context[self.answer_start:], logits)
+            except InvalidArgument:
+                return logits
+        return logits if masked is None or not np.isfinite(masked).any() else masked

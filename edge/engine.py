@@ -30,7 +30,7 @@ from common.text_tokenizer import TextTokenizer
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
 from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
-from edge.draft_sampling import DraftPolicy
+from edge.draft_sampling import DraftGrammar, DraftPolicy
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
 from edge.resume import ResumeWindow
@@ -59,6 +59,7 @@ class GenerationRequest:
     # with return_text, renders the answer (Generation.text): the thin client has no tokenizer.
     prompt_text: str = ""
     return_text: bool = False
+    grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
         """The request as the cloud takes it, resuming after `resume_token_ids` (see
@@ -72,6 +73,7 @@ class GenerationRequest:
             prompt_text=self.prompt_text,
             return_text=self.return_text,
             resume_token_ids=list(resume_token_ids),
+            grammar=self.grammar,
         )
 
 
@@ -318,7 +320,7 @@ class EdgeEngine:
                                    f"tokens, beyond its context of {drafter.n_ctx}")
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as pieces:
+        async with contextlib.aclosing(self._edge(rest, generation, drafter, len(request.prompt_token_ids))) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -409,12 +411,17 @@ class EdgeEngine:
                     generation.served(run.replica, len(committed))
                     stats.resumes += resuming
 
-    async def _edge(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
+    async def _edge(self, request: GenerationRequest, generation: Generation, drafter,
+                    answer_start: int | None = None) -> AsyncIterator[Piece]:
+        """The local model alone; answer_start: where the answer began in the prompt (a fallback
+        continues an answer whose first tokens are in it), for the grammar's state."""
         if len(request.prompt_token_ids) >= drafter.n_ctx:
             raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
                                  f"context of {drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
         prepare(drafter, request.sampling)
+        start = len(request.prompt_token_ids) if answer_start is None else answer_start
+        grammar = DraftGrammar(request.grammar, drafter, start) if request.grammar else None
         stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
@@ -425,6 +432,8 @@ class EdgeEngine:
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT
                 return
+            if grammar is not None:
+                logits = grammar.apply(context, logits)
             token = policy.choose(logits, len(context)).token_id
             context.append(token)
             generation.stats.local_tokens += 1

@@ -34,6 +34,9 @@ class SpeculationConfig:
                                        "alone in the same session, and re-probe drafting from time to time; "
                                        "needs --adaptive (default %(default)s)",
                                  negatable=True, group=SPECULATION)
+    # Structured output: mask the draft's logits with the answer's grammar (as the cloud masks the
+    # target's), so drafts stay inside it. Off only to measure what the mask is worth (tandem bench).
+    mask_draft: bool = True
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
     # where the two prefills would slow each other and so the first token. Not a flag: the

@@ -38,7 +38,7 @@ from edge.client import SpeculateStream
 from edge.cloud_decode import REQUESTS_IN_FLIGHT, DecodeRequests, request_tokens
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S, DraftLengthPolicy
-from edge.draft_sampling import DraftPolicy
+from edge.draft_sampling import DraftGrammar, DraftPolicy
 from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
 from edge.draft_tail import DraftTail
 from edge.low_priority import at_lowest_priority
@@ -72,6 +72,9 @@ class SpeculativeRun:
         self.stats = stats or GenerationStats()
         self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
+        prompt_length = len(request.prompt_token_ids)
+        masked = request.grammar and config.mask_draft
+        self.grammar = DraftGrammar(request.grammar, drafter, prompt_length) if masked else None
         prepare(drafter, request.sampling)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
                                          config.adaptive, config.min_draft_tokens,
@@ -255,7 +258,10 @@ class SpeculativeRun:
             self.lengths.observe_draft(choice.confidence, seconds)
 
     def _choose(self, context: list[int], guess: bool):
-        return self.policy.choose(self.drafter.next_logits(context), len(context), guess)
+        logits = self.drafter.next_logits(context)
+        if self.grammar is not None:
+            logits = self.grammar.apply(context, logits)
+        return self.policy.choose(logits, len(context), guess)
 
     async def _send_block(self) -> None:
         block = self.book.cut_block(time.perf_counter(), with_dists=self.policy.sparse)
