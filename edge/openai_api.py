@@ -27,6 +27,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from common.errors import InvalidArgument
+from common.grammar import json_object_grammar, json_schema_grammar
 from common.stop import MAX_STOP_STRINGS
 from edge.sdk import Completion
 
@@ -58,11 +60,12 @@ class Params:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    grammar: str = ""  # response_format as an llguidance grammar (common/grammar.py); "" for text
 
     def generate_options(self) -> dict:
         """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=self.stop)
+                    top_k=self.top_k, seed=self.seed, stop=self.stop, grammar=self.grammar)
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,7 @@ def _params(body: dict, default_max_tokens: int) -> Params:
     for name, ok in (("n", lambda v: v in (None, 1)), ("logprobs", lambda v: not v),
                      ("tools", lambda v: not v), ("functions", lambda v: not v),
                      ("logit_bias", lambda v: not v),
-                     ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v),
-                     ("response_format", lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"))):
+                     ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v)):
         if not ok(body.get(name)):
             raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
                                 "output distribution or shape); leave it unset", name)
@@ -160,7 +162,31 @@ def _params(body: dict, default_max_tokens: int) -> Params:
         stream=stream,
         include_usage=stream and _bool(stream_options, "include_usage"),
         return_token_ids=_bool(body, "return_token_ids"),
+        grammar=_response_format(body.get("response_format")),
     )
+
+
+def _response_format(value: object) -> str:
+    """OpenAI's response_format as a grammar: "" for text, any JSON object for json_object, the
+    schema's JSON for json_schema ({"type": "json_schema", "json_schema": {"name", "schema", "strict"}})."""
+    if value is None:
+        return ""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return ""
+    try:
+        if kind == "json_object":
+            return json_object_grammar()
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise ApiError(400, "`response_format.json_schema` must be an object with a `schema`",
+                               "response_format.json_schema")
+            return json_schema_grammar(spec["schema"], "response_format.json_schema.schema")
+    except InvalidArgument as e:
+        raise ApiError(400, str(e), "response_format.json_schema.schema") from None
+    raise ApiError(400, "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\", "
+                        f"got {kind!r}", "response_format")
 
 
 def _is_int(value: object) -> bool:

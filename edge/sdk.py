@@ -8,7 +8,8 @@
 when given no address; edge/ cannot import cloud/, so this one never does (and it is the one
 the thin client has). AsyncTandemClient is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
 GenerateOptions fields, e.g. `tandem.complete(prompt, temperature=0.7, top_p=0.9, seed=7,
-stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
+stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions; `json_schema={...}` (or
+`json_object=True`) constrains the answer to JSON, exactly under the cloud model's distribution.
 
 Offline fallback is on by default: when the cloud can't be reached (or drops mid-answer) the
 local model finishes the answer, and `Completion.degraded` / `Delta.degraded` say so. Pass
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
+from common.grammar import json_object_grammar, json_schema_grammar
 from common.extras import require_extra
 from common.loop_thread import LoopThread
 from common.stop import StopScanner
@@ -79,10 +81,23 @@ class GenerateOptions:
     stop_token_ids: tuple[int, ...] = ()
     draft_mode: str = "ids"  # "ids" (token ids only on the wire) or "sparse" (drafts carry top-k q)
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
+    # Structured output (common/grammar.py), applied to the cloud model's distribution exactly:
+    json_schema: dict | None = None  # the answer is JSON text valid under this JSON Schema
+    json_object: bool = False  # JSON mode: the answer is a JSON object
+    grammar: str = ""  # or any llguidance grammar (llguidance's docs/syntax.md)
 
     @property
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def grammar_text(self) -> str:
+        """The llguidance grammar these options ask for ("" for none); InvalidArgument names a
+        schema the grammar engine rejects."""
+        if self.grammar:
+            return self.grammar
+        if self.json_schema is not None:
+            return json_schema_grammar(self.json_schema, "json_schema")
+        return json_object_grammar() if self.json_object else ""
 
 
 class AsyncTandemClient:
@@ -175,6 +190,7 @@ class AsyncTandemClient:
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,
+            grammar=opts.grammar_text(),
         )
         generation = generation or Generation(self.mode)
         detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)
