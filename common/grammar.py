@@ -114,9 +114,16 @@ class GrammarMask:
         rest = [int(t) for t in tokens[shared:]]
         if not rest:
             return True
-        taken = self.matcher.try_consume_tokens(rest)
-        self.consumed.extend(rest[:taken])
-        return taken == len(rest)
+        while rest:
+            taken = self.matcher.try_consume_tokens(rest)
+            self.consumed.extend(rest[:taken])
+            rest = rest[taken:]
+            # try_consume_tokens takes no end token; one the mask allows ends the document.
+            if rest and self.allowed()[rest[0]] and self.matcher.consume_token(rest[0]):
+                self.consumed.append(rest.pop(0))
+            elif rest:
+                return False
+        return True
 
     def allowed(self) -> np.ndarray:  # [vocab] bool
         """The tokens the grammar allows next (end ids only where the document may end)."""

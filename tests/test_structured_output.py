@@ -42,6 +42,9 @@ def test_mask_follows_and_rolls_back(tiny_target):
     assert not mask.allowed()[tiny_target.eos_token_ids].any()  # mid-object: no end
     assert not mask.sync([*ids[:3], *tiny_target.tokenize("}}}")])  # outside the grammar
     assert mask.sync(ids) and mask.consumed == ids  # and back on track
+    end = [tiny_target.eos_token_ids[0]]
+    assert mask.sync([*ids, *end]) and mask.matcher.is_stopped()  # the end token ends the document
+    assert mask.sync(ids[:5]) and mask.consumed == ids[:5]  # and rolls back like any token
 
 
 @pytest.mark.parametrize("schema", [{"type": "objectx"}, {"type": "object", "properties": 3}, "nope"])
