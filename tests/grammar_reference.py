@@ -7,7 +7,18 @@ import json
 
 from common.grammar import GrammarMask, llg_tokenizer
 
-SCHEMAS = [
+def _strict(schema):
+    """OpenAI's strict structured outputs: no property beyond the declared ones, at every level."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if schema.get("type") == "object":
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+SCHEMAS = [_strict(s) for s in [
     {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
      "required": ["name", "age"]},
     {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
@@ -28,7 +39,7 @@ SCHEMAS = [
         "required": ["id", "tag"]}}}, "required": ["items"]},
     {"type": "object", "properties": {"greeting": {"enum": ["你好", "こんにちは", "say \"hi\"\\n"]}},
      "required": ["greeting"]},
-]
+]]
 """Nested objects, arrays, enums, numbers, booleans, strings with escapes and CJK."""
 
 
