@@ -44,7 +44,7 @@ from cloud.session import VerifierSession, Work
 from cloud.step_time import StepTimeModel
 from cloud.target_engine import Segment, TargetEngine, default_kv_budget_bytes, new_kv_pool
 from common.errors import TandemError
-from common.wire import CloudDecode, DraftBlock, FinishReason, SessionStarted, Verdict
+from common.wire import CloudDecode, DraftBlock, FinishReason, SessionStarted, TokenLogprob, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Token:
     finish_reason: FinishReason
     stale: bool = False  # CloudDecode only: the request did not continue the session; nothing decoded
     decode_step_us: int = 0  # the step-time fit's estimate for this session decoding alone
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
 
 class JobKind(enum.Enum):
@@ -286,10 +287,12 @@ class Scheduler:
         """
         step_us = self._decode_step_us(self._last_pass_tokens if others is None else others)
         if isinstance(result, SessionStarted):
-            token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us)
+            token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us,
+                          logprob=result.logprob)
             committed = int(result.token_id is not None)
         else:
-            token = Token(result.start_position + 1, result.next_token, result.finish_reason, decode_step_us=step_us)
+            token = Token(result.start_position + 1, result.next_token, result.finish_reason, decode_step_us=step_us,
+                          logprob=result.logprobs[-1] if result.logprobs and result.next_token is not None else None)
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
             if not result.stale:
                 self.metrics.verdict(drafted, result.accepted_count)

@@ -28,6 +28,7 @@ from common.grammar import GrammarMask, llg_tokenizer
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import (
+    TokenLogprob,
     CloudDecode,
     DraftBlock,
     DraftMode,
@@ -146,6 +147,8 @@ class VerifierSession:
         self._check_ids(r.prompt_token_ids, "prompt_token_ids")
         self._check_ids(r.resume_token_ids, "resume_token_ids")
         self._check_ids(r.stop_token_ids, "stop_token_ids")
+        if r.logprobs is not None and not 0 <= r.logprobs <= sampling.MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"logprobs must be in [0, {sampling.MAX_TOP_LOGPROBS}], got {r.logprobs}")
         s = r.sampling
         if not (np.isfinite(s.temperature) and s.temperature >= 0 and np.isfinite(s.top_p)):
             raise InvalidArgument("temperature must be a finite number >= 0, top_p finite")
@@ -164,12 +167,33 @@ class VerifierSession:
             raise FailedPrecondition(f"target engine {self.model.name!r} has no tokenizer for grammars")
         return GrammarMask(grammar, llg_tokenizer(text, self.model.vocab_size), self.model.vocab_size)
 
-    def _masked(self, row: np.ndarray, drafts_before: Sequence[int]) -> np.ndarray | None:
+    @property
+    def _adjusts(self) -> bool:
+        """Whether the served distribution differs from the model's logits (then every choice
+        goes through _served_row, on the host)."""
+        return self.grammar is not None
+
+    def _served_row(self, row: np.ndarray, drafts_before: Sequence[int]) -> np.ndarray | None:
         """The target's logits ([vocab]) at the position after the committed tokens and
-        `drafts_before`, with the grammar's mask in that state; None when those drafts leave the
-        grammar (such a position is never reached: the invalid draft has probability zero)."""
+        `drafts_before`, as served there: with the grammar's mask in that state. None when those
+        drafts leave the grammar (such a position is never reached: the invalid draft has
+        probability zero)."""
+        if self.grammar is None:
+            return row
         generated = self.tokens[len(self.request.prompt_token_ids):]
         return self.grammar.masked_after([*generated, *drafts_before], row)
+
+    def _logprobs(self, logits, committed: Sequence[int]) -> list[TokenLogprob]:
+        """Log-probabilities of `committed` (the tokens about to be committed; logits: the pass's
+        cloud.target_engine.Logits, [>= len(committed), vocab], at their positions), when the
+        session asked for them: from the verification pass itself. Called before the tokens join
+        self.tokens, so row j's state is the committed tokens plus committed[:j]."""
+        if self.request.logprobs is None:
+            return []
+        rows = logits.numpy()
+        temperature = self.chooser.params.temperature
+        return [TokenLogprob.of(self._served_row(rows[j], committed[:j]), token, self.request.logprobs, temperature)
+                for j, token in enumerate(committed)]
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]
@@ -240,13 +264,15 @@ class VerifierSession:
 
     def _started(self, logits) -> SessionStarted:
         position = len(self.tokens)
-        if self.grammar is not None:
-            first = self.chooser.choose(self._masked(logits.numpy()[0], []), position)
+        if self._adjusts:
+            first = self.chooser.choose(self._served_row(logits.numpy()[0], []), position)
         else:
             first = self.chooser.choose_first(logits, position)
+        logprobs = self._logprobs(logits, [first])
         accepted = self._commit([first])
         token = accepted[0] if accepted else None
-        return SessionStarted(position, token, self.finished, self.forward_passes)
+        return SessionStarted(position, token, self.finished, self.forward_passes,
+                              logprob=logprobs[0] if logprobs and accepted else None)
 
     def plan_verify(self, block: DraftBlock) -> Verdict | Work:
         """Checks one draft block; see the DraftBlock and Verdict docs in the proto.
@@ -323,10 +349,12 @@ class VerifierSession:
         else:
             accepted, next_token = self._match_targets(logits, drafts, first_position)
         self.table.truncate(len(self.tokens) + accepted)
+        logprobs = self._logprobs(logits, [*drafts[:accepted], next_token])
         committed = self._commit([*drafts[:accepted], next_token])
         reached = min(len(committed), accepted)
         next_out = committed[accepted] if len(committed) > accepted else None
-        return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
+        return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes,
+                       logprobs=logprobs[: len(committed)])
 
     def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
         """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
@@ -335,10 +363,10 @@ class VerifierSession:
         target's token at draft index i is chosen from row i masked after drafts[:i], which all
         matched (match_targets asks for i only then), so the state is always a valid one.
         """
-        if self.grammar is not None:
+        if self._adjusts:
             rows = logits.numpy()
             return sampling.match_targets(
-                drafts, lambda i: self.chooser.choose(self._masked(rows[i], drafts[:i]), first_position + i))
+                drafts, lambda i: self.chooser.choose(self._served_row(rows[i], drafts[:i]), first_position + i))
         if self.chooser.params.greedy:
             return sampling.match_targets(drafts, logits.argmax().__getitem__)
         rows = logits.numpy()
@@ -346,8 +374,8 @@ class VerifierSession:
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]
-        if self.grammar is not None:
-            logits = self._masked_rows(logits, drafts)
+        if self._adjusts:
+            logits = self._served_rows(logits, drafts)
         p = self.chooser.probs(logits)  # [k + 1, vocab]
         q = np.stack([sampling.dense_from_quantized(np.array(d.token_ids), np.array(d.weights), vocab) for d in dists]) \
             if dists else np.zeros((0, vocab))
@@ -363,13 +391,13 @@ class VerifierSession:
 
         return sampling.rejection_sample(p, q, np.array(drafts, dtype=np.int64), uniforms, draw)
 
-    def _masked_rows(self, logits: np.ndarray, drafts: list[int]) -> np.ndarray:
-        """Row i ([k + 1, vocab]) masked in the grammar's state after drafts[:i]. Rows after a
+    def _served_rows(self, logits: np.ndarray, drafts: list[int]) -> np.ndarray:
+        """Row i ([k + 1, vocab]) as served after drafts[:i] (_served_row). Rows after a
         draft outside the grammar repeat the last valid row: that draft has p = 0, so it is
         rejected and no later row is read."""
         rows = np.empty_like(logits)
         for i in range(len(rows)):
-            masked = self._masked(logits[i], drafts[:i])
+            masked = self._served_row(logits[i], drafts[:i])
             rows[i] = masked if masked is not None else rows[i - 1]
         return rows
 

@@ -233,3 +233,29 @@ def rejection_sample(
         residual = residual / total if total > 0 else target_probs[i]
         return i, residual_sampler(residual, i)
     return k, residual_sampler(target_probs[k], k)
+
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a token's log-probabilities list (OpenAI's limit for top_logprobs)."""
+
+
+def served_logprobs(logits: np.ndarray, temperature: float) -> np.ndarray:  # [vocab] -> [vocab] float64
+    """Log-probabilities of the distribution as served: log_softmax(logits / temperature), the
+    logits already adjusted (grammar mask, penalties); temperature 0 (greedy) counts as 1. Before
+    top-k/top-p truncation, as vLLM's processed logprobs, so every alternative has a finite value
+    unless the mask forbids it (-inf)."""
+    scaled = np.asarray(logits, dtype=np.float64) / (temperature if temperature > 0 else 1.0)
+    finite_max = scaled[np.isfinite(scaled)].max()
+    shifted = scaled - finite_max
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_tokens(logprobs: np.ndarray, n: int) -> np.ndarray:
+    """The n most likely token ids of logprobs ([vocab]), most likely first (ties: lower id first),
+    leaving out tokens of probability zero."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = min(n, logprobs.shape[-1])
+    candidates = np.argpartition(-logprobs, n - 1)[:n]
+    order = candidates[np.lexsort((candidates, -logprobs[candidates]))]
+    return order[np.isfinite(logprobs[order])]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from common import sampling
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.special_tokens import SpecialTokens
@@ -74,6 +77,7 @@ class SessionOpen:
     resume_token_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
     grammar: str = ""  # an llguidance grammar over the generated tokens (common/grammar.py); "" for none
+    logprobs: int | None = None  # None: no log-probabilities; N: each token's and the N most likely
 
     @classmethod
     def from_pb(cls, m: pb.SessionOpen) -> SessionOpen:
@@ -88,6 +92,7 @@ class SessionOpen:
             resume_token_ids=list(m.resume_token_ids),
             stop_strings=list(m.stop_strings),
             grammar=m.grammar,
+            logprobs=m.logprobs if m.HasField("logprobs") else None,
         )
 
     def to_pb(self) -> pb.SessionOpen:
@@ -102,7 +107,35 @@ class SessionOpen:
             resume_token_ids=self.resume_token_ids,
             stop_strings=self.stop_strings,
             grammar=self.grammar,
+            logprobs=self.logprobs,
         )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A committed token's log-probability and the most likely alternatives at its position."""
+
+    logprob: float
+    top_ids: list[int] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, logits: np.ndarray, token: int, top_n: int, temperature: float) -> TokenLogprob:
+        """From the adjusted logits ([vocab]) at the token's position (common.sampling.served_logprobs)."""
+        logprobs = sampling.served_logprobs(logits, temperature)
+        top = sampling.top_tokens(logprobs, top_n)
+        return cls(float(logprobs[token]), [int(i) for i in top], [float(logprobs[i]) for i in top])
+
+    @classmethod
+    def from_pb(cls, m: pb.TokenLogprob) -> TokenLogprob:
+        return cls(m.logprob, list(m.top_ids), list(m.top_logprobs))
+
+    def to_pb(self) -> pb.TokenLogprob:
+        return pb.TokenLogprob(logprob=self.logprob, top_ids=self.top_ids, top_logprobs=self.top_logprobs)
+
+
+def _logprob_of(m, name: str = "logprob") -> TokenLogprob | None:
+    return TokenLogprob.from_pb(getattr(m, name)) if m.HasField(name) else None
 
 
 @dataclass(frozen=True)
@@ -150,6 +183,7 @@ class SessionStarted:
     forward_passes: int = 0
     replica: str = ""  # the replica serving the session ("" when the server does not say)
     decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -160,6 +194,7 @@ class SessionStarted:
             forward_passes=m.forward_passes,
             replica=m.replica,
             decode_step_us=m.decode_step_us,
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -170,6 +205,7 @@ class SessionStarted:
             forward_passes=self.forward_passes,
             replica=self.replica,
             decode_step_us=self.decode_step_us,
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 
@@ -182,6 +218,7 @@ class Verdict:
     stale: bool = False
     forward_passes: int = 0
     decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per committed token, when asked for
 
     @classmethod
     def from_pb(cls, m: pb.Verdict) -> Verdict:
@@ -193,6 +230,7 @@ class Verdict:
             stale=m.stale,
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
+            logprobs=[TokenLogprob.from_pb(lp) for lp in m.logprobs],
         )
 
     def to_pb(self) -> pb.Verdict:
@@ -204,6 +242,7 @@ class Verdict:
             stale=self.stale,
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
+            logprobs=[lp.to_pb() for lp in self.logprobs],
         )
 
 
@@ -242,6 +281,7 @@ class DecodedToken:
     stale: bool = False
     forward_passes: int = 0  # on the last answer to a request only
     decode_step_us: int = 0  # on the last answer to a request only
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
     @classmethod
     def from_pb(cls, m: pb.DecodedToken) -> DecodedToken:
@@ -252,6 +292,7 @@ class DecodedToken:
             stale=m.stale,
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.DecodedToken:
@@ -262,6 +303,7 @@ class DecodedToken:
             stale=self.stale,
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 
@@ -278,6 +320,7 @@ class GenerateRequest:
     return_text: bool = False  # each step also carries the text its token completes
     resume_token_ids: list[int] = field(default_factory=list)  # generated before a broken stream (resume)
     grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
+    logprobs: int | None = None  # as SessionOpen.logprobs
 
     @classmethod
     def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
@@ -291,6 +334,7 @@ class GenerateRequest:
             return_text=m.return_text,
             resume_token_ids=list(m.resume_token_ids),
             grammar=m.grammar,
+            logprobs=m.logprobs if m.HasField("logprobs") else None,
         )
 
     def to_pb(self) -> pb.GenerateRequest:
@@ -304,6 +348,7 @@ class GenerateRequest:
             return_text=self.return_text,
             resume_token_ids=self.resume_token_ids,
             grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
     def session_open(self, *, tokenizer_fingerprint: str, draft_model_name: str,
@@ -323,6 +368,7 @@ class GenerateRequest:
             resume_token_ids=list(self.resume_token_ids),
             stop_strings=list(self.stop_strings),
             grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
 
@@ -338,6 +384,7 @@ class GenerateStep:
     forward_passes: int = 0  # sent once, with the finish
     replica: str = ""  # the replica serving the call; on the first step only
     progress: Progress | None = None  # set only on a progress message
+    logprob: TokenLogprob | None = None  # token_id's, when the request asked for log-probabilities
 
     @classmethod
     def from_pb(cls, m: pb.GenerateResponse) -> GenerateStep:
@@ -349,6 +396,7 @@ class GenerateStep:
             forward_passes=m.forward_passes,
             replica=m.replica,
             progress=Progress.from_pb(m.progress) if m.HasField("progress") else None,
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.GenerateResponse:
@@ -360,6 +408,7 @@ class GenerateStep:
             forward_passes=self.forward_passes,
             replica=self.replica,
             progress=self.progress.to_pb() if self.progress is not None else None,
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 

@@ -27,7 +27,7 @@ from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, 
 from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.text_tokenizer import TextTokenizer
-from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen, TokenLogprob
 from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_sampling import DraftGrammar, DraftPolicy
@@ -60,6 +60,7 @@ class GenerationRequest:
     prompt_text: str = ""
     return_text: bool = False
     grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
+    logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
         """The request as the cloud takes it, resuming after `resume_token_ids` (see
@@ -74,6 +75,7 @@ class GenerationRequest:
             return_text=self.return_text,
             resume_token_ids=list(resume_token_ids),
             grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
 
@@ -84,6 +86,9 @@ class Generation:
     mode: Mode
     token_ids: list[int] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)  # who chose each of token_ids
+    # When the request asked for them: token_ids[i]'s log-probabilities, by i (the cloud's from its
+    # verification pass; a local model's own for tokens it chose alone).
+    logprobs: dict[int, TokenLogprob] = field(default_factory=dict)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
@@ -338,7 +343,7 @@ class EdgeEngine:
             session = request.to_wire(committed).session_open(
                 tokenizer_fingerprint=drafter.fingerprint, draft_model_name=drafter.name, draft_mode=request.draft_mode)
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
-                                 response_timeout_s=timeout)
+                                 response_timeout_s=timeout, logprobs=generation.logprobs)
             run.stop_ids |= set(info.eos_token_ids)
             return run
 
@@ -435,6 +440,9 @@ class EdgeEngine:
             if grammar is not None:
                 logits = grammar.apply(context, logits)
             token = policy.choose(logits, len(context)).token_id
+            if request.logprobs is not None:
+                generation.logprobs[len(context) - start] = TokenLogprob.of(
+                    logits, token, request.logprobs, request.sampling.temperature)
             context.append(token)
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
@@ -468,6 +476,8 @@ class _GenerateRun:
                 if self.replica is None:
                     self.replica = step.replica  # named on the first step only
                 new = [step.token_id] if step.token_id is not None else []
+                if new and step.logprob is not None:  # tokens before this one are all in token_ids
+                    self.generation.logprobs[len(self.generation.token_ids)] = step.logprob
                 stats.rounds += len(new)
                 if step.finish_reason:
                     stats.cloud_forward_passes = passes_before + step.forward_passes

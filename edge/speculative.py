@@ -63,8 +63,10 @@ class SpeculativeRun:
     """One hybrid generation. Iterate `tokens()` for committed token ids as they arrive."""
 
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
-                 stats: GenerationStats | None = None, response_timeout_s: float | None = None):
-        """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives)."""
+                 stats: GenerationStats | None = None, response_timeout_s: float | None = None,
+                 logprobs: dict | None = None):
+        """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives);
+        logprobs: where the cloud's log-probabilities go, by index in the answer (Generation.logprobs)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -73,6 +75,7 @@ class SpeculativeRun:
         self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
         prompt_length = len(request.prompt_token_ids)
+        self.logprobs = {} if logprobs is None else logprobs
         masked = request.grammar and config.mask_draft
         self.grammar = DraftGrammar(request.grammar, drafter, prompt_length) if masked else None
         prepare(drafter, request.sampling)
@@ -271,6 +274,8 @@ class SpeculativeRun:
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         new = self.book.start(started.position, started.token_id)
+        if new and started.logprob is not None:
+            self.logprobs[started.position - len(self.request.prompt_token_ids)] = started.logprob
         self.lengths.start_block()
         self.stats.rounds += 1
         self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
@@ -289,6 +294,9 @@ class SpeculativeRun:
             self.stats.stale_drafted += judged.stale_drafts
             return []
         drafted, accepted = len(judged.drafts), len(judged.accepted)
+        first = len(self.book.committed) - len(judged.committed) - len(self.request.prompt_token_ids)
+        for i, logprob in enumerate(verdict.logprobs[: len(judged.committed)]):
+            self.logprobs[first + i] = logprob
         round_trip_s = self._arrived_at - judged.sent_at
         self.stats.rounds += 1
         self.stats.drafted += drafted
@@ -399,6 +407,8 @@ class SpeculativeRun:
             self.cloud_step_s = token.decode_step_us / 1e6
         if token.stale:
             return []
+        if new and token.logprob is not None:
+            self.logprobs[token.position - len(self.request.prompt_token_ids)] = token.logprob
         self.book.committed.extend(new)
         self.book.reset()
         self.stats.rounds += len(new)

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n common/pb/tandem/v1/tandem.proto\x12\ttandem.v1\"\r\n\x0bInfoRequest\"\xfe\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12!\n\x06limits\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x15\n\rchat_template\x18\x07 \x01(\t\x12\x0f\n\x07replica\x18\x12 \x01(\t\x12\x30\n\x0especial_tokens\x18\x08 \x01(\x0b\x32\x18.tandem.v1.SpecialTokens\"\xbb\x01\n\rSpecialTokens\x12\x19\n\x0c\x62os_token_id\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tbos_token\x18\x02 \x01(\t\x12\x15\n\radd_bos_token\x18\x03 \x01(\x08\x12\x19\n\x0c\x65os_token_id\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x11\n\teos_token\x18\x05 \x01(\t\x12\x15\n\radd_eos_token\x18\x06 \x01(\x08\x42\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"\xa0\x01\n\x06Limits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x17\n\x0fmax_draft_top_k\x18\x04 \x01(\r\x12\x17\n\x0fmax_stop_tokens\x18\x05 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\r\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xa8\x02\n\x0bSessionOpen\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x18\n\x10\x64raft_model_name\x18\x06 \x01(\t\x12(\n\ndraft_mode\x18\x07 \x01(\x0e\x32\x14.tandem.v1.DraftMode\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x14\n\x0cstop_strings\x18\t \x03(\t\x12\x0f\n\x07grammar\x18\n \x01(\t\"2\n\nSparseDist\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\tprobs_u16\x18\x02 \x03(\r\"c\n\nDraftBlock\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x0b\x64raft_dists\x18\x03 \x03(\x0b\x32\x15.tandem.v1.SparseDist\"\x94\x01\n\x10SpeculateRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tandem.v1.SessionOpenH\x00\x12&\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x15.tandem.v1.DraftBlockH\x00\x12(\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x16.tandem.v1.CloudDecodeH\x00\x42\x06\n\x04kind\"9\n\x0b\x43loudDecode\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\"\xb3\x01\n\x0c\x44\x65\x63odedToken\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x06 \x01(\rB\x0b\n\t_token_id\"\xb7\x01\n\x0eSessionStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x16\n\x0e\x66orward_passes\x18\x04 \x01(\r\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x08 \x01(\rB\x0b\n\t_token_id\"\xd0\x01\n\x07Verdict\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\nnext_token\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x07 \x01(\rB\r\n\x0b_next_token\"<\n\x08Progress\x12\x18\n\x10prefilled_tokens\x18\x01 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x02 \x01(\r\"\xee\x01\n\x11SpeculateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.tandem.v1.SessionStartedH\x00\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x12.tandem.v1.VerdictH\x00\x12*\n\x07\x64\x65\x63oded\x18\x06 \x01(\x0b\x32\x17.tandem.v1.DecodedTokenH\x00\x12\'\n\x08progress\x18\x03 \x01(\x0b\x32\x13.tandem.v1.ProgressH\x00\x12\'\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x16.tandem.v1.DrainNoticeH\x00\x42\x06\n\x04kind\".\n\x0b\x44rainNotice\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf3\x01\n\x0fGenerateRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x13\n\x0breturn_text\x18\x06 \x01(\x08\x12\x14\n\x0cstop_strings\x18\x07 \x03(\t\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x0f\n\x07grammar\x18\t \x01(\t\"\xfd\x01\n\x10GenerateResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\r\x12%\n\x08progress\x18\x06 \x01(\x0b\x32\x13.tandem.v1.Progress\x12%\n\x05\x64rain\x18\t \x01(\x0b\x32\x16.tandem.v1.DrainNotice\x12\x0f\n\x07replica\x18\n \x01(\tB\x0b\n\t_token_id\"@\n\x10TokenizerRequest\x12\x17\n\x0fmax_chunk_bytes\x18\x01 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65pt_zlib\x18\x02 \x01(\x08\"\x81\x01\n\x0eTokenizerChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tfile_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04zlib\x18\x05 \x01(\x08\x12\x1d\n\x15tokenizer_fingerprint\x18\x06 \x01(\t*Z\n\tDraftMode\x12\x1a\n\x16\x44RAFT_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RAFT_MODE_TOKEN_IDS\x10\x01\x12\x17\n\x13\x44RAFT_MODE_SPARSE_Q\x10\x02*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x03\x32\x9e\x02\n\x06Tandem\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12J\n\tSpeculate\x12\x1b.tandem.v1.SpeculateRequest\x1a\x1c.tandem.v1.SpeculateResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12H\n\x0cGetTokenizer\x12\x1b.tandem.v1.TokenizerRequest\x1a\x19.tandem.v1.TokenizerChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n common/pb/tandem/v1/tandem.proto\x12\ttandem.v1\"\r\n\x0bInfoRequest\"\xfe\x01\n\x0cInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12!\n\x06limits\x18\x06 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x15\n\rchat_template\x18\x07 \x01(\t\x12\x0f\n\x07replica\x18\x12 \x01(\t\x12\x30\n\x0especial_tokens\x18\x08 \x01(\x0b\x32\x18.tandem.v1.SpecialTokens\"\xbb\x01\n\rSpecialTokens\x12\x19\n\x0c\x62os_token_id\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tbos_token\x18\x02 \x01(\t\x12\x15\n\radd_bos_token\x18\x03 \x01(\x08\x12\x19\n\x0c\x65os_token_id\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x11\n\teos_token\x18\x05 \x01(\t\x12\x15\n\radd_eos_token\x18\x06 \x01(\x08\x42\x0f\n\r_bos_token_idB\x0f\n\r_eos_token_id\"\xa0\x01\n\x06Limits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x17\n\x0fmax_draft_top_k\x18\x04 \x01(\r\x12\x17\n\x0fmax_stop_tokens\x18\x05 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x06 \x01(\r\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\xcc\x02\n\x0bSessionOpen\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x18\n\x10\x64raft_model_name\x18\x06 \x01(\t\x12(\n\ndraft_mode\x18\x07 \x01(\x0e\x32\x14.tandem.v1.DraftMode\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x14\n\x0cstop_strings\x18\t \x03(\t\x12\x0f\n\x07grammar\x18\n \x01(\t\x12\x15\n\x08logprobs\x18\x0b \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_logprobs\"F\n\x0cTokenLogprob\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x0f\n\x07top_ids\x18\x02 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\"2\n\nSparseDist\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x11\n\tprobs_u16\x18\x02 \x03(\r\"c\n\nDraftBlock\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12*\n\x0b\x64raft_dists\x18\x03 \x03(\x0b\x32\x15.tandem.v1.SparseDist\"\x94\x01\n\x10SpeculateRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.tandem.v1.SessionOpenH\x00\x12&\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x15.tandem.v1.DraftBlockH\x00\x12(\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x16.tandem.v1.CloudDecodeH\x00\x42\x06\n\x04kind\"9\n\x0b\x43loudDecode\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\"\xdd\x01\n\x0c\x44\x65\x63odedToken\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x06 \x01(\r\x12(\n\x07logprob\x18\x07 \x01(\x0b\x32\x17.tandem.v1.TokenLogprobB\x0b\n\t_token_id\"\xe1\x01\n\x0eSessionStarted\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x16\n\x0e\x66orward_passes\x18\x04 \x01(\r\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x08 \x01(\r\x12(\n\x07logprob\x18\t \x01(\x0b\x32\x17.tandem.v1.TokenLogprobB\x0b\n\t_token_id\"\xfb\x01\n\x07Verdict\x12\x16\n\x0estart_position\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\nnext_token\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_step_us\x18\x07 \x01(\r\x12)\n\x08logprobs\x18\x08 \x03(\x0b\x32\x17.tandem.v1.TokenLogprobB\r\n\x0b_next_token\"<\n\x08Progress\x12\x18\n\x10prefilled_tokens\x18\x01 \x01(\r\x12\x16\n\x0eprefill_tokens\x18\x02 \x01(\r\"\xee\x01\n\x11SpeculateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.tandem.v1.SessionStartedH\x00\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x12.tandem.v1.VerdictH\x00\x12*\n\x07\x64\x65\x63oded\x18\x06 \x01(\x0b\x32\x17.tandem.v1.DecodedTokenH\x00\x12\'\n\x08progress\x18\x03 \x01(\x0b\x32\x13.tandem.v1.ProgressH\x00\x12\'\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x16.tandem.v1.DrainNoticeH\x00\x42\x06\n\x04kind\".\n\x0b\x44rainNotice\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x97\x02\n\x0fGenerateRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x13\n\x0breturn_text\x18\x06 \x01(\x08\x12\x14\n\x0cstop_strings\x18\x07 \x03(\t\x12\x18\n\x10resume_token_ids\x18\x08 \x03(\r\x12\x0f\n\x07grammar\x18\t \x01(\t\x12\x15\n\x08logprobs\x18\n \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_logprobs\"\xa7\x02\n\x10GenerateResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x15\n\x08token_id\x18\x02 \x01(\rH\x00\x88\x01\x01\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x66orward_passes\x18\x05 \x01(\r\x12%\n\x08progress\x18\x06 \x01(\x0b\x32\x13.tandem.v1.Progress\x12%\n\x05\x64rain\x18\t \x01(\x0b\x32\x16.tandem.v1.DrainNotice\x12\x0f\n\x07replica\x18\n \x01(\t\x12(\n\x07logprob\x18\x0b \x01(\x0b\x32\x17.tandem.v1.TokenLogprobB\x0b\n\t_token_id\"@\n\x10TokenizerRequest\x12\x17\n\x0fmax_chunk_bytes\x18\x01 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65pt_zlib\x18\x02 \x01(\x08\"\x81\x01\n\x0eTokenizerChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tfile_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04zlib\x18\x05 \x01(\x08\x12\x1d\n\x15tokenizer_fingerprint\x18\x06 \x01(\t*Z\n\tDraftMode\x12\x1a\n\x16\x44RAFT_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RAFT_MODE_TOKEN_IDS\x10\x01\x12\x17\n\x13\x44RAFT_MODE_SPARSE_Q\x10\x02*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x03\x32\x9e\x02\n\x06Tandem\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponse\x12J\n\tSpeculate\x12\x1b.tandem.v1.SpeculateRequest\x1a\x1c.tandem.v1.SpeculateResponse(\x01\x30\x01\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12H\n\x0cGetTokenizer\x12\x1b.tandem.v1.TokenizerRequest\x1a\x19.tandem.v1.TokenizerChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common.pb.tandem.v1.tandem_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DRAFTMODE']._serialized_start=3047
-  _globals['_DRAFTMODE']._serialized_end=3137
-  _globals['_FINISHREASON']._serialized_start=3139
-  _globals['_FINISHREASON']._serialized_end=3261
+  _globals['_DRAFTMODE']._serialized_start=3360
+  _globals['_DRAFTMODE']._serialized_end=3450
+  _globals['_FINISHREASON']._serialized_start=3452
+  _globals['_FINISHREASON']._serialized_end=3574
   _globals['_INFOREQUEST']._serialized_start=47
   _globals['_INFOREQUEST']._serialized_end=60
   _globals['_INFORESPONSE']._serialized_start=63
@@ -46,35 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=672
   _globals['_SAMPLINGPARAMS']._serialized_end=753
   _globals['_SESSIONOPEN']._serialized_start=756
-  _globals['_SESSIONOPEN']._serialized_end=1052
-  _globals['_SPARSEDIST']._serialized_start=1054
-  _globals['_SPARSEDIST']._serialized_end=1104
-  _globals['_DRAFTBLOCK']._serialized_start=1106
-  _globals['_DRAFTBLOCK']._serialized_end=1205
-  _globals['_SPECULATEREQUEST']._serialized_start=1208
-  _globals['_SPECULATEREQUEST']._serialized_end=1356
-  _globals['_CLOUDDECODE']._serialized_start=1358
-  _globals['_CLOUDDECODE']._serialized_end=1415
-  _globals['_DECODEDTOKEN']._serialized_start=1418
-  _globals['_DECODEDTOKEN']._serialized_end=1597
-  _globals['_SESSIONSTARTED']._serialized_start=1600
-  _globals['_SESSIONSTARTED']._serialized_end=1783
-  _globals['_VERDICT']._serialized_start=1786
-  _globals['_VERDICT']._serialized_end=1994
-  _globals['_PROGRESS']._serialized_start=1996
-  _globals['_PROGRESS']._serialized_end=2056
-  _globals['_SPECULATERESPONSE']._serialized_start=2059
-  _globals['_SPECULATERESPONSE']._serialized_end=2297
-  _globals['_DRAINNOTICE']._serialized_start=2299
-  _globals['_DRAINNOTICE']._serialized_end=2345
-  _globals['_GENERATEREQUEST']._serialized_start=2348
-  _globals['_GENERATEREQUEST']._serialized_end=2591
-  _globals['_GENERATERESPONSE']._serialized_start=2594
-  _globals['_GENERATERESPONSE']._serialized_end=2847
-  _globals['_TOKENIZERREQUEST']._serialized_start=2849
-  _globals['_TOKENIZERREQUEST']._serialized_end=2913
-  _globals['_TOKENIZERCHUNK']._serialized_start=2916
-  _globals['_TOKENIZERCHUNK']._serialized_end=3045
-  _globals['_TANDEM']._serialized_start=3264
-  _globals['_TANDEM']._serialized_end=3550
+  _globals['_SESSIONOPEN']._serialized_end=1088
+  _globals['_TOKENLOGPROB']._serialized_start=1090
+  _globals['_TOKENLOGPROB']._serialized_end=1160
+  _globals['_SPARSEDIST']._serialized_start=1162
+  _globals['_SPARSEDIST']._serialized_end=1212
+  _globals['_DRAFTBLOCK']._serialized_start=1214
+  _globals['_DRAFTBLOCK']._serialized_end=1313
+  _globals['_SPECULATEREQUEST']._serialized_start=1316
+  _globals['_SPECULATEREQUEST']._serialized_end=1464
+  _globals['_CLOUDDECODE']._serialized_start=1466
+  _globals['_CLOUDDECODE']._serialized_end=1523
+  _globals['_DECODEDTOKEN']._serialized_start=1526
+  _globals['_DECODEDTOKEN']._serialized_end=1747
+  _globals['_SESSIONSTARTED']._serialized_start=1750
+  _globals['_SESSIONSTARTED']._serialized_end=1975
+  _globals['_VERDICT']._serialized_start=1978
+  _globals['_VERDICT']._serialized_end=2229
+  _globals['_PROGRESS']._serialized_start=2231
+  _globals['_PROGRESS']._serialized_end=2291
+  _globals['_SPECULATERESPONSE']._serialized_start=2294
+  _globals['_SPECULATERESPONSE']._serialized_end=2532
+  _globals['_DRAINNOTICE']._serialized_start=2534
+  _globals['_DRAINNOTICE']._serialized_end=2580
+  _globals['_GENERATEREQUEST']._serialized_start=2583
+  _globals['_GENERATEREQUEST']._serialized_end=2862
+  _globals['_GENERATERESPONSE']._serialized_start=2865
+  _globals['_GENERATERESPONSE']._serialized_end=3160
+  _globals['_TOKENIZERREQUEST']._serialized_start=3162
+  _globals['_TOKENIZERREQUEST']._serialized_end=3226
+  _globals['_TOKENIZERCHUNK']._serialized_start=3229
+  _globals['_TOKENIZERCHUNK']._serialized_end=3358
+  _globals['_TANDEM']._serialized_start=3577
+  _globals['_TANDEM']._serialized_end=3863
 # @@protoc_insertion_point(module_scope)
