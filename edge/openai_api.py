@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.errors import InvalidArgument
 from common.grammar import json_object_grammar, json_schema_grammar
+from common.sampling import MAX_TOP_LOGPROBS
 from common.stop import MAX_STOP_STRINGS
+from common.wire import TokenLogprob
 from edge.sdk import Completion
 
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -61,11 +64,13 @@ class Params:
     include_usage: bool
     return_token_ids: bool
     grammar: str = ""  # response_format as an llguidance grammar (common/grammar.py); "" for text
+    logprobs: int | None = None  # None: not asked for; N: each token's and the N most likely (top_logprobs)
 
     def generate_options(self) -> dict:
         """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=self.stop, grammar=self.grammar)
+                    top_k=self.top_k, seed=self.seed, stop=self.stop, grammar=self.grammar,
+                    logprobs=self.logprobs)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def parse_chat(body: object, default_max_tokens: int) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty array of {role, content} objects", "messages")
-    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens))
+    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens, chat=True))
 
 
 def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
@@ -104,7 +109,7 @@ def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
         raise ApiError(400, "`suffix` (insertion) is not supported", "suffix")
     if body.get("best_of") not in (None, 1):
         raise ApiError(400, "`best_of` must be 1", "best_of")
-    return TextRequest(prompt, _params(body, default_max_tokens))
+    return TextRequest(prompt, _params(body, default_max_tokens, chat=False))
 
 
 def _object(body: object) -> dict:
@@ -139,8 +144,8 @@ def _content(content: object, param: str) -> str:
                         "are not supported)", f"{param}.content")
 
 
-def _params(body: dict, default_max_tokens: int) -> Params:
-    for name, ok in (("n", lambda v: v in (None, 1)), ("logprobs", lambda v: not v),
+def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
+    for name, ok in (("n", lambda v: v in (None, 1)),
                      ("tools", lambda v: not v), ("functions", lambda v: not v),
                      ("logit_bias", lambda v: not v),
                      ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v)):
@@ -163,7 +168,23 @@ def _params(body: dict, default_max_tokens: int) -> Params:
         include_usage=stream and _bool(stream_options, "include_usage"),
         return_token_ids=_bool(body, "return_token_ids"),
         grammar=_response_format(body.get("response_format")),
+        logprobs=_logprobs(body, chat),
     )
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: `logprobs` (bool) and `top_logprobs` (0..20); completions: `logprobs` N (0..20)."""
+    if not chat:
+        value = body.get("logprobs")
+        return None if value is None else _integer(value, "logprobs", 0, MAX_TOP_LOGPROBS)
+    wanted = _bool(body, "logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return 0 if wanted else None
+    top = _integer(top, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if not wanted:
+        raise ApiError(400, "`top_logprobs` needs `logprobs: true`", "top_logprobs")
+    return top
 
 
 def _response_format(value: object) -> str:
@@ -234,7 +255,11 @@ def _stop(stop: object) -> tuple[str, ...]:
 class ResponseBuilder:
     """The response, or the stream of chunks, of one chat or text completion."""
 
-    def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int]):
+    def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int],
+                 token_bytes: Callable[[int], bytes] | None = None):
+        """token_bytes: a token id's text bytes, for log-probabilities (needed when asked for)."""
+        self.token_bytes = token_bytes
+        self._text_offset = 0  # completions' logprobs.text_offset of the next token
         self.chat = chat
         self.model = model
         self.params = params
@@ -253,7 +278,7 @@ class ResponseBuilder:
         return out
 
     def _choice(self, text: str | None, finish_reason: str | None, token_ids: list[int] | None,
-                chunk: bool) -> dict:
+                chunk: bool, logprobs: list[TokenLogprob | None] | None = None) -> dict:
         if self.chat and chunk:
             delta = {} if text is None else {"content": text}
             if not self._sent_role:
@@ -263,24 +288,47 @@ class ResponseBuilder:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
         else:
             choice = {"index": 0, "text": text or ""}
-        choice.update(finish_reason=finish_reason, logprobs=None)
+        choice.update(finish_reason=finish_reason, logprobs=self._logprobs(token_ids, logprobs))
         if self.params.return_token_ids and token_ids is not None:
             choice["token_ids"] = token_ids
         return choice
 
+    def _logprobs(self, token_ids: list[int] | None, logprobs: list[TokenLogprob | None] | None) -> dict | None:
+        """OpenAI's `logprobs` of a choice for these tokens (None unless the request asked for them)."""
+        if self.params.logprobs is None or token_ids is None:
+            return None
+        logprobs = logprobs or [None] * len(token_ids)
+        text = lambda t: self.token_bytes(t).decode("utf-8", errors="replace")  # noqa: E731
+        if self.chat:
+            def entry(token: int, logprob: float) -> dict:
+                return {"token": text(token), "logprob": logprob, "bytes": list(self.token_bytes(token))}
+            return {"content": [
+                {**entry(t, lp.logprob if lp else None),
+                 "top_logprobs": [entry(i, v) for i, v in zip(lp.top_ids, lp.top_logprobs)] if lp else []}
+                for t, lp in zip(token_ids, logprobs)], "refusal": None}
+        offsets = []
+        for t in token_ids:
+            offsets.append(self._text_offset)
+            self._text_offset += len(text(t))
+        return {"tokens": [text(t) for t in token_ids],
+                "token_logprobs": [lp.logprob if lp else None for lp in logprobs],
+                "top_logprobs": [{text(i): v for i, v in zip(lp.top_ids, lp.top_logprobs)} if lp else None
+                                 for lp in logprobs],
+                "text_offset": offsets}
+
     def chunk(self, text: str, token_ids: list[int], degraded: bool, provenance: list[dict] | None = None,
-              progress: dict | None = None) -> dict:
-        out = self._envelope(True, [self._choice(text, None, token_ids, True)], degraded)
+              progress: dict | None = None, logprobs: list[TokenLogprob | None] | None = None) -> dict:
+        out = self._envelope(True, [self._choice(text, None, token_ids, True, logprobs)], degraded)
         if provenance is not None:
             out["provenance"] = provenance
         if progress is not None:
             out["progress"] = progress
         return self._with_prompt_ids(out)
 
-    def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None
-                    ) -> dict:
+    def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None,
+                    logprobs: list[TokenLogprob | None] | None = None) -> dict:
         """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
-        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True)],
+        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True, logprobs)],
                              completion.degraded)
         if provenance:
             out["provenance"] = provenance
@@ -299,7 +347,8 @@ class ResponseBuilder:
 
     def response(self, completion: Completion) -> dict:
         out = self._envelope(False, [self._choice(completion.text, completion.finish_reason,
-                                                  completion.token_ids, False)], completion.degraded)
+                                                  completion.token_ids, False, completion.logprobs)],
+                             completion.degraded)
         out["usage"] = self.usage(completion)
         if self.params.return_token_ids:
             out["prompt_token_ids"] = self.prompt_token_ids

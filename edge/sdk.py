@@ -50,6 +50,8 @@ class Completion:
     # Which cloud replica served which part: [{"from_token": i, "replica": name}], in order. More
     # than one entry when the answer resumed on another replica (stats["resumes"] counts them).
     served_by: list[dict] = dataclasses.field(default_factory=list)
+    # When asked for (GenerateOptions.logprobs): token_ids[i]'s log-probabilities (common.wire.TokenLogprob).
+    logprobs: list | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class GenerateOptions:
     json_schema: dict | None = None  # the answer is JSON text valid under this JSON Schema
     json_object: bool = False  # JSON mode: the answer is a JSON object
     grammar: str = ""  # or any llguidance grammar (llguidance's docs/syntax.md)
+    # Log-probabilities of the cloud model's distribution as served, from its verification pass:
+    # None for none; N for each token's and the N most likely (Completion.logprobs, Generation.logprobs).
+    logprobs: int | None = None
 
     @property
     def stop_strings(self) -> list[str]:
@@ -191,6 +196,7 @@ class AsyncTandemClient:
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,
             grammar=opts.grammar_text(),
+            logprobs=opts.logprobs,
         )
         generation = generation or Generation(self.mode)
         detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)
@@ -262,7 +268,9 @@ class AsyncTandemClient:
 def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
-                      generation.fallback_reason, totals(generation.sources), served_by_of(generation))
+                      generation.fallback_reason, totals(generation.sources), served_by_of(generation),
+                      [generation.logprobs.get(i) for i in range(len(generation.token_ids))]
+                      if generation.logprobs else None)
 
 
 def served_by_of(generation: Generation) -> list[dict]:

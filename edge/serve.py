@@ -184,7 +184,7 @@ class OpenAIServer:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         parsed = parse_chat(await _json_body(request), self.config.default_max_tokens)
         prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
-        return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids))
+        return await self._answer(request, self._builder(True, parsed.params, prompt_ids))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         parsed = parse_completion(await _json_body(request), self.config.default_max_tokens)
@@ -196,7 +196,10 @@ class OpenAIServer:
                 raise ApiError(400, f"`prompt` has token id {max(parsed.prompt)} outside the vocabulary "
                                     f"[0, {vocab})", "prompt")
             prompt_ids = list(parsed.prompt)
-        return await self._answer(request, ResponseBuilder(False, self.config.model_name, parsed.params, prompt_ids))
+        return await self._answer(request, self._builder(False, parsed.params, prompt_ids))
+
+    def _builder(self, chat: bool, params, prompt_ids: list[int]) -> ResponseBuilder:
+        return ResponseBuilder(chat, self.config.model_name, params, prompt_ids, self.tandem.engine.drafter.token_bytes)
 
     async def _answer(self, request: web.Request, builder: ResponseBuilder) -> web.StreamResponse:
         generation = Generation(self.tandem.mode)
@@ -245,6 +248,11 @@ class OpenAIServer:
                                                **_fallback_headers(generation)})
         await response.prepare(request)
         text, unsent_ids, unsent_sources, finished = [], [], [], True
+        sent = 0  # tokens already sent: the next chunk's first token is token_ids[sent]
+
+        def logprobs_of(ids: list[int]) -> list:
+            return [generation.logprobs.get(sent + i) for i in range(len(ids))]
+
         try:
             while delta is not None:
                 unsent_ids += delta.token_ids
@@ -253,11 +261,14 @@ class OpenAIServer:
                     text.append(delta.text)
                     await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded,
                                                               runs(unsent_sources),
-                                                              progress(generation.stats.as_dict())))
+                                                              progress(generation.stats.as_dict()),
+                                                              logprobs_of(unsent_ids)))
+                    sent += len(unsent_ids)
                     unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
-            await _send_event(response, builder.final_chunk(completion, unsent_ids, runs(unsent_sources)))
+            await _send_event(response, builder.final_chunk(completion, unsent_ids, runs(unsent_sources),
+                                                            logprobs_of(unsent_ids)))
             if builder.params.include_usage:
                 await _send_event(response, builder.usage_chunk(completion))
         except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
