@@ -28,7 +28,6 @@ from common.grammar import GrammarMask, llg_tokenizer
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import (
-    TokenLogprob,
     CloudDecode,
     DraftBlock,
     DraftMode,
@@ -36,6 +35,7 @@ from common.wire import (
     SamplingParams,
     SessionOpen,
     SessionStarted,
+    TokenLogprob,
     Verdict,
 )
 
@@ -147,6 +147,7 @@ class VerifierSession:
         self._check_ids(r.prompt_token_ids, "prompt_token_ids")
         self._check_ids(r.resume_token_ids, "resume_token_ids")
         self._check_ids(r.stop_token_ids, "stop_token_ids")
+        self._check_penalties(r.sampling)
         if r.logprobs is not None and not 0 <= r.logprobs <= sampling.MAX_TOP_LOGPROBS:
             raise InvalidArgument(f"logprobs must be in [0, {sampling.MAX_TOP_LOGPROBS}], got {r.logprobs}")
         s = r.sampling
@@ -171,17 +172,22 @@ class VerifierSession:
     def _adjusts(self) -> bool:
         """Whether the served distribution differs from the model's logits (then every choice
         goes through _served_row, on the host)."""
-        return self.grammar is not None
+        return self.grammar is not None or self.chooser.params.penalizes
 
     def _served_row(self, row: np.ndarray, drafts_before: Sequence[int]) -> np.ndarray | None:
         """The target's logits ([vocab]) at the position after the committed tokens and
-        `drafts_before`, as served there: with the grammar's mask in that state. None when those
+        `drafts_before`, as served there: penalties and biases as a function of the tokens before
+        it (common.sampling.penalize), then the grammar's mask in that state. None when those
         drafts leave the grammar (such a position is never reached: the invalid draft has
         probability zero)."""
+        prompt = self.request.prompt_token_ids
+        generated = [*self.tokens[len(prompt):], *drafts_before]
+        params = self.chooser.params
+        if params.penalizes:
+            row = params.penalize(row, prompt, generated)
         if self.grammar is None:
             return row
-        generated = self.tokens[len(self.request.prompt_token_ids):]
-        return self.grammar.masked_after([*generated, *drafts_before], row)
+        return self.grammar.masked_after(generated, row)
 
     def _logprobs(self, logits, committed: Sequence[int]) -> list[TokenLogprob]:
         """Log-probabilities of `committed` (the tokens about to be committed; logits: the pass's
@@ -194,6 +200,18 @@ class VerifierSession:
         temperature = self.chooser.params.temperature
         return [TokenLogprob.of(self._served_row(rows[j], committed[:j]), token, self.request.logprobs, temperature)
                 for j, token in enumerate(committed)]
+
+    def _check_penalties(self, s: SamplingParams) -> None:
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(s, name) <= 2:
+                raise InvalidArgument(f"{name} must be in [-2, 2], got {getattr(s, name)}")
+        if not (np.isfinite(s.repetition_penalty) and 0 < s.repetition_penalty <= 100):
+            raise InvalidArgument(f"repetition_penalty must be in (0, 100], got {s.repetition_penalty}")
+        if len(s.logit_bias) > self.limits.max_logit_bias:
+            raise InvalidArgument(f"{len(s.logit_bias)} logit_bias entries; at most {self.limits.max_logit_bias}")
+        self._check_ids([t for t, _ in s.logit_bias], "logit_bias")
+        if not all(-100 <= b <= 100 for _, b in s.logit_bias):
+            raise InvalidArgument("logit_bias values must be in [-100, 100]")
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]

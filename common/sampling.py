@@ -259,3 +259,34 @@ def top_tokens(logprobs: np.ndarray, n: int) -> np.ndarray:
     candidates = np.argpartition(-logprobs, n - 1)[:n]
     order = candidates[np.lexsort((candidates, -logprobs[candidates]))]
     return order[np.isfinite(logprobs[order])]
+
+
+def penalize(
+    logits: np.ndarray,  # [vocab]
+    prompt_ids: Sequence[int],
+    output_ids: Sequence[int],
+    frequency: float = 0.0,
+    presence: float = 0.0,
+    repetition: float = 1.0,
+    logit_bias: Sequence[tuple[int, float]] = (),
+) -> np.ndarray:  # [vocab] float32, a new array
+    """The logits at the position after prompt_ids + output_ids with penalties and biases applied.
+
+    In order: repetition (transformers' and vLLM's: a token in the prompt or the output has its
+    logit divided by `repetition` when positive, multiplied when not), frequency and presence
+    (OpenAI's: logit - frequency * count - presence * [count > 0], counted in the output only),
+    then logit_bias (added). The cloud applies this to the target at every verified position and
+    the edge to its draft, both as a function of the tokens before the position only, so the
+    served distribution does not depend on how tokens were grouped into blocks.
+    """
+    out = np.array(logits, dtype=np.float32)
+    if repetition not in (0.0, 1.0):
+        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
+        values = out[seen]
+        out[seen] = np.where(values > 0, values / np.float32(repetition), values * np.float32(repetition))
+    if (frequency or presence) and len(output_ids):
+        ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+        out[ids] -= (np.float32(frequency) * counts + np.float32(presence)).astype(np.float32)
+    for token, bias in logit_bias:
+        out[token] += np.float32(bias)
+    return out

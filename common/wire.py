@@ -49,19 +49,40 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None  # None: not chosen yet (the edge picks one before a session opens)
+    # Penalties and biases (common.sampling.penalize; the proto's SamplingParams); 0 / 1 / () disable.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), by token id
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def penalizes(self) -> bool:
+        """Whether penalties or biases change the logits (then common.sampling.penalize applies)."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty not in (0.0, 1.0)
+                    or self.logit_bias)
+
+    def penalize(self, logits: np.ndarray, prompt_ids, output_ids) -> np.ndarray:
+        """The logits ([vocab]) after prompt_ids + output_ids with these penalties and biases."""
+        return sampling.penalize(logits, prompt_ids, output_ids, self.frequency_penalty, self.presence_penalty,
+                                 self.repetition_penalty, self.logit_bias)
+
     @classmethod
     def from_pb(cls, m: pb.SamplingParams) -> SamplingParams:
         top_p = m.top_p if 0.0 < m.top_p < 1.0 else 1.0
-        return cls(temperature=m.temperature, top_k=m.top_k, top_p=top_p, seed=m.seed)
+        return cls(temperature=m.temperature, top_k=m.top_k, top_p=top_p, seed=m.seed,
+                   frequency_penalty=m.frequency_penalty, presence_penalty=m.presence_penalty,
+                   repetition_penalty=m.repetition_penalty or 1.0,
+                   logit_bias=tuple(sorted((int(t), float(b)) for t, b in m.logit_bias.items())))
 
     def to_pb(self) -> pb.SamplingParams:
         return pb.SamplingParams(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            repetition_penalty=self.repetition_penalty, logit_bias=dict(self.logit_bias),
         )
 
 

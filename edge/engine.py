@@ -30,7 +30,7 @@ from common.text_tokenizer import TextTokenizer
 from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen, TokenLogprob
 from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
-from edge.draft_sampling import DraftGrammar, DraftPolicy
+from edge.draft_sampling import DraftPolicy, ServedLogits
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.provenance import Source
 from edge.resume import ResumeWindow
@@ -426,7 +426,8 @@ class EdgeEngine:
         policy = DraftPolicy(request.sampling)
         prepare(drafter, request.sampling)
         start = len(request.prompt_token_ids) if answer_start is None else answer_start
-        grammar = DraftGrammar(request.grammar, drafter, start) if request.grammar else None
+        served = ServedLogits(request.sampling, request.grammar, drafter, start) \
+            if ServedLogits.needed(request.sampling, request.grammar) else None
         stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
@@ -437,8 +438,8 @@ class EdgeEngine:
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT
                 return
-            if grammar is not None:
-                logits = grammar.apply(context, logits)
+            if served is not None:
+                logits = served.apply(context, logits)
             token = policy.choose(logits, len(context)).token_id
             if request.logprobs is not None:
                 generation.logprobs[len(context) - start] = TokenLogprob.of(

@@ -35,6 +35,8 @@ from common.stop import MAX_STOP_STRINGS
 from common.wire import TokenLogprob
 from edge.sdk import Completion
 
+MAX_LOGIT_BIAS = 1024  # as the cloud's SessionLimits.max_logit_bias
+
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -65,12 +67,18 @@ class Params:
     return_token_ids: bool
     grammar: str = ""  # response_format as an llguidance grammar (common/grammar.py); "" for text
     logprobs: int | None = None  # None: not asked for; N: each token's and the N most likely (top_logprobs)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # extension (vLLM's and llama.cpp's name)
+    logit_bias: dict[int, float] | None = None
 
     def generate_options(self) -> dict:
         """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                     top_k=self.top_k, seed=self.seed, stop=self.stop, grammar=self.grammar,
-                    logprobs=self.logprobs)
+                    logprobs=self.logprobs, frequency_penalty=self.frequency_penalty,
+                    presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
+                    logit_bias=self.logit_bias)
 
 
 @dataclass(frozen=True)
@@ -146,9 +154,7 @@ def _content(content: object, param: str) -> str:
 
 def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
     for name, ok in (("n", lambda v: v in (None, 1)),
-                     ("tools", lambda v: not v), ("functions", lambda v: not v),
-                     ("logit_bias", lambda v: not v),
-                     ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v)):
+                     ("tools", lambda v: not v), ("functions", lambda v: not v)):
         if not ok(body.get(name)):
             raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
                                 "output distribution or shape); leave it unset", name)
@@ -169,7 +175,27 @@ def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
         return_token_ids=_bool(body, "return_token_ids"),
         grammar=_response_format(body.get("response_format")),
         logprobs=_logprobs(body, chat),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True),
+        logit_bias=_logit_bias(body.get("logit_bias")),
     )
+
+
+def _logit_bias(value: object) -> dict[int, float] | None:
+    """OpenAI's logit_bias: {"token id": bias in [-100, 100]} (ids as strings, JSON keys)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"`logit_bias` must be an object of at most {MAX_LOGIT_BIAS} token ids", "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit()) or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                or not -100 <= bias <= 100:
+            raise ApiError(400, f"`logit_bias` maps token ids to numbers in [-100, 100], got {key!r}: {bias!r}",
+                           "logit_bias")
+        out[int(key)] = float(bias)
+    return out
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:

@@ -90,6 +90,11 @@ class GenerateOptions:
     # Log-probabilities of the cloud model's distribution as served, from its verification pass:
     # None for none; N for each token's and the N most likely (Completion.logprobs, Generation.logprobs).
     logprobs: int | None = None
+    # Penalties and biases (common.sampling.penalize), applied to the cloud model's logits exactly:
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count in the answer so far
+    presence_penalty: float = 0.0  # OpenAI's: minus this once for a token the answer contains
+    repetition_penalty: float = 1.0  # transformers': a token of the prompt or answer, its logit / this (or *)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
 
     @property
     def stop_strings(self) -> list[str]:
@@ -191,7 +196,9 @@ class AsyncTandemClient:
             **prompt,
             return_text=cloud_text,
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed,
+                                    opts.frequency_penalty, opts.presence_penalty, opts.repetition_penalty,
+                                    tuple(sorted((opts.logit_bias or {}).items()))),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,

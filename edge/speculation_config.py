@@ -34,8 +34,9 @@ class SpeculationConfig:
                                        "alone in the same session, and re-probe drafting from time to time; "
                                        "needs --adaptive (default %(default)s)",
                                  negatable=True, group=SPECULATION)
-    # Structured output: mask the draft's logits with the answer's grammar (as the cloud masks the
-    # target's), so drafts stay inside it. Off only to measure what the mask is worth (tandem bench).
+    # Adjust the draft's logits as the cloud adjusts the target's (the answer's grammar mask,
+    # penalties, logit_bias: edge/draft_sampling.py's ServedLogits), so drafts follow them. Off only
+    # to measure what that is worth.
     mask_draft: bool = True
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),

@@ -38,7 +38,7 @@ from edge.client import SpeculateStream
 from edge.cloud_decode import REQUESTS_IN_FLIGHT, DecodeRequests, request_tokens
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S, DraftLengthPolicy
-from edge.draft_sampling import DraftGrammar, DraftPolicy
+from edge.draft_sampling import DraftPolicy, ServedLogits
 from edge.drafting_pays import DraftingSwitch, PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
 from edge.draft_tail import DraftTail
 from edge.low_priority import at_lowest_priority
@@ -76,8 +76,8 @@ class SpeculativeRun:
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
         prompt_length = len(request.prompt_token_ids)
         self.logprobs = {} if logprobs is None else logprobs
-        masked = request.grammar and config.mask_draft
-        self.grammar = DraftGrammar(request.grammar, drafter, prompt_length) if masked else None
+        adjusted = ServedLogits.needed(request.sampling, request.grammar) and config.mask_draft
+        self.served = ServedLogits(request.sampling, request.grammar, drafter, prompt_length) if adjusted else None
         prepare(drafter, request.sampling)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
                                          config.adaptive, config.min_draft_tokens,
@@ -262,8 +262,8 @@ class SpeculativeRun:
 
     def _choose(self, context: list[int], guess: bool):
         logits = self.drafter.next_logits(context)
-        if self.grammar is not None:
-            logits = self.grammar.apply(context, logits)
+        if self.served is not None:
+            logits = self.served.apply(context, logits)
         return self.policy.choose(logits, len(context), guess)
 
     async def _send_block(self) -> None:
