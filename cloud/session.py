@@ -198,8 +198,13 @@ class VerifierSession:
             return []
         rows = logits.numpy()
         temperature = self.chooser.params.temperature
-        return [TokenLogprob.of(self._served_row(rows[j], committed[:j]), token, self.request.logprobs, temperature)
-                for j, token in enumerate(committed)]
+        out = []
+        for j, token in enumerate(committed):
+            out.append(TokenLogprob.of(self._served_row(rows[j], committed[:j]), token, self.request.logprobs,
+                                       temperature))
+            if token in self.stop_ids:
+                break  # nothing after a stop token is committed (nor inside the grammar)
+        return out
 
     def _check_penalties(self, s: SamplingParams) -> None:
         for name in ("frequency_penalty", "presence_penalty"):

@@ -94,7 +94,9 @@ class GrammarMask:
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if self.matcher.is_error():
             raise InvalidArgument(f"grammar rejected: {self.matcher.get_error()}")
-        self.consumed: list[int] = []  # the tokens the matcher has taken, in order
+        self.consumed: list[int] = []  # the tokens the matcher has taken, in order (and an end token)
+        self._ended = False  # consumed ends with an end token (not given to the matcher)
+        self._end_ids = set(tokenizer.eos_tokens)
         self._words = np.zeros(1 * ((vocab_size + 31) // 32), dtype=np.int32)
 
     def sync(self, tokens: Sequence[int]) -> bool:
@@ -103,30 +105,39 @@ class GrammarMask:
         Rolls back the consumed tokens `tokens` does not share, then consumes the rest. Returns
         False when a token is outside the grammar: the state then stays after the longest valid
         prefix, and nothing after that token can be judged (its probability is zero anyway).
+        An end token is never given to the matcher (llguidance's rollback does not restore a
+        matcher stopped by one): it is only recorded, as the last token, where the mask allows it.
         """
         shared = 0
         limit = min(len(self.consumed), len(tokens))
         while shared < limit and self.consumed[shared] == tokens[shared]:
             shared += 1
         if shared < len(self.consumed):
-            assert self.matcher.rollback(len(self.consumed) - shared), self.matcher.get_error()
+            removed = len(self.consumed) - shared - int(self._ended)  # the end token is always the last
+            self._ended = False
+            if removed:
+                assert self.matcher.rollback(removed), self.matcher.get_error()
             del self.consumed[shared:]
         rest = [int(t) for t in tokens[shared:]]
-        if not rest:
-            return True
         while rest:
+            if self._ended:
+                return False  # nothing follows the end
             taken = self.matcher.try_consume_tokens(rest)
             self.consumed.extend(rest[:taken])
             rest = rest[taken:]
-            # try_consume_tokens takes no end token; one the mask allows ends the document.
-            if rest and self.allowed()[rest[0]] and self.matcher.consume_token(rest[0]):
+            if not rest:
+                break
+            if rest[0] in self._end_ids and self.allowed()[rest[0]]:
                 self.consumed.append(rest.pop(0))
-            elif rest:
+                self._ended = True
+            else:
                 return False
         return True
 
     def allowed(self) -> np.ndarray:  # [vocab] bool
         """The tokens the grammar allows next (end ids only where the document may end)."""
+        if self._ended:
+            return np.zeros(self.vocab_size, dtype=bool)
         self.matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")[: self.vocab_size]
         return bits.astype(bool)
@@ -135,6 +146,8 @@ class GrammarMask:
         """The logits with every token the grammar forbids next set to -inf (a new array)."""
         logits = np.asarray(logits)
         assert logits.shape == (self.vocab_size,), (logits.shape, self.vocab_size)
+        if self._ended:
+            return logits  # after the end token: a position a verifier may score but nothing commits
         allowed = self.allowed()
         if not allowed.any():
             raise InvalidArgument("the grammar allows no token here (an answer outside it was resumed?)")

@@ -22,6 +22,7 @@ so, rather than silently ignored.
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 import time
@@ -35,6 +36,7 @@ from common.stop import MAX_STOP_STRINGS
 from common.wire import TokenLogprob
 from edge.sdk import Completion
 
+MAX_CHOICES = 8  # n: choices of one request (each one generation; see tandem serve --draft-slots)
 MAX_LOGIT_BIAS = 1024  # as the cloud's SessionLimits.max_logit_bias
 
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -71,11 +73,15 @@ class Params:
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0  # extension (vLLM's and llama.cpp's name)
     logit_bias: dict[int, float] | None = None
+    n: int = 1  # independent choices
 
-    def generate_options(self) -> dict:
-        """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
+    def generate_options(self, choice: int = 0) -> dict:
+        """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions) of one choice:
+        with a seed, choice i samples with seed + i (each reproducible alone); without one, each
+        choice draws its own random seed."""
+        seed = None if self.seed is None else (self.seed + choice) % 2**64
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=self.stop, grammar=self.grammar,
+                    top_k=self.top_k, seed=seed, stop=self.stop, grammar=self.grammar,
                     logprobs=self.logprobs, frequency_penalty=self.frequency_penalty,
                     presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
                     logit_bias=self.logit_bias)
@@ -153,8 +159,7 @@ def _content(content: object, param: str) -> str:
 
 
 def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
-    for name, ok in (("n", lambda v: v in (None, 1)),
-                     ("tools", lambda v: not v), ("functions", lambda v: not v)):
+    for name, ok in (("tools", lambda v: not v), ("functions", lambda v: not v)):
         if not ok(body.get(name)):
             raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
                                 "output distribution or shape); leave it unset", name)
@@ -179,6 +184,7 @@ def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True),
         logit_bias=_logit_bias(body.get("logit_bias")),
+        n=1 if body.get("n") is None else _integer(body["n"], "n", 1, MAX_CHOICES),
     )
 
 
@@ -285,6 +291,7 @@ class ResponseBuilder:
                  token_bytes: Callable[[int], bytes] | None = None):
         """token_bytes: a token id's text bytes, for log-probabilities (needed when asked for)."""
         self.token_bytes = token_bytes
+        self.index = 0  # the choice this builder writes (n > 1: one builder per choice, see for_choice)
         self._text_offset = 0  # completions' logprobs.text_offset of the next token
         self.chat = chat
         self.model = model
@@ -294,6 +301,31 @@ class ResponseBuilder:
         self.created = int(time.time())
         self._sent_role = False  # the first chat chunk carries the role
         self._sent_prompt_ids = False  # the first chunk carries prompt_token_ids (if asked for)
+
+    def for_choice(self, index: int) -> ResponseBuilder:
+        """The builder of choice `index` of the same response (same id; the prompt's ids, when asked
+        for, come with choice 0 only)."""
+        other = copy.copy(self)
+        other.index, other._sent_role, other._text_offset = index, False, 0
+        other._sent_prompt_ids = index > 0 or self._sent_prompt_ids
+        return other
+
+    def responses(self, completions: list[Completion]) -> dict:
+        """The response of n choices: choice i from completions[i], usage summed; with n > 1 each
+        choice also carries its own `tandem` details."""
+        bodies = [self.for_choice(i).response(c) if i else self.response(c) for i, c in enumerate(completions)]
+        out = bodies[0]
+        if len(bodies) > 1:
+            for body in bodies:
+                body["choices"][0]["tandem"] = body["tandem"]
+            out["choices"] = [body["choices"][0] for body in bodies]
+            out["usage"] = self.usage_of(completions)
+            out["degraded"] = any(c.degraded for c in completions)
+        return out
+
+    def usage_of(self, completions: list[Completion]) -> dict:
+        prompt, answer = len(self.prompt_token_ids), sum(len(c.token_ids) for c in completions)
+        return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
 
     def _envelope(self, chunk: bool, choices: list[dict], degraded: bool) -> dict:
         kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
@@ -309,11 +341,11 @@ class ResponseBuilder:
             delta = {} if text is None else {"content": text}
             if not self._sent_role:
                 delta, self._sent_role = {"role": "assistant", **delta}, True
-            choice = {"index": 0, "delta": delta}
+            choice = {"index": self.index, "delta": delta}
         elif self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+            choice = {"index": self.index, "message": {"role": "assistant", "content": text}}
         else:
-            choice = {"index": 0, "text": text or ""}
+            choice = {"index": self.index, "text": text or ""}
         choice.update(finish_reason=finish_reason, logprobs=self._logprobs(token_ids, logprobs))
         if self.params.return_token_ids and token_ids is not None:
             choice["token_ids"] = token_ids
@@ -366,9 +398,9 @@ class ResponseBuilder:
             chunk["prompt_token_ids"], self._sent_prompt_ids = self.prompt_token_ids, True
         return chunk
 
-    def usage_chunk(self, completion: Completion) -> dict:
-        out = self._envelope(True, [], completion.degraded)
-        out["usage"] = self.usage(completion)
+    def usage_chunk(self, completions: list[Completion]) -> dict:
+        out = self._envelope(True, [], any(c.degraded for c in completions))
+        out["usage"] = self.usage_of(completions)
         return out
 
     def response(self, completion: Completion) -> dict:

@@ -202,87 +202,132 @@ class OpenAIServer:
         return ResponseBuilder(chat, self.config.model_name, params, prompt_ids, self.tandem.engine.drafter.token_bytes)
 
     async def _answer(self, request: web.Request, builder: ResponseBuilder) -> web.StreamResponse:
-        generation = Generation(self.tandem.mode)
-        deltas = self.tandem.deltas(builder.prompt_token_ids, generation, **builder.params.generate_options())
+        """One response of `n` independent choices, each its own generation (seeded per choice)."""
+        n = builder.params.n
+        builders = [builder] + [builder.for_choice(i) for i in range(1, n)]
+        generations = [Generation(self.tandem.mode) for _ in range(n)]
         self.counts.active += 1
         try:
-            async with contextlib.aclosing(deltas):
+            async with contextlib.AsyncExitStack() as stack:
+                deltas = [await stack.enter_async_context(contextlib.aclosing(self.tandem.deltas(
+                    builder.prompt_token_ids, generation, **builder.params.generate_options(i))))
+                    for i, generation in enumerate(generations)]
                 if builder.params.stream:
-                    response, finished = await self._stream(request, builder, deltas, generation)
+                    response, finished = await self._stream(request, builders, deltas, generations)
                 else:
-                    response, finished = await self._collect(builder, deltas, generation), True
+                    response, finished = await self._collect(builder, deltas, generations), True
         except (asyncio.CancelledError, ConnectionResetError):  # the client went away
             self.counts.cancelled += 1
-            self.metrics.answered(generation, "cancelled")
-            log.info("client went away: generation cancelled after %d tokens", len(generation.token_ids))
+            for generation in generations:
+                self.metrics.answered(generation, "cancelled")
+            log.info("client went away: generation cancelled after %d tokens",
+                     sum(len(g.token_ids) for g in generations))
             raise
         except BaseException:
             self.counts.failed += 1
-            self.metrics.answered(generation, "failed")
+            for generation in generations:
+                self.metrics.answered(generation, "failed")
             raise
         finally:
             self.counts.active -= 1
         if finished:
             self.counts.completed += 1
-            self.counts.degraded += generation.degraded
+            self.counts.degraded += any(g.degraded for g in generations)
         else:
             self.counts.failed += 1
-        self.metrics.answered(generation, "completed" if finished else "failed")
+        for generation in generations:
+            self.metrics.answered(generation, "completed" if finished else "failed")
         return response
 
-    async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
-                       generation: Generation) -> web.Response:
+    async def _collect(self, builder: ResponseBuilder, deltas: list[AsyncIterator[Delta]],
+                       generations: list[Generation]) -> web.Response:
         from aiohttp import web
-        text = "".join([delta.text async for delta in deltas])
-        return web.json_response(builder.response(completion_of(text, generation)),
-                                 headers=_fallback_headers(generation))
 
-    async def _stream(self, request: web.Request, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
-                      generation: Generation) -> tuple[web.StreamResponse, bool]:
-        """The answer as Server-Sent Events; False if it broke off with an error event."""
+        async def text_of(choice: AsyncIterator[Delta]) -> str:
+            return "".join([delta.text async for delta in choice])
+
+        texts = await asyncio.gather(*(text_of(d) for d in deltas))
+        completions = [completion_of(text, g) for text, g in zip(texts, generations)]
+        return web.json_response(builder.responses(completions), headers=_fallback_headers(*generations))
+
+    async def _stream(self, request: web.Request, builders: list[ResponseBuilder], deltas: list[AsyncIterator[Delta]],
+                      generations: list[Generation]) -> tuple[web.StreamResponse, bool]:
+        """The answer as Server-Sent Events, the choices' chunks interleaved as they come; False if
+        it broke off with an error event."""
         from aiohttp import web
-        # The first token comes before the headers, so a request the cloud refuses gets a plain
-        # HTTP error, and the degraded header tells whether the answer started locally.
-        delta = await anext(deltas, None)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               **_fallback_headers(generation)})
-        await response.prepare(request)
-        text, unsent_ids, unsent_sources, finished = [], [], [], True
+        events: asyncio.Queue = asyncio.Queue()
+        # Each choice drives its own generation (with one draft slot they take turns).
+        choices = [asyncio.create_task(self._choice_events(b, d, g, events))
+                   for b, d, g in zip(builders, deltas, generations)]
+        try:
+            # The first chunk comes before the headers, so a request the cloud refuses gets a plain
+            # HTTP error, and the degraded header tells whether the answer started locally.
+            remaining, first = len(choices), None
+            while remaining and first is None:
+                first = await events.get()
+                if first is None:
+                    remaining -= 1
+                    for task in choices:
+                        if task.done() and task.exception() is not None:
+                            raise task.exception()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                   **_fallback_headers(*generations)})
+            await response.prepare(request)
+            finished = True
+            try:
+                event = first
+                while remaining:
+                    if event is None:
+                        remaining -= 1
+                    else:
+                        await _send_event(response, event)
+                    event = await events.get() if remaining else None
+                completions = [task.result() for task in choices]
+                if builders[0].params.include_usage:
+                    await _send_event(response, builders[0].usage_chunk(completions))
+            except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
+                log.warning("generation failed mid-stream: %s", exc)
+                await _send_event(response, _api_error(exc).body())
+                finished = False
+        finally:
+            for task in choices:
+                task.cancel()
+            await asyncio.gather(*choices, return_exceptions=True)  # before their generations are closed
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response, finished
+
+    async def _choice_events(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta], generation: Generation,
+                             events: asyncio.Queue):
+        """One choice's chunks into `events` (then None); returns its Completion."""
+        text, unsent_ids, unsent_sources = [], [], []
         sent = 0  # tokens already sent: the next chunk's first token is token_ids[sent]
 
         def logprobs_of(ids: list[int]) -> list:
             return [generation.logprobs.get(sent + i) for i in range(len(ids))]
 
         try:
+            delta = await anext(deltas, None)
             while delta is not None:
                 unsent_ids += delta.token_ids
                 unsent_sources += [delta.source] * len(delta.token_ids)
                 if delta.text:
                     text.append(delta.text)
-                    await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded,
-                                                              runs(unsent_sources),
-                                                              progress(generation.stats.as_dict()),
-                                                              logprobs_of(unsent_ids)))
+                    events.put_nowait(builder.chunk(delta.text, unsent_ids, delta.degraded, runs(unsent_sources),
+                                                    progress(generation.stats.as_dict()), logprobs_of(unsent_ids)))
                     sent += len(unsent_ids)
                     unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
-            await _send_event(response, builder.final_chunk(completion, unsent_ids, runs(unsent_sources),
-                                                            logprobs_of(unsent_ids)))
-            if builder.params.include_usage:
-                await _send_event(response, builder.usage_chunk(completion))
-        except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
-            log.warning("generation failed mid-stream: %s", exc)
-            await _send_event(response, _api_error(exc).body())
-            finished = False
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response, finished
+            events.put_nowait(builder.final_chunk(completion, unsent_ids, runs(unsent_sources), logprobs_of(unsent_ids)))
+            return completion
+        finally:
+            events.put_nowait(None)
 
 
-def _fallback_headers(generation: Generation) -> dict[str, str]:
-    return {"X-Tandem-Degraded": "true" if generation.degraded else "false",
-            "X-Tandem-Answered-By": generation.answered_by}
+def _fallback_headers(*generations: Generation) -> dict[str, str]:
+    return {"X-Tandem-Degraded": "true" if any(g.degraded for g in generations) else "false",
+            "X-Tandem-Answered-By": ",".join(dict.fromkeys(g.answered_by for g in generations))}
 
 
 async def _send_event(response: web.StreamResponse, payload: dict) -> None:

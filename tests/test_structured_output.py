@@ -43,8 +43,10 @@ def test_mask_follows_and_rolls_back(tiny_target):
     assert not mask.sync([*ids[:3], *tiny_target.tokenize("}}}")])  # outside the grammar
     assert mask.sync(ids) and mask.consumed == ids  # and back on track
     end = [tiny_target.eos_token_ids[0]]
-    assert mask.sync([*ids, *end]) and mask.matcher.is_stopped()  # the end token ends the document
-    assert mask.sync(ids[:5]) and mask.consumed == ids[:5]  # and rolls back like any token
+    assert mask.sync([*ids, *end]) and not mask.allowed().any()  # the end token ends the document
+    assert not mask.sync([*ids, *end, *end])  # nothing follows it
+    assert mask.sync(ids[:5]) and mask.consumed == ids[:5]  # and it rolls back like any token
+    assert mask.sync(ids) and mask.consumed == ids  # the matcher itself was rolled back exactly
 
 
 @pytest.mark.parametrize("schema", [{"type": "objectx"}, {"type": "object", "properties": 3}, "nope"])
@@ -111,8 +113,9 @@ def test_rejections_happen_and_the_draft_mask_keeps_drafts_in(tiny_cloud, tiny_t
             for drafted, accepted in generation.stats.verified_blocks:
                 if drafted and mask_draft:
                     outcomes["none" if accepted == 0 else "all" if accepted == drafted else "some"] += 1
-            tokens += len(generation.token_ids)
-            rounds += generation.stats.rounds
+                if drafted:  # tokens per round that verified drafts (not one where the draft still prefilled)
+                    tokens += accepted + 1
+                    rounds += 1
         per_round[mask_draft] = tokens / rounds
     assert outcomes["none"] > 0 and outcomes["some"] > 0 and outcomes["all"] > 0
     assert per_round[True] >= per_round[False], per_round
