@@ -256,50 +256,56 @@ class OpenAIServer:
         it broke off with an error event."""
         from aiohttp import web
         events: asyncio.Queue = asyncio.Queue()
-        # Each choice drives its own generation (with one draft slot they take turns).
-        choices = [asyncio.create_task(self._choice_events(b, d, g, events))
-                   for b, d, g in zip(builders, deltas, generations)]
+        # Each choice drives its own generation (with one draft slot they take turns); its last
+        # event is its _ChoiceEnd.
+        choices = [asyncio.create_task(self._choice_events(i, b, d, g, events))
+                   for i, (b, d, g) in enumerate(zip(builders, deltas, generations))]
+        completions: dict = {}
+        ended: set[int] = set()  # choices whose _ChoiceEnd arrived: their tasks are finishing on their own
+
+        async def next_chunk() -> dict | None:
+            """The next chunk of any choice; None once all ended. A choice's error is raised."""
+            while len(completions) < len(choices):
+                event = await events.get()
+                if not isinstance(event, _ChoiceEnd):
+                    return event
+                ended.add(event.index)
+                if event.error is not None:
+                    raise event.error
+                completions[event.index] = event.completion
+            return None
+
         try:
             # The first chunk comes before the headers, so a request the cloud refuses gets a plain
             # HTTP error, and the degraded header tells whether the answer started locally.
-            remaining, first = len(choices), None
-            while remaining and first is None:
-                first = await events.get()
-                if first is None:
-                    remaining -= 1
-                    for task in choices:
-                        if task.done() and task.exception() is not None:
-                            raise task.exception()
+            chunk = await next_chunk()
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                    **_fallback_headers(*generations)})
             await response.prepare(request)
             finished = True
             try:
-                event = first
-                while remaining:
-                    if event is None:
-                        remaining -= 1
-                    else:
-                        await _send_event(response, event)
-                    event = await events.get() if remaining else None
-                completions = [task.result() for task in choices]
+                while chunk is not None:
+                    await _send_event(response, chunk)
+                    chunk = await next_chunk()
                 if builders[0].params.include_usage:
-                    await _send_event(response, builders[0].usage_chunk(completions))
+                    await _send_event(response, builders[0].usage_chunk([completions[i] for i in range(len(choices))]))
             except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
                 log.warning("generation failed mid-stream: %s", exc)
                 await _send_event(response, _api_error(exc).body())
                 finished = False
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
         finally:
-            for task in choices:
+            live = [task for i, task in enumerate(choices) if i not in ended]
+            for task in live:
                 task.cancel()
-            await asyncio.gather(*choices, return_exceptions=True)  # before their generations are closed
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+            if live:
+                await asyncio.gather(*live, return_exceptions=True)  # before their generations are closed
         return response, finished
 
-    async def _choice_events(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta], generation: Generation,
-                             events: asyncio.Queue):
-        """One choice's chunks into `events` (then None); returns its Completion."""
+    async def _choice_events(self, index: int, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
+                             generation: Generation, events: asyncio.Queue) -> None:
+        """One choice's chunks into `events`, then its _ChoiceEnd (its Completion, or its error)."""
         text, unsent_ids, unsent_sources = [], [], []
         sent = 0  # tokens already sent: the next chunk's first token is token_ids[sent]
 
@@ -320,9 +326,18 @@ class OpenAIServer:
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
             events.put_nowait(builder.final_chunk(completion, unsent_ids, runs(unsent_sources), logprobs_of(unsent_ids)))
-            return completion
-        finally:
-            events.put_nowait(None)
+            events.put_nowait(_ChoiceEnd(index, completion))
+        except Exception as exc:  # noqa: BLE001 - delivered to the response, which raises or reports it
+            events.put_nowait(_ChoiceEnd(index, error=exc))
+
+
+@dataclass
+class _ChoiceEnd:
+    """The last event of one choice of a streamed answer."""
+
+    index: int
+    completion: object = None  # its edge.sdk.Completion
+    error: Exception | None = None
 
 
 def _fallback_headers(*generations: Generation) -> dict[str, str]:
