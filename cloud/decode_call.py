@@ -58,7 +58,8 @@ async def decode_alone(scheduler: Scheduler, session: VerifierSession, stream: C
                 await stream.write(pb.SpeculateResponse(decoded=DecodedToken(
                     token.position, token.token_id, token.finish_reason, token.stale,
                     forward_passes=session.forward_passes if last else 0,
-                    decode_step_us=token.decode_step_us if last else 0, hinted_ids=token.hinted).to_pb()))
+                    decode_step_us=token.decode_step_us if last else 0, hinted_ids=token.hinted,
+                    logprob=token.logprob).to_pb()))
         return read
     except BaseException:
         read.cancel()

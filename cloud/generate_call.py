@@ -39,4 +39,4 @@ class StepMessages:
             text += self.detok.flush()
         replica, self.replica = self.replica, ""
         return GenerateStep(token.position, token.token_id, token.finish_reason, text, replica=replica,
-                            forward_passes=forward_passes if token.finish_reason else 0)
+                            forward_passes=forward_passes if token.finish_reason else 0, logprob=token.logprob)

@@ -26,6 +26,7 @@ class SessionLimits:
     max_draft_top_k: int = 64
     max_stop_strings: int = MAX_STOP_STRINGS
     max_stop_string_bytes: int = 256
+    max_logit_bias: int = 1024  # logit_bias entries in one request
     max_stop_tokens: int = setting(64, "most stop token ids in one request (default %(default)s)",
                                    env="MAX_STOP_TOKENS", group=LIMITS, low=1)
     # Below the model's own context, it bounds each session's KV cache.
@@ -34,7 +35,7 @@ class SessionLimits:
 
     def __post_init__(self) -> None:
         settings.check_ranges(self)
-        for name in ("max_draft_top_k", "max_stop_strings", "max_stop_string_bytes"):  # not flags
+        for name in ("max_draft_top_k", "max_stop_strings", "max_stop_string_bytes", "max_logit_bias"):  # not flags
             check_range(getattr(self, name), name, 1)
 
     def context_for(self, model_max_context: int) -> int:

@@ -46,7 +46,7 @@ from cloud.session import VerifierSession, Work
 from cloud.step_time import StepTimeModel
 from cloud.target_engine import Segment, TargetEngine, default_kv_budget_bytes, new_kv_pool
 from common.errors import TandemError
-from common.wire import CloudDecode, DecodeHint, DraftBlock, FinishReason, SessionStarted, Verdict
+from common.wire import CloudDecode, DecodeHint, DraftBlock, FinishReason, SessionStarted, TokenLogprob, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Token:
     decode_step_us: int = 0  # the step-time fit's estimate for this session decoding alone
     hinted: tuple[int, ...] = ()  # CloudDecode only: the edge's guesses committed right before token_id
     retires: int = 0  # CloudDecode only: requests this token completes (with guesses, possibly several)
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
 
 class JobKind(enum.Enum):
@@ -306,13 +307,15 @@ class Scheduler:
         """
         step_us = self._decode_step_us(self._last_pass_tokens if others is None else others)
         if isinstance(result, SessionStarted):
-            token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us)
+            token = Token(result.position, result.token_id, result.finish_reason, decode_step_us=step_us,
+                          logprob=result.logprob)
             committed = int(result.token_id is not None)
         else:
             first = result.start_position + 1  # a decoding step's accepted drafts are the edge's guesses
             hinted = tuple(job.session.tokens[first: first + result.accepted_count])
             token = Token(first + result.accepted_count, result.next_token, result.finish_reason,
-                          decode_step_us=step_us, hinted=hinted)
+                          decode_step_us=step_us, hinted=hinted,
+                          logprob=result.logprobs[-1] if result.logprobs and result.next_token is not None else None)
             committed = 0 if result.stale else result.accepted_count + int(result.next_token is not None)
             if not result.stale and job.kind is JobKind.VERIFY:  # a decoding step's guesses are not draft blocks
                 self.metrics.verdict(drafted, result.accepted_count)

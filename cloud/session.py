@@ -25,6 +25,7 @@ from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
 from cloud.target_engine import HostLogits, Logits, TargetEngine
 from common import sampling
+from common.grammar import GrammarMask, llg_tokenizer
 from common.errors import FailedPrecondition, InvalidArgument
 from common.stop import TokenStopScanner
 from common.wire import (
@@ -35,6 +36,7 @@ from common.wire import (
     SamplingParams,
     SessionOpen,
     SessionStarted,
+    TokenLogprob,
     Verdict,
 )
 
@@ -102,6 +104,9 @@ class VerifierSession:
         self.hints = HintBuffer(limits.max_hint_tokens)  # the edge's guesses while it does (DecodeHint)
         self.max_context = limits.context_for(model.max_context)
         self._validate_open()
+        self.grammar = self._grammar(request.grammar) if request.grammar else None
+        if self.grammar is not None and not self.grammar.sync(request.resume_token_ids):
+            raise InvalidArgument("resume_token_ids leave the grammar")
 
     @property
     def kv_tokens(self) -> int:
@@ -144,6 +149,9 @@ class VerifierSession:
         self.check_ids(r.prompt_token_ids, "prompt_token_ids")
         self.check_ids(r.resume_token_ids, "resume_token_ids")
         self.check_ids(r.stop_token_ids, "stop_token_ids")
+        self._check_penalties(r.sampling)
+        if r.logprobs is not None and not 0 <= r.logprobs <= sampling.MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"logprobs must be in [0, {sampling.MAX_TOP_LOGPROBS}], got {r.logprobs}")
         s = r.sampling
         if not (np.isfinite(s.temperature) and s.temperature >= 0 and np.isfinite(s.top_p)):
             raise InvalidArgument("temperature must be a finite number >= 0, top_p finite")
@@ -154,6 +162,63 @@ class VerifierSession:
                 raise InvalidArgument(
                     f"stop string {stop[:40]!r} must have 1 to {lim.max_stop_string_bytes} bytes of UTF-8"
                 )
+
+    def _grammar(self, grammar: str) -> GrammarMask:
+        """The structured-output constraint (common/grammar.py) over this session's answer."""
+        text = getattr(self.model, "text", None)  # the target's common.text_tokenizer.TextTokenizer
+        if text is None:
+            raise FailedPrecondition(f"target engine {self.model.name!r} has no tokenizer for grammars")
+        return GrammarMask(grammar, llg_tokenizer(text, self.model.vocab_size), self.model.vocab_size)
+
+    @property
+    def _adjusts(self) -> bool:
+        """Whether the served distribution differs from the model's logits (then every choice
+        goes through _served_row, on the host)."""
+        return self.grammar is not None or self.chooser.params.penalizes
+
+    def _served_row(self, row: np.ndarray, drafts_before: Sequence[int]) -> np.ndarray | None:
+        """The target's logits ([vocab]) at the position after the committed tokens and
+        `drafts_before`, as served there: penalties and biases as a function of the tokens before
+        it (common.sampling.penalize), then the grammar's mask in that state. None when those
+        drafts leave the grammar (such a position is never reached: the invalid draft has
+        probability zero)."""
+        prompt = self.request.prompt_token_ids
+        generated = [*self.tokens[len(prompt):], *drafts_before]
+        params = self.chooser.params
+        if params.penalizes:
+            row = params.penalize(row, prompt, generated)
+        if self.grammar is None:
+            return row
+        return self.grammar.masked_after(generated, row)
+
+    def _logprobs(self, logits, committed: Sequence[int]) -> list[TokenLogprob]:
+        """Log-probabilities of `committed` (the tokens about to be committed; logits: the pass's
+        cloud.target_engine.Logits, [>= len(committed), vocab], at their positions), when the
+        session asked for them: from the verification pass itself. Called before the tokens join
+        self.tokens, so row j's state is the committed tokens plus committed[:j]."""
+        if self.request.logprobs is None:
+            return []
+        rows = logits.numpy()
+        temperature = self.chooser.params.temperature
+        out = []
+        for j, token in enumerate(committed):
+            out.append(TokenLogprob.of(self._served_row(rows[j], committed[:j]), token, self.request.logprobs,
+                                       temperature))
+            if token in self.stop_ids:
+                break  # nothing after a stop token is committed (nor inside the grammar)
+        return out
+
+    def _check_penalties(self, s: SamplingParams) -> None:
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(s, name) <= 2:
+                raise InvalidArgument(f"{name} must be in [-2, 2], got {getattr(s, name)}")
+        if not (np.isfinite(s.repetition_penalty) and 0 < s.repetition_penalty <= 100):
+            raise InvalidArgument(f"repetition_penalty must be in (0, 100], got {s.repetition_penalty}")
+        if len(s.logit_bias) > self.limits.max_logit_bias:
+            raise InvalidArgument(f"{len(s.logit_bias)} logit_bias entries; at most {self.limits.max_logit_bias}")
+        self.check_ids([t for t, _ in s.logit_bias], "logit_bias")
+        if not all(-100 <= b <= 100 for _, b in s.logit_bias):
+            raise InvalidArgument("logit_bias values must be in [-100, 100]")
 
     def check_ids(self, ids: Sequence[int], what: str) -> None:
         bad = [t for t in ids if not 0 <= t < self.model.vocab_size]
@@ -224,10 +289,15 @@ class VerifierSession:
 
     def _started(self, logits) -> SessionStarted:
         position = len(self.tokens)
-        first = self.chooser.choose_first(logits, position)
+        if self._adjusts:
+            first = self.chooser.choose(self._served_row(logits.numpy()[0], []), position)
+        else:
+            first = self.chooser.choose_first(logits, position)
+        logprobs = self._logprobs(logits, [first])
         accepted = self._commit([first])
         token = accepted[0] if accepted else None
-        return SessionStarted(position, token, self.finished, self.forward_passes)
+        return SessionStarted(position, token, self.finished, self.forward_passes,
+                              logprob=logprobs[0] if logprobs and accepted else None)
 
     def plan_verify(self, block: DraftBlock) -> Verdict | Work:
         """Checks one draft block; see the DraftBlock and Verdict docs in the proto.
@@ -280,7 +350,10 @@ class VerifierSession:
         return self.plan_verify(DraftBlock(len(self.tokens) - 1, [self.tokens[-1], *guesses]))
 
     def usable_hints(self) -> int:
-        """How many of the edge's guesses a decoding step could check now."""
+        """How many of the edge's guesses a decoding step could check now (none for a session that
+        asked for log-probabilities: a DecodedToken carries those of its own token only)."""
+        if self.request.logprobs is not None:
+            return 0
         return max(0, min(len(self.hints.usable(self.tokens)), self.decode_until - len(self.tokens) - 1))
 
     # --- the cloud decoding on its own within a Speculate session (CloudDecode; issue 19) ----
@@ -311,16 +384,24 @@ class VerifierSession:
         else:
             accepted, next_token = self._match_targets(logits, drafts, first_position)
         self.table.truncate(len(self.tokens) + accepted)
+        logprobs = self._logprobs(logits, [*drafts[:accepted], next_token])
         committed = self._commit([*drafts[:accepted], next_token])
         reached = min(len(committed), accepted)
         next_out = committed[accepted] if len(committed) > accepted else None
-        return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes)
+        return Verdict(start_position, reached, next_out, self.finished, forward_passes=self.forward_passes,
+                       logprobs=logprobs[: len(committed)])
 
     def _match_targets(self, logits, drafts: list[int], first_position: int) -> tuple[int, int]:
         """Greedy, or ids-only sampling (common.sampling.match_targets); logits: [k + 1, vocab].
 
-        Greedy: only the argmax ids leave the model's device (Logits.argmax).
+        Greedy: only the argmax ids leave the model's device (Logits.argmax). Under a grammar the
+        target's token at draft index i is chosen from row i masked after drafts[:i], which all
+        matched (match_targets asks for i only then), so the state is always a valid one.
         """
+        if self._adjusts:
+            rows = logits.numpy()
+            return sampling.match_targets(
+                drafts, lambda i: self.chooser.choose(self._served_row(rows[i], drafts[:i]), first_position + i))
         if self.chooser.params.greedy:
             return sampling.match_targets(drafts, logits.argmax().__getitem__)
         rows = logits.numpy()
@@ -328,6 +409,8 @@ class VerifierSession:
 
     def _rejection_sample(self, logits, drafts, dists, first_position) -> tuple[int, int]:
         vocab = logits.shape[-1]
+        if self._adjusts:
+            logits = self._served_rows(logits, drafts)
         p = self.chooser.probs(logits)  # [k + 1, vocab]
         q = np.stack([sampling.dense_from_quantized(np.array(d.token_ids), np.array(d.weights), vocab) for d in dists]) \
             if dists else np.zeros((0, vocab))
@@ -342,6 +425,16 @@ class VerifierSession:
             return sampling.sample_keyed(dist, seed, stream, first_position + i)
 
         return sampling.rejection_sample(p, q, np.array(drafts, dtype=np.int64), uniforms, draw)
+
+    def _served_rows(self, logits: np.ndarray, drafts: list[int]) -> np.ndarray:
+        """Row i ([k + 1, vocab]) as served after drafts[:i] (_served_row). Rows after a
+        draft outside the grammar repeat the last valid row: that draft has p = 0, so it is
+        rejected and no later row is read."""
+        rows = np.empty_like(logits)
+        for i in range(len(rows)):
+            masked = self._served_row(logits[i], drafts[:i])
+            rows[i] = masked if masked is not None else rows[i - 1]
+        return rows
 
     def _check_dists(self, block: DraftBlock) -> None:
         if len(block.draft_dists) != max(0, len(block.token_ids) - 1):

@@ -233,3 +233,60 @@ def rejection_sample(
         residual = residual / total if total > 0 else target_probs[i]
         return i, residual_sampler(residual, i)
     return k, residual_sampler(target_probs[k], k)
+
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a token's log-probabilities list (OpenAI's limit for top_logprobs)."""
+
+
+def served_logprobs(logits: np.ndarray, temperature: float) -> np.ndarray:  # [vocab] -> [vocab] float64
+    """Log-probabilities of the distribution as served: log_softmax(logits / temperature), the
+    logits already adjusted (grammar mask, penalties); temperature 0 (greedy) counts as 1. Before
+    top-k/top-p truncation, as vLLM's processed logprobs, so every alternative has a finite value
+    unless the mask forbids it (-inf)."""
+    scaled = np.asarray(logits, dtype=np.float64) / (temperature if temperature > 0 else 1.0)
+    finite_max = scaled[np.isfinite(scaled)].max()
+    shifted = scaled - finite_max
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_tokens(logprobs: np.ndarray, n: int) -> np.ndarray:
+    """The n most likely token ids of logprobs ([vocab]), most likely first (ties: lower id first),
+    leaving out tokens of probability zero."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = min(n, logprobs.shape[-1])
+    candidates = np.argpartition(-logprobs, n - 1)[:n]
+    order = candidates[np.lexsort((candidates, -logprobs[candidates]))]
+    return order[np.isfinite(logprobs[order])]
+
+
+def penalize(
+    logits: np.ndarray,  # [vocab]
+    prompt_ids: Sequence[int],
+    output_ids: Sequence[int],
+    frequency: float = 0.0,
+    presence: float = 0.0,
+    repetition: float = 1.0,
+    logit_bias: Sequence[tuple[int, float]] = (),
+) -> np.ndarray:  # [vocab] float32, a new array
+    """The logits at the position after prompt_ids + output_ids with penalties and biases applied.
+
+    In order: repetition (transformers' and vLLM's: a token in the prompt or the output has its
+    logit divided by `repetition` when positive, multiplied when not), frequency and presence
+    (OpenAI's: logit - frequency * count - presence * [count > 0], counted in the output only),
+    then logit_bias (added). The cloud applies this to the target at every verified position and
+    the edge to its draft, both as a function of the tokens before the position only, so the
+    served distribution does not depend on how tokens were grouped into blocks.
+    """
+    out = np.array(logits, dtype=np.float32)
+    if repetition not in (0.0, 1.0):
+        seen = np.unique(np.asarray([*prompt_ids, *output_ids], dtype=np.int64))
+        values = out[seen]
+        out[seen] = np.where(values > 0, values / np.float32(repetition), values * np.float32(repetition))
+    if (frequency or presence) and len(output_ids):
+        ids, counts = np.unique(np.asarray(output_ids, dtype=np.int64), return_counts=True)
+        out[ids] -= (np.float32(frequency) * counts + np.float32(presence)).astype(np.float32)
+    for token, bias in logit_bias:
+        out[token] += np.float32(bias)
+    return out

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from common import sampling
 from common.errors import InvalidArgument
 from common.pb.tandem.v1 import tandem_pb2 as pb
 from common.special_tokens import SpecialTokens
@@ -46,19 +49,40 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None  # None: not chosen yet (the edge picks one before a session opens)
+    # Penalties and biases (common.sampling.penalize; the proto's SamplingParams); 0 / 1 / () disable.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), by token id
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def penalizes(self) -> bool:
+        """Whether penalties or biases change the logits (then common.sampling.penalize applies)."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty not in (0.0, 1.0)
+                    or self.logit_bias)
+
+    def penalize(self, logits: np.ndarray, prompt_ids, output_ids) -> np.ndarray:
+        """The logits ([vocab]) after prompt_ids + output_ids with these penalties and biases."""
+        return sampling.penalize(logits, prompt_ids, output_ids, self.frequency_penalty, self.presence_penalty,
+                                 self.repetition_penalty, self.logit_bias)
+
     @classmethod
     def from_pb(cls, m: pb.SamplingParams) -> SamplingParams:
         top_p = m.top_p if 0.0 < m.top_p < 1.0 else 1.0
-        return cls(temperature=m.temperature, top_k=m.top_k, top_p=top_p, seed=m.seed)
+        return cls(temperature=m.temperature, top_k=m.top_k, top_p=top_p, seed=m.seed,
+                   frequency_penalty=m.frequency_penalty, presence_penalty=m.presence_penalty,
+                   repetition_penalty=m.repetition_penalty or 1.0,
+                   logit_bias=tuple(sorted((int(t), float(b)) for t, b in m.logit_bias.items())))
 
     def to_pb(self) -> pb.SamplingParams:
         return pb.SamplingParams(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed or 0,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            repetition_penalty=self.repetition_penalty, logit_bias=dict(self.logit_bias),
         )
 
 
@@ -73,6 +97,8 @@ class SessionOpen:
     draft_mode: DraftMode = DraftMode.TOKEN_IDS
     resume_token_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
+    grammar: str = ""  # an llguidance grammar over the generated tokens (common/grammar.py); "" for none
+    logprobs: int | None = None  # None: no log-probabilities; N: each token's and the N most likely
 
     @classmethod
     def from_pb(cls, m: pb.SessionOpen) -> SessionOpen:
@@ -86,6 +112,8 @@ class SessionOpen:
             draft_mode=DraftMode.from_pb(m.draft_mode),
             resume_token_ids=list(m.resume_token_ids),
             stop_strings=list(m.stop_strings),
+            grammar=m.grammar,
+            logprobs=m.logprobs if m.HasField("logprobs") else None,
         )
 
     def to_pb(self) -> pb.SessionOpen:
@@ -99,7 +127,36 @@ class SessionOpen:
             draft_mode=int(self.draft_mode),
             resume_token_ids=self.resume_token_ids,
             stop_strings=self.stop_strings,
+            grammar=self.grammar,
+            logprobs=self.logprobs,
         )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A committed token's log-probability and the most likely alternatives at its position."""
+
+    logprob: float
+    top_ids: list[int] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, logits: np.ndarray, token: int, top_n: int, temperature: float) -> TokenLogprob:
+        """From the adjusted logits ([vocab]) at the token's position (common.sampling.served_logprobs)."""
+        logprobs = sampling.served_logprobs(logits, temperature)
+        top = sampling.top_tokens(logprobs, top_n)
+        return cls(float(logprobs[token]), [int(i) for i in top], [float(logprobs[i]) for i in top])
+
+    @classmethod
+    def from_pb(cls, m: pb.TokenLogprob) -> TokenLogprob:
+        return cls(m.logprob, list(m.top_ids), list(m.top_logprobs))
+
+    def to_pb(self) -> pb.TokenLogprob:
+        return pb.TokenLogprob(logprob=self.logprob, top_ids=self.top_ids, top_logprobs=self.top_logprobs)
+
+
+def _logprob_of(m, name: str = "logprob") -> TokenLogprob | None:
+    return TokenLogprob.from_pb(getattr(m, name)) if m.HasField(name) else None
 
 
 @dataclass(frozen=True)
@@ -147,6 +204,7 @@ class SessionStarted:
     forward_passes: int = 0
     replica: str = ""  # the replica serving the session ("" when the server does not say)
     decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
     @classmethod
     def from_pb(cls, m: pb.SessionStarted) -> SessionStarted:
@@ -157,6 +215,7 @@ class SessionStarted:
             forward_passes=m.forward_passes,
             replica=m.replica,
             decode_step_us=m.decode_step_us,
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.SessionStarted:
@@ -167,6 +226,7 @@ class SessionStarted:
             forward_passes=self.forward_passes,
             replica=self.replica,
             decode_step_us=self.decode_step_us,
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 
@@ -180,6 +240,7 @@ class Verdict:
     forward_passes: int = 0
     decode_step_us: int = 0  # the cloud's time per token for this session decoding alone (0: unknown)
     max_drafts: int | None = None  # goodput shaping: the cloud asks for at most this many drafts per block
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per committed token, when asked for
 
     @classmethod
     def from_pb(cls, m: pb.Verdict) -> Verdict:
@@ -192,6 +253,7 @@ class Verdict:
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
             max_drafts=m.max_drafts if m.HasField("max_drafts") else None,
+            logprobs=[TokenLogprob.from_pb(lp) for lp in m.logprobs],
         )
 
     def to_pb(self) -> pb.Verdict:
@@ -204,6 +266,7 @@ class Verdict:
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
             max_drafts=self.max_drafts,
+            logprobs=[lp.to_pb() for lp in self.logprobs],
         )
 
 
@@ -267,6 +330,7 @@ class DecodedToken:
     forward_passes: int = 0  # on the last answer to a request only
     decode_step_us: int = 0  # on the last answer to a request only
     hinted_ids: tuple[int, ...] = ()  # hinted tokens committed right before token_id (DecodeHint)
+    logprob: TokenLogprob | None = None  # token_id's, when the session asked for log-probabilities
 
     @property
     def ids(self) -> list[int]:
@@ -290,6 +354,7 @@ class DecodedToken:
             forward_passes=m.forward_passes,
             decode_step_us=m.decode_step_us,
             hinted_ids=tuple(m.hinted_ids),
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.DecodedToken:
@@ -301,6 +366,7 @@ class DecodedToken:
             forward_passes=self.forward_passes,
             decode_step_us=self.decode_step_us,
             hinted_ids=list(self.hinted_ids),
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 
@@ -316,6 +382,8 @@ class GenerateRequest:
     prompt_text: str = ""  # tokenized by the cloud when prompt_token_ids is empty
     return_text: bool = False  # each step also carries the text its token completes
     resume_token_ids: list[int] = field(default_factory=list)  # generated before a broken stream (resume)
+    grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
+    logprobs: int | None = None  # as SessionOpen.logprobs
 
     @classmethod
     def from_pb(cls, m: pb.GenerateRequest) -> GenerateRequest:
@@ -328,6 +396,8 @@ class GenerateRequest:
             prompt_text=m.prompt_text,
             return_text=m.return_text,
             resume_token_ids=list(m.resume_token_ids),
+            grammar=m.grammar,
+            logprobs=m.logprobs if m.HasField("logprobs") else None,
         )
 
     def to_pb(self) -> pb.GenerateRequest:
@@ -340,6 +410,8 @@ class GenerateRequest:
             prompt_text=self.prompt_text,
             return_text=self.return_text,
             resume_token_ids=self.resume_token_ids,
+            grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
     def session_open(self, *, tokenizer_fingerprint: str, draft_model_name: str,
@@ -358,6 +430,8 @@ class GenerateRequest:
             draft_mode=draft_mode,
             resume_token_ids=list(self.resume_token_ids),
             stop_strings=list(self.stop_strings),
+            grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
 
@@ -373,6 +447,7 @@ class GenerateStep:
     forward_passes: int = 0  # sent once, with the finish
     replica: str = ""  # the replica serving the call; on the first step only
     progress: Progress | None = None  # set only on a progress message
+    logprob: TokenLogprob | None = None  # token_id's, when the request asked for log-probabilities
 
     @classmethod
     def from_pb(cls, m: pb.GenerateResponse) -> GenerateStep:
@@ -384,6 +459,7 @@ class GenerateStep:
             forward_passes=m.forward_passes,
             replica=m.replica,
             progress=Progress.from_pb(m.progress) if m.HasField("progress") else None,
+            logprob=_logprob_of(m),
         )
 
     def to_pb(self) -> pb.GenerateResponse:
@@ -395,6 +471,7 @@ class GenerateStep:
             forward_passes=self.forward_passes,
             replica=self.replica,
             progress=self.progress.to_pb() if self.progress is not None else None,
+            logprob=self.logprob.to_pb() if self.logprob is not None else None,
         )
 
 

@@ -7,7 +7,8 @@ import asyncio
 import json
 import sys
 
-from common.checks import check_range
+from common.checks import check_range, check_readable_file
+from common.errors import InvalidArgument
 from common.extras import require_extra
 from edge.config import EdgeConfig
 
@@ -35,6 +36,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--n", type=int, default=1, help="completions (sharing one connection and model)")
     g.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop string: the text ends before its first occurrence (repeatable)")
+    g.add_argument("--json-schema", metavar="FILE", default=None,
+                   help="structured output: the answer is JSON valid under the JSON Schema in FILE, "
+                        "exactly as the cloud model decodes under that constraint")
     g.add_argument("--draft-mode", choices=["ids", "sparse"], default="ids",
                    help="ids: only token ids cross the wire; sparse: drafts also carry their top-k q "
                         "(see the README's sampling section for the measured trade-off)")
@@ -50,8 +54,21 @@ def run(args: argparse.Namespace) -> int:
     check_range(args.temperature, "--temperature", 0)
     check_range(args.top_k, "--top-k", 0)
     check_range(args.top_p, "--top-p", 0, 1, low_open=True)
+    args.grammar = _schema_grammar(args.json_schema) if args.json_schema else ""
     EdgeConfig.from_args(args).validate()  # before anything loads
     return asyncio.run(_generate(args))
+
+
+def _schema_grammar(path: str) -> str:
+    """The grammar of --json-schema FILE, or an InvalidArgument naming the flag and what is wrong."""
+    from common.grammar import json_schema_grammar
+
+    text = check_readable_file(path, "--json-schema").read_text(encoding="utf-8", errors="replace")
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"--json-schema {path!r} is not JSON: {e}") from None
+    return json_schema_grammar(schema, f"--json-schema {path!r}")
 
 
 async def _generate(args: argparse.Namespace) -> int:
@@ -66,7 +83,8 @@ async def _generate(args: argparse.Namespace) -> int:
         require_extra("cloud", "tandem generate without --cloud (it starts a cloud in this process)")
     tandem = AsyncTandemClient(config=EdgeConfig.from_args(args), mode=args.mode)
     options = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop)
+                   top_p=args.top_p, draft_mode=args.draft_mode, chat=args.chat, stop=args.stop,
+                   grammar=args.grammar)
     choices, stats = [], []
     async with tandem:
         for i in range(args.n):

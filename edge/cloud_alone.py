@@ -93,6 +93,8 @@ class CloudAloneMode:
         self.stats.cloud_decoded += len(new)
         self.stats.hinted += len(token.hinted_ids)
         self.stats.mark_tokens(len(new))
+        if new and token.logprob is not None:
+            self.logprobs[token.position - len(self.request.prompt_token_ids)] = token.logprob
         self.finish = token.finish_reason
         self._pace(len(new))
         if self.hints is not None:

@@ -16,11 +16,15 @@ guess shares that noise in every mode.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from common import sampling
+from common.errors import InvalidArgument
+from common.grammar import GrammarMask, llg_tokenizer
 from common.wire import DraftMode, SamplingParams, SparseDist
 
 
@@ -60,3 +64,41 @@ def _softmax_at(logits: np.ndarray, token: int) -> float:
     """softmax(logits)[token]. In float32: it runs on every drafted token and only steers block length."""
     shifted = np.asarray(logits, dtype=np.float32) - np.max(logits)
     return float(np.exp(shifted[token]) / np.exp(shifted).sum(dtype=np.float64))
+
+
+class ServedLogits:
+    """The draft's logits adjusted as the cloud adjusts the target's (cloud/session.py's
+    _served_row): penalties and biases as a function of the tokens before the position
+    (common.sampling.penalize), then the answer's grammar mask (common/grammar.py). Drafts then
+    follow the same constraint and penalties as the target, so they are not rejected for
+    ignoring them. Exactness never depends on this (the cloud applies its own); the local model
+    answering alone (fallback, edge mode) is constrained and penalized by it.
+
+    answer_start: where the answer begins in the contexts passed to `apply` (the prompt's length).
+    """
+
+    def __init__(self, sampling: SamplingParams, grammar: str, drafter, answer_start: int):
+        self.sampling = sampling
+        self.mask = GrammarMask(grammar, llg_tokenizer(drafter.tokenizer, drafter.vocab_size),
+                                drafter.vocab_size) if grammar else None
+        self.answer_start = answer_start
+        self._lock = threading.Lock()  # drafting and shadowing call from worker threads
+
+    @classmethod
+    def needed(cls, sampling: SamplingParams, grammar: str) -> bool:
+        return bool(grammar) or sampling.penalizes
+
+    def apply(self, context: Sequence[int], logits: np.ndarray) -> np.ndarray:  # [vocab] -> [vocab]
+        """The logits after `context`, adjusted. The mask is left out where it cannot judge (a
+        context already outside the grammar, or draft logits allowing nothing it permits)."""
+        prompt, answer = context[: self.answer_start], context[self.answer_start:]
+        if self.sampling.penalizes:
+            logits = self.sampling.penalize(logits, prompt, answer)
+        if self.mask is None:
+            return logits
+        with self._lock:
+            try:
+                masked = self.mask.masked_after(answer, logits)
+            except InvalidArgument:
+                return logits
+        return logits if masked is None or not np.isfinite(masked).any() else masked

@@ -29,10 +29,10 @@ from common.errors import CloudUnavailable, ContextTooLong, FailedPrecondition, 
 from common.special_tokens import SpecialTokens
 from common.stop import TokenStopScanner
 from common.text_tokenizer import TextTokenizer
-from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, SessionOpen
+from common.wire import DraftMode, FinishReason, GenerateRequest, ModelInfo, SamplingParams, TokenLogprob
 from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
-from edge.draft_sampling import DraftPolicy
+from edge.draft_sampling import DraftPolicy, ServedLogits
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
 from edge.offline import Rewind, Verified, apply_event, verified_offline
 from edge.provenance import Source
@@ -66,6 +66,8 @@ class GenerationRequest:
     # returns (the consumer takes Rewind events); check_ids: an earlier answer to check (edge/offline.py).
     verify_offline: bool = False
     check_ids: list[int] = field(default_factory=list)
+    grammar: str = ""  # structured output: an llguidance grammar (common/grammar.py); "" for none
+    logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely
 
     def to_wire(self, resume_token_ids: list[int]) -> GenerateRequest:
         """The request as the cloud takes it, resuming after `resume_token_ids` (see
@@ -79,6 +81,8 @@ class GenerationRequest:
             prompt_text=self.prompt_text,
             return_text=self.return_text,
             resume_token_ids=list(resume_token_ids),
+            grammar=self.grammar,
+            logprobs=self.logprobs,
         )
 
 
@@ -89,6 +93,9 @@ class Generation:
     mode: Mode
     token_ids: list[int] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)  # who chose each of token_ids
+    # When the request asked for them: token_ids[i]'s log-probabilities, by i (the cloud's from its
+    # verification pass; a local model's own for tokens it chose alone).
+    logprobs: dict[int, TokenLogprob] = field(default_factory=dict)
     finish_reason: FinishReason = FinishReason.NONE
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""  # the cloud's rendering of token_ids (GenerationRequest.return_text only)
@@ -341,7 +348,7 @@ class EdgeEngine:
                                    f"tokens, beyond its context of {drafter.n_ctx}")
         rest = dataclasses.replace(request, prompt_token_ids=[*request.prompt_token_ids, *generation.token_ids],
                                    max_new_tokens=request.max_new_tokens - done)
-        async with contextlib.aclosing(self._edge(rest, generation, drafter)) as pieces:
+        async with contextlib.aclosing(self._edge(rest, generation, drafter, len(request.prompt_token_ids))) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -366,7 +373,8 @@ class EdgeEngine:
             drafts = provisional() if provisional is not None and request.draft_mode != DraftMode.SPARSE_Q else []
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
                                  response_timeout_s=timeout, provisional=drafts, hint_limit=info.max_hint_tokens,
-                                 start_guessing=getattr(drafter, "crosses_vocabularies", False))
+                                 start_guessing=getattr(drafter, "crosses_vocabularies", False),
+                                 logprobs=generation.logprobs)
             run.stop_ids |= set(info.eos_token_ids)
             return run
 
@@ -440,12 +448,18 @@ class EdgeEngine:
                     generation.served(run.replica, len(committed))
                     stats.resumes += resuming
 
-    async def _edge(self, request: GenerationRequest, generation: Generation, drafter) -> AsyncIterator[Piece]:
+    async def _edge(self, request: GenerationRequest, generation: Generation, drafter,
+                    answer_start: int | None = None) -> AsyncIterator[Piece]:
+        """The local model alone; answer_start: where the answer began in the prompt (a fallback
+        continues an answer whose first tokens are in it), for the grammar's state."""
         if len(request.prompt_token_ids) >= drafter.n_ctx:
             raise ContextTooLong(f"the prompt has {len(request.prompt_token_ids)} tokens, beyond the local model's "
                                  f"context of {drafter.n_ctx} (--n-ctx): shorten it")
         policy = DraftPolicy(request.sampling)
         prepare(drafter, request.sampling)
+        start = len(request.prompt_token_ids) if answer_start is None else answer_start
+        served = ServedLogits(request.sampling, request.grammar, drafter, start) \
+            if ServedLogits.needed(request.sampling, request.grammar) else None
         stop_ids = set(drafter.eos_token_ids) | set(request.stop_token_ids)
         stop_text = TokenStopScanner(request.stop_strings, drafter.token_bytes) if request.stop_strings else None
         context = list(request.prompt_token_ids)
@@ -456,7 +470,12 @@ class EdgeEngine:
             except ContextFull:
                 generation.finish_reason = FinishReason.CONTEXT
                 return
+            if served is not None:
+                logits = served.apply(context, logits)
             token = policy.choose(logits, len(context)).token_id
+            if request.logprobs is not None:
+                generation.logprobs[len(context) - start] = TokenLogprob.of(
+                    logits, token, request.logprobs, request.sampling.temperature)
             context.append(token)
             generation.stats.local_tokens += 1
             generation.stats.mark_tokens(1)
@@ -490,6 +509,8 @@ class _GenerateRun:
                 if self.replica is None:
                     self.replica = step.replica  # named on the first step only
                 new = [step.token_id] if step.token_id is not None else []
+                if new and step.logprob is not None:  # tokens before this one are all in token_ids
+                    self.generation.logprobs[len(self.generation.token_ids)] = step.logprob
                 stats.rounds += len(new)
                 if step.finish_reason:
                     stats.cloud_forward_passes = passes_before + step.forward_passes

@@ -22,13 +22,22 @@ so, rather than silently ignored.
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.errors import InvalidArgument
+from common.grammar import json_object_grammar, json_schema_grammar
+from common.sampling import MAX_TOP_LOGPROBS
 from common.stop import MAX_STOP_STRINGS
+from common.wire import TokenLogprob
 from edge.sdk import Completion
+
+MAX_CHOICES = 8  # n: choices of one request (each one generation; see tandem serve --draft-slots)
+MAX_LOGIT_BIAS = 1024  # as the cloud's SessionLimits.max_logit_bias
 
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -58,11 +67,24 @@ class Params:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    grammar: str = ""  # response_format as an llguidance grammar (common/grammar.py); "" for text
+    logprobs: int | None = None  # None: not asked for; N: each token's and the N most likely (top_logprobs)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # extension (vLLM's and llama.cpp's name)
+    logit_bias: dict[int, float] | None = None
+    n: int = 1  # independent choices
 
-    def generate_options(self) -> dict:
-        """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions)."""
+    def generate_options(self, choice: int = 0) -> dict:
+        """Keyword arguments for AsyncTandemClient.deltas (edge.sdk.GenerateOptions) of one choice:
+        with a seed, choice i samples with seed + i (each reproducible alone); without one, each
+        choice draws its own random seed."""
+        seed = None if self.seed is None else (self.seed + choice) % 2**64
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=self.stop)
+                    top_k=self.top_k, seed=seed, stop=self.stop, grammar=self.grammar,
+                    logprobs=self.logprobs, frequency_penalty=self.frequency_penalty,
+                    presence_penalty=self.presence_penalty, repetition_penalty=self.repetition_penalty,
+                    logit_bias=self.logit_bias)
 
 
 @dataclass(frozen=True)
@@ -82,7 +104,7 @@ def parse_chat(body: object, default_max_tokens: int) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty array of {role, content} objects", "messages")
-    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens))
+    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens, chat=True))
 
 
 def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
@@ -101,7 +123,7 @@ def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
         raise ApiError(400, "`suffix` (insertion) is not supported", "suffix")
     if body.get("best_of") not in (None, 1):
         raise ApiError(400, "`best_of` must be 1", "best_of")
-    return TextRequest(prompt, _params(body, default_max_tokens))
+    return TextRequest(prompt, _params(body, default_max_tokens, chat=False))
 
 
 def _object(body: object) -> dict:
@@ -136,12 +158,8 @@ def _content(content: object, param: str) -> str:
                         "are not supported)", f"{param}.content")
 
 
-def _params(body: dict, default_max_tokens: int) -> Params:
-    for name, ok in (("n", lambda v: v in (None, 1)), ("logprobs", lambda v: not v),
-                     ("tools", lambda v: not v), ("functions", lambda v: not v),
-                     ("logit_bias", lambda v: not v),
-                     ("frequency_penalty", lambda v: not v), ("presence_penalty", lambda v: not v),
-                     ("response_format", lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"))):
+def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
+    for name, ok in (("tools", lambda v: not v), ("functions", lambda v: not v)):
         if not ok(body.get(name)):
             raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
                                 "output distribution or shape); leave it unset", name)
@@ -160,7 +178,68 @@ def _params(body: dict, default_max_tokens: int) -> Params:
         stream=stream,
         include_usage=stream and _bool(stream_options, "include_usage"),
         return_token_ids=_bool(body, "return_token_ids"),
+        grammar=_response_format(body.get("response_format")),
+        logprobs=_logprobs(body, chat),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True),
+        logit_bias=_logit_bias(body.get("logit_bias")),
+        n=1 if body.get("n") is None else _integer(body["n"], "n", 1, MAX_CHOICES),
     )
+
+
+def _logit_bias(value: object) -> dict[int, float] | None:
+    """OpenAI's logit_bias: {"token id": bias in [-100, 100]} (ids as strings, JSON keys)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"`logit_bias` must be an object of at most {MAX_LOGIT_BIAS} token ids", "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit()) or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                or not -100 <= bias <= 100:
+            raise ApiError(400, f"`logit_bias` maps token ids to numbers in [-100, 100], got {key!r}: {bias!r}",
+                           "logit_bias")
+        out[int(key)] = float(bias)
+    return out
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: `logprobs` (bool) and `top_logprobs` (0..20); completions: `logprobs` N (0..20)."""
+    if not chat:
+        value = body.get("logprobs")
+        return None if value is None else _integer(value, "logprobs", 0, MAX_TOP_LOGPROBS)
+    wanted = _bool(body, "logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return 0 if wanted else None
+    top = _integer(top, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if not wanted:
+        raise ApiError(400, "`top_logprobs` needs `logprobs: true`", "top_logprobs")
+    return top
+
+
+def _response_format(value: object) -> str:
+    """OpenAI's response_format as a grammar: "" for text, any JSON object for json_object, the
+    schema's JSON for json_schema ({"type": "json_schema", "json_schema": {"name", "schema", "strict"}})."""
+    if value is None:
+        return ""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return ""
+    try:
+        if kind == "json_object":
+            return json_object_grammar()
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise ApiError(400, "`response_format.json_schema` must be an object with a `schema`",
+                               "response_format.json_schema")
+            return json_schema_grammar(spec["schema"], "response_format.json_schema.schema")
+    except InvalidArgument as e:
+        raise ApiError(400, str(e), "response_format.json_schema.schema") from None
+    raise ApiError(400, "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\", "
+                        f"got {kind!r}", "response_format")
 
 
 def _is_int(value: object) -> bool:
@@ -208,7 +287,12 @@ def _stop(stop: object) -> tuple[str, ...]:
 class ResponseBuilder:
     """The response, or the stream of chunks, of one chat or text completion."""
 
-    def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int]):
+    def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int],
+                 token_bytes: Callable[[int], bytes] | None = None):
+        """token_bytes: a token id's text bytes, for log-probabilities (needed when asked for)."""
+        self.token_bytes = token_bytes
+        self.index = 0  # the choice this builder writes (n > 1: one builder per choice, see for_choice)
+        self._text_offset = 0  # completions' logprobs.text_offset of the next token
         self.chat = chat
         self.model = model
         self.params = params
@@ -217,6 +301,31 @@ class ResponseBuilder:
         self.created = int(time.time())
         self._sent_role = False  # the first chat chunk carries the role
         self._sent_prompt_ids = False  # the first chunk carries prompt_token_ids (if asked for)
+
+    def for_choice(self, index: int) -> ResponseBuilder:
+        """The builder of choice `index` of the same response (same id; the prompt's ids, when asked
+        for, come with choice 0 only)."""
+        other = copy.copy(self)
+        other.index, other._sent_role, other._text_offset = index, False, 0
+        other._sent_prompt_ids = index > 0 or self._sent_prompt_ids
+        return other
+
+    def responses(self, completions: list[Completion]) -> dict:
+        """The response of n choices: choice i from completions[i], usage summed; with n > 1 each
+        choice also carries its own `tandem` details."""
+        bodies = [self.for_choice(i).response(c) if i else self.response(c) for i, c in enumerate(completions)]
+        out = bodies[0]
+        if len(bodies) > 1:
+            for body in bodies:
+                body["choices"][0]["tandem"] = body["tandem"]
+            out["choices"] = [body["choices"][0] for body in bodies]
+            out["usage"] = self.usage_of(completions)
+            out["degraded"] = any(c.degraded for c in completions)
+        return out
+
+    def usage_of(self, completions: list[Completion]) -> dict:
+        prompt, answer = len(self.prompt_token_ids), sum(len(c.token_ids) for c in completions)
+        return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
 
     def _envelope(self, chunk: bool, choices: list[dict], degraded: bool) -> dict:
         kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
@@ -227,24 +336,47 @@ class ResponseBuilder:
         return out
 
     def _choice(self, text: str | None, finish_reason: str | None, token_ids: list[int] | None,
-                chunk: bool) -> dict:
+                chunk: bool, logprobs: list[TokenLogprob | None] | None = None) -> dict:
         if self.chat and chunk:
             delta = {} if text is None else {"content": text}
             if not self._sent_role:
                 delta, self._sent_role = {"role": "assistant", **delta}, True
-            choice = {"index": 0, "delta": delta}
+            choice = {"index": self.index, "delta": delta}
         elif self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+            choice = {"index": self.index, "message": {"role": "assistant", "content": text}}
         else:
-            choice = {"index": 0, "text": text or ""}
-        choice.update(finish_reason=finish_reason, logprobs=None)
+            choice = {"index": self.index, "text": text or ""}
+        choice.update(finish_reason=finish_reason, logprobs=self._logprobs(token_ids, logprobs))
         if self.params.return_token_ids and token_ids is not None:
             choice["token_ids"] = token_ids
         return choice
 
+    def _logprobs(self, token_ids: list[int] | None, logprobs: list[TokenLogprob | None] | None) -> dict | None:
+        """OpenAI's `logprobs` of a choice for these tokens (None unless the request asked for them)."""
+        if self.params.logprobs is None or token_ids is None:
+            return None
+        logprobs = logprobs or [None] * len(token_ids)
+        text = lambda t: self.token_bytes(t).decode("utf-8", errors="replace")  # noqa: E731
+        if self.chat:
+            def entry(token: int, logprob: float) -> dict:
+                return {"token": text(token), "logprob": logprob, "bytes": list(self.token_bytes(token))}
+            return {"content": [
+                {**entry(t, lp.logprob if lp else None),
+                 "top_logprobs": [entry(i, v) for i, v in zip(lp.top_ids, lp.top_logprobs)] if lp else []}
+                for t, lp in zip(token_ids, logprobs)], "refusal": None}
+        offsets = []
+        for t in token_ids:
+            offsets.append(self._text_offset)
+            self._text_offset += len(text(t))
+        return {"tokens": [text(t) for t in token_ids],
+                "token_logprobs": [lp.logprob if lp else None for lp in logprobs],
+                "top_logprobs": [{text(i): v for i, v in zip(lp.top_ids, lp.top_logprobs)} if lp else None
+                                 for lp in logprobs],
+                "text_offset": offsets}
+
     def chunk(self, text: str, token_ids: list[int], degraded: bool, provenance: list[dict] | None = None,
-              progress: dict | None = None) -> dict:
-        out = self._envelope(True, [self._choice(text, None, token_ids, True)], degraded)
+              progress: dict | None = None, logprobs: list[TokenLogprob | None] | None = None) -> dict:
+        out = self._envelope(True, [self._choice(text, None, token_ids, True, logprobs)], degraded)
         if provenance is not None:
             out["provenance"] = provenance
         if progress is not None:
@@ -255,10 +387,10 @@ class ResponseBuilder:
         """A chunk with no choices that carries only extension fields (e.g. `rewind`, edge/serve.py)."""
         return {**self._envelope(True, [], degraded), **fields}
 
-    def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None
-                    ) -> dict:
+    def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None,
+                    logprobs: list[TokenLogprob | None] | None = None) -> dict:
         """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
-        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True)],
+        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True, logprobs)],
                              completion.degraded)
         if provenance:
             out["provenance"] = provenance
@@ -270,14 +402,15 @@ class ResponseBuilder:
             chunk["prompt_token_ids"], self._sent_prompt_ids = self.prompt_token_ids, True
         return chunk
 
-    def usage_chunk(self, completion: Completion) -> dict:
-        out = self._envelope(True, [], completion.degraded)
-        out["usage"] = self.usage(completion)
+    def usage_chunk(self, completions: list[Completion]) -> dict:
+        out = self._envelope(True, [], any(c.degraded for c in completions))
+        out["usage"] = self.usage_of(completions)
         return out
 
     def response(self, completion: Completion) -> dict:
         out = self._envelope(False, [self._choice(completion.text, completion.finish_reason,
-                                                  completion.token_ids, False)], completion.degraded)
+                                                  completion.token_ids, False, completion.logprobs)],
+                             completion.degraded)
         out["usage"] = self.usage(completion)
         if self.params.return_token_ids:
             out["prompt_token_ids"] = self.prompt_token_ids

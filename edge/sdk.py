@@ -8,7 +8,8 @@
 when given no address; edge/ cannot import cloud/, so this one never does (and it is the one
 the thin client has). AsyncTandemClient is the asyncio flavour (`async for text in tandem.stream(...)`). Options are
 GenerateOptions fields, e.g. `tandem.complete(prompt, temperature=0.7, top_p=0.9, seed=7,
-stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions.
+stop=["\n\n"])`; `complete_n(prompt, n, ...)` samples n completions; `json_schema={...}` (or
+`json_object=True`) constrains the answer to JSON, exactly under the cloud model's distribution.
 
 Offline fallback is on by default: when the cloud can't be reached (or drops mid-answer) the
 local model finishes the answer, and `Completion.degraded` / `Delta.degraded` say so. Pass
@@ -34,6 +35,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from common.detok import IncrementalDetokenizer
+from common.grammar import json_object_grammar, json_schema_grammar
 from common.extras import require_extra
 from common.loop_thread import LoopThread
 from common.stop import StopScanner
@@ -62,6 +64,8 @@ class Completion:
     # offline="rewind"/"hold": token_ids[unverified_from:] were written while the cloud was away and the
     # answer ended before it returned; check them later with AsyncTandemClient.verify.
     unverified_from: int | None = None
+    # When asked for (GenerateOptions.logprobs): token_ids[i]'s log-probabilities (common.wire.TokenLogprob).
+    logprobs: list | None = None
 
 
 @dataclass(frozen=True)
@@ -115,10 +119,31 @@ class GenerateOptions:
     draft_mode: str = "ids"  # "ids" (token ids only on the wire) or "sparse" (drafts carry top-k q)
     chat: bool = False  # wrap the prompt in the model's chat template as a user message
     offline: str = "degrade"  # while the cloud is away: "degrade", "rewind" or "hold" (edge/offline.py)
+    # Structured output (common/grammar.py), applied to the cloud model's distribution exactly:
+    json_schema: dict | None = None  # the answer is JSON text valid under this JSON Schema
+    json_object: bool = False  # JSON mode: the answer is a JSON object
+    grammar: str = ""  # or any llguidance grammar (llguidance's docs/syntax.md)
+    # Log-probabilities of the cloud model's distribution as served, from its verification pass:
+    # None for none; N for each token's and the N most likely (Completion.logprobs, Generation.logprobs).
+    logprobs: int | None = None
+    # Penalties and biases (common.sampling.penalize), applied to the cloud model's logits exactly:
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count in the answer so far
+    presence_penalty: float = 0.0  # OpenAI's: minus this once for a token the answer contains
+    repetition_penalty: float = 1.0  # transformers': a token of the prompt or answer, its logit / this (or *)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
 
     @property
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def grammar_text(self) -> str:
+        """The llguidance grammar these options ask for ("" for none); InvalidArgument names a
+        schema the grammar engine rejects."""
+        if self.grammar:
+            return self.grammar
+        if self.json_schema is not None:
+            return json_schema_grammar(self.json_schema, "json_schema")
+        return json_object_grammar() if self.json_object else ""
 
 
 class AsyncTandemClient:
@@ -230,12 +255,16 @@ class AsyncTandemClient:
             **prompt,
             return_text=cloud_text,
             max_new_tokens=opts.max_tokens,
-            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed),
+            sampling=SamplingParams(opts.temperature, opts.top_k, opts.top_p, opts.seed,
+                                    opts.frequency_penalty, opts.presence_penalty, opts.repetition_penalty,
+                                    tuple(sorted((opts.logit_bias or {}).items()))),
             stop_token_ids=list(opts.stop_token_ids),
             draft_mode=DraftMode.SPARSE_Q if opts.draft_mode == "sparse" else DraftMode.TOKEN_IDS,
             stop_strings=opts.stop_strings,
             verify_offline=offline.verifies,
             check_ids=list(check_ids or []),
+            grammar=opts.grammar_text(),
+            logprobs=opts.logprobs,
         )
         generation = generation or Generation(self.mode)
         detok = None if cloud_text else IncrementalDetokenizer(self.engine.drafter.token_bytes)
@@ -357,7 +386,9 @@ def completion_of(text: str, generation: Generation) -> Completion:
     return Completion(text, generation.token_ids, generation.finish_reason.label, generation.stats.as_dict(),
                       generation.seed, generation.degraded, generation.answered_by, generation.fallback_at,
                       generation.fallback_reason, totals(generation.sources), served_by_of(generation),
-                      generation.provisional_from)
+                      generation.provisional_from,
+                      [generation.logprobs.get(i) for i in range(len(generation.token_ids))]
+                      if generation.logprobs else None)
 
 
 def served_by_of(generation: Generation) -> list[dict]:

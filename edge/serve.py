@@ -194,7 +194,7 @@ class OpenAIServer:
         body = await _json_body(request)
         parsed = parse_chat(body, self.config.default_max_tokens)
         prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
-        return await self._answer(request, ResponseBuilder(True, self.config.model_name, parsed.params, prompt_ids),
+        return await self._answer(request, self._builder(True, parsed.params, prompt_ids),
                                   self._offline(body, parsed.params.stream))
 
     async def verify_answer(self, request: web.Request) -> web.Response:
@@ -234,91 +234,150 @@ class OpenAIServer:
                 raise ApiError(400, f"`prompt` has token id {max(parsed.prompt)} outside the vocabulary "
                                     f"[0, {vocab})", "prompt")
             prompt_ids = list(parsed.prompt)
-        return await self._answer(request, ResponseBuilder(False, self.config.model_name, parsed.params, prompt_ids),
+        return await self._answer(request, self._builder(False, parsed.params, prompt_ids),
                                   self._offline(body, parsed.params.stream))
+
+    def _builder(self, chat: bool, params, prompt_ids: list[int]) -> ResponseBuilder:
+        return ResponseBuilder(chat, self.config.model_name, params, prompt_ids, self.tandem.engine.drafter.token_bytes)
 
     async def _answer(self, request: web.Request, builder: ResponseBuilder, offline: str = "degrade"
                       ) -> web.StreamResponse:
-        generation = Generation(self.tandem.mode)
-        deltas = self.tandem.deltas(builder.prompt_token_ids, generation, **builder.params.generate_options(),
-                                    offline=offline)
+        """One response of `n` independent choices, each its own generation (seeded per choice)."""
+        n = builder.params.n
+        builders = [builder] + [builder.for_choice(i) for i in range(1, n)]
+        generations = [Generation(self.tandem.mode) for _ in range(n)]
         self.counts.active += 1
         try:
-            async with contextlib.aclosing(deltas):
+            async with contextlib.AsyncExitStack() as stack:
+                deltas = [await stack.enter_async_context(contextlib.aclosing(self.tandem.deltas(
+                    builder.prompt_token_ids, generation, **builder.params.generate_options(i), offline=offline)))
+                    for i, generation in enumerate(generations)]
                 if builder.params.stream:
-                    response, finished = await self._stream(request, builder, deltas, generation)
+                    response, finished = await self._stream(request, builders, deltas, generations)
                 else:
-                    response, finished = await self._collect(builder, deltas, generation), True
+                    response, finished = await self._collect(builder, deltas, generations), True
         except (asyncio.CancelledError, ConnectionResetError):  # the client went away
             self.counts.cancelled += 1
-            self.metrics.answered(generation, "cancelled")
-            log.info("client went away: generation cancelled after %d tokens", len(generation.token_ids))
+            for generation in generations:
+                self.metrics.answered(generation, "cancelled")
+            log.info("client went away: generation cancelled after %d tokens",
+                     sum(len(g.token_ids) for g in generations))
             raise
         except BaseException:
             self.counts.failed += 1
-            self.metrics.answered(generation, "failed")
+            for generation in generations:
+                self.metrics.answered(generation, "failed")
             raise
         finally:
             self.counts.active -= 1
         if finished:
             self.counts.completed += 1
-            self.counts.degraded += generation.degraded
+            self.counts.degraded += any(g.degraded for g in generations)
         else:
             self.counts.failed += 1
-        self.metrics.answered(generation, "completed" if finished else "failed")
+        for generation in generations:
+            self.metrics.answered(generation, "completed" if finished else "failed")
         return response
 
-    async def _collect(self, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
-                       generation: Generation) -> web.Response:
+    async def _collect(self, builder: ResponseBuilder, deltas: list[AsyncIterator[Delta]],
+                       generations: list[Generation]) -> web.Response:
         from aiohttp import web
-        text = "".join([delta.text async for delta in deltas])
-        return web.json_response(builder.response(completion_of(text, generation)),
-                                 headers=_fallback_headers(generation))
 
-    async def _stream(self, request: web.Request, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
-                      generation: Generation) -> tuple[web.StreamResponse, bool]:
-        """The answer as Server-Sent Events; False if it broke off with an error event."""
+        async def text_of(choice: AsyncIterator[Delta]) -> str:
+            return "".join([delta.text async for delta in choice])
+
+        texts = await asyncio.gather(*(text_of(d) for d in deltas))
+        completions = [completion_of(text, g) for text, g in zip(texts, generations)]
+        return web.json_response(builder.responses(completions), headers=_fallback_headers(*generations))
+
+    async def _stream(self, request: web.Request, builders: list[ResponseBuilder], deltas: list[AsyncIterator[Delta]],
+                      generations: list[Generation]) -> tuple[web.StreamResponse, bool]:
+        """The answer as Server-Sent Events, the choices' chunks interleaved as they come; False if
+        it broke off with an error event."""
         from aiohttp import web
-        # The first token comes before the headers, so a request the cloud refuses gets a plain
-        # HTTP error, and the degraded header tells whether the answer started locally.
-        delta = await anext(deltas, None)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               **_fallback_headers(generation)})
-        await response.prepare(request)
-        text, unsent_ids, unsent_sources, finished = [], [], [], True
-        sent_ids = 0  # ids that went out in chunks
+        events: asyncio.Queue = asyncio.Queue()
+        # Each choice drives its own generation (with one draft slot they take turns); its last
+        # event is its _ChoiceEnd.
+        choices = [asyncio.create_task(self._choice_events(i, b, d, g, events))
+                   for i, (b, d, g) in enumerate(zip(builders, deltas, generations))]
+        completions: dict = {}
+        ended: set[int] = set()  # choices whose _ChoiceEnd arrived: their tasks are finishing on their own
+
+        async def next_chunk() -> dict | None:
+            """The next chunk of any choice; None once all ended. A choice's error is raised."""
+            while len(completions) < len(choices):
+                event = await events.get()
+                if not isinstance(event, _ChoiceEnd):
+                    return event
+                ended.add(event.index)
+                if event.error is not None:
+                    raise event.error
+                completions[event.index] = event.completion
+            return None
+
         try:
+            # The first chunk comes before the headers, so a request the cloud refuses gets a plain
+            # HTTP error, and the degraded header tells whether the answer started locally.
+            chunk = await next_chunk()
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                   **_fallback_headers(*generations)})
+            await response.prepare(request)
+            finished = True
+            try:
+                while chunk is not None:
+                    await _send_event(response, chunk)
+                    chunk = await next_chunk()
+                if builders[0].params.include_usage:
+                    await _send_event(response, builders[0].usage_chunk([completions[i] for i in range(len(choices))]))
+            except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
+                log.warning("generation failed mid-stream: %s", exc)
+                await _send_event(response, _api_error(exc).body())
+                finished = False
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        finally:
+            live = [task for i, task in enumerate(choices) if i not in ended]
+            for task in live:
+                task.cancel()
+            if live:
+                await asyncio.gather(*live, return_exceptions=True)  # before their generations are closed
+        return response, finished
+
+    async def _choice_events(self, index: int, builder: ResponseBuilder, deltas: AsyncIterator[Delta],
+                             generation: Generation, events: asyncio.Queue) -> None:
+        """One choice's chunks into `events`, then its _ChoiceEnd (its Completion, or its error)."""
+        text, unsent_ids, unsent_sources = [], [], []
+        sent = 0  # tokens already sent: the next chunk's first token is token_ids[sent]
+
+        def logprobs_of(ids: list[int]) -> list:
+            return [generation.logprobs.get(sent + i) for i in range(len(ids))]
+
+        try:
+            delta = await anext(deltas, None)
             while delta is not None:
                 if delta.rewind_to is not None or delta.verified_to is not None:
                     if delta.rewind_to is not None:  # the text and ids from there on are replaced
                         text = _cut("".join(text), delta.rewind_text_to)
-                        keep = max(0, delta.rewind_to - sent_ids)
+                        keep = max(0, delta.rewind_to - sent)
                         unsent_ids, unsent_sources = unsent_ids[:keep], unsent_sources[:keep]
-                        sent_ids = min(sent_ids, delta.rewind_to)
-                    await _send_event(response, builder.extension_chunk(delta.degraded, **_offline_event(delta)))
+                        sent = min(sent, delta.rewind_to)
+                    events.put_nowait(builder.extension_chunk(delta.degraded, **_offline_event(delta)))
                     delta = await anext(deltas, None)
                     continue
                 unsent_ids += delta.token_ids
                 unsent_sources += [delta.source] * len(delta.token_ids)
                 if delta.text:
                     text.append(delta.text)
-                    await _send_event(response, builder.chunk(delta.text, unsent_ids, delta.degraded,
-                                                              runs(unsent_sources),
-                                                              progress(generation.stats.as_dict())))
-                    sent_ids += len(unsent_ids)
+                    events.put_nowait(builder.chunk(delta.text, unsent_ids, delta.degraded, runs(unsent_sources),
+                                                    progress(generation.stats.as_dict()), logprobs_of(unsent_ids)))
+                    sent += len(unsent_ids)
                     unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
-            await _send_event(response, builder.final_chunk(completion, unsent_ids, runs(unsent_sources)))
-            if builder.params.include_usage:
-                await _send_event(response, builder.usage_chunk(completion))
-        except TandemError as exc:  # headers are gone: the error travels as an event, as OpenAI's does
-            log.warning("generation failed mid-stream: %s", exc)
-            await _send_event(response, _api_error(exc).body())
-            finished = False
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response, finished
+            events.put_nowait(builder.final_chunk(completion, unsent_ids, runs(unsent_sources), logprobs_of(unsent_ids)))
+            events.put_nowait(_ChoiceEnd(index, completion))
+        except Exception as exc:  # noqa: BLE001 - delivered to the response, which raises or reports it
+            events.put_nowait(_ChoiceEnd(index, error=exc))
 
 
 def _cut(text: str, length: int) -> list[str]:
@@ -333,9 +392,18 @@ def _offline_event(delta: Delta) -> dict:
     return {"verified": {"to_token": delta.verified_to, "source": delta.source.value}}
 
 
-def _fallback_headers(generation: Generation) -> dict[str, str]:
-    return {"X-Tandem-Degraded": "true" if generation.degraded else "false",
-            "X-Tandem-Answered-By": generation.answered_by}
+@dataclass
+class _ChoiceEnd:
+    """The last event of one choice of a streamed answer."""
+
+    index: int
+    completion: object = None  # its edge.sdk.Completion
+    error: Exception | None = None
+
+
+def _fallback_headers(*generations: Generation) -> dict[str, str]:
+    return {"X-Tandem-Degraded": "true" if any(g.degraded for g in generations) else "false",
+            "X-Tandem-Answered-By": ",".join(dict.fromkeys(g.answered_by for g in generations))}
 
 
 async def _send_event(response: web.StreamResponse, payload: dict) -> None:

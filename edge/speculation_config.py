@@ -39,6 +39,10 @@ class SpeculationConfig:
                                        "sessions then start with the cloud decoding and draft in blocks once "
                                        "that pays more (needs --cloud-decode; default %(default)s)",
                                  negatable=True, group=SPECULATION)
+    # Adjust the draft's logits as the cloud adjusts the target's (the answer's grammar mask,
+    # penalties, logit_bias: edge/draft_sampling.py's ServedLogits), so drafts follow them. Off only
+    # to measure what that is worth.
+    mask_draft: bool = True
     # Start the draft's prefill only once the cloud's first token is in, instead of alongside
     # the cloud's prefill: for an edge that shares its cores with the cloud (the embedded cloud),
     # where the two prefills would slow each other and so the first token. Not a flag: the

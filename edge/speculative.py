@@ -34,7 +34,7 @@ from edge.cloud_alone import CloudAloneMode, Piece
 from edge.cloud_decode import DecodeRequests
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_length import DraftLengthPolicy
-from edge.draft_sampling import DraftPolicy
+from edge.draft_sampling import DraftPolicy, ServedLogits
 from edge.drafting_pays import DraftingSwitch
 from edge.decode_hints import HintTail
 from edge.draft_tail import DraftTail
@@ -56,14 +56,16 @@ class SpeculativeRun(CloudAloneMode):
 
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None,
-                 provisional: list[int] | None = None, hint_limit: int = 0, start_guessing: bool = False):
+                 provisional: list[int] | None = None, hint_limit: int = 0, start_guessing: bool = False,
+                 logprobs: dict | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives).
         provisional: tokens the local model wrote after the resumed ones (edge/offline.py). Once the
         cloud's first token equals the first of them, the rest are the tail's drafts, sent in blocks
         of draft_tokens whether drafting pays or not (they cost nothing to draft). hint_limit: most
         guesses the cloud holds (its Limits.max_hint_tokens; 0: send none). start_guessing: begin with
         the cloud decoding and the draft guessing (a draft of another family) rather than drafting in
-        blocks (a draft of the target's own family)."""
+        blocks (a draft of the target's own family). logprobs: where the cloud's log-probabilities
+        go, by index in the answer (Generation.logprobs)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -71,6 +73,10 @@ class SpeculativeRun(CloudAloneMode):
         self.stats = stats or GenerationStats()
         self.response_timeout_s = response_timeout_s
         self.policy = DraftPolicy(request.sampling, request.draft_mode, config.draft_top_k)
+        prompt_length = len(request.prompt_token_ids)
+        self.logprobs = {} if logprobs is None else logprobs
+        adjusted = ServedLogits.needed(request.sampling, request.grammar) and config.mask_draft
+        self.served = ServedLogits(request.sampling, request.grammar, drafter, prompt_length) if adjusted else None
         prepare(drafter, request.sampling)
         self.lengths = DraftLengthPolicy(config.draft_tokens, config.min_confidence, config.max_in_flight,
                                          config.adaptive, config.min_draft_tokens,
@@ -95,7 +101,7 @@ class SpeculativeRun(CloudAloneMode):
         # often than a quantized sibling) starts there and drafts in blocks once the evidence says
         # blocks pay more; any session that stops drafting decodes this way.
         self.hints = HintTail(len(self.book.committed), hint_limit) \
-            if self._may_switch and config.decode_hints and hint_limit > 0 else None
+            if self._may_switch and config.decode_hints and hint_limit > 0 and request.logprobs is None else None
         self.switch = DraftingSwitch(drafting=self.hints is None or not start_guessing or bool(provisional))
         self.decodes = DecodeRequests()
         self.cloud_step_s = 0.0  # the cloud's time per token for this session decoding alone (0: unknown)
@@ -272,7 +278,10 @@ class SpeculativeRun(CloudAloneMode):
             self.lengths.observe_draft(choice.confidence, seconds)
 
     def _choose(self, context: list[int], guess: bool):
-        return self.policy.choose(self.drafter.next_logits(context), len(context), guess)
+        logits = self.drafter.next_logits(context)
+        if self.served is not None:
+            logits = self.served.apply(context, logits)
+        return self.policy.choose(logits, len(context), guess)
 
     async def _send_block(self) -> None:
         most = self.config.draft_tokens if self._verifying_provisional() else None
@@ -283,6 +292,8 @@ class SpeculativeRun(CloudAloneMode):
 
     def _apply_started(self, started: SessionStarted) -> list[int]:
         new = self.book.start(started.position, started.token_id)
+        if new and started.logprob is not None:
+            self.logprobs[started.position - len(self.request.prompt_token_ids)] = started.logprob
         self.lengths.start_block()
         self.stats.rounds += 1
         self.stats.cloud_forward_passes = self._passes_before + started.forward_passes
@@ -310,6 +321,9 @@ class SpeculativeRun(CloudAloneMode):
             self.stats.stale_drafted += judged.stale_drafts
             return []
         drafted, accepted = len(judged.drafts), len(judged.accepted)
+        first = len(self.book.committed) - len(judged.committed) - len(self.request.prompt_token_ids)
+        for i, logprob in enumerate(verdict.logprobs[: len(judged.committed)]):
+            self.logprobs[first + i] = logprob
         round_trip_s = self._arrived_at - judged.sent_at
         self.stats.rounds += 1
         self.stats.drafted += drafted

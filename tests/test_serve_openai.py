@@ -197,7 +197,7 @@ def test_models_and_health(server, client):
     ({"messages": MESSAGES, "temperature": 5}, "temperature"),
     ({"messages": MESSAGES, "top_p": 0}, "top_p"),
     ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
-    ({"messages": MESSAGES, "n": 2}, "n"),
+    ({"messages": MESSAGES, "n": 9}, "n"),  # above the stated limit (edge.openai_api.MAX_CHOICES)
     ({"messages": MESSAGES, "stop": [""]}, "stop"),
     ({"messages": MESSAGES, "seed": "x"}, "seed"),
     ({"messages": MESSAGES, "stream": "yes"}, "stream"),

@@ -88,19 +88,34 @@ class Limits(_message.Message):
     def __init__(self, max_prompt_tokens: _Optional[int] = ..., max_draft_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., max_stop_tokens: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_hint_tokens: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "top_k", "top_p", "seed")
+    __slots__ = ("temperature", "top_k", "top_p", "seed", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias")
+    class LogitBiasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     top_p: float
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    frequency_penalty: float
+    presence_penalty: float
+    repetition_penalty: float
+    logit_bias: _containers.ScalarMap[int, float]
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class SessionOpen(_message.Message):
-    __slots__ = ("prompt_token_ids", "sampling", "max_new_tokens", "stop_token_ids", "tokenizer_fingerprint", "draft_model_name", "draft_mode", "resume_token_ids", "stop_strings")
+    __slots__ = ("prompt_token_ids", "sampling", "max_new_tokens", "stop_token_ids", "tokenizer_fingerprint", "draft_model_name", "draft_mode", "resume_token_ids", "stop_strings", "grammar", "logprobs")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +125,8 @@ class SessionOpen(_message.Message):
     DRAFT_MODE_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
     max_new_tokens: int
@@ -119,7 +136,19 @@ class SessionOpen(_message.Message):
     draft_mode: DraftMode
     resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
     stop_strings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ..., draft_model_name: _Optional[str] = ..., draft_mode: _Optional[_Union[DraftMode, str]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., stop_strings: _Optional[_Iterable[str]] = ...) -> None: ...
+    grammar: str
+    logprobs: int
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ..., draft_model_name: _Optional[str] = ..., draft_mode: _Optional[_Union[DraftMode, str]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., stop_strings: _Optional[_Iterable[str]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[int] = ...) -> None: ...
+
+class TokenLogprob(_message.Message):
+    __slots__ = ("logprob", "top_ids", "top_logprobs")
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    logprob: float
+    top_ids: _containers.RepeatedScalarFieldContainer[int]
+    top_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, logprob: _Optional[float] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SparseDist(_message.Message):
     __slots__ = ("token_ids", "probs_u16")
@@ -168,7 +197,7 @@ class CloudDecode(_message.Message):
     def __init__(self, start_position: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodedToken(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "stale", "forward_passes", "decode_step_us", "hinted_ids")
+    __slots__ = ("position", "token_id", "finish_reason", "stale", "forward_passes", "decode_step_us", "hinted_ids", "logprob")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +205,7 @@ class DecodedToken(_message.Message):
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
     HINTED_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
@@ -183,26 +213,29 @@ class DecodedToken(_message.Message):
     forward_passes: int
     decode_step_us: int
     hinted_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., hinted_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    logprob: TokenLogprob
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., hinted_ids: _Optional[_Iterable[int]] = ..., logprob: _Optional[_Union[TokenLogprob, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica", "decode_step_us")
+    __slots__ = ("position", "token_id", "finish_reason", "forward_passes", "replica", "decode_step_us", "logprob")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
     forward_passes: int
     replica: str
     decode_step_us: int
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ..., decode_step_us: _Optional[int] = ...) -> None: ...
+    logprob: TokenLogprob
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., forward_passes: _Optional[int] = ..., replica: _Optional[str] = ..., decode_step_us: _Optional[int] = ..., logprob: _Optional[_Union[TokenLogprob, _Mapping]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes", "decode_step_us", "max_drafts")
+    __slots__ = ("start_position", "accepted_count", "next_token", "finish_reason", "stale", "forward_passes", "decode_step_us", "max_drafts", "logprobs")
     START_POSITION_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +244,7 @@ class Verdict(_message.Message):
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_US_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     start_position: int
     accepted_count: int
     next_token: int
@@ -219,7 +253,8 @@ class Verdict(_message.Message):
     forward_passes: int
     decode_step_us: int
     max_drafts: int
-    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., max_drafts: _Optional[int] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, start_position: _Optional[int] = ..., accepted_count: _Optional[int] = ..., next_token: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stale: _Optional[bool] = ..., forward_passes: _Optional[int] = ..., decode_step_us: _Optional[int] = ..., max_drafts: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("prefilled_tokens", "prefill_tokens")
@@ -252,7 +287,7 @@ class DrainNotice(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt_token_ids", "prompt_text", "sampling", "max_new_tokens", "stop_token_ids", "return_text", "stop_strings", "resume_token_ids")
+    __slots__ = ("prompt_token_ids", "prompt_text", "sampling", "max_new_tokens", "stop_token_ids", "return_text", "stop_strings", "resume_token_ids", "grammar", "logprobs")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +296,8 @@ class GenerateRequest(_message.Message):
     RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prompt_text: str
     sampling: SamplingParams
@@ -269,10 +306,12 @@ class GenerateRequest(_message.Message):
     return_text: bool
     stop_strings: _containers.RepeatedScalarFieldContainer[str]
     resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., return_text: _Optional[bool] = ..., stop_strings: _Optional[_Iterable[str]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    grammar: str
+    logprobs: int
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_text: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., return_text: _Optional[bool] = ..., stop_strings: _Optional[_Iterable[str]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("position", "token_id", "finish_reason", "text", "forward_passes", "progress", "drain", "replica")
+    __slots__ = ("position", "token_id", "finish_reason", "text", "forward_passes", "progress", "drain", "replica", "logprob")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +320,7 @@ class GenerateResponse(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
     position: int
     token_id: int
     finish_reason: FinishReason
@@ -289,7 +329,8 @@ class GenerateResponse(_message.Message):
     progress: Progress
     drain: DrainNotice
     replica: str
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ..., forward_passes: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...
+    logprob: TokenLogprob
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ..., forward_passes: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., drain: _Optional[_Union[DrainNotice, _Mapping]] = ..., replica: _Optional[str] = ..., logprob: _Optional[_Union[TokenLogprob, _Mapping]] = ...) -> None: ...
 
 class TokenizerRequest(_message.Message):
     __slots__ = ("max_chunk_bytes", "accept_zlib")
