@@ -438,7 +438,6 @@ class Scheduler:
         self._last_step_s = ended - started
         tokens = sum(len(w.token_ids) for w, _ in batch)
         self.metrics.step(len(batch), tokens, self._last_step_s)
-        self.step_times.observe(tokens, ended - min(started, self._gather_started))
         self._last_pass_tokens = tokens
         self._shape(batch, tokens, started, ended)
         for (work, job), rows in zip(batch, logits):
@@ -450,6 +449,10 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001
                 self._forget(job.session)
                 job.resolve(exc)
+        # A step's time includes choosing its tokens on the host (a sampled session's top-p over the
+        # vocabulary at every position it judges), so the fit prices a checked draft or guess at what
+        # it costs (cloud/decode_hints.py) and decode_step_us is what a step really takes.
+        self.step_times.observe(tokens, time.monotonic() - min(started, self._gather_started))
         self._expected = {job.session for _, job in batch if job.kind is JobKind.VERIFY and not job.session.finished}
 
     def _shape(self, batch: list[tuple[Work, _Job]], tokens: int, started: float, ended: float) -> None:

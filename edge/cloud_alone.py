@@ -242,7 +242,9 @@ class CloudAloneMode:
         if self.switch.update(inputs):
             self.stats.mode_switches += 1
             if was_drafting and inputs.measured_tokens_per_s > 0:
-                self._last_drafting_rate = inputs.measured_tokens_per_s
+                # Kept for later sessions too: a session that starts with the cloud decoding does not
+                # try blocks again on the optimistic model alone when blocks measurably lost before.
+                self._last_drafting_rate = self.memory["drafting_tokens_per_s"] = inputs.measured_tokens_per_s
             self.lengths.start_block()
             self._measured = self._measured_since = None  # a drafting stretch is measured afresh
         self.stats.pays = {

@@ -46,6 +46,7 @@ ON_ABOVE = 1.25  # and resumes only when it would beat cloud-only by this factor
 MIN_VERDICTS = 2  # verdicts after drafting (re)starts before it may stop again
 MIN_SHADOW = 16  # shadow predictions after the cloud takes over before drafting may resume
 MAX_SHADOW = 512  # the most shadow predictions a re-probe may wait for (after repeated short resumptions)
+FIRST_TRY_SHADOW = 4 * MIN_SHADOW  # before a session that started with the cloud decoding first tries blocks
 LASTING = 24  # verdicts: a resumption that lasts this long resets the re-probe backoff
 
 
@@ -108,10 +109,13 @@ class DraftingSwitch:
     """The session's mode (drafting or the cloud decoding alone) and the evidence behind a switch."""
 
     def __init__(self, drafting: bool = True):
-        """drafting: the mode a session starts in (False: the cloud decodes, the draft guessing ahead)."""
+        """drafting: the mode a session starts in. A session that starts with the cloud decoding (a
+        draft of another family, guessing ahead) has no measured drafting rate to go by, only the
+        model, which is optimistic for such drafts: it tries blocks only after FIRST_TRY_SHADOW
+        guesses, as if it had resumed for nothing twice already."""
         self.drafting = drafting
         self.evidence = 0  # verdicts since drafting (re)started, or shadow predictions since the cloud took over
-        self.shadow_needed = MIN_SHADOW
+        self.shadow_needed = MIN_SHADOW if drafting else FIRST_TRY_SHADOW
         self.switches = 0  # mode changes so far
 
     def observed(self, count: int = 1) -> None:

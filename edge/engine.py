@@ -155,6 +155,7 @@ class EdgeEngine:
         self.drafter = drafter
         self.client = client
         self.config = config or SpeculationConfig()
+        self.pays_memory: dict = {}  # what sessions measured about drafting, for the next ones (edge/cloud_alone.py)
         self.fallback = fallback or FallbackConfig(enabled=False)
         self.cloud_info: ModelInfo | None = None
         self.cloud = CloudWatch(self._probe, self.fallback)
@@ -374,7 +375,7 @@ class EdgeEngine:
             run = SpeculativeRun(drafter, self.client.speculate(connect_timeout_s), session, config, generation.stats,
                                  response_timeout_s=timeout, provisional=drafts, hint_limit=info.max_hint_tokens,
                                  start_guessing=getattr(drafter, "crosses_vocabularies", False),
-                                 logprobs=generation.logprobs)
+                                 logprobs=generation.logprobs, memory=self.pays_memory)
             run.stop_ids |= set(info.eos_token_ids)
             return run
 

@@ -57,7 +57,7 @@ class SpeculativeRun(CloudAloneMode):
     def __init__(self, drafter: DraftEngine, stream: SpeculateStream, request: SessionOpen, config: SpeculationConfig,
                  stats: GenerationStats | None = None, response_timeout_s: float | None = None,
                  provisional: list[int] | None = None, hint_limit: int = 0, start_guessing: bool = False,
-                 logprobs: dict | None = None):
+                 logprobs: dict | None = None, memory: dict | None = None):
         """response_timeout_s bounds each wait for the cloud (None: wait as long as the stream lives).
         provisional: tokens the local model wrote after the resumed ones (edge/offline.py). Once the
         cloud's first token equals the first of them, the rest are the tail's drafts, sent in blocks
@@ -65,7 +65,8 @@ class SpeculativeRun(CloudAloneMode):
         guesses the cloud holds (its Limits.max_hint_tokens; 0: send none). start_guessing: begin with
         the cloud decoding and the draft guessing (a draft of another family) rather than drafting in
         blocks (a draft of the target's own family). logprobs: where the cloud's log-probabilities
-        go, by index in the answer (Generation.logprobs)."""
+        go, by index in the answer (Generation.logprobs). memory: what earlier sessions of the same
+        engine measured, shared (see CloudAloneMode._reconsider)."""
         self.drafter = drafter
         self.stream = stream
         self.request = request
@@ -102,6 +103,10 @@ class SpeculativeRun(CloudAloneMode):
         # blocks pay more; any session that stops drafting decodes this way.
         self.hints = HintTail(len(self.book.committed), hint_limit) \
             if self._may_switch and config.decode_hints and hint_limit > 0 and request.logprobs is None else None
+        self.memory = {} if memory is None else memory
+        # What the last stretch of drafting in blocks measured (tokens/s), in this session or an earlier one.
+        self._last_drafting_rate = self.memory.get("drafting_tokens_per_s", 0.0)
+        start_guessing = start_guessing or self.memory.get("drafting_lost", False)
         self.switch = DraftingSwitch(drafting=self.hints is None or not start_guessing or bool(provisional))
         self.decodes = DecodeRequests()
         self.cloud_step_s = 0.0  # the cloud's time per token for this session decoding alone (0: unknown)
@@ -110,7 +115,6 @@ class SpeculativeRun(CloudAloneMode):
         self._decode_pace: tuple[float, float] | None = None  # cloud decoding: EMAs of (tokens, seconds) per answer
         self._decoded_at: float | None = None
         self._probe_at = 0  # committed length from which a draft guessing poorly guesses again
-        self._last_drafting_rate = 0.0  # what the last stretch of drafting in blocks measured (tokens/s)
         self._shadow_fed = 0  # context length of the last shadow prediction
         self._shadow_next_at = 0.0
         self._measured: tuple[float, float] | None = None  # drafting: EMAs of (tokens, seconds) per verdict
@@ -165,6 +169,9 @@ class SpeculativeRun(CloudAloneMode):
             self.stats.bytes_sent += self.stream.bytes_sent
             self.stats.bytes_received += self.stream.bytes_received
             self.stats.policy = self.lengths.snapshot()
+            if self.finish and self.hints is not None and self.switch.switches:
+                # How this session ended, for the next one: a draft that lost here starts guessing there.
+                self.memory["drafting_lost"] = not self.switch.drafting
 
     def _end_prefill(self) -> None:
         if self._prefill is None:

@@ -169,3 +169,13 @@ def test_resumptions_that_do_not_last_back_off_and_a_lasting_one_resets():
     switch.update(WINNING)
     switch.observed(LASTING)
     assert switch.shadow_needed == MIN_SHADOW
+
+
+def test_a_session_that_starts_with_the_cloud_decoding_tries_blocks_only_on_more_evidence():
+    from edge.drafting_pays import FIRST_TRY_SHADOW
+
+    switch = DraftingSwitch(drafting=False)
+    switch.observed(FIRST_TRY_SHADOW - 1)
+    assert not switch.update(GOOD)  # the model says blocks pay, but the evidence is too thin yet
+    switch.observed()
+    assert switch.update(GOOD) and switch.drafting
