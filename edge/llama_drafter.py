@@ -34,6 +34,9 @@ from edge.draft_engine import ContextFull
 log = logging.getLogger(__name__)
 
 
+class DraftClosed(RuntimeError):
+    """The draft model was used after close()."""
+
 class LlamaDrafter:
     """The llama.cpp draft engine (edge.draft_engine.DraftEngine); the only module that touches llama.cpp."""
 
@@ -80,6 +83,7 @@ class LlamaDrafter:
         # Callers run these methods in worker threads; a cancelled caller (a client that went
         # away) leaves its thread running, so the next generation must wait for it here.
         self._lock = threading.Lock()
+        self._closed = False  # a thread that starts after close() must not touch the freed context
         if early is not None and len(early) <= self.vocab_size:  # else .tokenizer says what is wrong
             self.__dict__["tokenizer"] = early
         log.info("loaded draft %s (%d threads) in %.2fs", self.name, threads, time.monotonic() - started)
@@ -145,6 +149,7 @@ class LlamaDrafter:
         numbers (greedy, ids-only sampling) may pass it.
         """
         with self._lock:
+            self._check_open()
             return self._start(list(context), reuse_prefix)
 
     def _start(self, context: list[int], reuse_prefix: bool) -> np.ndarray:
@@ -169,6 +174,7 @@ class LlamaDrafter:
         and the remaining tokens are fed one decode call each.
         """
         with self._lock:
+            self._check_open()
             return self._next_logits(list(context))
 
     def _next_logits(self, context: list[int]) -> np.ndarray:
@@ -201,7 +207,14 @@ class LlamaDrafter:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._llama.close()
+
+    def _check_open(self) -> None:
+        # A cancelled caller's worker thread may only start once the generation is over and the
+        # engine closed this draft (a guess queued behind another): it must fail, not crash.
+        if self._closed:
+            raise DraftClosed(f"the draft model {self.name!r} was closed")
 
 
 def tokenize_with_vocab(gguf_path: Path, texts: Sequence[str]) -> list[list[int]] | None:
