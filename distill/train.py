@@ -159,7 +159,8 @@ class Trainer:
             dist.all_reduce(totals)
         # DDP averages gradients over processes: scaling by world makes the result the gradient of
         # (sum over the whole batch) / (positions in the whole batch), as in a single process.
-        loss = per_position.sum() * self.place.world / totals[1]
+        # A batch with no position to learn from (every answer empty) is a step of zero loss, not NaN.
+        loss = per_position.sum() * self.place.world / totals[1].clamp(min=1)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,7 +168,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), 1.0)
         self.optimizer.step()
         self.state.positions += int(totals[1])
-        return float(totals[0] / totals[1])
+        return float(totals[0] / totals[1].clamp(min=1))
 
     # -- the loop ---------------------------------------------------------------------------------
 
