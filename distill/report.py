@@ -87,7 +87,7 @@ class Baseline:
             student_dir = save_student(self.model, self.tokenizer, scratch / "student")
             self.path = export_gguf(student_dir, scratch / "draft.gguf", self.quant)
             shutil.rmtree(student_dir)
-        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        except (InvalidArgument, ValueError, RuntimeError, KeyError, OSError) as exc:  # the converter's reasons
             raise InvalidArgument(f"the student cannot be exported as a llama.cpp draft: {exc}") from None
         try:
             if self.cross_teacher is not None:
