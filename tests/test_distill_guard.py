@@ -35,3 +35,18 @@ def test_a_first_run_worse_than_the_untrained_student_says_so(tmp_path, capsys):
                "distilled": figures("distilled", tmp_path / "draft.gguf", 0.6)}
     verdict = _keep_or_replace(by_name, None, tmp_path, False, print)
     assert verdict["worse_than"] == "untrained" and "accepts less than the untrained student" in capsys.readouterr().out
+
+
+def test_uld_loss_compares_sorted_distributions_across_vocabulary_sizes():
+    import torch
+
+    from distill.cross import uld_loss
+
+    teacher = torch.tensor([[3.0, 1.0, 0.0, -1.0, -2.0]])
+    permuted_and_padded = torch.tensor([[-2.0, 0.0, 3.0, -1.0, 1.0, -1e9, -1e9]])  # same probabilities, other ids
+    assert float(uld_loss(permuted_and_padded, teacher)) == pytest.approx(0.0, abs=1e-6)
+    flat = torch.zeros(1, 3)
+    loss = uld_loss(flat.requires_grad_(), teacher)
+    p = torch.softmax(teacher, -1).sort(descending=True).values[0]
+    assert float(loss) == pytest.approx(float((p[:3] - 1 / 3).abs().sum() + p[3:].sum()), rel=1e-5)
+    loss.backward()
