@@ -1,18 +1,21 @@
 """`tandem distill`: a fast draft for any target, by distillation, shipped as a quantized GGUF.
 
-    tandem distill --target MODEL --out DIR [--layers N | --student DIR] [--max-minutes 60]
+    tandem distill --target MODEL --out DIR [--layers N | --student PATH] [--data DIR] [--max-minutes 60]
 
 Writes DIR/draft.gguf (ready for --draft-model), DIR/student/ (the HF model), DIR/report.json
 (held-out figures before and after training) and, while training, DIR/checkpoint.pt.
+
+The student is by default the default draft's checkpoint (SmolLM2-135M-Instruct), which may not
+share the target's tokenizer: training is then string-level (distill/cross.py) and the report
+judges the draft through the edge's own cross-vocabulary drafter (edge/cross_vocab.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from common import settings
@@ -39,10 +42,11 @@ def add_parser(subparsers) -> None:
     student = g.add_mutually_exclusive_group()
     student.add_argument("--layers", type=int, default=None, metavar="N",
                          help="student = the target with N decoder layers kept (evenly spaced, first and last "
-                              "included), sharing its embeddings, LM head and tokenizer (default: a fifth of them, "
-                              "rounded: 6 of the default target's 30)")
-    student.add_argument("--student", default=None, metavar="DIR",
-                         help="student = this HF Llama model; its tokenizer must be the target's")
+                              "included), sharing its embeddings, LM head and tokenizer")
+    student.add_argument("--student", default=None, metavar="PATH",
+                         help="student = this Llama model (HF directory or GGUF); its tokenizer may differ from "
+                              "the target's (then it learns the target's text, re-tokenized). Default, without "
+                              "--layers: the default draft's checkpoint, SmolLM2-135M-Instruct")
     settings.add_arguments(parser, TrainConfig)
     settings.add_arguments(parser, RunConfig)
     parser.set_defaults(run=run)
@@ -50,16 +54,27 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.extras import require_extra
-    from distill.prompts import read_prompts, split_heldout
+    from distill.prompts import split_heldout
 
     for extra in ("cloud", "edge"):  # it trains with the target's stack and exports for the draft's
         require_extra(extra, "tandem distill")
 
     config = _train_config(args)
     quants = _quants(args.quant)
-    prompts, heldout = split_heldout(read_prompts(args.prompts), args.heldout, args.seed)
+    train, heldout = split_heldout(_examples(args), args.heldout, args.seed)
     out = _check_out(Path(args.out), args.resume)
-    return _distill(args, config, quants, prompts, heldout, out)
+    return _distill(args, config, quants, train, heldout, out)
+
+
+def _examples(args) -> list:
+    """(prompt, KeptAnswer or None) pairs: kept answers (--data), prompts to generate from (--prompts or
+    the shipped ones), or both mixed when both are given."""
+    from common.answer_log import read_answers
+    from distill.prompts import read_prompts
+
+    kept = [(a.prompt, a) for a in read_answers(args.data)] if args.data else []
+    generated = [(p, None) for p in read_prompts(args.prompts)] if args.prompts or not args.data else []
+    return kept + generated
 
 
 def _train_config(args) -> TrainConfig:
@@ -103,12 +118,13 @@ def _make_out(out: Path) -> None:
         raise InvalidArgument(f"--out {out} cannot be written: {exc.strerror or exc}") from None
 
 
-def _distill(args, config: TrainConfig, quants: list[str], prompts: list[str], heldout: list[str], out: Path) -> int:
+def _distill(args, config: TrainConfig, quants: list[str], train: list, heldout: list, out: Path) -> int:
     import torch
     import torch.distributed as dist
 
     from cloud.model import resolve_device
-    from distill.models import encode_prompts, load_student, load_teacher, pruned_student
+    from distill.models import load_student, load_teacher, pruned_student, same_tokenizer
+    from distill.report import Baseline, teacher_prompts
     from distill.train import Trainer, distributed_device, init_distributed
 
     device = distributed_device(resolve_device(args.device))
@@ -117,116 +133,100 @@ def _distill(args, config: TrainConfig, quants: list[str], prompts: list[str], h
     load_start = os.getloadavg()
     torch.manual_seed(args.seed)
     teacher = load_teacher(args.target, str(device), args.threads)
-    if args.student:
-        student, kept = load_student(args.student, teacher), None
-    else:
+    if args.layers is not None:
         total = teacher.model.config.num_hidden_layers
-        student, kept = pruned_student(teacher, args.layers if args.layers is not None else max(1, round(total / 5)))
+        model, kept = pruned_student(teacher, args.layers)
+        student, cross = None, False
         say(f"tandem distill: student = {teacher.name} with decoder layers {kept} of 0-{total - 1}")
+    else:
+        student, kept = load_student(args.student, teacher), None
+        model, cross = student.model, not same_tokenizer(student, teacher)
+        say(f"tandem distill: student = {student.name}"
+            + (" (another tokenizer than the target's: string-level distillation)" if cross else ""))
+    if cross and config.on_policy:
+        say("tandem distill: across tokenizers only the target's own text is learned (--on-policy 0)")
+        config = dataclasses.replace(config, on_policy=0.0)
     chat = args.chat and bool(teacher.chat_template)
-    train_ids = encode_prompts(teacher, prompts, chat)
-    if place.main:
-        _make_out(out)
-    if place.world > 1:
-        dist.barrier()
-    recipe = {"target": teacher.name, "student": args.student and str(Path(args.student).resolve()),
-              "layers": kept, "prompts": prompts, "chat": chat}
-    # A pruned student keeps the target's embeddings and LM head frozen: they are the target's token
-    # space, which the draft must share; training only its decoder layers also saves memory and time.
-    trainable = (lambda name: "embed_tokens" not in name and "lm_head" not in name) if kept else (lambda name: True)
-    trainer = Trainer(teacher, student, train_ids, config, out, recipe, place, trainable)
-    if args.resume:
-        trainer.resume()
-    say(f"tandem distill: {len(prompts)} training prompts, {len(heldout)} held out; {config.divergence}, "
-        f"on-policy share {config.on_policy}; {sum(p.numel() for p in trainer.parameters.values()) / 1e6:.1f}M "
-        f"trainable parameters; {place.world} process(es) on {device}, {torch.get_num_threads()} torch threads; "
-        f"budget {config.max_minutes:g} min; load average {load_start[0]:.2f}")
-    state = trainer.run(_progress_bar(config, place.main))
-    load_trained = os.getloadavg()
-    if place.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    if not place.main:
-        return 0
-    losses = [loss for _, loss in state.losses]
-    training = {"steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "positions": state.positions,
-                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-                "resumed_from": state.resumed_from, "processes": place.world, "device": str(device),
-                "torch_threads": torch.get_num_threads(), "load_average_start": load_start,
-                "load_average_end": load_trained, "losses": state.losses}
-    say(f"tandem distill: trained {state.step} steps in {state.elapsed_s / 60:.1f} min "
-        f"(loss {training['first_loss']} -> {training['last_loss']})")
-    if not args.export:
-        return 0
-    from distill.evaluate import as_dicts, evaluate_drafts, reference_continuations, table
-    from distill.export import export_gguf
-    from distill.models import save_student
-
-    student_dir = save_student(student, teacher, out / "student")
-    drafts = {}
-    for i, quant in enumerate(quants):
-        path = export_gguf(student_dir, out / ("draft.gguf" if i == 0 else f"draft-{quant}.gguf"), quant)
-        drafts["distilled" if i == 0 else f"distilled-{quant}"] = (path, quant)
-    say(f"tandem distill: wrote {student_dir} and {', '.join(str(p) for p, _ in drafts.values())}")
-    with tempfile.TemporaryDirectory(prefix="untrained-", dir=out) as scratch:
-        untrained = (pruned_student(teacher, len(kept))[0] if kept else load_student(args.student, teacher))
-        untrained_dir = save_student(untrained, teacher, Path(scratch) / "student")
-        del untrained
-        before = {"untrained": (export_gguf(untrained_dir, Path(scratch) / "draft.gguf", quants[0]), quants[0])}
-        references = _default_draft(teacher)
-        held_ids = encode_prompts(teacher, heldout, chat)
-        continuations = reference_continuations(teacher, held_ids, args.eval_tokens)
-        figures, target_s = evaluate_drafts({**before, **drafts, **references}, teacher, held_ids, continuations,
-                                            args.draft_tokens, say)
-    by_name = {f.draft: f for f in figures}
-    report = {
-        "command": "tandem " + " ".join(sys.argv[1:]),
-        "target": teacher.name, "student": {"layers_kept": kept, "from": args.student},
-        "settings": {k: v for k, v in vars(args).items() if not callable(v)},  # the flags, not the dispatch hooks
-        "training": training, "heldout_prompts": heldout, "draft_tokens": args.draft_tokens,
-        "eval_tokens": args.eval_tokens, "target_ms_per_token_one_thread": round(target_s * 1e3, 2),
-        "drafts": as_dicts(figures),
-        "ratios": _ratios(by_name),
-        "load_average_end": os.getloadavg(),
-    }
-    partial = out / "report.json.partial"
-    partial.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(partial, out / "report.json")
-    print(table(figures, args.draft_tokens))
-    for name, value in report["ratios"].items():
-        print(f"{name}: {value if value is None else f'{value:.2f}'}")
-    print(f"\nwrote {out / 'report.json'}; use it with: tandem generate --draft-model {out / 'draft.gguf'} ...; "
-          f"measure it with: tandem bench --draft-model {out / 'draft.gguf'}")
-    return 0
-
-
-def _default_draft(teacher) -> dict:
-    """The project's default draft, as the reference row, when it tokenizes like the target."""
-    from common.model_paths import default_gguf_path
-    from edge.llama_drafter import tokenize_with_vocab
-    from common.fingerprint import PROBE_TEXT
-
+    train_ids, train_answers = teacher_prompts(teacher, train, chat)
+    # Before anything is written to --out: the untrained student must export and run in llama.cpp
+    # as the edge runs it (a draft the edge cannot load is refused now, not after an hour).
+    baseline = (Baseline(model, student.tokenizer if student else teacher.tokenizer, quants[0],
+                         teacher if cross else None) if place.main and args.export else None)
     try:
-        path = default_gguf_path()
-    except FileNotFoundError:
-        return {}
-    if not path.is_file() or tokenize_with_vocab(path, [PROBE_TEXT]) != [teacher.tokenize(PROBE_TEXT)]:
-        return {}
-    return {"default": (path, "q4_1")}
+        if baseline is not None:
+            baseline.check(say)
+        if place.main:
+            _make_out(out)
+        if place.world > 1:
+            dist.barrier()
+        recipe = {"target": teacher.name, "student": args.student and str(Path(args.student).resolve()),
+                  "layers": kept, "prompts": [p for p, _ in train], "chat": chat, "cross_tokenizer": cross}
+        if cross:
+            from distill.cross import CrossVocabTrainer
+
+            texts, student_ids = _student_prompts(student, train, chat)
+            trainer = CrossVocabTrainer(teacher, student, train_ids, texts, student_ids, config, out, recipe, place,
+                                        train_answers, config.uld_weight)
+        else:
+            # A pruned student keeps the target's embeddings and LM head frozen: they are the target's
+            # token space, which the draft must share; training only its decoder layers also saves
+            # memory and time.
+            trainable = ((lambda name: "embed_tokens" not in name and "lm_head" not in name) if kept
+                         else (lambda name: True))
+            trainer = Trainer(teacher, model, train_ids, config, out, recipe, place, trainable, train_answers)
+        if args.resume:
+            trainer.resume()
+        say(f"tandem distill: {len(train)} training examples ({sum(a is not None for a in train_answers)} kept "
+            f"answers), {len(heldout)} held out; "
+            f"{'sequence-level KD' + (f' + ULD x{config.uld_weight:g}' if config.uld_weight else '') if cross else config.divergence}, "
+            f"on-policy share {config.on_policy}; "
+            f"{sum(p.numel() for p in trainer.parameters.values()) / 1e6:.1f}M trainable parameters; "
+            f"{place.world} process(es) on {device}, {torch.get_num_threads()} torch threads; "
+            f"budget {config.max_minutes:g} min; load average {load_start[0]:.2f}")
+        state = trainer.run(_progress_bar(config, place.main))
+        load_trained = os.getloadavg()
+        if place.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        if not place.main:
+            return 0
+        losses = [loss for _, loss in state.losses]
+        training = {"steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "positions": state.positions,
+                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                    "resumed_from": state.resumed_from, "processes": place.world, "device": str(device),
+                    "torch_threads": torch.get_num_threads(), "load_average_start": load_start,
+                    "load_average_end": load_trained, "losses": state.losses}
+        say(f"tandem distill: trained {state.step} steps in {state.elapsed_s / 60:.1f} min "
+            f"(loss {training['first_loss']} -> {training['last_loss']})")
+        if not args.export:
+            return 0
+        from distill.report import write_report
+
+        return write_report(args, teacher, model, student, kept, quants, heldout, chat, out, training, baseline,
+                            say)
+    finally:
+        if baseline is not None:
+            baseline.close()
 
 
-def _ratios(by_name: dict) -> dict:
-    from distill.figures import ratio
+def _student_prompts(student, examples: list, chat: bool) -> tuple[list[str], list[list[int]]]:
+    """(text, ids) of each prompt as a draft of the student's tokenizer reads it on the edge
+    (edge/cross_vocab.py): a chat rendered with the student's own template, other prompts (and kept
+    answers' prompts, already rendered for the target) as text with the student's BOS rules."""
+    from edge.chat_template import render_chat
 
-    distilled, untrained, default = by_name.get("distilled"), by_name.get("untrained"), by_name.get("default")
-    return {
-        "mean_accepted_length_distilled_over_untrained":
-            ratio(distilled.mean_accepted_length, untrained.mean_accepted_length),
-        "draft_tokens_per_s_distilled_over_default":
-            ratio(distilled.draft_tokens_per_s, default.draft_tokens_per_s) if default else None,
-        "predicted_speedup_distilled_over_default":
-            ratio(distilled.predicted_speedup, default.predicted_speedup) if default else None,
-    }
+    texts, ids = [], []
+    for prompt, kept in examples:
+        if chat and kept is None and student.chat_template:
+            rules = student.special
+            text = render_chat(student.chat_template, [{"role": "user", "content": prompt}],
+                               bos_token=rules.bos_token, eos_token=rules.eos_token)
+            texts.append(text)
+            ids.append(student.text.encode_rendered_chat(text))
+        else:
+            texts.append(prompt)
+            ids.append(student.text.encode(prompt))
+    return texts, ids
 
 
 def _printer(main: bool):

@@ -11,7 +11,7 @@ from common.settings import setting
 from edge.speculation_config import SpeculationConfig
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
-WEIGHT_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
+WEIGHT_TYPES = ("f32", "f16", "q8_0", "q4_k_m", "q4_1")
 """What --quant offers: unquantized F32 or F16, or one of llama.cpp's quantizations."""
 
 DATA = "data"
@@ -36,6 +36,9 @@ class TrainConfig:
     max_steps: int = setting(0, "stop after this many steps; 0: no limit", low=0, group=TRAINING)
     max_minutes: float = setting(60.0, "training time budget in minutes, over resumed runs too; 0: no limit",
                                  low=0, group=TRAINING)
+    uld_weight: float = setting(0.0, "across tokenizers: weight of the Universal Logit Distillation loss "
+                                     "(Boizard et al. 2024) added to the sequence-level one; 0: off",
+                                low=0, group=TRAINING)
     checkpoint_every: int = setting(25, "steps between checkpoints", low=1, group=TRAINING)
     seed: int = setting(0, "seed of the data split, the generated text and the student's initialization",
                         group=TRAINING)
@@ -45,6 +48,9 @@ class TrainConfig:
 class RunConfig:
     prompts: str | None = setting(None, "prompts, one per line or JSONL with \"prompt\" (default: a small set "
                                         "shipped with tandem)", metavar="FILE", group=DATA)
+    data: str | None = setting(None, "answers kept by the edge (--keep-answers DIR): train on them, alone, or "
+                                     "mixed with generated data when --prompts is given too", metavar="DIR",
+                               group=DATA)
     heldout: int = setting(8, "prompts kept out of training, for the report", low=1, group=DATA)
     chat: bool = setting(True, "use prompts as raw text instead of user messages in the target's chat template",
                          flag="--no-chat", group=DATA)
@@ -56,5 +62,7 @@ class RunConfig:
     draft_tokens: int = setting(SpeculationConfig().draft_tokens, "block length for the report's mean accepted length (the edge's default)",
                                 low=1, group=REPORT)
     eval_tokens: int = setting(64, "target tokens per held-out prompt in the report", low=1, group=REPORT)
+    overwrite_worse: bool = setting(False, "replace an existing DIR/draft.gguf even when the new draft accepts "
+                                           "less of the target's text than it", group=REPORT)
     export: bool = setting(True, "train and checkpoint only (no student directory, GGUF or report)",
                            flag="--no-export", group=REPORT)

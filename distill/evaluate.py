@@ -1,8 +1,9 @@
 """The report: how well, and how fast, each draft would serve the target on held-out prompts.
 
-For every draft (the untrained pruned student, the distilled one, and the project's default
-draft when it shares the target's tokenizer), measured side by side in one run, in llama.cpp
-as the edge runs it:
+For every draft (the untrained student, the distilled one, and the project's default draft when
+it can draft for the target), measured side by side in one run, in llama.cpp as the edge runs it
+(a draft of another vocabulary through the edge's CrossVocabDrafter, so "the draft's token" below
+is the target id it proposes by string-level exact match):
 
 - acceptance: at every position of the target's greedy continuation of a held-out prompt, does
   the draft's greedy token equal the target's? (α of distill/figures.py);
@@ -105,12 +106,14 @@ def _decode_seconds(drafter: LlamaDrafter, prompt: list[int]) -> float:
 
 def evaluate_drafts(drafts: dict[str, tuple[Path, str]], teacher, prompts: list[list[int]],
                     references: list[list[int]], draft_tokens: int,
-                    progress=print) -> tuple[list[DraftFigures], float]:
+                    progress=print, open_draft=None) -> tuple[list[DraftFigures], float]:
     """(figures for each named draft (name -> (GGUF path, weight type)), target seconds per token),
-    measured in one run."""
+    measured in one run. open_draft(path, n_ctx): the draft engine in the target's ids (default: a
+    one-thread LlamaDrafter; distill/report.py wraps a draft of another vocabulary as the edge does)."""
+    open_draft = open_draft or (lambda path, n_ctx: LlamaDrafter(path, n_ctx=n_ctx, threads=1))
     target_s = target_seconds_per_token(teacher, prompts[0] + references[0][:8])
     n_ctx = max(len(p) + len(r) for p, r in zip(prompts, references)) + draft_tokens + SPEED_TOKENS + 8
-    drafters = {name: LlamaDrafter(path, n_ctx=n_ctx, threads=1) for name, (path, _) in drafts.items()}
+    drafters = {name: open_draft(path, n_ctx) for name, (path, _) in drafts.items()}
     try:
         speed = {name: float("inf") for name in drafts}
         for _ in range(SPEED_PASSES):

@@ -2,8 +2,10 @@
 
 The teacher is the target exactly as the cloud loads it (cloud/model.py). The student is either
 a layer-pruned copy of it (same embeddings, LM head and tokenizer, so the token space is the
-target's by construction) or an existing Hugging Face model whose tokenizer fingerprint equals
-the target's. Both are converted to GGUF at the end, so the student must be a Llama.
+target's by construction) or an existing model (an HF directory or a GGUF, by default the
+default draft's checkpoint), whose tokenizer may differ from the target's (then training is
+string-level, distill/cross.py). Both are converted to GGUF at the end, so the student must be a
+Llama.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from cloud.model import LoadOptions, TargetModel
 from common.errors import InvalidArgument
-from common.text_tokenizer import TextTokenizer
 from edge.chat_template import render_chat
 from edge.convert import SUPPORTED_ARCHITECTURES
 
@@ -76,24 +77,40 @@ def pruned_student(teacher: TargetModel, keep: int) -> tuple[torch.nn.Module, li
     return student.to(teacher.device), layers
 
 
-def load_student(path: str | Path, teacher: TargetModel) -> torch.nn.Module:
-    """An existing HF model as the student, refused unless it tokenizes exactly like the target."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InvalidArgument(f"--student {path}: not a Hugging Face model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    fingerprint = TextTokenizer(tokenizer).fingerprint  # vocabulary, BOS/EOS rules and probe ids
-    if fingerprint != teacher.fingerprint:
-        raise InvalidArgument(
-            f"--student {path}: its tokenizer differs from the target's (fingerprint {fingerprint} vs "
-            f"{teacher.fingerprint}); a draft must produce the target's token ids. Use a student from the "
-            "target's family, or --layers N for a pruned copy of the target."
-        )
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    _check_architecture(model.config, f"--student {path}")
-    if model.get_output_embeddings().weight.shape[0] < len(teacher.tokenizer):
+def load_student(path: str | Path | None, teacher: TargetModel) -> TargetModel:
+    """An existing model as the student: an HF directory or a GGUF (None: the default draft's
+    checkpoint, SmolLM2-135M-Instruct), loaded as the cloud loads a target (a GGUF is dequantized
+    once into a cached safetensors copy), in float32 on the teacher's device.
+
+    Its tokenizer may differ from the target's: `same_tokenizer(student, teacher)` then says False
+    and training is string-level (distill/cross.py). It must be an architecture the built-in GGUF
+    converter exports (a Llama).
+    """
+    if path is not None:
+        source = Path(path)
+        if source.is_dir() and not (source / "config.json").is_file():
+            raise InvalidArgument(f"--student {path}: not a Hugging Face model directory (no config.json)")
+        if not source.exists():
+            raise InvalidArgument(f"--student {path}: no such file or directory")
+        if source.is_file() and source.suffix != ".gguf":
+            raise InvalidArgument(f"--student {path}: give a Hugging Face model directory or a .gguf file")
+    try:
+        student = TargetModel.load(None if path is None else str(path),
+                                   LoadOptions(device=str(teacher.device), dtype="float32",
+                                               threads=torch.get_num_threads()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidArgument(f"--student {path}: cannot be loaded as a causal language model: {exc}") from None
+    _check_architecture(student.model.config, f"--student {path}")
+    if same_tokenizer(student, teacher) and student.vocab_size < len(teacher.tokenizer):
         raise InvalidArgument(f"--student {path}: its vocabulary is smaller than the target's tokenizer")
-    return model.to(teacher.device)
+    student.model.requires_grad_(True)
+    return student
+
+
+def same_tokenizer(student: TargetModel, teacher: TargetModel) -> bool:
+    """The student writes the target's token ids (vocabulary, BOS/EOS rules and probe ids alike):
+    token-level losses apply; otherwise the two meet at the string level only."""
+    return student.fingerprint == teacher.fingerprint
 
 
 def _check_architecture(config, what: str) -> None:
@@ -116,15 +133,16 @@ def decode_seconds(model, prompt: Sequence[int], steps: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def save_student(student: torch.nn.Module, teacher: TargetModel, out_dir: Path) -> Path:
-    """The student as an HF directory with the target's tokenizer (written aside, then renamed)."""
+def save_student(student: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
+    """The student as an HF directory with its tokenizer (the target's, for a pruned student;
+    written aside, then renamed)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its bar for writing one small shard is noise
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     student.save_pretrained(partial, safe_serialization=True)
-    teacher.tokenizer.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     return out_dir
@@ -136,7 +154,7 @@ def encode_prompts(teacher: TargetModel, prompts: Sequence[str], chat: bool) -> 
     if chat:
         return [teacher.tokenize(render_chat(teacher.chat_template, [{"role": "user", "content": p}]))
                 for p in prompts]
-    return [teacher.tokenize(p) for p in prompts]
+    return [teacher.encode(p) for p in prompts]  # with BOS where the tokenizer wants one (Gemma does)
 
 
 @torch.inference_mode()

@@ -77,11 +77,15 @@ def distributed_device(device: torch.device) -> torch.device:
 
 class Trainer:
     def __init__(self, teacher, student, prompts: list[list[int]], config: TrainConfig, out_dir: Path,
-                 recipe: dict, place: Distributed, trainable: Callable[[str], bool] = lambda name: True):
+                 recipe: dict, place: Distributed, trainable: Callable[[str], bool] = lambda name: True,
+                 answers: list[list[int] | None] | None = None):
+        """prompts: the teacher's ids of each training prompt; answers: for each, the target's answer
+        already known (kept by the edge, `--data`) as teacher ids, or None to generate one."""
         if config.batch_size % place.world:
             raise InvalidArgument(f"--batch-size {config.batch_size} must be a multiple of the process count "
                                   f"{place.world}")
         self.teacher, self.student, self.prompts = teacher, student, prompts
+        self.answers = answers or [None] * len(prompts)
         self.config, self.out_dir, self.place = config, out_dir, place
         self.recipe = {**recipe, "train": asdict(config) | {"max_steps": None, "max_minutes": None}}
         self.stop_ids = set(teacher.eos_token_ids)
@@ -115,8 +119,11 @@ class Trainer:
         """This process's rows of the step: prompts with their generated continuations."""
         mine = self.batch_plan(step)[self.place.rank::self.place.world]
         out: list[list[int]] = [[] for _ in mine]
+        for i, (p, _, _) in enumerate(mine):
+            if self.answers[p] is not None:  # the target's answer is known: nothing to generate
+                out[i] = list(self.prompts[p]) + list(self.answers[p])
         for on_policy, model in ((False, self.teacher.model), (True, self.student)):
-            rows = [i for i, row in enumerate(mine) if row[1] == on_policy]
+            rows = [i for i, row in enumerate(mine) if row[1] == on_policy and not out[i]]
             if not rows:
                 continue
             prompts = [self.prompts[mine[i][0]] for i in rows]
@@ -143,12 +150,17 @@ class Trainer:
         student_logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         student_logits = student_logits.reshape(-1, student_logits.shape[-1])[targets][:, : self.vocab]
         per_position = distillation_loss(student_logits, teacher, self.config.divergence)
-        totals = torch.tensor([float(per_position.detach().sum()), float(targets.sum())])
+        return self.fit(per_position, step)
+
+    def fit(self, per_position: torch.Tensor, step: int) -> float:
+        """One optimizer step on this process's per-position losses; returns the batch's mean loss."""
+        totals = torch.tensor([float(per_position.detach().sum()), float(per_position.numel())])
         if self.place.world > 1:
             dist.all_reduce(totals)
         # DDP averages gradients over processes: scaling by world makes the result the gradient of
         # (sum over the whole batch) / (positions in the whole batch), as in a single process.
-        loss = per_position.sum() * self.place.world / totals[1]
+        # A batch with no position to learn from (every answer empty) is a step of zero loss, not NaN.
+        loss = per_position.sum() * self.place.world / totals[1].clamp(min=1)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
         self.optimizer.zero_grad(set_to_none=True)
@@ -156,7 +168,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), 1.0)
         self.optimizer.step()
         self.state.positions += int(totals[1])
-        return float(totals[0] / totals[1])
+        return float(totals[0] / totals[1].clamp(min=1))
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -54,6 +54,13 @@ class EdgeConfig:
               "differs from the draft's, so the draft can draft across vocabularies; default: --model, else the "
               "edge fetches it from the cloud once (checked against its fingerprint, cached)",
         env="TARGET_TOKENIZER", metavar="PATH", group=EDGE)
+    keep_answers: str | None = setting(
+        None, "opt-in: keep each prompt and the cloud's committed answer in this local directory (JSONL, see "
+              "common/answer_log.py) for `tandem distill --data DIR`; never sent anywhere. Off by default",
+        env="KEEP_ANSWERS", metavar="DIR", group=EDGE)
+    keep_answers_max_mb: float = setting(100.0, "size cap of --keep-answers DIR in MB: the oldest answers are "
+                                                "deleted beyond it (default %(default)s)",
+                                         env="KEEP_ANSWERS_MAX_MB", group=EDGE)
     threads: int = setting(0, "llama.cpp threads; 0 = the CPUs this process may run on", env="THREADS", group=EDGE)
     n_ctx: int = setting(4096, "draft context window (default %(default)s)", group=EDGE)
     draft_slots: int = setting(
@@ -92,7 +99,8 @@ class EdgeConfig:
         check_range(self.n_ctx, "--n-ctx", 16)
         for value, flag in ((self.connect_timeout_s, "--connect-timeout"), (self.keepalive_s, "--keepalive"),
                             (self.response_timeout_s, "--response-timeout"),
-                            (self.fallback.timeout_s, "--fallback-timeout")):
+                            (self.fallback.timeout_s, "--fallback-timeout"),
+                           (self.keep_answers_max_mb, "--keep-answers-max-mb")):
             check_range(value, flag, 0, low_open=True)
         s = self.speculation
         check_range(s.draft_tokens, "--draft-tokens", 1)
@@ -115,6 +123,14 @@ class EdgeConfig:
             return load_tokenizer(source)
 
         return load
+
+    def answer_log(self):
+        """The local log of kept answers (--keep-answers), or None: nothing is kept by default."""
+        if self.keep_answers is None:
+            return None
+        from common.answer_log import AnswerLog
+
+        return AnswerLog(self.keep_answers, int(self.keep_answers_max_mb * 1e6))
 
     def security(self) -> ChannelSecurity:
         return self.channel.security(self.token)

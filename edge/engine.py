@@ -141,11 +141,14 @@ def check_fits_cloud(prompt_tokens: int, info: ModelInfo) -> None:
 class EdgeEngine:
     def __init__(self, drafter: DraftEngine | None, client: CloudClient | None, config: SpeculationConfig | None = None,
                  fallback: FallbackConfig | None = None, draft_slots: int = 1,
-                 target_tokenizer: Callable[[], TextTokenizer] | None = None):
+                 target_tokenizer: Callable[[], TextTokenizer] | None = None, answer_log=None):
         """fallback=None turns fallback off: hybrid answers are the cloud model's or an error.
 
         target_tokenizer: loads the cloud model's tokenizer, for a draft of another vocabulary
         (edge/cross_vocab.py); without it the edge fetches it from the cloud (cached).
+
+        answer_log: a common.answer_log.AnswerLog that keeps each answer the cloud committed
+        (--keep-answers, opt-in; None keeps nothing).
 
         drafter=None: cloud mode only (the thin client). draft_slots: hybrid or edge generations
         that may draft at once. Each beyond the first gets its own context over the same model
@@ -163,6 +166,7 @@ class EdgeEngine:
         self._idle_drafters = [drafter]  # draft contexts no generation holds now
         self._siblings: list = []  # contexts made beyond `drafter` (closed with the engine)
         self._target_tokenizer = target_tokenizer
+        self.answer_log = answer_log
 
     async def open(self) -> None:
         """Connects to the cloud. With fallback on, an unreachable cloud is not an error: it is
@@ -286,18 +290,46 @@ class EdgeEngine:
         # chain at once, so the cloud stream is cancelled now rather than at garbage collection.
         # Cloud-only generations need no draft model, so any number of them run at once.
         drafting = self._draft_context() if mode != Mode.CLOUD else contextlib.nullcontext()
-        async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
-            async for item in tokens:
-                if isinstance(item, (Verified, Rewind)):
-                    apply_event(generation, item)
-                    yield item
-                    continue
-                source, new = item
-                if source == Source.PROVISIONAL and generation.provisional_from is None:
-                    generation.provisional_from = len(generation.token_ids)
-                generation.token_ids += new
-                generation.sources += [source] * len(new)
-                yield new
+        answered = False  # to its end, or until the consumer stopped reading (a stop string, say)
+        try:
+            async with drafting as drafter, contextlib.aclosing(run(request, generation, drafter)) as tokens:
+                async for item in tokens:
+                    if isinstance(item, (Verified, Rewind)):
+                        apply_event(generation, item)
+                        yield item
+                        continue
+                    source, new = item
+                    if source == Source.PROVISIONAL and generation.provisional_from is None:
+                        generation.provisional_from = len(generation.token_ids)
+                    generation.token_ids += new
+                    generation.sources += [source] * len(new)
+                    yield new
+            answered = True
+        except GeneratorExit:
+            answered = True
+            raise
+        finally:
+            if answered and self.answer_log is not None:
+                self._keep_answer(request, generation)
+
+    def _keep_answer(self, request: GenerationRequest, generation: Generation) -> None:
+        """Appends the prompt and the tokens the cloud committed to the local answer log (opt-in):
+        never what the edge wrote alone (edge mode, the offline fallback's continuation)."""
+        ids = generation.token_ids[: generation.fallback_at] if generation.degraded else generation.token_ids
+        if generation.provisional_from is not None:  # written while the cloud was away, not yet verified
+            ids = ids[: generation.provisional_from]
+        if generation.mode == Mode.EDGE or not ids:
+            return
+        drafter, info = self.drafter, self.cloud_info
+
+        def text(token_ids: list[int]) -> str:  # the target's ids: a cross-vocabulary drafter speaks them too
+            return b"".join(drafter.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
+
+        self.answer_log.record(
+            model=info.model_name if info else "", tokenizer=info.tokenizer_fingerprint if info else "",
+            mode=generation.mode.value, prompt=request.prompt_text or (text(request.prompt_token_ids) if drafter else ""),
+            prompt_ids=list(request.prompt_token_ids), answer=text(ids) if drafter else generation.text,
+            answer_ids=list(ids), finish=generation.finish_reason.name.lower())
 
     async def generate_to_end(self, request: GenerationRequest, mode: Mode) -> Generation:
         """The whole generation at once: its ids, sources, finish and stats (see generate)."""

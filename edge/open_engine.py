@@ -50,7 +50,7 @@ async def open_engine(config: EdgeConfig, mode: Mode = Mode.HYBRID) -> AsyncIter
         if embedded is not None:  # edge and cloud share this machine's cores: don't race the cloud's prefill
             speculation = dataclasses.replace(speculation, defer_draft_prefill=True)
         engine = EdgeEngine(drafter, client, speculation, config.fallback, config.draft_slots,
-                            target_tokenizer=config.target_tokenizer_loader())
+                            target_tokenizer=config.target_tokenizer_loader(), answer_log=config.answer_log())
         try:
             await engine.open()
             yield engine

@@ -133,18 +133,30 @@ def other_tokenizer_student(tmp_path_factory) -> Path:
     return build_tiny_target(root / "student", tiny_sentencepiece_tokenizer_dir(root / "tokenizer"), seed=1)
 
 
-@pytest.mark.parametrize("case", ["student-tokenizer", "layers-too-many", "layers-zero", "out-unwritable",
-                                  "empty-prompts", "out-not-empty", "resume-without-checkpoint"])
+@pytest.mark.parametrize("case", ["student-llama-cpp-cannot-run", "layers-too-many", "layers-zero", "out-unwritable",
+                                  "empty-prompts", "out-not-empty", "resume-without-checkpoint", "data-wrong-format",
+                                  "data-empty-dir", "data-missing"])
 def test_bad_input_is_refused_before_anything_is_written(case, tiny_models, prompts_file, tmp_path, capsys,
                                                          request):
     out = tmp_path / "out"
     prompts = prompts_file
     extra: list[str] = []
-    if case == "student-tokenizer":
+    if case == "student-llama-cpp-cannot-run":
+        # Another tokenizer is fine (string-level distillation), but this one's SentencePiece files
+        # lack what the GGUF converter needs: the edge could never run the draft.
         args = distill_args(tiny_models.target_dir, out, prompts)
         args[args.index("--layers"):args.index("--layers") + 2] = ["--student",
                                                                    str(request.getfixturevalue("other_tokenizer_student"))]
-        message = "tokenizer differs from the target's"
+        message = "the student cannot be exported as a llama.cpp draft"
+    elif case.startswith("data-"):
+        logs = tmp_path / "logs"
+        if case != "data-missing":
+            logs.mkdir()
+        if case == "data-wrong-format":
+            (logs / "answers-000001.jsonl").write_text('{"prompt": "hi", "reply": "hello"}\n')
+        message = {"data-wrong-format": "line 1 is not a kept answer", "data-empty-dir": "holds no kept answers",
+                   "data-missing": "not a directory of kept answers"}[case]
+        args = distill_args(tiny_models.target_dir, out, prompts, "--data", str(logs))
     else:
         if case == "layers-too-many":
             extra, message = ["--layers", "2"], "--layers must be between 1 and 1"
