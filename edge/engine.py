@@ -34,6 +34,7 @@ from edge.client import CloudClient
 from edge.draft_engine import ContextFull, DraftEngine, prepare
 from edge.draft_sampling import DraftPolicy, ServedLogits
 from edge.fallback import CloudState, CloudWatch, FallbackConfig
+from edge.kept_answers import keep_answer
 from edge.offline import Rewind, Verified, apply_event, verified_offline
 from edge.provenance import Source
 from edge.resume import ResumeWindow
@@ -310,26 +311,7 @@ class EdgeEngine:
             raise
         finally:
             if answered and self.answer_log is not None:
-                self._keep_answer(request, generation)
-
-    def _keep_answer(self, request: GenerationRequest, generation: Generation) -> None:
-        """Appends the prompt and the tokens the cloud committed to the local answer log (opt-in):
-        never what the edge wrote alone (edge mode, the offline fallback's continuation)."""
-        ids = generation.token_ids[: generation.fallback_at] if generation.degraded else generation.token_ids
-        if generation.provisional_from is not None:  # written while the cloud was away, not yet verified
-            ids = ids[: generation.provisional_from]
-        if generation.mode == Mode.EDGE or not ids:
-            return
-        drafter, info = self.drafter, self.cloud_info
-
-        def text(token_ids: list[int]) -> str:  # the target's ids: a cross-vocabulary drafter speaks them too
-            return b"".join(drafter.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
-
-        self.answer_log.record(
-            model=info.model_name if info else "", tokenizer=info.tokenizer_fingerprint if info else "",
-            mode=generation.mode.value, prompt=request.prompt_text or (text(request.prompt_token_ids) if drafter else ""),
-            prompt_ids=list(request.prompt_token_ids), answer=text(ids) if drafter else generation.text,
-            answer_ids=list(ids), finish=generation.finish_reason.name.lower())
+                keep_answer(self.answer_log, request, generation, self.drafter, self.cloud_info)
 
     async def generate_to_end(self, request: GenerationRequest, mode: Mode) -> Generation:
         """The whole generation at once: its ids, sources, finish and stats (see generate)."""
