@@ -36,8 +36,8 @@ class SpeculationConfig:
                                  negatable=True, group=SPECULATION)
     decode_hints: bool = setting(True, "while the cloud decodes alone, send it the draft's guesses of what "
                                        "comes next, which it checks in its own steps without waiting for them; "
-                                       "sessions then start with the cloud decoding and draft in blocks once "
-                                       "that pays more (needs --cloud-decode; default %(default)s)",
+                                       "a draft of another family then starts each answer this way and drafts "
+                                       "in blocks once that pays more (needs --cloud-decode; default %(default)s)",
                                  negatable=True, group=SPECULATION)
     # Adjust the draft's logits as the cloud adjusts the target's (the answer's grammar mask,
     # penalties, logit_bias: edge/draft_sampling.py's ServedLogits), so drafts follow them. Off only
