@@ -71,7 +71,11 @@ def test_cloud_away_mid_answer_ends_exact(tiny_cloud, tiny_target, tiny_drafter,
                 relay.drop_connections()
                 healer = heal_when_down(relay, server, done)
         done.set()
-        metrics = server.metrics()
+        # The server records an answer once its response is written: the client may see [DONE] first.
+        deadline = time.monotonic() + 10
+        while (metrics := server.metrics()).get(("tandem_edge_requests_total", (("outcome", "completed"),)), 0) < 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
     provisional = {outcome: metrics[("tandem_edge_provisional_tokens_total", (("outcome", outcome),))]
                    for outcome in ("written", "accepted", "rewritten")}
     assert metrics[("tandem_edge_verification_seconds_count", ())] == 1

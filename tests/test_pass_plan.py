@@ -51,4 +51,4 @@ def test_random_queues_keep_the_budget_and_always_make_progress(seed):
 
 
 def test_job_kinds_are_an_enum():
-    assert {kind.name for kind in JobKind} == {"START", "GENERATE", "VERIFY", "CLOSE", "CALL"}
+    assert {kind.name for kind in JobKind} == {"START", "GENERATE", "VERIFY", "CLOSE", "HINT", "CALL"}

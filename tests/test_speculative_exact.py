@@ -87,12 +87,13 @@ def test_stats_are_consistent(tiny_cloud, tiny_drafter, max_in_flight):
     s = generation.stats
     assert s.tokens == len(generation.token_ids) == NEW_TOKENS
     assert s.cloud_forward_passes == s.rounds  # every round is exactly one forward pass
-    # the prefill round, one per verified block, one per token the cloud decoded alone (drafting did not pay)
-    assert s.rounds == len(s.verified_blocks) + 1 + s.cloud_decoded
+    # the prefill round, one per verified block, one per step the cloud decoded alone (drafting did not pay),
+    # each committing its own token and any of the draft's guesses it confirmed
+    assert s.rounds == len(s.verified_blocks) + 1 + s.cloud_decoded - s.hinted
     assert 0 <= s.accepted <= s.drafted
     assert s.accepted == sum(accepted for _, accepted in s.verified_blocks)
     assert s.drafted == sum(drafted for drafted, _ in s.verified_blocks)
-    assert s.tokens <= s.rounds + s.accepted  # each round yields its accepted drafts plus one token
+    assert s.tokens <= s.rounds + s.accepted + s.hinted  # each round: its accepted drafts or guesses, plus one token
     assert s.tokens >= s.rounds  # and at least one token
     assert s.bytes_sent > 0 and s.bytes_received > 0
     assert 0 < s.ttft_s <= s.elapsed_s
