@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from conftest import hf_greedy
+from engine_run import generate_through
 from raw_speculate import OK, open_request, speculate
 
 from cloud.decode_hints import DEFAULT_MAX_HINTS, HintBuffer, expected_committed, hint_count
@@ -193,18 +194,10 @@ def test_malformed_hints_are_refused_with_invalid_argument(tiny_cloud, tiny_targ
 # --- whole answers: the edge guessing ahead of the cloud ---------------------------------------------
 
 
-async def _answer(address, drafter, prompt, mode, sampling, **config):
-    from edge.client import CloudClient
-    from edge.engine import EdgeEngine, GenerationRequest
-    from edge.speculation_config import SpeculationConfig
+async def _answer(address, drafter, prompt, mode, sampling):
+    from edge.engine import GenerationRequest
 
-    client = CloudClient(address)
-    try:
-        engine = EdgeEngine(drafter, client, SpeculationConfig(**config))
-        await engine.connect()
-        return await engine.generate_to_end(GenerationRequest(prompt, 40, sampling), mode)
-    finally:
-        await client.close()
+    return await generate_through(address, drafter, GenerationRequest(prompt, 40, sampling), mode)
 
 
 @pytest.mark.parametrize("noise", ["exact", "noisy", "wild"])

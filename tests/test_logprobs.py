@@ -9,25 +9,14 @@ import asyncio
 import numpy as np
 import pytest
 from grammar_reference import SCHEMAS
+from engine_run import generate_through as _generate
 
 from common.grammar import GrammarMask, json_schema_grammar, llg_tokenizer
 from common.sampling import served_logprobs, top_tokens
 from common.wire import SamplingParams
-from edge.client import CloudClient
-from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculation_config import SpeculationConfig
+from edge.engine import GenerationRequest, Mode
 
 PROMPT = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
-
-
-async def _generate(address, drafter, request, mode=Mode.HYBRID, **config):
-    client = CloudClient(address)
-    try:
-        engine = EdgeEngine(drafter, client, SpeculationConfig(**config))
-        await engine.connect()
-        return await engine.generate_to_end(request, mode)
-    finally:
-        await client.close()
 
 
 def reference_logits(target, ids: list[int]) -> np.ndarray:  # [len(ids), vocab]

@@ -9,14 +9,13 @@ import asyncio
 import numpy as np
 import pytest
 from grammar_reference import SCHEMAS, hf_greedy_served
+from engine_run import generate_through as _generate
 
 from common.errors import InvalidArgument
 from common.grammar import json_schema_grammar
 from common.sampling import penalize
 from common.wire import SamplingParams
-from edge.client import CloudClient
-from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculation_config import SpeculationConfig
+from edge.engine import GenerationRequest, Mode
 
 PROMPT = "The the the cat sat on the mat and the"
 CASES = {
@@ -35,16 +34,6 @@ def test_penalize_math():
     # 0: seen (1.0 after repetition), counted twice; 1: prompt only (-4); 2: once (0.5 - 0.75); 3: bias.
     assert np.allclose(out, [1.0 - 1.0 - 0.25, -4.0, 0.5 - 0.5 - 0.25, 1.5])
     assert np.array_equal(penalize(logits, [1], [0]), logits)  # nothing asked: unchanged
-
-
-async def _generate(address, drafter, request, mode=Mode.HYBRID, **config):
-    client = CloudClient(address)
-    try:
-        engine = EdgeEngine(drafter, client, SpeculationConfig(**config))
-        await engine.connect()
-        return await engine.generate_to_end(request, mode)
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("mode", [Mode.HYBRID, Mode.CLOUD])

@@ -11,26 +11,15 @@ from collections import Counter
 import numpy as np
 import pytest
 from grammar_reference import SCHEMAS, hf_greedy_constrained
+from engine_run import generate_through as _generate
 
 from common.errors import InvalidArgument
 from common.grammar import GrammarMask, json_object_grammar, json_schema_grammar, llg_tokenizer
 from common.wire import FinishReason
-from edge.client import CloudClient
-from edge.engine import EdgeEngine, GenerationRequest, Mode
-from edge.speculation_config import SpeculationConfig
+from edge.engine import GenerationRequest, Mode
 
 PROMPT = "<|im_start|>user\nAnswer in JSON.<|im_end|>\n<|im_start|>assistant\n"
 NEW_TOKENS = 24
-
-
-async def _generate(address, drafter, request, mode=Mode.HYBRID, **config):
-    client = CloudClient(address)
-    try:
-        engine = EdgeEngine(drafter, client, SpeculationConfig(**config))
-        await engine.connect()
-        return await engine.generate_to_end(request, mode)
-    finally:
-        await client.close()
 
 
 def test_mask_follows_and_rolls_back(tiny_target):
