@@ -239,10 +239,10 @@ def _load_plan(args: argparse.Namespace) -> None:
         raise SystemExit("tandem bench: --sessions needs counts >= 1")
     if not args.load_modes:
         raise SystemExit("tandem bench: the load benchmark runs the cloud and hybrid modes; --modes has neither")
-    if (not 0 <= args.corrupt_rate < 1 or args.load_draft_tokens < 1 or args.max_batch_tokens < 1
+    if (not 0 <= args.corrupt_rate < 1 or args.load_draft_tokens < 1 or args.max_batch_tokens < 0
             or args.answers_per_session < 1):
-        raise SystemExit("tandem bench: --corrupt-rate must be in [0, 1), --load-draft-tokens, "
-                         "--max-batch-tokens and --answers-per-session >= 1")
+        raise SystemExit("tandem bench: --corrupt-rate must be in [0, 1), --load-draft-tokens and "
+                         "--answers-per-session >= 1, --max-batch-tokens >= 0 (0: the cloud's default)")
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
         raise SystemExit(f"tandem bench: --prompts must be in 1..{len(PROMPTS)} and --max-tokens >= 1")
 

@@ -59,7 +59,7 @@ class LoadConfig:
     corrupt_rate: float = setting(0.1, "hybrid load: the load drafter proposes the target's own continuation "
                                        "with each token corrupted at this rate (acceptance about 1 - rate)")
     load_draft_tokens: int = setting(8, "hybrid load: drafts per block")
-    max_batch_tokens: int = setting(256, "the cloud's --max-batch-tokens")
+    max_batch_tokens: int = setting(0, "the cloud's --max-batch-tokens (0: its default for the dtype)")
     batch_wait_ms: float = setting(50.0, "the cloud's --batch-wait-ms")
     long_prompt_tokens: int = setting(2000, "then rerun the largest hybrid load minus one while a prompt this "
                                             "long joins (0: skip)")

@@ -62,10 +62,10 @@ class CloudConfig:
            "sessions of the longest context reserve, at most half the memory free on the model's device "
            "after loading", env="MAX_KV_MIB", group=LIMITS, low=0)
     max_batch_tokens: int = setting(
-        256, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
-             "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
-             "per step without stalling the others (default %(default)s)", env="MAX_BATCH_TOKENS", group=LIMITS,
-        low=1)
+        0, "tokens one forward pass may hold over all sessions (cloud/scheduler.py): verification blocks and "
+           "decoding steps first, then prompt chunks in the room left, so a long prompt is prefilled a chunk "
+           "per step without stalling the others. 0 (default) = by the weights' dtype, as measured on CPUs: "
+           "512 at bfloat16/float16, 256 at float32", env="MAX_BATCH_TOKENS", group=LIMITS, low=0)
     batch_wait_ms: float = setting(
         50.0, "a pass waits up to this long (and at most a quarter of the last pass's time) for the hybrid "
               "sessions the last pass answered to send their next block, so they share passes instead of "

@@ -26,11 +26,21 @@ CHOICES = ("auto", "fp32", "bf16", "fp16", "fp64", "float32", "bfloat16", "float
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
 # CPU flags (/proc/cpuinfo) under which torch runs each reduced dtype on hardware made for it.
 HARDWARE_FLAGS = {"bfloat16": ("amx_bf16", "avx512_bf16"), "float16": ("amx_fp16", "avx512_fp16")}
+# --max-batch-tokens 0 picks by dtype (bench/pass_sizes.py, README "Larger passes"): float32 passes
+# gain nothing per token past 144-256 tokens, while bfloat16 ones still gain >= 10% per doubling up
+# to 512, and there hybrid capacity rose from 33 to 40 sessions at 20 ms (`tandem bench --capacity`).
+BATCH_TOKENS = {"bfloat16": 512, "float16": 512}
+FULL_PRECISION_BATCH_TOKENS = 256
 
 
 def canonical(name: str) -> str:
     """The torch name of a --dtype value ("bf16" -> "bfloat16"); "auto" stays "auto"."""
     return _ALIASES.get(name, name)
+
+
+def batch_tokens(dtype_name: str | None) -> int:
+    """The default tokens per forward pass for weights of `dtype_name` (None: an engine that does not say)."""
+    return BATCH_TOKENS.get(dtype_name or "", FULL_PRECISION_BATCH_TOKENS)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

@@ -83,6 +83,7 @@ class TargetModel:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         element = torch.finfo(model.dtype).bits // 8
+        self.dtype_name = str(model.dtype).removeprefix("torch.")  # "float32", "bfloat16", ...
         self.kv_bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * element
 
     @classmethod

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cloud import dtype as dtypes
 from cloud.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from cloud.config import CloudConfig
 from cloud.errors import ErrorInterceptor
@@ -119,7 +120,8 @@ async def start_server(config: CloudConfig, model: TargetEngine, security=None) 
     """
     auth, credentials = security or load_security(config)
     metrics = CloudMetrics()
-    worker = Scheduler(model, config.max_batch_tokens, metrics, config.batch_wait_ms / 1000,
+    batch_tokens = config.max_batch_tokens or dtypes.batch_tokens(getattr(model, "dtype_name", None))
+    worker = Scheduler(model, batch_tokens, metrics, config.batch_wait_ms / 1000,
                        kv_budget_bytes=kv_budget_bytes(config, model),
                        shaper=GoodputShaper(enabled=config.goodput_shaping, fixed_cap=config.draft_cap))
     registry = SessionRegistry(config.max_sessions, worker.kv.allocator)  # admits what the pool holds
@@ -152,10 +154,10 @@ async def start_server(config: CloudConfig, model: TargetEngine, security=None) 
     if not (credentials and auth) and not is_loopback(config.host):
         log.warning("serving %s without %s: any client that reaches it may use it (see README: Deployment)",
                     address, " or ".join(w for w, on in (("TLS", credentials), ("tokens", auth)) if not on))
-    log.info("security: %s, %s; KV budget %.0f MiB (%d B/token); idle timeout %gs",
+    log.info("security: %s, %s; KV budget %.0f MiB (%d B/token); %d tokens per pass at most; idle timeout %gs",
              "mutual TLS" if config.tls_client_ca else "TLS" if credentials else "plaintext (no TLS)",
              "bearer tokens required" if auth else "no auth", registry.kv_budget_bytes / 2**20,
-             model.kv_bytes_per_token, config.idle_timeout_s)
+             model.kv_bytes_per_token, worker.max_batch_tokens, config.idle_timeout_s)
     metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port else 0
     if metrics_port:
         log.info("metrics: http://%s:%d/metrics", config.host, metrics_port)

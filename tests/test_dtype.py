@@ -109,6 +109,22 @@ def test_bf16_loads_and_answers_here(overflowing_target):
     assert str(target.model.dtype) == "torch.bfloat16" and target.gives_finite_logits()
 
 
+@pytest.mark.skipif(not set(dtypes.HARDWARE_FLAGS["bfloat16"]) & dtypes.cpu_flags(),
+                    reason="this CPU has neither AMX nor AVX512-BF16")
+def test_pass_size_follows_the_dtype_unless_given(overflowing_target):
+    """--max-batch-tokens 0 (the default) takes the measured size for the weights' dtype; a value wins."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+    from cloud.model import LoadOptions, TargetModel
+
+    for dtype, given, expected in (("fp32", 0, dtypes.FULL_PRECISION_BATCH_TOKENS),
+                                   ("bf16", 0, dtypes.BATCH_TOKENS["bfloat16"]), ("bf16", 96, 96)):
+        target = TargetModel.load(str(overflowing_target), LoadOptions(device="cpu", dtype=dtype, threads=1))
+        config = CloudConfig(host="127.0.0.1", port=0, max_batch_tokens=given)
+        with EmbeddedCloud(config, target) as cloud:
+            assert cloud.running.worker.max_batch_tokens == expected, (dtype, given)
+
+
 def test_the_command_line_refuses_with_the_reason(overflowing_target):
     """`tandem cloud --dtype fp16` on a model that overflows it (or a CPU without it): exit 2, one line why."""
     done = subprocess.run([sys.executable, "-m", "tandem", "cloud", "--port", "0", "--threads", "1",
