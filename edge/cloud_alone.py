@@ -11,11 +11,14 @@ its own steps without waiting; with an older cloud it only predicts them (a *sha
 nothing on the wire). Drafting resumes once it would pay again. Every token is still the cloud's
 own choice at its position, so greedy and ids-only sampled answers do not depend on which mode
 produced them. A mixin of edge.speculative.SpeculativeRun, whose state it shares.
+
+Guesses and shadow predictions run at the lowest CPU priority (edge/low_priority.py): nothing
+waits for them, while the cloud's tokens, which the client does wait for, are handled on the
+same core.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from common.wire import DecodedToken
@@ -23,6 +26,7 @@ from edge.cloud_decode import REQUESTS_IN_FLIGHT, request_tokens
 from edge.draft_engine import ContextFull
 from edge.draft_length import DRAFT_TIME_PRIOR_S, ROUND_TRIP_PRIOR_S
 from edge.drafting_pays import PaysInputs, cloud_tokens_per_s, drafting_tokens_per_s
+from edge.low_priority import at_lowest_priority
 from edge.provenance import Source
 
 Piece = tuple[Source, list[int]]  # committed token ids, all chosen the same way
@@ -141,7 +145,7 @@ class CloudAloneMode:
             epoch, context = hints.epoch, [*self.book.committed, *hints.ids]
             began = time.perf_counter()
             try:
-                choice = await asyncio.to_thread(self._choose, context, False)
+                choice = await at_lowest_priority(self._choose, context, False)
             except ContextFull:
                 self._disable_drafting()
                 return
@@ -182,7 +186,7 @@ class CloudAloneMode:
         """The draft predicts the cloud's next token (its shadow acceptance; nothing is sent)."""
         began = time.perf_counter()
         try:
-            choice = await asyncio.to_thread(self._choose, context, False)
+            choice = await at_lowest_priority(self._choose, context, False)
         except ContextFull:
             self._disable_drafting()
             return

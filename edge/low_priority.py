@@ -43,11 +43,13 @@ async def at_lowest_priority(fn: Callable[..., T], *args) -> T:
             except OSError:
                 pass
         try:
-            result = fn(*args)
+            outcome = (fn(*args), None)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result)
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: nobody awaits this any more (a guess outliving its answer)
 
     threading.Thread(target=run, name="tandem-background", daemon=True).start()
     return await future
