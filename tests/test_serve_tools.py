@@ -134,22 +134,45 @@ def test_named_function_is_the_targets_forced_answer(client, tool_target, stream
     assert len(answer["calls"]) == 1
 
 
-def test_a_conversation_with_calls_and_results_is_the_targets_answer(client, tool_target):
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_with_calls_and_results_is_the_targets_answer(client, tool_target, stream):
     """tool_choice "auto": the template renders the earlier call and its result; the answer is the
-    target's own greedy answer (no constraint), parsed."""
+    target's own greedy answer (no constraint), parsed: here text, all of it content."""
     messages = MESSAGES + [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
             "name": "get_weather", "arguments": '{"city": "Tokyo", "unit": "celsius"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees, sunny"},
     ]
-    answer = _answer(client, False, messages=messages, tools=[WEATHER], max_completion_tokens=24)
+    answer = _answer(client, stream, messages=messages, tools=[WEATHER], max_completion_tokens=24)
     reference = [dict(m, tool_calls=[{"type": "function", "function": {
         "name": "get_weather", "arguments": {"city": "Tokyo", "unit": "celsius"}}}]) if m.get("tool_calls") else m
         for m in messages]
     prompt = _prompt(tool_target, reference, [WEATHER])
     assert answer["prompt_ids"] == prompt
-    assert answer["ids"] == hf_greedy(tool_target, prompt, 24)
-    assert answer["finish"] in ("stop", "length")  # this random model writes text, not a call
+    expected = hf_greedy(tool_target, prompt, 24)
+    assert answer["ids"] == expected
+    assert answer["finish"] in ("stop", "length") and not answer["calls"]  # this random model writes text
+    text = b"".join(tool_target.token_bytes(t) for t in expected if t not in tool_target.eos_token_ids)
+    assert answer["content"] == text.decode("utf-8", errors="replace")  # held-back text all arrives
+
+
+def test_n_choices_each_parse_their_own_calls(client, tool_target):
+    response = client.chat.completions.create(
+        model="tandem", messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", n=2, stream=True,
+        temperature=1.0, seed=5, max_tokens=MAX_TOKENS)
+    calls = defaultdict(list)
+    finish = {}
+    for chunk in response:
+        for choice in chunk.choices:
+            calls[choice.index] += [(c.index, c.function.name, c.function.arguments)
+                                    for c in choice.delta.tool_calls or []]
+            finish[choice.index] = choice.finish_reason or finish.get(choice.index)
+    assert sorted(calls) == [0, 1] and finish == {0: "tool_calls", 1: "tool_calls"}
+    for index, made in calls.items():
+        assert [i for i, _, _ in made] == list(range(len(made)))  # each choice numbers its own calls
+        for _, name, arguments in made:
+            jsonschema.validate(json.loads(arguments), {"get_weather": WEATHER, "get_time": TIME}[name]
+                                ["function"]["parameters"])
 
 
 def _refused(client, param: str, **args) -> str:
