@@ -241,20 +241,25 @@ class EdgeEngine:
         fingerprint check makes the same)."""
         return self.drafter.tokenizer.encode(text, self._rules())
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    @property
+    def chat_template(self) -> str:
+        """The target's chat template (the draft's own while the cloud is unknown)."""
+        return self.cloud_info.chat_template if self.cloud_info else self.drafter.tokenizer.chat_template
+
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The ids of `messages` ([{role, content}]) rendered with the target's chat template
-        (the draft's own while the cloud is unknown), ready for the reply."""
+        (the draft's own while the cloud is unknown), ready for the reply; `tools` (OpenAI tool
+        objects) go to the template as transformers passes them (edge/tool_calls.py)."""
         from edge.chat_template import render_chat
 
         tokenizer = self.drafter.tokenizer
-        info = self.cloud_info
-        template = info.chat_template if info else tokenizer.chat_template
         rules = self._rules()
-        text = render_chat(template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token)
+        text = render_chat(self.chat_template, messages, bos_token=rules.bos_token, eos_token=rules.eos_token,
+                           tools=tools)
         ids = tokenizer.encode_rendered_chat(text, rules)
         remember_chat = getattr(self.drafter, "remember_chat", None)
-        if remember_chat is not None:  # a draft of another vocabulary reads it with its own template
-            remember_chat(ids, messages)
+        if remember_chat is not None and tools is None:  # a draft of another vocabulary reads it with its
+            remember_chat(ids, messages)  # own template (with tools, it reads the target's prompt as text)
         return ids
 
     def _rules(self) -> SpecialTokens:

@@ -17,12 +17,13 @@ and the desktop apps that speak them work unchanged. Extensions, which OpenAI cl
   part ([{from_token, replica}]).
 
 Parameters a request may set but this server can't honour are refused with a 400 that says
-so, rather than silently ignored.
+so, rather than silently ignored. Tools (function calling) are edge/tool_calls.py's.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import secrets
 import time
@@ -35,11 +36,15 @@ from common.sampling import MAX_TOP_LOGPROBS
 from common.stop import MAX_STOP_STRINGS
 from common.wire import TokenLogprob
 from edge.sdk import Completion
+from edge.tool_calls import (
+    ToolCall, ToolCallStream, ToolRequest, ToolsError, chat_message, parse_tool_calls, parse_tools,
+    template_supports_tools, uses_tools,
+)
 
 MAX_CHOICES = 8  # n: choices of one request (each one generation; see tandem serve --draft-slots)
 MAX_LOGIT_BIAS = 1024  # as the cloud's SessionLimits.max_logit_bias
 
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class ApiError(Exception):
@@ -89,8 +94,9 @@ class Params:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: list[dict]  # [{"role": system|user|assistant, "content": str}]
+    messages: list[dict]  # [{"role": system|user|assistant|tool, "content": str, tool_calls, tool_call_id}]
     params: Params
+    tools: ToolRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,34 @@ def parse_chat(body: object, default_max_tokens: int) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty array of {role, content} objects", "messages")
-    return ChatRequest([_message(m, i) for i, m in enumerate(messages)], _params(body, default_max_tokens, chat=True))
+    params = _params(body, default_max_tokens, chat=True)
+    try:
+        parsed = [_message(m, i) for i, m in enumerate(messages)]
+        tools = parse_tools(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
+        forced = tools.grammar() if tools else ""
+    except ToolsError as e:
+        raise ApiError(400, str(e), e.param) from None
+    if forced:
+        if params.grammar:
+            raise ApiError(400, "`response_format` and a forced `tool_choice` (\"required\" or a function) cannot "
+                                "both shape the answer: set one", "response_format")
+        params = dataclasses.replace(params, grammar=forced)
+    return ChatRequest(parsed, params, tools)
+
+
+def check_chat_template(request: ChatRequest, template: str) -> None:
+    """A 400 for tools, or tool calls and results in the conversation, that the target's chat
+    template cannot render (edge/tool_calls.py)."""
+    if template_supports_tools(template):
+        return
+    if request.tools is not None and request.tools.rendered:
+        raise ApiError(400, "`tools`: the model's chat template has no tool support (tools are rendered with "
+                            "templates that write Hermes/Qwen-style <tool_call> blocks); leave `tools` unset or "
+                            "set `tool_choice: \"none\"`", "tools")
+    index = uses_tools(request.messages)
+    if index is not None:
+        raise ApiError(400, f"messages[{index}]: the model's chat template cannot render tool calls or tool "
+                            "results", f"messages[{index}]")
 
 
 def parse_completion(body: object, default_max_tokens: int) -> TextRequest:
@@ -138,11 +171,12 @@ def _message(message: object, index: int) -> dict:
         raise ApiError(400, f"{param} must be an object with `role` and `content`", param)
     role = CHAT_ROLES.get(message.get("role"))
     if role is None:
-        raise ApiError(400, f"{param}.role must be one of {sorted(CHAT_ROLES)} (tools are not supported), "
-                            f"got {message.get('role')!r}", f"{param}.role")
-    if message.get("tool_calls"):
-        raise ApiError(400, "tool calls are not supported", f"{param}.tool_calls")
-    return {"role": role, "content": _content(message.get("content"), param)}
+        raise ApiError(400, f"{param}.role must be one of {sorted(CHAT_ROLES)}, got {message.get('role')!r}",
+                       f"{param}.role")
+    if message.get("function_call"):
+        raise ApiError(400, "`function_call` (the legacy form) is not supported: use `tool_calls`",
+                       f"{param}.function_call")
+    return chat_message(message, role, _content(message.get("content"), param), param)
 
 
 def _content(content: object, param: str) -> str:
@@ -159,10 +193,10 @@ def _content(content: object, param: str) -> str:
 
 
 def _params(body: dict, default_max_tokens: int, chat: bool) -> Params:
-    for name, ok in (("tools", lambda v: not v), ("functions", lambda v: not v)):
-        if not ok(body.get(name)):
-            raise ApiError(400, f"`{name}` is not supported by this server (it would change the model's "
-                                "output distribution or shape); leave it unset", name)
+    for name in ("functions", "function_call") + (() if chat else ("tools", "tool_choice")):
+        if body.get(name):
+            raise ApiError(400, f"`{name}` is not supported here" + (" (tools: use `tools` and `tool_choice` on "
+                                "/v1/chat/completions)" if chat else " (tools are a chat completions feature)"), name)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     stream = _bool(body, "stream")
     stream_options = body.get("stream_options") or {}
@@ -288,9 +322,12 @@ class ResponseBuilder:
     """The response, or the stream of chunks, of one chat or text completion."""
 
     def __init__(self, chat: bool, model: str, params: Params, prompt_token_ids: list[int],
-                 token_bytes: Callable[[int], bytes] | None = None):
-        """token_bytes: a token id's text bytes, for log-probabilities (needed when asked for)."""
+                 token_bytes: Callable[[int], bytes] | None = None, tools: ToolRequest | None = None):
+        """token_bytes: a token id's text bytes, for log-probabilities (needed when asked for); tools:
+        the request's, whose calls are parsed out of the answer (unless tool_choice is "none")."""
         self.token_bytes = token_bytes
+        self.tools = tools if tools is not None and tools.parses else None
+        self._tool_stream: ToolCallStream | None = None  # this choice's, when streamed with tools
         self.index = 0  # the choice this builder writes (n > 1: one builder per choice, see for_choice)
         self._text_offset = 0  # completions' logprobs.text_offset of the next token
         self.chat = chat
@@ -306,7 +343,7 @@ class ResponseBuilder:
         """The builder of choice `index` of the same response (same id; the prompt's ids, when asked
         for, come with choice 0 only)."""
         other = copy.copy(self)
-        other.index, other._sent_role, other._text_offset = index, False, 0
+        other.index, other._sent_role, other._text_offset, other._tool_stream = index, False, 0, None
         other._sent_prompt_ids = index > 0 or self._sent_prompt_ids
         return other
 
@@ -336,14 +373,20 @@ class ResponseBuilder:
         return out
 
     def _choice(self, text: str | None, finish_reason: str | None, token_ids: list[int] | None,
-                chunk: bool, logprobs: list[TokenLogprob | None] | None = None) -> dict:
+                chunk: bool, logprobs: list[TokenLogprob | None] | None = None,
+                calls: list[ToolCall] = (), first_call: int = 0) -> dict:
+        """calls: tool calls of the message, or of this chunk (the choice's calls from first_call on)."""
         if self.chat and chunk:
             delta = {} if text is None else {"content": text}
+            if calls:
+                delta["tool_calls"] = [c.as_openai(first_call + i) for i, c in enumerate(calls)]
             if not self._sent_role:
                 delta, self._sent_role = {"role": "assistant", **delta}, True
             choice = {"index": self.index, "delta": delta}
         elif self.chat:
             choice = {"index": self.index, "message": {"role": "assistant", "content": text}}
+            if calls:
+                choice["message"]["tool_calls"] = [c.as_openai() for c in calls]
         else:
             choice = {"index": self.index, "text": text or ""}
         choice.update(finish_reason=finish_reason, logprobs=self._logprobs(token_ids, logprobs))
@@ -374,9 +417,24 @@ class ResponseBuilder:
                                  for lp in logprobs],
                 "text_offset": offsets}
 
+    def _tool_items(self, text: str | None, final: bool) -> tuple[str | None, list[ToolCall], int]:
+        """(content, calls, index of the first call) of streamed text, through the choice's parser."""
+        if self._tool_stream is None:
+            self._tool_stream = ToolCallStream()
+        items = (self._tool_stream.feed(text) if text else []) + (self._tool_stream.finish() if final else [])
+        calls = [i for i in items if isinstance(i, ToolCall)]
+        return "".join(i for i in items if isinstance(i, str)) or None, calls, self._tool_stream.calls - len(calls)
+
     def chunk(self, text: str, token_ids: list[int], degraded: bool, provenance: list[dict] | None = None,
-              progress: dict | None = None, logprobs: list[TokenLogprob | None] | None = None) -> dict:
-        out = self._envelope(True, [self._choice(text, None, token_ids, True, logprobs)], degraded)
+              progress: dict | None = None, logprobs: list[TokenLogprob | None] | None = None) -> dict | None:
+        """The chunk of newly generated text; None while tools are parsed and it may still be part of
+        a call (its ids then come with a later chunk)."""
+        calls, first = [], 0
+        if self.tools is not None:
+            text, calls, first = self._tool_items(text, final=False)
+            if text is None and not calls:
+                return None
+        out = self._envelope(True, [self._choice(text, None, token_ids, True, logprobs, calls, first)], degraded)
         if provenance is not None:
             out["provenance"] = provenance
         if progress is not None:
@@ -389,8 +447,12 @@ class ResponseBuilder:
 
     def final_chunk(self, completion: Completion, token_ids: list[int], provenance: list[dict] | None = None,
                     logprobs: list[TokenLogprob | None] | None = None) -> dict:
-        """The chunk that carries the finish reason (and ids not sent yet), plus `tandem` details."""
-        out = self._envelope(True, [self._choice(None, completion.finish_reason, token_ids, True, logprobs)],
+        """The chunk that carries the finish reason (and ids and text not sent yet), plus `tandem` details."""
+        text, calls, first, finish = None, [], 0, completion.finish_reason
+        if self.tools is not None:
+            text, calls, first = self._tool_items(None, final=True)
+            finish = _tool_finish(finish, self._tool_stream.calls)
+        out = self._envelope(True, [self._choice(text, finish, token_ids, True, logprobs, calls, first)],
                              completion.degraded)
         if provenance:
             out["provenance"] = provenance
@@ -408,9 +470,12 @@ class ResponseBuilder:
         return out
 
     def response(self, completion: Completion) -> dict:
-        out = self._envelope(False, [self._choice(completion.text, completion.finish_reason,
-                                                  completion.token_ids, False, completion.logprobs)],
-                             completion.degraded)
+        text, calls, finish = completion.text, [], completion.finish_reason
+        if self.tools is not None:
+            text, calls = parse_tool_calls(text)
+            finish = _tool_finish(finish, len(calls))
+        out = self._envelope(False, [self._choice(text, finish, completion.token_ids, False, completion.logprobs,
+                                                  calls)], completion.degraded)
         out["usage"] = self.usage(completion)
         if self.params.return_token_ids:
             out["prompt_token_ids"] = self.prompt_token_ids
@@ -420,6 +485,12 @@ class ResponseBuilder:
     def usage(self, completion: Completion) -> dict:
         prompt, answer = len(self.prompt_token_ids), len(completion.token_ids)
         return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+
+
+def _tool_finish(finish_reason: str | None, calls: int) -> str | None:
+    """OpenAI's finish_reason "tool_calls" for an answer that ended by itself after calling tools (one
+    cut by max_tokens stays "length")."""
+    return "tool_calls" if calls and finish_reason == "stop" else finish_reason
 
 
 def details(completion: Completion) -> dict:

@@ -189,9 +189,10 @@ class AsyncTandemClient:
             return self.encode_chat([{"role": "user", "content": prompt}])
         return self.engine.encode(prompt)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of `messages` ([{role, content}]) in the target's chat template, ready for a reply."""
-        return self.engine.encode_chat(messages)
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of `messages` ([{role, content}]) in the target's chat template, ready for a reply;
+        `tools`: OpenAI tool objects for a template that renders them (edge/tool_calls.py)."""
+        return self.engine.encode_chat(messages, tools)
 
     def _render(self, prompt: str) -> str:
         """A user message in the cloud model's chat template (no local model to take it from).

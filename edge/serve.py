@@ -36,7 +36,7 @@ from common.extras import require_extra
 from common.settings import setting
 from edge.config import EdgeConfig
 from edge.engine import Generation
-from edge.openai_api import ApiError, ResponseBuilder, parse_chat, parse_completion, progress
+from edge.openai_api import ApiError, ResponseBuilder, check_chat_template, parse_chat, parse_completion, progress
 from edge.provenance import runs
 from edge.sdk import AsyncTandemClient, Delta, completion_of
 
@@ -193,9 +193,18 @@ class OpenAIServer:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
         parsed = parse_chat(body, self.config.default_max_tokens)
-        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
-        return await self._answer(request, self._builder(True, parsed.params, prompt_ids),
-                                  self._offline(body, parsed.params.stream))
+        prompt_ids = await self._encode_chat(parsed)
+        # Tool calls are parsed from text as it streams: offline "rewind" (which retracts streamed text)
+        # is then "hold" (only verified text is streamed).
+        parsing = parsed.tools is not None and parsed.tools.parses
+        return await self._answer(request, self._builder(True, parsed.params, prompt_ids, parsed.tools),
+                                  self._offline(body, parsed.params.stream and not parsing))
+
+    async def _encode_chat(self, parsed) -> list[int]:
+        """The prompt of a chat request, in the target's template (with its tools, if any)."""
+        check_chat_template(parsed, self.tandem.engine.chat_template)
+        tools = parsed.tools.rendered if parsed.tools else None
+        return await asyncio.to_thread(self.tandem.encode_chat, parsed.messages, tools)
 
     async def verify_answer(self, request: web.Request) -> web.Response:
         """Checks an answer written while the cloud was away (the `tandem.unverified_from` of its last
@@ -210,7 +219,7 @@ class OpenAIServer:
         if not isinstance(answer, list) or not answer or not all(type(t) is int and 0 <= t < vocab for t in answer):
             raise ApiError(400, "`answer_token_ids` must be the answer's token ids (as its chunks' token_ids gave "
                                 "them)", "answer_token_ids")
-        prompt_ids = await asyncio.to_thread(self.tandem.encode_chat, parsed.messages)
+        prompt_ids = await self._encode_chat(parsed)
         check = await self.tandem.verify(prompt_ids, answer, **parsed.params.generate_options())
         return web.json_response({"state": check.state, "exact": check.exact, "differs_at": check.differs_at,
                                   "differs_at_char": check.differs_at_char, "token_ids": check.token_ids,
@@ -237,8 +246,9 @@ class OpenAIServer:
         return await self._answer(request, self._builder(False, parsed.params, prompt_ids),
                                   self._offline(body, parsed.params.stream))
 
-    def _builder(self, chat: bool, params, prompt_ids: list[int]) -> ResponseBuilder:
-        return ResponseBuilder(chat, self.config.model_name, params, prompt_ids, self.tandem.engine.drafter.token_bytes)
+    def _builder(self, chat: bool, params, prompt_ids: list[int], tools=None) -> ResponseBuilder:
+        return ResponseBuilder(chat, self.config.model_name, params, prompt_ids, self.tandem.engine.drafter.token_bytes,
+                               tools)
 
     async def _answer(self, request: web.Request, builder: ResponseBuilder, offline: str = "degrade"
                       ) -> web.StreamResponse:
@@ -368,10 +378,12 @@ class OpenAIServer:
                 unsent_sources += [delta.source] * len(delta.token_ids)
                 if delta.text:
                     text.append(delta.text)
-                    events.put_nowait(builder.chunk(delta.text, unsent_ids, delta.degraded, runs(unsent_sources),
-                                                    progress(generation.stats.as_dict()), logprobs_of(unsent_ids)))
-                    sent += len(unsent_ids)
-                    unsent_ids, unsent_sources = [], []
+                    chunk = builder.chunk(delta.text, unsent_ids, delta.degraded, runs(unsent_sources),
+                                          progress(generation.stats.as_dict()), logprobs_of(unsent_ids))
+                    if chunk is not None:  # None: text held back (it may be part of a tool call)
+                        events.put_nowait(chunk)
+                        sent += len(unsent_ids)
+                        unsent_ids, unsent_sources = [], []
                 delta = await anext(deltas, None)
             completion = completion_of("".join(text), generation)
             events.put_nowait(builder.final_chunk(completion, unsent_ids, runs(unsent_sources), logprobs_of(unsent_ids)))

@@ -1,5 +1,6 @@
 """Real clients, unchanged, against a real `tandem serve` process: the official openai package with
-response_format json_schema, logprobs/top_logprobs, n and penalties, each streamed and not; and,
+response_format json_schema, logprobs/top_logprobs, n = 3 and penalties, each streamed and not (tools:
+tests/test_serve_tools.py); and,
 in-process, n > 1's properties (independent choices, seeded per choice, usage summed)."""
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ def test_openai_json_schema_logprobs_n_and_penalties(client, tiny_target, tiny_d
     schema = SCHEMAS[3]
     prompt = drafter.tokenize(render_chat(drafter.chat_template, MESSAGES))
     response = client.chat.completions.create(
-        model="tandem", messages=MESSAGES, temperature=0, max_tokens=16, n=2, logprobs=True, top_logprobs=5,
+        model="tandem", messages=MESSAGES, temperature=0, max_tokens=16, n=3, logprobs=True, top_logprobs=5,
         presence_penalty=0.5, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
         stream=stream, extra_body={"return_token_ids": True})
     choices = _collect(response, stream)
     expected = hf_greedy_served(tiny_target, prompt, 16, SamplingParams(presence_penalty=0.5), json_schema_grammar(schema))
-    assert sorted(choices) == [0, 1]
-    for choice in choices.values():  # greedy: both choices are the target's constrained, penalized answer
+    assert sorted(choices) == [0, 1, 2]
+    for choice in choices.values():  # greedy: every choice are the target's constrained, penalized answer
         assert choice["ids"] == expected
         # Up to 5 alternatives: where the grammar allows fewer tokens, only those (the rest have p = 0).
         assert len(choice["logprobs"]) == len(expected) and all(1 <= len(e.top_logprobs) <= 5 for e in choice["logprobs"])
