@@ -6,18 +6,13 @@ in-process, n > 1's properties (independent choices, seeded per choice, usage su
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import openai
 import pytest
 from grammar_reference import SCHEMAS, hf_greedy_constrained, hf_greedy_served
 from local_server import LocalServer
+from serve_process import serve_process
 
 from common.grammar import json_schema_grammar
 from common.wire import SamplingParams
@@ -47,22 +42,8 @@ def _collect(response, stream: bool) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def serve_url(tiny_cloud, tiny_models):
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "serve", "--port", "0", "--cloud", tiny_cloud.address,
-         "--draft-model", str(tiny_models.drafts["noisy"]), "--threads", "1", "--n-ctx", "512"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
-    try:
-        match = re.match(r"tandem serve ready: (http://127\.0\.0\.1:\d+/v1) ", process.stdout.readline())
-        assert match
-        yield match.group(1)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serve_process(tiny_cloud.address, tiny_models.drafts["noisy"]) as (base_url, _):
+        yield base_url
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,14 @@ stop strings cut where the text says, and a client that hangs up leaves nothing 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import openai
 import pytest
 from conftest import hf_greedy
 from local_server import LocalServer
+from serve_process import serve_process
 
 from edge.chat_template import render_chat
 
@@ -244,25 +240,11 @@ def test_disconnect_mid_stream_cancels_and_leaks_nothing(server, client, tiny_cl
 
 def test_tandem_serve_command(tiny_cloud, tiny_models):
     """The real command: binds loopback, prints a ready line, answers the openai client, stops on SIGTERM."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "serve", "--port", "0", "--cloud", tiny_cloud.address,
-         "--draft-model", str(tiny_models.drafts["exact"]), "--threads", "1", "--n-ctx", "512"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
-    try:
-        ready = process.stdout.readline()
-        match = re.match(r"tandem serve ready: (http://127\.0\.0\.1:\d+/v1) model=tandem mode=hybrid cloud=up", ready)
-        assert match, ready
-        with openai.OpenAI(base_url=match.group(1), api_key="-", max_retries=0, timeout=60) as c:
+    with serve_process(tiny_cloud.address, tiny_models.drafts["exact"]) as (base_url, ready):
+        assert re.match(r"tandem serve ready: \S+ model=tandem mode=hybrid cloud=up", ready), ready
+        with openai.OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=60) as c:
             answer = c.chat.completions.create(model="any-name", messages=MESSAGES, max_tokens=4, temperature=0)
             streamed = list(c.chat.completions.create(model="any-name", messages=MESSAGES, max_tokens=4,
                                                       temperature=0, stream=True))
         assert answer.usage.completion_tokens >= 1 and answer.degraded is False
         assert "".join(s.choices[0].delta.content or "" for s in streamed) == answer.choices[0].message.content
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()

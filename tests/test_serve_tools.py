@@ -8,19 +8,14 @@ and what cannot work is a 400 that names the parameter."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import jsonschema
 import openai
 import pytest
 from grammar_reference import hf_greedy_constrained
 from local_server import LocalServer
+from serve_process import serve_process
 from tool_models import TIME, WEATHER, build_tool_target
 
 from bench.tiny_models import hf_greedy
@@ -50,23 +45,9 @@ def tool_cloud(tool_target):
 @pytest.fixture(scope="module")
 def client(tool_cloud, tiny_models):
     """The openai client of a `tandem serve` process (hybrid, the noisy draft) before the tool cloud."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "serve", "--port", "0", "--cloud", tool_cloud.address,
-         "--draft-model", str(tiny_models.drafts["noisy"]), "--threads", "1", "--n-ctx", "1024"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
-    try:
-        match = re.match(r"tandem serve ready: (http://127\.0\.0\.1:\d+/v1) ", process.stdout.readline())
-        assert match
-        with openai.OpenAI(base_url=match.group(1), api_key="-", max_retries=0, timeout=120) as c:
-            yield c
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serve_process(tool_cloud.address, tiny_models.drafts["noisy"], 1024) as (base_url, _), \
+            openai.OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=120) as c:
+        yield c
 
 
 def _prompt(tool_target, messages, tools) -> list[int]:
