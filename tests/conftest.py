@@ -154,6 +154,24 @@ def connected_engine(drafter, address: str):
     return asyncio.run(connect())
 
 
+@pytest.fixture(scope="module")
+def server(tiny_cloud, tiny_drafter):
+    """An in-process `tandem serve` (tests/local_server.py) drafting with the noisy tiny draft."""
+    from local_server import LocalServer
+
+    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client of `server`."""
+    import openai
+
+    with openai.OpenAI(base_url=server.base_url, api_key="-", max_retries=0, timeout=120) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """Gemma 3 270M's GGUF, assembled once from its PyPI packages by scripts/gemma_gguf.sh (`make gemma`)."""

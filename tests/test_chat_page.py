@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import openai
 import pytest
 from browser import chromium
 from chat_page import ChatPage
@@ -36,18 +35,6 @@ HOSTILE = '<script>pwn()</script><img src=x onerror="pwnToo()"/>'
 def driver():
     with chromium() as d:
         yield d
-
-
-@pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="-", max_retries=0, timeout=120) as c:
-        yield c
 
 
 def api_request(question: str, temperature, max_tokens, system, top_p=1.0, seed=None) -> dict:

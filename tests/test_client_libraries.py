@@ -10,7 +10,6 @@ from typing import Literal
 import openai
 import pytest
 from grammar_reference import hf_greedy_constrained
-from local_server import LocalServer
 from pydantic import BaseModel, ConfigDict
 
 from common.grammar import json_schema_grammar
@@ -25,12 +24,6 @@ MESSAGES = [{"role": "user", "content": "Is the sea blue? Answer in JSON."}]
 class Verdict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # additionalProperties: false, as strict schemas are
     answer: Literal["yes", "no", "maybe"]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
 
 
 def _expected_answer(target, drafter) -> Verdict:

@@ -18,12 +18,6 @@ CHAT = b'{"model": "tandem", "messages": [{"role": "user", "content": "hi"}], "m
 
 
 @pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
 def keyed(tiny_cloud, tiny_drafter):
     with LocalServer(tiny_drafter("noisy"), tiny_cloud.address, config=ServeConfig(port=0, api_key=KEY)) as local:
         yield local

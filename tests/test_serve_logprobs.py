@@ -7,25 +7,12 @@ from __future__ import annotations
 import numpy as np
 import openai
 import pytest
-from local_server import LocalServer
 from test_logprobs import reference_logits
 
 from common.sampling import served_logprobs
 from edge.chat_template import render_chat
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="any", max_retries=0, timeout=60) as c:
-        yield c
 
 
 def _expected(target, prompt, ids):

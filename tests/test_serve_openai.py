@@ -13,25 +13,12 @@ import time
 import openai
 import pytest
 from conftest import hf_greedy
-from local_server import LocalServer
 from serve_process import serve_process
 
 from edge.chat_template import render_chat
 
 MESSAGES = [{"role": "user", "content": "Name three colours of the sea."}]
 MAX_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="any", max_retries=0, timeout=60) as c:
-        yield c
 
 
 def decode(drafter, ids: list[int]) -> str:

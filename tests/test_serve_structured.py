@@ -9,24 +9,11 @@ import json
 import openai
 import pytest
 from grammar_reference import SCHEMAS, hf_greedy_constrained
-from local_server import LocalServer
 
 from common.grammar import json_object_grammar, json_schema_grammar
 from edge.chat_template import render_chat
 
 MESSAGES = [{"role": "user", "content": "Describe a person as JSON."}]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_cloud, tiny_drafter):
-    with LocalServer(tiny_drafter("noisy"), tiny_cloud.address) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="any", max_retries=0, timeout=60) as c:
-        yield c
 
 
 def _json_schema(schema: dict) -> dict:
