@@ -79,3 +79,17 @@ def chi2_threshold(dof: int, alpha: float = ALPHA) -> float:
         mid = (low + high) / 2
         low, high = (mid, high) if chi2_sf(mid, dof) > alpha else (low, mid)
     return high
+
+
+def assert_pairs_follow(pairs, cells: list[tuple], exact: np.ndarray, wrongs: dict[str, np.ndarray]) -> None:
+    """The (t1, t2) pairs drawn fit `exact` over `cells`, and the test has power against each wrong
+    distribution: under one, the statistic would average dof + noncentrality, far past the threshold."""
+    index = {cell: i for i, cell in enumerate(cells)}
+    counts = np.zeros(len(cells))
+    for pair in pairs:
+        counts[index[tuple(pair)]] += 1
+    fit = chi_square(counts, exact)
+    assert fit.p_value > ALPHA, fit
+    for name, wrong in wrongs.items():
+        power = chi_square(counts, exact, alternative=wrong)
+        assert power.dof + power.noncentrality > 2 * chi2_threshold(power.dof), (name, power)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from cross_vocab_models import bigram_gguf, build_bigram_model
-from stats import ALPHA, chi2_threshold, chi_square
+from stats import ALPHA, assert_pairs_follow, chi_square
 
 from common.sampling import logits_to_probs
 from common.wire import DraftMode, SamplingParams
@@ -177,15 +177,7 @@ def test_first_two_sampled_tokens_follow_the_target_distribution(pair, cloud, re
     assert all(drafted == 1 for drafted, _ in blocks)  # t2 always came from a verified draft
     rejected = sum(accepted == 0 for _, accepted in blocks)
     assert 0.1 * SAMPLES < rejected < 0.9 * SAMPLES  # both outcomes happen, often
-    index = {cell: i for i, cell in enumerate(cells)}
-    counts = np.zeros(len(cells))
-    for run in runs:
-        counts[index[tuple(run[:2])]] += 1
-    fit = chi_square(counts, exact)
-    assert fit.p_value > ALPHA, fit
-    # Power: under the wrong rule the statistic would average dof + noncentrality.
-    power = chi_square(counts, exact, alternative=wrong)
-    assert power.dof + power.noncentrality > 2 * chi2_threshold(power.dof), power
+    assert_pairs_follow([run[:2] for run in runs], cells, exact, {"wrong acceptance rule": wrong})
 
     again, _, _ = asyncio.run(generate_many(cloud.address, drafter, target, prompt, range(1, 41), draft_mode))
     assert again == runs[:40]  # seeds reproduce
