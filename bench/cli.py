@@ -6,6 +6,8 @@ Writes a table to the terminal, bench.json and two PNG plots to --out.
 
 With --sessions it is the load benchmark instead (bench/load.py): many concurrent sessions
 against one pinned cloud, in cloud-only and hybrid mode; writes load.json and load.png.
+With --json-schemas it measures acceptance under a grammar (bench/schema_rounds.py): the ten
+schemas' answers with the draft masked and unmasked; writes schemas.json.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         _load_plan(args)
         return load.run(args)
     try:
+        if args.json_schemas:
+            from bench import schema_rounds
+
+            return schema_rounds.run(args, _plan(args), edge_flags(args))
         return _run(args)
     except ProcessError as exc:
         print(f"tandem bench: error: {exc}", file=sys.stderr)
@@ -80,12 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     cloud_cpus, edge_cpus = disjoint_cpus(args.cloud_cpus, args.edge_cpus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    edge_args = speculation_flags(speculation_from_args(args))
-    if args.draft_model:
-        edge_args += ["--draft-model", args.draft_model]
-    if args.model:  # a draft of another vocabulary reads the target's tokenizer from its files
-        edge_args += ["--target-tokenizer", args.model]
-    edge_args += _generation_flags(args)
+    edge_args = edge_flags(args)
     load_start, version = os.getloadavg(), code_version()
     runs = (f"{2 * len(lengths) * args.ttft_repeats * len(plan.rtts_ms)} generations measuring time to first "
             f"token" if lengths else f"{plan.total_runs} generations of {plan.max_tokens} tokens")
@@ -109,14 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"tandem bench: measuring one resume at {args.resume_rtt_ms:g} ms RTT ...", file=sys.stderr, flush=True)
             resume_records = resume.measure(worker, relay, plan.link(args.resume_rtt_ms), plan.prompts,
                                             plan.max_tokens, args.resume_after)
-        machine = {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
-            "edge_draft_threads": worker.info["draft_threads"],
-            "draft_model": worker.info["draft_model"], "target_model": worker.info["target_model"],
-            "load_average_start": load_start, "load_average_end": os.getloadavg(),
-            "wall_s": round(time.monotonic() - started, 1),
-        }
+        machine = machine_facts(cloud, worker, load_start, started)
         stamp = provenance(version, cloud.dtype, cloud.torch_threads, worker.info["draft_threads"], load_start)
     finally:
         for part in (worker, relay, cloud):
@@ -156,6 +150,28 @@ def _run(args: argparse.Namespace) -> int:
           f"in {machine['wall_s']:.0f}s; load average {load_start[0]:.2f} at start, "
           f"{machine['load_average_end'][0]:.2f} at the end")
     return 0
+
+
+def edge_flags(args: argparse.Namespace) -> list[str]:
+    """The edge worker's flags: speculation, models and how every generation decodes."""
+    flags = speculation_flags(speculation_from_args(args))
+    if args.draft_model:
+        flags += ["--draft-model", args.draft_model]
+    if args.model:  # a draft of another vocabulary reads the target's tokenizer from its files
+        flags += ["--target-tokenizer", args.model]
+    return flags + _generation_flags(args)
+
+
+def machine_facts(cloud, worker, load_start: tuple[float, ...], started: float) -> dict:
+    """The machine and the two processes a run measured on (call it before stopping them)."""
+    return {
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "cloud_cpus": cloud.cpus, "edge_cpus": worker.cpus, "cloud_torch_threads": cloud.torch_threads,
+        "edge_draft_threads": worker.info["draft_threads"],
+        "draft_model": worker.info["draft_model"], "target_model": worker.info["target_model"],
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
 
 
 def _report_ttft(args: argparse.Namespace, records: list[dict], machine: dict, load_start, stamp: dict) -> int:

@@ -49,6 +49,19 @@ class BenchConfig:
     resume_after: int = setting(32, "also measure one resume: each prompt's hybrid answer with its connection "
                                     "reset after this many tokens, paired with the same answer unbroken; 0 skips it")
     resume_rtt_ms: float = setting(20.0, "round-trip time of the resume measurement")
+    json_schemas: bool = setting(
+        False, "instead of the throughput runs, measure acceptance under a grammar (bench/schema_rounds.py): at "
+               "each --rtt-ms, each of the ten JSON Schemas' prompts answered, interleaved, cloud-only and hybrid "
+               "with the draft masked by the grammar and unmasked, with the speculation flags given (the adaptive "
+               "policy, as a user gets it); prints tokens per drafting round (rounds that verified drafts: with "
+               "the adaptive policy the cloud may decode alone), acceptance per draft, tok/s and masked / "
+               "unmasked; checks every answer is cloud-only's and valid; writes schemas.json. Greedy only")
+    json_schemas_lockstep: bool = setting(
+        True, "with --json-schemas, also compare masked and unmasked with the adaptive policy off (6 drafts per "
+              "block, one block in flight), so block lengths are equal and only the drafts differ: on the "
+              "default pair the adaptive policy lets the cloud decode nearly all of these short answers alone "
+              "(a few drafting rounds, too few to decide), so this pair gives the masked / unmasked figure",
+        negatable=True)
 
 
 @dataclass

@@ -121,15 +121,18 @@ class EdgeWorker(_Process):
 
     def generate(self, mode: str, prompt: str | None, max_tokens: int, speculation: dict | None = None,
                  timeout_s: float = 600.0, break_after: int | None = None, prompt_tokens: int | None = None,
-                 variant: int = 0) -> dict:
+                 variant: int = 0, json_schema: dict | None = None) -> dict:
         """One generation; `speculation` overrides SpeculationConfig fields for it.
 
         With break_after (0 included) it runs over the worker's breakable connection, reset once
         that many tokens arrived (0: never), so broken and unbroken runs take the same path.
         prompt_tokens (with prompt None) asks for a raw filler prompt of exactly that many tokens.
+        json_schema constrains the answer to that schema (the worker then also answers its "text").
         """
         command = {"mode": mode, "max_tokens": max_tokens, "speculation": speculation or {}}
         command.update({"prompt_tokens": prompt_tokens, "variant": variant} if prompt is None else {"prompt": prompt})
+        if json_schema is not None:
+            command["json_schema"] = json_schema
         if break_after is not None:
             command |= {"breakable": True, "break_after": break_after}
         self.popen.stdin.write(json.dumps(command) + "\n")

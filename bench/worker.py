@@ -10,8 +10,10 @@ threads the draft model got. Then it reads one JSON command per line on stdin,
 N tokens of filler text, "variant" making it unique) and
 answers one JSON line (an
 optional "speculation" object overrides SpeculationConfig fields for that generation only, so
-settings can be compared interleaved in one run):
-{"token_ids", "finish_reason", "stats", "blocks", "sse_bytes"} or {"error": MESSAGE}. It exits
+settings can be compared interleaved in one run; an optional "json_schema" constrains the answer
+to that JSON Schema, as response_format does):
+{"token_ids", "finish_reason", "stats", "blocks", "sse_bytes"} (and "text" under a schema) or
+{"error": MESSAGE}. It exits
 at EOF. sse_bytes is what the same answer costs as an OpenAI-style SSE stream (bench/sse.py).
 
 A command with "breakable": true runs over a second connection that passes through a relay
@@ -71,6 +73,7 @@ async def _generate(engine, command: dict, breakable: Breakable | None = None, d
     from edge.engine import Generation, GenerationRequest, Mode
 
     from bench.sse import openai_sse_bytes
+    from common.grammar import json_schema_grammar
 
     mode = Mode(command["mode"])
     if "prompt_tokens" in command:
@@ -79,7 +82,9 @@ async def _generate(engine, command: dict, breakable: Breakable | None = None, d
         prompt = engine.encode(command["prompt"])
     else:
         prompt = engine.encode_chat([{"role": "user", "content": command["prompt"]}])
-    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]), sampling=decoding.sampling)
+    grammar = json_schema_grammar(command["json_schema"]) if "json_schema" in command else ""
+    request = GenerationRequest(prompt, max_new_tokens=int(command["max_tokens"]), sampling=decoding.sampling,
+                                grammar=grammar)
     default = engine.config
     engine.config = replace(default, **command.get("speculation", {}))
     break_after = int(command.get("break_after") or 0)
@@ -96,7 +101,7 @@ async def _generate(engine, command: dict, breakable: Breakable | None = None, d
                 broken = True
     finally:
         engine.config = default
-    return {
+    answer = {
         "token_ids": generation.token_ids,
         "finish_reason": generation.finish_reason.label,
         "stats": generation.stats.as_dict(),
@@ -105,6 +110,9 @@ async def _generate(engine, command: dict, breakable: Breakable | None = None, d
         "sse_bytes": openai_sse_bytes(engine.drafter.token_bytes, generation.token_ids,
                                       generation.finish_reason.label, len(prompt)),
     }
+    if grammar:  # the answer's text, for the bench to parse and validate
+        answer["text"] = b"".join(engine.drafter.token_bytes(t) for t in generation.token_ids).decode(errors="replace")
+    return answer
 
 
 FILLER = ("The harbour town woke slowly. Fishermen mended nets, children ran along the quay, and the baker "

@@ -1,46 +1,12 @@
 """The reference for structured output: transformers' own generate with the grammar's mask as a
-logits processor, and the ten schemas the exactness tests and the benchmark use."""
+logits processor, and the ten schemas the exactness tests and the benchmark use (bench/schemas.py)."""
 
 from __future__ import annotations
 
 import json
 
+from bench.schemas import SCHEMAS, _strict  # noqa: F401 (the one list, shared with `tandem bench --json-schemas`)
 from common.grammar import GrammarMask, llg_tokenizer
-
-def _strict(schema):
-    """OpenAI's strict structured outputs: no property beyond the declared ones, at every level."""
-    if isinstance(schema, dict):
-        schema = {k: _strict(v) for k, v in schema.items()}
-        if schema.get("type") == "object":
-            schema.setdefault("additionalProperties", False)
-    elif isinstance(schema, list):
-        schema = [_strict(v) for v in schema]
-    return schema
-
-
-SCHEMAS = [_strict(s) for s in [
-    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-     "required": ["name", "age"]},
-    {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-     "required": ["city", "country"]},
-    {"type": "object", "properties": {"colors": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
-     "required": ["colors"]},
-    {"type": "object", "properties": {"answer": {"enum": ["yes", "no", "maybe"]}}, "required": ["answer"]},
-    {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}}, "required": ["x", "y"]},
-    {"type": "object", "properties": {"person": {"type": "object", "properties": {
-        "first": {"type": "string"}, "last": {"type": "string"}}, "required": ["first", "last"]}},
-     "required": ["person"]},
-    {"type": "object", "properties": {"ok": {"type": "boolean"}, "count": {"type": "integer", "minimum": 0}},
-     "required": ["ok", "count"]},
-    {"type": "object", "properties": {"quote": {"type": "string", "pattern": "^[^\\n]{0,40}$"}},
-     "required": ["quote"]},
-    {"type": "object", "properties": {"items": {"type": "array", "maxItems": 2, "items": {
-        "type": "object", "properties": {"id": {"type": "integer"}, "tag": {"enum": ["a", "b"]}},
-        "required": ["id", "tag"]}}}, "required": ["items"]},
-    {"type": "object", "properties": {"greeting": {"enum": ["你好", "こんにちは", "say \"hi\"\\n"]}},
-     "required": ["greeting"]},
-]]
-"""Nested objects, arrays, enums, numbers, booleans, strings with escapes and CJK."""
 
 
 def hf_greedy_constrained(target, prompt_ids: list[int], max_new_tokens: int, grammar: str) -> list[int]:

@@ -5,13 +5,13 @@ the grammar does not lower tokens per round."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from grammar_reference import SCHEMAS, hf_greedy_constrained, parse_answer
 from test_default_pair import default_pair  # noqa: F401 (the module-scoped fixture)
 from test_speculative_exact import run_generation
 
+from bench.schemas import schema_instruction
 from common.grammar import json_schema_grammar
 from common.wire import FinishReason
 from edge.engine import GenerationRequest, Mode
@@ -21,8 +21,7 @@ NEW_TOKENS = 96
 
 
 def _prompt(schema: dict) -> str:
-    return ("<|im_start|>user\nReply with one JSON object matching this JSON Schema, nothing else:\n"
-            f"{json.dumps(schema, ensure_ascii=False)}<|im_end|>\n<|im_start|>assistant\n")
+    return f"<|im_start|>user\n{schema_instruction(schema)}<|im_end|>\n<|im_start|>assistant\n"
 
 
 async def _run(address, drafter, prompt, grammar, mode=Mode.HYBRID, **config):
