@@ -113,13 +113,21 @@ class SpeculateStream:
     async def _write(self, request: pb.SpeculateRequest) -> None:
         call = await self._call()
         self.bytes_sent += request.ByteSize()
+        # grpc.aio cancels the whole call when a task is cancelled inside call.write(). A writer
+        # that gives up (a guess no longer wanted as the answer ends) must not end the session,
+        # so the write itself is shielded and finishes on its own; only cancel() ends the call.
+        write = asyncio.ensure_future(self._write_in_turn(call, request))
+        write.add_done_callback(_retrieve)
         try:
-            async with self._writing:
-                await call.write(request)
+            await asyncio.shield(write)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         except asyncio.InvalidStateError:  # the call had already ended: report how
             raise error_from_status(await call.code(), await call.details()) from None
+
+    async def _write_in_turn(self, call, request: pb.SpeculateRequest) -> None:
+        async with self._writing:
+            await call.write(request)
 
     async def read(self) -> SessionStarted | Verdict | DecodedToken | Progress | None:
         """The next answer, or None when the cloud ended the stream."""
@@ -141,7 +149,8 @@ class SpeculateStream:
     async def done_writing(self) -> None:
         call = await self._call()
         try:
-            await call.done_writing()
+            async with self._writing:  # after any write still going out
+                await call.done_writing()
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         except asyncio.InvalidStateError:
@@ -154,6 +163,12 @@ class SpeculateStream:
             self._starting.result().cancel()
         else:
             self._starting.cancel()
+
+
+def _retrieve(write: asyncio.Future) -> None:
+    """Marks a shielded write's outcome as seen: its writer may have stopped waiting for it."""
+    if not write.cancelled():
+        write.exception()
 
 
 _SPECULATE_ANSWERS = {"started": SessionStarted.from_pb, "verdict": Verdict.from_pb, "progress": Progress.from_pb,

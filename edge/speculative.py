@@ -360,6 +360,11 @@ class SpeculativeRun(CloudAloneMode):
                     return
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, not swallowed
             await self._responses.put((time.perf_counter(), exc))
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # this answer ended
+            # The call was cancelled under the reader: say so, or the answer would wait forever.
+            self._responses.put_nowait((time.perf_counter(), CloudUnavailable("the cloud call was cancelled")))
 
     async def _timed(self, awaitable, what: str):
         """Awaits a step that needs the cloud, within response_timeout_s.

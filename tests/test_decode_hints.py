@@ -215,3 +215,38 @@ def test_answers_with_guesses_are_the_targets_own(tiny_cloud, tiny_drafter, nois
         s = hinted.stats
         assert s.hinted <= s.hints_sent and s.hinted <= s.cloud_decoded and s.shadow_agreed <= s.shadow_checked
         assert s.cloud_forward_passes == s.rounds == len(s.verified_blocks) + 1 + s.cloud_decoded - s.hinted
+
+
+def test_a_guess_abandoned_while_it_goes_out_does_not_end_the_session(tiny_cloud, tiny_target):
+    """grpc.aio cancels a whole call when a task is cancelled inside its write; the edge abandons a
+    guess's write when the answer ends (edge/cloud_alone.py). The session must answer on regardless
+    (it once ended with the reader gone and the answer waiting forever)."""
+    from common.wire import SessionOpen, SessionStarted
+    from edge.client import CloudClient
+
+    prompt = tiny_target.tokenize("Hello there, limits")
+    p, n = len(prompt), 12
+    want = hf_greedy(tiny_target, prompt, n)
+
+    async def run() -> list[int]:
+        client = CloudClient(tiny_cloud.address)
+        try:
+            stream = client.speculate()
+            await stream.open(SessionOpen(prompt_token_ids=prompt, max_new_tokens=n,
+                                          tokenizer_fingerprint=tiny_target.fingerprint))
+            for _ in range(20):  # abandoned at once: the cancellation lands inside the write
+                guess = asyncio.ensure_future(stream.send_hint(DecodeHint(p, [want[0], want[1]])))
+                await asyncio.sleep(0)
+                guess.cancel()
+                await asyncio.gather(guess, return_exceptions=True)
+            await stream.send_decode(CloudDecode(p + 1, n - 1))
+            ids = []
+            while (answer := await stream.read()) is not None:
+                ids += [answer.token_id] if isinstance(answer, SessionStarted) else getattr(answer, "ids", [])
+                if len(ids) == n:
+                    await stream.done_writing()
+            return ids
+        finally:
+            await client.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == want
