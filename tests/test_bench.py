@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_process import pinned_bench
 
 RTTS = [0.0, 10.0]
 MAX_TOKENS = 12
@@ -22,17 +23,10 @@ MAX_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def bench_run(tiny_models, tmp_path_factory):
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
     out = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable, "-m", "tandem", "bench", "--rtt-ms", ",".join(f"{r:g}" for r in RTTS),
-        "--prompts", "2", "--max-tokens", str(MAX_TOKENS), "--out", str(out),
-        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
-        "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1]), "--resume-after", "2",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    done = pinned_bench("--rtt-ms", ",".join(f"{r:g}" for r in RTTS), "--prompts", "2", "--max-tokens",
+                        str(MAX_TOKENS), "--out", str(out), "--model", str(tiny_models.target_dir),
+                        "--draft-model", str(tiny_models.drafts["noisy"]), "--resume-after", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done, json.loads((out / "bench.json").read_text())
 
@@ -131,16 +125,9 @@ def test_sse_bytes_render_every_token_as_an_openai_chunk(tiny_drafter):
 
 
 def test_bench_ttft_by_prompt_length(tiny_models, tmp_path):
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
-    command = [
-        sys.executable, "-m", "tandem", "bench", "--rtt-ms", "0", "--ttft-prompt-tokens", "40,200",
-        "--ttft-repeats", "2", "--out", str(tmp_path), "--model", str(tiny_models.target_dir),
-        "--draft-model", str(tiny_models.drafts["noisy"]), "--cloud-cpus", str(available[0]),
-        "--edge-cpus", str(available[1]),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    done = pinned_bench("--rtt-ms", "0", "--ttft-prompt-tokens", "40,200", "--ttft-repeats", "2",
+                        "--out", str(tmp_path), "--model", str(tiny_models.target_dir),
+                        "--draft-model", str(tiny_models.drafts["noisy"]))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "ttft.json").read_text())
     assert [(r["prompt_tokens"], r["pairs"]) for r in result["ttft_by_prompt_tokens"]] == [(40, 2), (200, 2)]
@@ -275,14 +262,9 @@ def test_bench_cli_and_load_import_no_cycle():
 
 def test_load_bench_at_bfloat16(tiny_models, tmp_path):
     """--dtype bfloat16 runs, says so, and reports divergence consistently (outputs may differ there)."""
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        pytest.skip("the load benchmark pins the cloud and the sessions to different CPUs")
-    command = [sys.executable, "-m", "tandem", "bench", "--sessions", "1,2", "--max-tokens", str(MAX_TOKENS),
-               "--prompts", "2", "--long-prompt-tokens", "0", "--dtype", "bfloat16", "--out", str(tmp_path),
-               "--model", str(tiny_models.target_dir), "--cloud-cpus", str(available[0]),
-               "--edge-cpus", str(available[1])]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    done = pinned_bench("--sessions", "1,2", "--max-tokens", str(MAX_TOKENS), "--prompts", "2",
+                        "--long-prompt-tokens", "0", "--dtype", "bfloat16", "--out", str(tmp_path),
+                        "--model", str(tiny_models.target_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "load.json").read_text())
     assert result["provenance"]["dtype"] == "bfloat16" and "dtype bfloat16" in done.stdout

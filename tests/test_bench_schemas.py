@@ -9,11 +9,9 @@ cloud-only's, every finished answer parses and validates.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from bench_process import pinned_bench
 
 from bench.schema_rounds import _ORDER, validates
 from bench.schemas import SCHEMAS
@@ -23,17 +21,9 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def schema_run(tiny_models, tmp_path_factory):
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        pytest.skip("tandem bench pins cloud and edge to different CPUs; this machine lends one")
     out = tmp_path_factory.mktemp("bench-schemas")
-    command = [
-        sys.executable, "-m", "tandem", "bench", "--json-schemas", "--rtt-ms", "0,10", "--max-tokens",
-        str(MAX_TOKENS), "--out", str(out), "--model", str(tiny_models.target_dir),
-        "--draft-model", str(tiny_models.drafts["noisy"]), "--cloud-cpus", str(available[0]),
-        "--edge-cpus", str(available[1]),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    done = pinned_bench("--json-schemas", "--rtt-ms", "0,10", "--max-tokens", str(MAX_TOKENS), "--out", str(out),
+                        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done, json.loads((out / "schemas.json").read_text())
 

@@ -144,20 +144,13 @@ def test_capacity_bench_end_to_end_on_the_tiny_models(tiny_models, tmp_path):
     """`tandem bench --capacity` with its flags: JSON, PNG, progress, exact outputs, the overload run at
     20 ms and a real llama.cpp drafter among the sessions."""
     import json
-    import os
-    import subprocess
-    import sys
+    from bench_process import pinned_bench
 
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        pytest.skip("the capacity benchmark pins the cloud and the sessions to different CPUs")
-    command = [sys.executable, "-m", "tandem", "bench", "--capacity", "--capacity-rtt-ms", "0,20",
-               "--capacity-dtypes", "fp32", "--max-tokens", "10", "--prompts", "2", "--most-sessions", "2",
-               "--min-session-tokens-per-s", "0.5", "--max-ttft-s", "30", "--acceptance", "0.7",
-               "--real-drafters", "1", "--model", str(tiny_models.target_dir),
-               "--draft-model", str(tiny_models.drafts["noisy"]), "--out", str(tmp_path),
-               "--cloud-cpus", str(available[0]), "--edge-cpus", str(available[1])]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    done = pinned_bench("--capacity", "--capacity-rtt-ms", "0,20", "--capacity-dtypes", "fp32", "--max-tokens", "10",
+                        "--prompts", "2", "--most-sessions", "2", "--min-session-tokens-per-s", "0.5",
+                        "--max-ttft-s", "30", "--acceptance", "0.7", "--real-drafters", "1",
+                        "--model", str(tiny_models.target_dir), "--draft-model", str(tiny_models.drafts["noisy"]),
+                        "--out", str(tmp_path), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "capacity.json").read_text())
     assert (tmp_path / "capacity.png").stat().st_size > 0
