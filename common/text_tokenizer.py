@@ -91,8 +91,9 @@ class TextTokenizer:
         self.special_tokens = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special}
         declared = {*extra_eos_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
         self.end_ids = end_of_generation_ids(declared, self.special_tokens)
-        self.chat_template = (getattr(tokenizer, "chat_template", None)
-                              or builtin_chat_template(self.special_tokens.values()))
+        own = getattr(tokenizer, "chat_template", None)
+        self.has_own_chat_template = bool(own)  # False: a built-in one, likely a pretrained (base) model
+        self.chat_template = own or builtin_chat_template(self.special_tokens.values())
 
     @classmethod
     def from_file(cls, tokenizer_json: str | Path, spec: TokenizerSpec | None = None) -> TextTokenizer:

@@ -73,7 +73,7 @@ def _examples(args) -> list:
     from distill.prompts import read_prompts
 
     kept = [(a.prompt, a) for a in read_answers(args.data)] if args.data else []
-    generated = [(p, None) for p in read_prompts(args.prompts)] if args.prompts or not args.data else []
+    generated = [(p, None) for p in read_prompts(args.prompts, args.chat)] if args.prompts or not args.data else []
     return kept + generated
 
 
@@ -147,6 +147,9 @@ def _distill(args, config: TrainConfig, quants: list[str], train: list, heldout:
         say("tandem distill: across tokenizers only the target's own text is learned (--on-policy 0)")
         config = dataclasses.replace(config, on_policy=0.0)
     chat = args.chat and bool(teacher.chat_template)
+    if chat and not teacher.text.has_own_chat_template and not args.data:
+        say(f"tandem distill: warning: {teacher.name} has no chat template of its own (a pretrained model?); "
+            "a base model answers a chat-rendered prompt with junk: pass --no-chat to learn its raw continuations")
     train_ids, train_answers = teacher_prompts(teacher, train, chat)
     # Before anything is written to --out: the untrained student must export and run in llama.cpp
     # as the edge runs it (a draft the edge cannot load is refused now, not after an hour).

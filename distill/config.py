@@ -52,8 +52,9 @@ class RunConfig:
                                      "mixed with generated data when --prompts is given too", metavar="DIR",
                                group=DATA)
     heldout: int = setting(8, "prompts kept out of training, for the report", low=1, group=DATA)
-    chat: bool = setting(True, "use prompts as raw text instead of user messages in the target's chat template",
-                         flag="--no-chat", group=DATA)
+    chat: bool = setting(True, "use prompts as raw text instead of user messages in the target's chat template "
+                               "(the shipped set is then raw openings: for a pretrained target such as the Gemma "
+                               "of `make gemma`)", flag="--no-chat", group=DATA)
     resume: bool = setting(False, "continue from DIR/checkpoint.pt", group=TRAINING)
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...", group=TRAINING)
     threads: int = setting(0, "torch threads; 0 = the CPUs this process may run on", low=0, group=TRAINING)

@@ -53,11 +53,57 @@ DEFAULT_PROMPTS: tuple[str, ...] = tuple(t.format(topic) for topic in _TOPICS fo
 `tandem bench`'s prompts so that benchmark measures prompts the draft never trained on."""
 
 
-def read_prompts(path: str | Path | None) -> list[str]:
+# Openings a pretrained (base) target continues as text (`--no-chat`): a base model such as the Gemma
+# 3 270M of `make gemma` answers a chat-rendered instruction with junk, which is no text to learn.
+_OPENINGS = (
+    "Here are a few things everyone should know about {}:",
+    "A beginner's guide to {}\n\n",
+    "When people talk about {}, they often",
+    "The most surprising fact about {} is that",
+    "Chapter 1: {}\n\n",
+    "Frequently asked questions about {}\n\nQ:",
+    "My grandmother once told me about {}.",
+    "Five facts about {}\n\n1.",
+    "Why {} matters more than you think",
+    "An interview with an expert on {}\n\nInterviewer:",
+    "I never understood {} until",
+    "Lecture notes: {}\n\n",
+)
+_RAW_EXTRA = (
+    "def reverse_list(head):\n",
+    "import numpy as np\n\n\ndef moving_average(values, window):\n",
+    "SELECT customer_id, SUM(total) AS spent\nFROM orders\n",
+    "function debounce(fn, wait) {\n",
+    "#!/bin/bash\n# Count the lines of every Python file in a folder\n",
+    "Dear colleague,\n\nI hope this message finds you well.",
+    "Q: What is the difference between weather and climate?\nA:",
+    "Ingredients:\n- 2 cups of flour\n",
+    "The planets of the solar system, in order from the Sun, are",
+    "Day 1 of our trip to Lisbon:",
+    "class Stack:\n    \"\"\"A last-in, first-out collection.\"\"\"\n\n    def __init__(self):\n",
+    "Meeting notes, Monday\n\nAttendees:",
+    "東京は日本の首都で、",
+    "Les trois choses les plus importantes à savoir sur Paris sont",
+    "The recipe calls for three eggs, but",
+    "Breaking news: scientists have discovered",
+)
+
+_MORE_TOPICS = (
+    "origami", "the Olympic Games", "glaciers", "bread baking", "video games", "birdwatching",
+    "the French Revolution", "submarines", "quantum computers", "yoga", "typography", "wind turbines",
+    "the immune system", "board games", "lighthouses",
+)
+RAW_PROMPTS: tuple[str, ...] = (tuple(t.format(topic) for topic in _TOPICS + _MORE_TOPICS for t in _OPENINGS)
+                                + _RAW_EXTRA)
+"""Raw text openings for `--no-chat` (a pretrained target), distinct from `tandem bench --raw-prompts`'s."""
+
+
+def read_prompts(path: str | Path | None, chat: bool = True) -> list[str]:
     """Prompts from a file (one per line, or JSONL objects with a "prompt" or "text" field), or the
-    default set. Blank lines are skipped; a file without any prompt is an error."""
+    default set (user messages, or raw openings when not chat). Blank lines are skipped; a file
+    without any prompt is an error."""
     if path is None:
-        return list(DEFAULT_PROMPTS)
+        return list(DEFAULT_PROMPTS if chat else RAW_PROMPTS)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,7 +10,7 @@ import torch
 from common.errors import InvalidArgument
 from distill.figures import accepted_prefix, expected_tokens_per_round, predicted_speedup
 from distill.losses import distillation_loss, divergence, top_k_teacher, with_rest
-from distill.prompts import DEFAULT_PROMPTS, read_prompts, split_heldout
+from distill.prompts import DEFAULT_PROMPTS, RAW_PROMPTS, read_prompts, split_heldout
 
 
 def _log_probs(rows: int, vocab: int, seed: int, scale: float = 3.0) -> torch.Tensor:
@@ -137,6 +137,8 @@ def test_prompt_files_lines_and_jsonl(tmp_path):
     with pytest.raises(InvalidArgument, match="line 1"):
         read_prompts(bad)
     assert read_prompts(None) == list(DEFAULT_PROMPTS) and len(set(DEFAULT_PROMPTS)) > 200
+    assert read_prompts(None, chat=False) == list(RAW_PROMPTS) and len(set(RAW_PROMPTS)) > 200
+    assert read_prompts(lines, chat=False) == ["first prompt", "second prompt"]  # a file is read as it is
 
 
 def test_heldout_split_is_seeded_and_disjoint():
@@ -152,3 +154,7 @@ def test_default_prompts_exclude_the_bench_prompts():
     from bench.prompts import PROMPTS
 
     assert not set(PROMPTS) & set(DEFAULT_PROMPTS)
+    from bench.prompts import RAW_PROMPTS as BENCH_RAW
+
+    # Neither the bench's raw openings nor their beginnings: the bench measures text the draft never saw.
+    assert not {p[:20] for p in BENCH_RAW} & {p[:20] for p in RAW_PROMPTS}

@@ -93,3 +93,22 @@ def test_model_info_carries_the_rules():
     assert ModelInfo.from_pb(pb.InfoResponse.FromString(message.SerializeToString())) == info
     no_tokens = ModelInfo.from_pb(pb.InfoResponse(model_name="m"))
     assert no_tokens.special_tokens == SpecialTokens()
+
+
+def test_a_tokenizer_says_whether_its_chat_template_is_its_own(tmp_path):
+    """A model without a template (a pretrained GGUF such as Gemma 3 270M's) gets a built-in one by its
+    vocabulary, and says so: `tandem distill` then warns that its chat answers are no text to learn."""
+    from tokenizers import Tokenizer, models
+
+    from common.text_tokenizer import TextTokenizer, TokenizerSpec
+
+    vocab = {"<unk>": 0, "<eos>": 1, "<bos>": 2, "<start_of_turn>": 3, "<end_of_turn>": 4, "a": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.add_special_tokens(["<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"])
+    path = tmp_path / "tokenizer.json"
+    backend.save(str(path))
+    base = dict(bos_token="<bos>", bos_token_id=2, eos_token="<eos>", eos_token_id=1)
+    pretrained = TextTokenizer.from_file(path, TokenizerSpec(**base))
+    assert pretrained.chat_template == GEMMA and not pretrained.has_own_chat_template
+    tuned = TextTokenizer.from_file(path, TokenizerSpec(**base, chat_template=CHATML))
+    assert tuned.chat_template == CHATML and tuned.has_own_chat_template
