@@ -147,7 +147,7 @@ def _distill(args, config: TrainConfig, quants: list[str], train: list, heldout:
         say("tandem distill: across tokenizers only the target's own text is learned (--on-policy 0)")
         config = dataclasses.replace(config, on_policy=0.0)
     chat = args.chat and bool(teacher.chat_template)
-    if chat and not teacher.text.has_own_chat_template and not args.data:
+    if chat and not teacher.text.has_own_chat_template and any(answer is None for _, answer in train):
         say(f"tandem distill: warning: {teacher.name} has no chat template of its own (a pretrained model?); "
             "a base model answers a chat-rendered prompt with junk: pass --no-chat to learn its raw continuations")
     train_ids, train_answers = teacher_prompts(teacher, train, chat)
