@@ -34,6 +34,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from cloud import dtype as dtypes
+from cloud import greedy_head
 from cloud.blocks import BLOCK_SIZE, KVPool
 from cloud.target_engine import Segment, new_kv_pool
 
@@ -43,6 +44,7 @@ from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
+GREEDY_HEAD_CHOICES = ("auto", "screened", "full")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
            "float16": torch.float16}
 
@@ -54,6 +56,10 @@ class LoadOptions:
     # float32, the exact one, for library callers and tests; `tandem cloud` passes its --dtype.
     dtype: str = "float32"
     threads: int = 0  # torch intra-op threads; 0 = the CPUs this process may run on
+    # cloud/greedy_head.py: "auto" screens greedy ids through bf16 where the weights are float32 on a
+    # CPU with bf16 hardware and the head is large; "screened" always (where the model allows it),
+    # "full" never.
+    greedy_head: str = "auto"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,6 +78,7 @@ class TargetModel:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.screened_head: greedy_head.ScreenedHead | None = None  # see use_screened_head
         self.device = next(model.parameters()).device
         config = model.config
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -106,7 +113,48 @@ class TargetModel:
         target = cls(model, tokenizer, name)
         if dtype in (torch.bfloat16, torch.float16) and not target.gives_finite_logits():
             dtypes.refuse_non_finite(options.dtype, dtype_name, name)
+        target.use_screened_head(options.greedy_head)
         return target
+
+    def use_screened_head(self, choice: str) -> bool:
+        """Takes greedy ids through cloud/greedy_head.py's bf16 screen when `choice` and the model
+        allow it (see LoadOptions.greedy_head); True when it does."""
+        if choice not in GREEDY_HEAD_CHOICES:
+            raise ValueError(f"greedy head {choice!r}: choose from {', '.join(GREEDY_HEAD_CHOICES)}")
+        self.screened_head = None
+        head = self.model.get_output_embeddings()
+        text = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
+        why_not = (
+            "the head is not a bias-free float32 linear layer"
+            if not (isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == torch.float32)
+            else "the model caps its logits" if getattr(text, "final_logit_softcapping", None) is not None
+            else f"the weights are on {self.device.type}" if self.device.type != "cpu"
+            else None)
+        if choice == "auto" and why_not is None:
+            if not any(flag in dtypes.cpu_flags() for flag in dtypes.HARDWARE_FLAGS["bfloat16"]):
+                why_not = "this CPU has no bf16 hardware"
+            elif head.weight.numel() < greedy_head.WORTH_SCREENING:
+                why_not = "the head is small"
+        if choice == "full" or why_not is not None:
+            if choice == "screened":
+                log.warning("greedy head: not screened for %s: %s", self.name, why_not)
+            return False
+        screened = greedy_head.ScreenedHead(head.weight.detach())
+        if not self._decoder_reproduces_logits(screened):
+            log.warning("greedy head: not screened for %s: its logits are not its head's product of the "
+                        "decoder's last hidden state", self.name)
+            return False
+        self.screened_head = screened
+        log.info("greedy head: %s's greedy ids screened through bf16 (cloud/greedy_head.py)", self.name)
+        return True
+
+    @torch.inference_mode()
+    def _decoder_reproduces_logits(self, head: greedy_head.ScreenedHead) -> bool:
+        """Whether the model's own logits are exactly head.logits(decoder's last hidden state) on a probe."""
+        ids = torch.tensor([self.tokenize("Hello, world. 1 2 3") or [0]], device=self.device)
+        stock = self.model(input_ids=ids, use_cache=False).logits[0]
+        hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[0]
+        return torch.equal(stock, head.logits(hidden))
 
     def tokenize(self, text: str) -> list[int]:
         """The text's ids alone (nothing added): for tests and prompts assembled from parts."""
@@ -162,14 +210,21 @@ class TargetModel:
         starts = [segment.table.length for segment in segments]
         try:
             batch = _PackedBatch(pool.storage, segments)
-            out = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
-                             attention_mask=_NO_MASK, logits_to_keep=batch.keep_rows, tandem_batch=batch)
+            inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                          attention_mask=_NO_MASK, tandem_batch=batch)
+            if self.screened_head is not None:
+                hidden = self.model.get_decoder()(**inputs).last_hidden_state[0, batch.keep_rows]
+            else:
+                out = self.model(**inputs, logits_to_keep=batch.keep_rows)
         except BaseException:
             for segment, start in zip(segments, starts):
                 segment.table.truncate(start)
             raise
+        sizes = [s.keep for s in segments]
+        if self.screened_head is not None:
+            return [ScreenedLogits(rows, self.screened_head) for rows in torch.split(hidden, sizes)]
         logits = out.logits[0].float()  # [sum of keep, vocab], still on the model's device
-        return [DeviceLogits(rows) for rows in torch.split(logits, [s.keep for s in segments])]
+        return [DeviceLogits(rows) for rows in torch.split(logits, sizes)]
 
     def free_memory_bytes(self) -> int:
         """Memory still free on the model's device (for the default KV-cache budget)."""
@@ -218,6 +273,26 @@ class DeviceLogits:
         if self._host is None:
             self._host = self.rows.cpu().numpy()
         return self._host
+
+
+class ScreenedLogits(DeviceLogits):
+    """One segment's rows as hidden states, for a model whose greedy ids go through a bf16 screen
+    (cloud/greedy_head.py): argmax() never makes the full logits; numpy() and rows make them once."""
+
+    def __init__(self, hidden: torch.Tensor, head: greedy_head.ScreenedHead):
+        self.hidden = hidden
+        self.head = head
+        self._rows: torch.Tensor | None = None
+        self._host = None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        if self._rows is None:
+            self._rows = self.head.logits(self.hidden)
+        return self._rows
+
+    def argmax(self) -> list[int]:
+        return self.head.argmax(self.hidden)
 
 
 class PagedKV:

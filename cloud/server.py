@@ -167,7 +167,8 @@ async def start_server(config: CloudConfig, model: TargetEngine, security=None) 
 def load_model(config: CloudConfig):
     from cloud.model import LoadOptions, TargetModel
 
-    model = TargetModel.load(config.model, LoadOptions(config.device, config.dtype, config.threads))
+    model = TargetModel.load(config.model,
+                             LoadOptions(config.device, config.dtype, config.threads, config.greedy_head))
     model.warmup()
     return model
 
