@@ -294,6 +294,15 @@ class ScreenedLogits(DeviceLogits):
     def argmax(self) -> list[int]:
         return self.head.argmax(self.hidden)
 
+    def first_row(self) -> ScreenedLogits:
+        """Row 0 on its own (cloud.target_engine.kept_first_row): a hidden state, not 262k logits,
+        unless they were made already. The session keeps rows of one-row passes (a prefill's end),
+        whose logits are the same one-row product whenever they are made."""
+        row = ScreenedLogits(self.hidden[:1].clone(), self.head)
+        if self._rows is not None:
+            row._rows = self._rows[:1].clone()
+        return row
+
 
 class PagedKV:
     """Keys and values of every session, in blocks: per layer a [kv_heads, slots, head_dim] tensor.

@@ -33,8 +33,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cloud.target_engine import Logits
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class Snapshot:
     """A cached sequence's KV; with the logits after it for a snapshot, without for a prefix entry."""
 
     kv: object  # a BlockTable of the KV of the sequence (never written once stored; released on eviction)
-    logits: np.ndarray | None  # [vocab] the logits at the sequence's last position; None: a prefix entry
+    # The logits at the sequence's last position: [vocab] on the host, or the engine's one-row
+    # Logits (cloud.target_engine.kept_first_row); None: a prefix entry.
+    logits: np.ndarray | Logits | None
     nbytes: int
 
 
@@ -117,13 +123,17 @@ class PrefixCache:
             return existing is None or existing.logits is None
         return not self._covers(key)
 
-    def put(self, tokens: Sequence[int], kv: object, logits: np.ndarray | None = None) -> None:
+    def put(self, tokens: Sequence[int], kv: object, logits: np.ndarray | Logits | None = None,
+            logits_nbytes: int | None = None) -> None:
         """Stores a snapshot (with logits) or a prefix entry (without), taking over `kv`.
 
+        logits: [vocab] on the host (copied), or an engine's one-row Logits kept as it is
+        (cloud.target_engine.kept_first_row), counted as logits_nbytes.
         `kv` is released when the entry is evicted, or at once when it is refused.
         """
         key = tuple(tokens)
-        logits_nbytes = 0 if logits is None else logits.nbytes
+        if logits_nbytes is None:
+            logits_nbytes = 0 if logits is None else logits.nbytes
         if not self.would_store(key, logits_nbytes):
             kv.release()
             return
@@ -133,7 +143,7 @@ class PrefixCache:
         nbytes = self._nbytes(key, logits_nbytes)
         while self.bytes + nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
-        if logits is not None:
+        if isinstance(logits, np.ndarray):
             logits = np.array(logits, dtype=np.float32)  # our own copy, which nobody may write to
             logits.setflags(write=False)
         self._entries[key] = Snapshot(kv, logits, nbytes)

@@ -48,6 +48,21 @@ class Logits(Protocol):
         """The rows on the host ([keep, vocab] float32), for sampling."""
 
 
+def kept_first_row(logits: Logits) -> Logits:
+    """Row 0 of `logits` as Logits of its own, to keep past the pass (a prefix-cache snapshot).
+
+    An engine may offer a cheaper row of its own (first_row()): cloud/model.py's ScreenedLogits
+    keeps the hidden state and makes the vocabulary's logits only if they are ever asked for.
+    Otherwise the row is copied to the host, read-only.
+    """
+    own = getattr(logits, "first_row", None)
+    if own is not None:
+        return own()
+    row = np.array(logits.numpy()[:1], dtype=np.float32)
+    row.setflags(write=False)
+    return HostLogits(row)
+
+
 class HostLogits:
     """Logits already in host memory ([rows, vocab] float32): a prefix-cache snapshot's, or a
     host engine's."""

@@ -106,3 +106,25 @@ def test_auto_leaves_a_small_head_alone(tiny_target):
     assert tiny_target.model.get_output_embeddings().weight.numel() < greedy_head.WORTH_SCREENING
     with pytest.raises(ValueError, match="greedy head"):
         tiny_target.use_screened_head("fast")
+
+
+def test_a_kept_row_stays_a_hidden_state_until_its_logits_are_asked_for(tiny_models):
+    """A prefix-cache snapshot of a screened pass keeps the hidden row (no 262k-wide logits at
+    prefill on Gemma), and gives what the pass gave; a plain pass's row is copied to the host."""
+    from cloud.blocks import BLOCK_SIZE
+    from cloud.model import LoadOptions, ScreenedLogits, TargetModel
+    from cloud.target_engine import HostLogits, Segment, kept_first_row
+
+    for choice, kept_type in (("screened", ScreenedLogits), ("full", HostLogits)):
+        target = TargetModel.load(str(tiny_models.target_dir), LoadOptions(device="cpu", threads=1, greedy_head=choice))
+        ids = target.tokenize("A kept row of logits")
+        pool = target.new_kv_pool(4 * (len(ids) + 2 * BLOCK_SIZE) * target.kv_bytes_per_token)
+        table = pool.new_table()
+        logits = target.forward_batch(pool, [Segment(table, ids, 1)])[0]  # a prefill's end: one row
+        kept = kept_first_row(logits)
+        assert isinstance(kept, kept_type)
+        if choice == "screened":
+            assert kept._rows is None  # nothing computed yet
+        assert kept.argmax() == logits.argmax()[:1]
+        assert (kept.numpy() == logits.numpy()[:1]).all()
+        table.release()

@@ -88,6 +88,39 @@ class Held:
         self.released += 1
 
 
+@pytest.fixture(scope="module")
+def screened_clouds(tiny_models):
+    """(cached, cold): the tiny target with its greedy ids screened (cloud/greedy_head.py), whose
+    snapshots keep a hidden state instead of logits, with the prefix cache and without."""
+    from cloud.config import CloudConfig
+    from cloud.embedded import EmbeddedCloud
+    from cloud.model import LoadOptions, TargetModel
+
+    target = TargetModel.load(str(tiny_models.target_dir), LoadOptions(device="cpu", threads=1, greedy_head="screened"))
+    assert target.screened_head is not None
+    with EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, prefix_cache_mb=64), model=target) as cached, \
+            EmbeddedCloud(CloudConfig(host="127.0.0.1", port=0, prefix_cache_mb=0), model=target) as cold:
+        yield target, cached, cold
+
+
+@pytest.mark.parametrize("mode", [Mode.HYBRID, Mode.CLOUD])
+def test_a_screened_target_s_snapshots_change_nothing(screened_clouds, tiny_drafter, mode):
+    target, cached_cloud, cold_cloud = screened_clouds
+    drafter = tiny_drafter("noisy")
+    prompt = drafter.tokenize(PROMPT)
+    sampling = dict(temperature=1.0, top_k=0, top_p=0.95, max_new_tokens=2, mode=mode)
+    hits_before = prefix_cache(cached_cloud).hits
+    cached = asyncio.run(generate_many(cached_cloud.address, drafter, prompt, SEEDS, **sampling))
+    cold = asyncio.run(generate_many(cold_cloud.address, drafter, prompt, SEEDS, **sampling))
+    assert [run.token_ids for run in cached] == [run.token_ids for run in cold]
+    assert prefix_cache(cached_cloud).hits - hits_before >= len(SEEDS) - 1
+    greedy_prompt = drafter.tokenize("def fibonacci(n):")
+    for _ in range(2):  # cold, then from the snapshot
+        run = asyncio.run(generate_many(cached_cloud.address, drafter, greedy_prompt, [0], temperature=0.0,
+                                        max_new_tokens=20, mode=mode, draft_tokens=4))[0]
+        assert run.token_ids == hf_greedy(target, greedy_prompt, 20)
+
+
 def test_least_recently_used_snapshots_go_first_and_memory_stays_bounded():
     logits = np.zeros(10, dtype=np.float32)
     per_entry = 4 * 100 + logits.nbytes
