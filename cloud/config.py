@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 from cloud.dtype import CHOICES as dtype_choices
+from cloud.dtype import GREEDY_HEAD_CHOICES
 from cloud.limits import LIMITS, SessionLimits
 from common import settings
 from common.checks import check_key_pair, check_model_path, check_pem_certificate, check_port, check_readable_file
@@ -37,7 +38,7 @@ class CloudConfig:
                                        "that can still win (the same ids, 2-3x cheaper for a 262k vocabulary); "
                                        "full = the whole float32 head; auto = screened on a CPU with bf16 "
                                        "hardware for a head of 16M weights or more (default %(default)s)",
-                                env="GREEDY_HEAD", choices=("auto", "screened", "full"))
+                                env="GREEDY_HEAD", choices=GREEDY_HEAD_CHOICES)
     metrics_port: int = setting(0, "serve Prometheus metrics at http://HOST:PORT/metrics (see README: Metrics); "
                                    "0 disables (default %(default)s)", env="METRICS_PORT", low=0, high=65535)
     replica_name: str = setting("", "name this replica gives clients in Info, SessionStarted and drain notices "

@@ -23,6 +23,8 @@ from pathlib import Path
 from common.errors import InvalidArgument
 
 CHOICES = ("auto", "fp32", "bf16", "fp16", "fp64", "float32", "bfloat16", "float16", "float64")
+# --greedy-head (cloud/greedy_head.py): how greedy ids are taken from a float32 head.
+GREEDY_HEAD_CHOICES = ("auto", "screened", "full")
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
 # CPU flags (/proc/cpuinfo) under which torch runs each reduced dtype on hardware made for it.
 HARDWARE_FLAGS = {"bfloat16": ("amx_bf16", "avx512_bf16"), "float16": ("amx_fp16", "avx512_fp16")}
@@ -75,7 +77,7 @@ def resolve(requested: str, device_type: str, model_name: str, *, flags: Collect
                                   f"{model_name} cannot run in it; use --dtype float32 or float16")
         return dtype
     if dtype == "auto":
-        return "bfloat16" if _has_any(flags, HARDWARE_FLAGS["bfloat16"]) else "float32"
+        return "bfloat16" if runs_natively("bfloat16", flags) else "float32"
     needs = HARDWARE_FLAGS.get(dtype)
     if needs and not _has_any(flags, needs):
         raise InvalidArgument(
@@ -90,6 +92,12 @@ def refuse_non_finite(requested: str, dtype: str, model_name: str) -> None:
         f"--dtype {requested}: {model_name} gives non-finite logits in {dtype} (its activations overflow "
         f"{dtype}'s range), so it cannot run in it; use --dtype float32"
         + (" or bfloat16" if dtype == "float16" else ""))
+
+
+def runs_natively(dtype: str, flags: Collection[str] | None = None) -> bool:
+    """Whether a CPU with `flags` (default: this one's) has hardware for the reduced `dtype`
+    ("bfloat16" or "float16")."""
+    return _has_any(cpu_flags() if flags is None else flags, HARDWARE_FLAGS[dtype])
 
 
 def _has_any(flags: Collection[str], wanted: Collection[str]) -> bool:

@@ -44,7 +44,6 @@ from common.text_tokenizer import SPEC_FILE, TextTokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
-GREEDY_HEAD_CHOICES = ("auto", "screened", "full")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
            "float16": torch.float16}
 
@@ -119,8 +118,8 @@ class TargetModel:
     def use_screened_head(self, choice: str) -> bool:
         """Takes greedy ids through cloud/greedy_head.py's bf16 screen when `choice` and the model
         allow it (see LoadOptions.greedy_head); True when it does."""
-        if choice not in GREEDY_HEAD_CHOICES:
-            raise ValueError(f"greedy head {choice!r}: choose from {', '.join(GREEDY_HEAD_CHOICES)}")
+        if choice not in dtypes.GREEDY_HEAD_CHOICES:
+            raise ValueError(f"greedy head {choice!r}: choose from {', '.join(dtypes.GREEDY_HEAD_CHOICES)}")
         self.screened_head = None
         head = self.model.get_output_embeddings()
         text = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
@@ -131,7 +130,7 @@ class TargetModel:
             else f"the weights are on {self.device.type}" if self.device.type != "cpu"
             else None)
         if choice == "auto" and why_not is None:
-            if not any(flag in dtypes.cpu_flags() for flag in dtypes.HARDWARE_FLAGS["bfloat16"]):
+            if not dtypes.runs_natively("bfloat16"):
                 why_not = "this CPU has no bf16 hardware"
             elif head.weight.numel() < greedy_head.WORTH_SCREENING:
                 why_not = "the head is small"
@@ -275,15 +274,15 @@ class DeviceLogits:
         return self._host
 
 
-class ScreenedLogits(DeviceLogits):
+class ScreenedLogits:
     """One segment's rows as hidden states, for a model whose greedy ids go through a bf16 screen
-    (cloud/greedy_head.py): argmax() never makes the full logits; numpy() and rows make them once."""
+    (cloud/greedy_head.py): argmax() never makes the full logits; rows and numpy() make them once."""
 
     def __init__(self, hidden: torch.Tensor, head: greedy_head.ScreenedHead):
         self.hidden = hidden
         self.head = head
         self._rows: torch.Tensor | None = None
-        self._host = None
+        self._host: np.ndarray | None = None
 
     @property
     def rows(self) -> torch.Tensor:
@@ -293,6 +292,11 @@ class ScreenedLogits(DeviceLogits):
 
     def argmax(self) -> list[int]:
         return self.head.argmax(self.hidden)
+
+    def numpy(self) -> np.ndarray:
+        if self._host is None:
+            self._host = self.rows.cpu().numpy()
+        return self._host
 
     def first_row(self) -> ScreenedLogits:
         """Row 0 on its own (cloud.target_engine.kept_first_row): a hidden state, not 262k logits,

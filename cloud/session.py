@@ -23,7 +23,7 @@ from cloud.blocks import KVPool
 from cloud.decode_hints import HintBuffer
 from cloud.limits import SessionLimits
 from cloud.prefix_cache import PrefixCache
-from cloud.target_engine import HostLogits, Logits, TargetEngine, kept_first_row
+from cloud.target_engine import Logits, TargetEngine, kept_first_row
 from common import sampling
 from common.grammar import GrammarMask, llg_tokenizer
 from common.errors import FailedPrecondition, InvalidArgument
@@ -242,7 +242,7 @@ class VerifierSession:
         if snapshot is not None:
             self.table = snapshot.kv.fork()
             self.prefilled = len(self.tokens)
-            return self._started(_snapshot_logits(snapshot.logits))
+            return self._started(snapshot.logits)
         self.table = self._reuse_prefix() or self.kv.new_table()
         return None
 
@@ -339,7 +339,7 @@ class VerifierSession:
                 self.table.release()
                 self.table = snapshot.kv.fork()
                 self._shared_prefix = False
-                return self._judge(block.start_position, _snapshot_logits(snapshot.logits), drafts, dists, sparse)
+                return self._judge(block.start_position, snapshot.logits, drafts, dists, sparse)
         return Work(self, [self.tokens[-1], *drafts], len(drafts) + 1, finish, drafted=len(drafts))
 
     def decode_work(self, hints: int = 0) -> Verdict | Work:
@@ -454,8 +454,9 @@ class VerifierSession:
         Called right after a pass fed the last of self.tokens, before anything is committed. The
         snapshot shares this session's blocks; whoever writes into a shared block copies it first.
         """
-        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, 4 * self.model.vocab_size):
-            self.prefix_cache.put(self.tokens, self.table.fork(), kept_first_row(logits), 4 * self.model.vocab_size)
+        logits_nbytes = 4 * self.model.vocab_size  # what the row holds once made, whatever it holds now
+        if self.prefix_cache is not None and self.prefix_cache.would_store(self.tokens, logits_nbytes):
+            self.prefix_cache.put(self.tokens, self.table.fork(), kept_first_row(logits), logits_nbytes)
 
     def _commit(self, new_tokens: list[int]) -> list[int]:
         """Appends tokens up to the first stop token or limit; returns those appended."""
@@ -494,7 +495,3 @@ class VerifierSession:
             kv.truncate(length)
             self.prefix_cache.put(history, kv)
 
-
-def _snapshot_logits(logits: np.ndarray | Logits) -> Logits:
-    """A prefix-cache snapshot's logits as Logits: host rows ([vocab]) or the engine's own row."""
-    return HostLogits(logits[None]) if isinstance(logits, np.ndarray) else logits
